@@ -1,0 +1,111 @@
+"""`rlhf run | plan | status`: exit 0 on success, 1 when a stage failed, 2 on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.errors import InputError, StageFailed
+
+EMBEDDED_PIPELINE = Path(__file__).resolve().parent.parent / "configs" / "pipelines" / "tiny.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description="Run an RLHF pipeline (pretrain -> sft -> reward -> ppo) "
+                                     "declared in one YAML file, skipping stages whose inputs did not change.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run every stage that is not fresh, in order; resume interrupted ones")
+    run.add_argument("config", nargs="?", default=str(EMBEDDED_PIPELINE),
+                     help="pipeline file (default: the embedded tiny pipeline)")
+    run.add_argument("--only", nargs="+", metavar="STAGE", help="consider only these stages")
+    run.add_argument("--from", dest="start", metavar="STAGE", help="consider this stage and everything downstream")
+    run.add_argument("--restart", nargs="+", metavar="STAGE", default=[],
+                     help="discard these stages' checkpoints and run them from step 0")
+    run.add_argument("--dry-run", action="store_true", help="show the plan, launch nothing")
+
+    plan = sub.add_parser("plan", help="what `rlhf run` would do, and why")
+    plan.add_argument("config", nargs="?", default=str(EMBEDDED_PIPELINE))
+
+    status = sub.add_parser("status", help="a table of the stages of a run directory (or of a pipeline file)")
+    status.add_argument("target", nargs="?", default=str(EMBEDDED_PIPELINE), help="RUN_DIR or pipeline file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `rlhf` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            from pipeline.config import load_pipeline
+            from pipeline.runner import run_pipeline
+
+            run_pipeline(load_pipeline(args.config), args.only, args.start, args.restart, args.dry_run)
+        elif args.command == "plan":
+            _plan(args.config)
+        elif args.command == "status":
+            _status(Path(args.target))
+    except InputError as e:
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except StageFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _plan(config: str) -> None:
+    from rich.console import Console
+
+    from pipeline.config import load_pipeline
+    from pipeline.plan import make_plan
+    from pipeline.runner import status_table
+
+    pipeline = load_pipeline(config)
+    try:
+        plan = make_plan(pipeline)
+    except InputError as e:  # a conflict: still show the table, then the problem
+        from pipeline.plan import stage_statuses
+
+        Console(highlight=False).print(status_table(stage_statuses(pipeline)))
+        raise e
+    Console(highlight=False).print(status_table(plan.statuses, plan))
+
+
+def _status(target: Path) -> None:
+    """Status of a pipeline file, or of a run directory through the pipeline file its stages recorded."""
+    from rich.console import Console
+
+    from pipeline.config import load_pipeline
+    from pipeline.plan import stage_statuses
+    from pipeline.runner import status_table
+
+    if target.is_dir():
+        recorded = _recorded_pipeline(target)
+        if recorded is None:
+            raise InputError(f"{target}: not a run directory (no stage has a spec.json or manifest.json)")
+        target = recorded
+    pipeline = load_pipeline(target)
+    Console(highlight=False).print(f"run directory: {pipeline.run_dir}  (pipeline: {pipeline.path})")
+    Console(highlight=False).print(status_table(stage_statuses(pipeline)))
+
+
+def _recorded_pipeline(run_dir: Path) -> Path | None:
+    for record in sorted(run_dir.glob("*/manifest.json")) + sorted(run_dir.glob("*/spec.json")):
+        try:
+            path = Path(json.loads(record.read_text())["pipeline"])
+        except (OSError, ValueError, KeyError):
+            continue
+        if path.is_file():
+            return path
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

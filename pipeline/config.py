@@ -1,0 +1,286 @@
+"""The pipeline file: YAML -> typed, validated config.
+
+Every problem (unknown key, wrong type, missing file, unknown kind, dangling input, cycle) is collected
+and reported as one line each, `FILE:LINE: key.path: what was expected`, before anything is launched.
+Relative paths in the file are resolved against the file's own directory, so a pipeline behaves the same
+from any working directory.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Union
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+
+from pipeline.errors import InputError
+
+STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class StrictModel(BaseModel):
+    """A config section that refuses unknown keys instead of ignoring them."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class InputFile(str):
+    """An absolute path to an existing file; its content (not its name) enters the fingerprint."""
+
+
+class InputDir(str):
+    """An absolute path to an existing directory; the content of every file in it enters the fingerprint."""
+
+
+def _resolve(value: str | Path, info: ValidationInfo) -> Path:
+    base = Path((info.context or {}).get("base_dir", "."))
+    return (base / Path(value).expanduser()).resolve()
+
+
+def _existing_file(value: str, info: ValidationInfo) -> InputFile:
+    path = _resolve(value, info)
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return InputFile(path)
+
+
+def _existing_dir(value: str, info: ValidationInfo) -> InputDir:
+    path = _resolve(value, info)
+    if not path.is_dir():
+        raise ValueError(f"directory not found: {path}")
+    return InputDir(path)
+
+
+def _output_path(value: str, info: ValidationInfo) -> str:
+    return str(_resolve(value, info))
+
+
+FilePath = Annotated[str, AfterValidator(_existing_file)]
+DirPath = Annotated[str, AfterValidator(_existing_dir)]
+OutputPath = Annotated[str, AfterValidator(_output_path)]
+
+
+def volatile(default: Any = None, **kwargs: Any) -> Any:
+    """A field that changes how a stage runs or logs, not what it produces: left out of the fingerprint."""
+    return Field(default, json_schema_extra={"fingerprint": False}, **kwargs)
+
+
+class LaunchSettings(StrictModel):
+    """How a stage is launched: `accelerate launch [--config_file F] [--num_processes N]`."""
+
+    accelerate_config: FilePath | None = None
+    num_processes: int | None = Field(default=None, ge=1)
+
+
+class StageConfig(StrictModel):
+    """Fields every stage has. Each kind subclasses it with typed `data`, `model` and `train` sections."""
+
+    kind: str
+    inputs: dict[str, str] = {}
+    launch: LaunchSettings = volatile(LaunchSettings())
+
+    #: module run by `accelerate launch -m`
+    module: ClassVar[str]
+    #: input role -> required?
+    input_roles: ClassVar[dict[str, bool]] = {}
+    #: bumped when the stage's code changes what it produces for the same config
+    version: ClassVar[int] = 1
+
+    def input_problems(self) -> list[tuple[tuple, str]]:
+        """Cross-field checks that need the whole stage (e.g. exactly one model source): (key path, message)."""
+        return []
+
+    def data_problems(self) -> list[str]:
+        """Problems in the content of the stage's data files (read before any stage is launched)."""
+        return []
+
+
+@dataclass
+class Pipeline:
+    """A validated pipeline file: where runs go, its stages by name, and the default launch settings."""
+
+    path: Path
+    run_dir: Path
+    stages: dict[str, StageConfig]
+    launch: LaunchSettings
+
+    def launch_for(self, name: str) -> LaunchSettings:
+        """The stage's launch settings, falling back key by key to the pipeline-level `launch:`."""
+        own = self.stages[name].launch
+        return LaunchSettings.model_construct(
+            accelerate_config=own.accelerate_config or self.launch.accelerate_config,
+            num_processes=own.num_processes or self.launch.num_processes,
+        )
+
+
+class _PipelineFile(StrictModel):
+    run_dir: OutputPath
+    launch: LaunchSettings = LaunchSettings()
+    stages: dict[str, dict[str, Any]] = Field(min_length=1)
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read and validate a pipeline file; raise InputError listing every problem, one line each."""
+    from pipeline import dag
+    from pipeline.kinds import KINDS
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: pipeline file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise InputError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping with keys run_dir and stages, got {type(raw).__name__}")
+
+    context = {"base_dir": path.resolve().parent}
+    problems: list[str] = []
+
+    def report(loc: tuple, message: str) -> None:
+        line = _line_of(lines, loc)
+        key = ".".join(str(part) for part in loc)
+        problems.append(f"{path}{f':{line}' if line else ''}: {key}: {message}")
+
+    try:
+        top = _PipelineFile.model_validate(raw, context=context)
+    except ValidationError as e:
+        for loc, message in _describe(e, _PipelineFile):
+            report(loc, message)
+        raise InputError(problems) from None
+
+    stages: dict[str, StageConfig] = {}
+    for name, raw_stage in top.stages.items():
+        loc = ("stages", name)
+        if not STAGE_NAME.match(name):
+            report(loc, "stage names may use letters, digits, '_', '-' and '.' only")
+            continue
+        kind = raw_stage.get("kind")
+        if kind not in KINDS:
+            report(loc + ("kind",), f"unknown stage kind {kind!r} (expected one of: {', '.join(sorted(KINDS))})")
+            continue
+        cls = KINDS[kind]
+        try:
+            stage = cls.model_validate(raw_stage, context=context)
+        except ValidationError as e:
+            for sub, message in _describe(e, cls):
+                report(loc + sub, message)
+            continue
+        for sub, message in stage.input_problems():
+            report(loc + sub, message)
+        for role, required in cls.input_roles.items():
+            if required and role not in stage.inputs:
+                report(loc + ("inputs",), f"missing input {role!r} (kind {kind} needs: {', '.join(cls.input_roles)})")
+        for role, source in stage.inputs.items():
+            if role not in cls.input_roles:
+                expected = ", ".join(cls.input_roles) or "none"
+                report(loc + ("inputs", role), f"unknown input role for kind {kind} (expected: {expected})")
+            elif source == name:
+                report(loc + ("inputs", role), "a stage cannot be its own input")
+            elif source not in top.stages:
+                report(loc + ("inputs", role), f"no stage named {source!r} (stages: {', '.join(top.stages)})")
+        stages[name] = stage
+
+    if not problems:
+        cycle = dag.find_cycle(stages)
+        if cycle:
+            report(("stages", cycle[0], "inputs"), f"inputs form a cycle: {' -> '.join(cycle)}")
+    if problems:
+        raise InputError(problems)
+    return Pipeline(path=path.resolve(), run_dir=Path(top.run_dir), stages=stages, launch=top.launch)
+
+
+# --- error messages -----------------------------------------------------------------------------------
+
+
+def _describe(error: ValidationError, model: type[BaseModel]) -> list[tuple[tuple, str]]:
+    """Turn pydantic's errors into (key path, one-line message) pairs a user can act on."""
+    out = []
+    for err in error.errors(include_url=False):
+        loc = tuple(part for part in err["loc"] if not _is_union_tag(part))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+            out.append((loc, f"unknown key{hint}"))
+        elif kind == "missing":
+            out.append((loc, "missing required key"))
+        elif kind == "value_error":
+            out.append((loc, str(err["ctx"]["error"])))
+        else:
+            out.append((loc, f"{err['msg'][0].lower()}{err['msg'][1:]} (got {err['input']!r})"))
+    # a union reports the same bad value once per member; keep the first message per key path
+    seen: dict[tuple, str] = {}
+    for loc, message in out:
+        seen.setdefault(loc, message)
+    return list(seen.items())
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic inserts the member type name into the path ("int", "function-after[...]", "list[...]")
+    return isinstance(part, str) and ("[" in part or part in {"int", "float", "str", "bool", "none"})
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys accepted at `loc` inside `model`, for 'unknown key' messages."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            current = _item_type(current)
+            continue
+        if part not in current.model_fields:
+            return []
+        current = current.model_fields[part].annotation
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Optional[X] -> X, Annotated[X, ...] -> X."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _unwrap(members[0]) if len(members) == 1 else annotation
+    return annotation
+
+
+def _item_type(annotation: Any) -> Any:
+    args = typing.get_args(annotation)
+    return args[-1] if args else None
+
+
+def _key_lines(node: yaml.Node | None, prefix: tuple = ()) -> dict[tuple, int]:
+    """Map every key path in a composed YAML document to its 1-based line number."""
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = prefix + (key.value,)
+            lines[path] = key.start_mark.line + 1
+            lines.update(_key_lines(value, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            lines[prefix + (i,)] = value.start_mark.line + 1
+            lines.update(_key_lines(value, prefix + (i,)))
+    return lines
+
+
+def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
+    """The line of the deepest existing prefix of `loc` (a missing key points at its parent)."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None

@@ -1,0 +1,126 @@
+"""Stage kinds: the typed config of each kind, the inputs it takes and the module that runs it.
+
+Torch-free, so the orchestrator can validate a whole pipeline before launching anything. A new kind is a
+StageConfig subclass here plus a `stages/<kind>.py` module.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.config import DirPath, FilePath, StageConfig, StrictModel, volatile
+
+
+class TrainSettings(StrictModel):
+    """Optimisation settings shared by the Trainer-based stages."""
+
+    max_steps: int = Field(ge=1)
+    batch_size: int = Field(16, ge=1, description="global batch in sequences, whatever the process count")
+    micro_batch_size: int | None = Field(None, ge=1, description="per process and step; default: batch_size")
+    learning_rate: float = Field(3e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.95, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    activation_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    # not in the fingerprint: they change what is logged and how often state is saved, not the weights
+    log_every: int = volatile(10, ge=1)
+    eval_every: int | None = volatile(None, ge=1, description="default: only at the end")
+    save_every: int = volatile(100, ge=1)
+    keep_last: int = volatile(2, ge=1, description="complete checkpoints kept")
+
+
+class TokenizerTraining(StrictModel):
+    """Train a byte-level BPE tokenizer on the stage's corpus before training the model."""
+
+    vocab_size: int = Field(4096, ge=300, description="includes the 256 byte symbols and special tokens")
+    min_frequency: int = Field(2, ge=1)
+
+
+class ModelArchitecture(StrictModel):
+    """A Llama-style decoder built from scratch (random init) with these sizes."""
+
+    architecture: Literal["llama"] = "llama"
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int | None = Field(None, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+    max_position_embeddings: int | None = Field(None, ge=8, description="default: data.block_size")
+    tie_word_embeddings: bool = False
+    rope_theta: float = Field(10000.0, gt=0)
+
+
+class PretrainModel(StrictModel):
+    """Where the model starts: a new one from `init`, or an existing HF directory at `path`.
+
+    With `inputs.model` (continued pretraining from another stage) leave both out.
+    """
+
+    init: ModelArchitecture | None = None
+    path: DirPath | None = None
+    tokenizer: TokenizerTraining | None = Field(None, description="with `init`: train a tokenizer")
+    tokenizer_path: DirPath | None = Field(None, description="with `init`: use this tokenizer instead")
+
+
+class PretrainData(StrictModel):
+    """Plain-text corpus: .txt (paragraphs separated by blank lines) or .jsonl with a "text" field."""
+
+    train: list[FilePath] = Field(min_length=1)
+    validation: list[FilePath] = []
+    validation_fraction: float = Field(0.05, ge=0, lt=0.5, description="of documents, when `validation` is empty")
+    block_size: int = Field(128, ge=8)
+
+
+class PretrainStage(StageConfig):
+    """Causal-LM pretraining with packed fixed-length blocks."""
+
+    kind: Literal["pretrain"]
+    data: PretrainData
+    model: PretrainModel = PretrainModel()
+    train: TrainSettings
+
+    module = "stages.pretrain"
+    input_roles = {"model": False}
+
+    def input_problems(self) -> list[tuple[tuple, str]]:
+        """Exactly one model source; a tokenizer only when the model is new; sane head counts."""
+        problems: list[tuple[tuple, str]] = []
+        sources = [n for n, on in (("inputs.model", "model" in self.inputs), ("model.init", self.model.init),
+                                   ("model.path", self.model.path)) if on]
+        if len(sources) != 1:
+            found = ", ".join(sources) if sources else "none"
+            problems.append((("model",), f"give exactly one of inputs.model, model.init, model.path (found: {found})"))
+        if self.model.init is not None:
+            if (self.model.tokenizer is None) == (self.model.tokenizer_path is None):
+                problems.append((("model",), "a new model (model.init) needs exactly one of model.tokenizer, model.tokenizer_path"))
+            arch = self.model.init
+            if arch.hidden_size % arch.num_heads:
+                problems.append((("model", "init", "num_heads"), f"must divide hidden_size ({arch.hidden_size})"))
+            if arch.num_kv_heads and arch.num_heads % arch.num_kv_heads:
+                problems.append((("model", "init", "num_kv_heads"), f"must divide num_heads ({arch.num_heads})"))
+            if arch.max_position_embeddings and arch.max_position_embeddings < self.data.block_size:
+                problems.append((("model", "init", "max_position_embeddings"), f"must be >= data.block_size ({self.data.block_size})"))
+        elif self.model.tokenizer is not None or self.model.tokenizer_path is not None:
+            problems.append((("model",), "model.tokenizer / model.tokenizer_path apply only to a new model (model.init)"))
+        if not self.data.validation and self.data.validation_fraction == 0:
+            problems.append((("data", "validation_fraction"), "must be > 0 when data.validation is empty"))
+        micro = self.train.micro_batch_size or self.train.batch_size
+        if self.train.batch_size % micro:
+            problems.append((("train", "micro_batch_size"), f"must divide train.batch_size ({self.train.batch_size})"))
+        return problems
+
+    def data_problems(self) -> list[str]:
+        """Unreadable, non-UTF-8 or empty corpus files."""
+        from stages.common.corpus import corpus_problems
+
+        return corpus_problems(self.data.train + self.data.validation)
+
+
+KINDS: dict[str, type[StageConfig]] = {"pretrain": PretrainStage}

@@ -1,0 +1,131 @@
+"""Execute a plan: one `accelerate launch -m stages.<kind>` subprocess per stage that is not fresh."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.artifacts import RunLock, atomic_write_json
+from pipeline.config import Pipeline
+from pipeline.errors import InputError, StageFailed
+from pipeline.plan import RunPlan, StageStatus, hasher_for, make_plan, stage_spec, stage_status
+
+STATE_STYLE = {"fresh": "green", "stale": "yellow", "interrupted": "cyan", "conflict": "red", "missing": "yellow"}
+
+
+def status_table(statuses: dict[str, StageStatus], plan: RunPlan | None = None) -> Table:
+    """A table of stages: kind, state, short fingerprint, why, and (with a plan) what happens now."""
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("stage", "kind", "state", "fingerprint", "why"):
+        table.add_column(column)
+    if plan is not None:
+        table.add_column("action")
+    for name, s in statuses.items():
+        row = [name, s.kind, f"[{STATE_STYLE.get(s.state, 'white')}]{s.state}[/]", s.fingerprint[:12], s.reason]
+        if plan is not None:
+            row.append("[bold]run[/]" if name in plan.to_run else f"skip ({plan.skipped.get(name, '')})")
+        table.add_row(*row)
+    return table
+
+
+def launch_command(pipeline: Pipeline, name: str, spec_path: Path) -> list[str]:
+    """The `accelerate launch` command line that runs one stage from its spec file."""
+    launch = pipeline.launch_for(name)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--quiet"]
+    if launch.accelerate_config:
+        cmd += ["--config_file", str(launch.accelerate_config)]
+    else:
+        # the values accelerate would otherwise guess, and warn about, for a single machine
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd += ["--num_processes", str(launch.num_processes or 1)]
+    if launch.accelerate_config and launch.num_processes:
+        cmd += ["--num_processes", str(launch.num_processes)]
+    return cmd + ["-m", pipeline.stages[name].module, "--spec", str(spec_path)]
+
+
+def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str | None = None,
+                 restart: list[str] | None = None, dry_run: bool = False, console: Console | None = None) -> None:
+    """Plan, then launch every stage that is not fresh, in order; raise StageFailed on the first failure."""
+    console = console or Console(highlight=False)
+    restart = list(restart or [])
+    with RunLock(pipeline.run_dir):
+        hasher = hasher_for(pipeline)
+        plan = make_plan(pipeline, only, start, restart, hasher)
+        console.print(status_table(plan.statuses, plan))
+        if dry_run or not plan.to_run:
+            console.print("nothing to run" if not plan.to_run else "dry run: nothing launched")
+            return
+        problems = [p for name in plan.to_run for p in pipeline.stages[name].data_problems()]
+        if problems:
+            raise InputError(problems)
+        statuses = plan.statuses
+        timings = {}
+        for name in plan.to_run:
+            dirs = statuses[name].dirs
+            spec = stage_spec(pipeline, name, statuses, hasher, restart=name in restart)
+            atomic_write_json(dirs.spec, spec)
+            started = time.monotonic()
+            console.rule(f"[bold]{name}[/] ({pipeline.stages[name].kind}): {statuses[name].reason}")
+            log = _next_log(dirs.logs)
+            code = _stream(launch_command(pipeline, name, dirs.spec), log)
+            timings[name] = time.monotonic() - started
+            done = stage_status(name, statuses[name].kind, dirs, statuses[name].payload, statuses[name].inputs)
+            if code != 0 or done.state != "fresh":
+                cause = f"exit code {code}" if code != 0 else f"it exited 0 but is {done.state}: {done.reason}"
+                raise StageFailed(
+                    f"stage {name} failed ({cause}); log: {log}; "
+                    f"resume with: rlhf run {pipeline.path}")
+            statuses[name] = done
+            console.print(f"[green]stage {name} done[/] in {timings[name]:.1f} s")
+        console.print("finished: " + ", ".join(f"{n} {t:.1f} s" for n, t in timings.items()))
+
+
+def _next_log(logs: Path) -> Path:
+    logs.mkdir(parents=True, exist_ok=True)
+    attempts = [int(p.stem.split("-")[1]) for p in logs.glob("attempt-*.log") if p.stem.split("-")[1].isdigit()]
+    return logs / f"attempt-{max(attempts, default=0) + 1}.log"
+
+
+def _stream(cmd: list[str], log: Path) -> int:
+    """Run `cmd`, copying its output line by line to the terminal and to `log`; return its exit code.
+
+    The stage runs in its own process group, so Ctrl-C or SIGTERM here stops all of its processes.
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "w", encoding="utf-8") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, text=True, errors="replace", bufsize=1)
+        previous = signal.signal(signal.SIGTERM, lambda *_: _stop(proc))
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                out.write(line)
+                out.flush()
+            return proc.wait()
+        except KeyboardInterrupt:
+            _stop(proc)
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ask the stage's process group to stop, then kill what is left after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

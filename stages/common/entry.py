@@ -1,0 +1,169 @@
+"""The stage entry protocol, shared by every `stages.<kind>` module.
+
+A stage is launched either by `rlhf run` (`--spec RUN_DIR/<stage>/spec.json`, written by the runner) or by
+hand (`--config PIPELINE.yaml --stage NAME`, which builds the same spec here and takes the run lock). Then,
+on every process: checkpoints are sorted out (resume, clean, or refuse a changed config), the stage's
+`train(ctx)` runs and writes its artifact to `ctx.staged_artifact`, and the main process commits the
+artifact and the manifest atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.artifacts import (
+    MANIFEST_SCHEMA,
+    Checkpoint,
+    RunLock,
+    StageDirs,
+    commit_artifact,
+    discard_checkpoints,
+    incomplete_checkpoint_dirs,
+    resume_point,
+)
+from pipeline.config import StageConfig
+from pipeline.errors import InputError
+
+LIBRARIES = ("torch", "transformers", "trl", "accelerate", "deepspeed", "peft", "datasets", "tokenizers")
+
+
+@dataclass
+class StageContext:
+    """Everything a stage's `train` function gets."""
+
+    spec: dict
+    config: StageConfig  # typed, validated again in this process
+    dirs: StageDirs
+    inputs: dict[str, Path]  # input role -> artifact directory of the upstream stage
+    resume_from: Checkpoint | None
+    staged_artifact: Path  # write the artifact here; it becomes dirs.artifact when the stage commits
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec["fingerprint"]
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run one pipeline stage (normally under `accelerate launch`).")
+    parser.add_argument("--spec", type=Path, help="spec.json written by `rlhf run`")
+    parser.add_argument("--config", type=Path, help="pipeline file (by-hand launch)")
+    parser.add_argument("--stage", help="stage name in the pipeline file (by-hand launch)")
+    parser.add_argument("--restart", action="store_true", help="discard this stage's checkpoints first")
+    args = parser.parse_args(argv)
+    if bool(args.spec) == bool(args.config):
+        parser.error("give either --spec, or --config and --stage")
+    if args.config and not args.stage:
+        parser.error("--config needs --stage")
+    return args
+
+
+def _spec_by_hand(config: Path, stage: str, restart: bool) -> dict:
+    from pipeline.config import load_pipeline
+    from pipeline.plan import hasher_for, stage_spec, stage_statuses
+
+    pipeline = load_pipeline(config)
+    if stage not in pipeline.stages:
+        raise InputError(f"--stage {stage}: no such stage in {config} (stages: {', '.join(pipeline.stages)})")
+    hasher = hasher_for(pipeline)
+    return stage_spec(pipeline, stage, stage_statuses(pipeline, hasher), hasher, restart=restart)
+
+
+def _load_config(spec: dict) -> StageConfig:
+    from pipeline.kinds import KINDS
+
+    return KINDS[spec["kind"]].model_validate(spec["config"], context={"base_dir": Path(spec["pipeline"]).parent})
+
+
+def _prepare_checkpoints(dirs: StageDirs, fingerprint: str, restart: bool, name: str) -> None:
+    """Main process: drop torn and leftover checkpoints; refuse checkpoints of another config."""
+    if restart:
+        discard_checkpoints(dirs)
+    point = resume_point(dirs, fingerprint)
+    if point.conflict is not None and point.resume is None:
+        raise InputError(
+            f"stage {name}: {dirs.checkpoints} holds an interrupted run (step {point.conflict.step}) under a "
+            f"different config; re-run with --restart {name} to discard it, or restore the old config to resume")
+    for stale in point.leftovers:
+        shutil.rmtree(stale.path, ignore_errors=True)
+    for torn in incomplete_checkpoint_dirs(dirs):
+        shutil.rmtree(torn, ignore_errors=True)
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the libraries that shape a stage's result (None when not installed)."""
+    out: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_stage(train: Callable[[StageContext], dict], argv: list[str] | None = None) -> None:
+    """Parse the command line, run `train`, commit its artifact and manifest; exit 2 on bad input."""
+    from accelerate import PartialState
+
+    args = _arguments(argv)
+    state = PartialState()
+    started_at = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    try:
+        spec = json.loads(args.spec.read_text()) if args.spec else _spec_by_hand(args.config, args.stage, args.restart)
+        dirs = StageDirs(Path(spec["stage_dir"]))
+        config = _load_config(spec)
+        lock = RunLock(Path(spec["run_dir"])) if (args.config and state.is_main_process) else contextlib.nullcontext()
+        with lock:
+            if state.is_main_process:
+                dirs.root.mkdir(parents=True, exist_ok=True)
+                _prepare_checkpoints(dirs, spec["fingerprint"], spec.get("restart", False), spec["stage"])
+                shutil.rmtree(dirs.root / "artifact.staging", ignore_errors=True)
+            state.wait_for_everyone()
+            point = resume_point(dirs, spec["fingerprint"])
+            ctx = StageContext(
+                spec=spec, config=config, dirs=dirs,
+                inputs={role: Path(i["artifact"]) for role, i in spec["inputs"].items()},
+                resume_from=point.resume, staged_artifact=dirs.root / "artifact.staging",
+            )
+            if ctx.resume_from and state.is_main_process:
+                print(f"[{spec['stage']}] resuming from {ctx.resume_from.path.name} (step {ctx.resume_from.step})",
+                      flush=True)
+            metrics = train(ctx)
+            state.wait_for_everyone()
+            if state.is_main_process:
+                manifest = {
+                    "schema_version": MANIFEST_SCHEMA,
+                    "stage": spec["stage"],
+                    "kind": spec["kind"],
+                    "fingerprint": spec["fingerprint"],
+                    "fingerprint_payload": spec["fingerprint_payload"],
+                    "pipeline": spec["pipeline"],
+                    "inputs": spec["inputs"],
+                    "config": spec["config"],
+                    "data_files": spec["data_files"],
+                    "artifact": "artifact",
+                    "metrics": metrics,
+                    "resumed_from_step": ctx.resume_from.step if ctx.resume_from else None,
+                    "started_at": started_at.isoformat(timespec="seconds"),
+                    "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "wall_time_s": round(time.monotonic() - t0, 2),
+                    "world_size": state.num_processes,
+                    "versions": versions(),
+                }
+                commit_artifact(dirs, ctx.staged_artifact, manifest)
+                print(f"[{spec['stage']}] committed {dirs.artifact} and {dirs.manifest.name}", flush=True)
+            state.wait_for_everyone()
+    except InputError as e:
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr, flush=True)
+        sys.exit(2)

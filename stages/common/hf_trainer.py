@@ -1,0 +1,162 @@
+"""Wiring shared by the stages built on the Hugging Face Trainer (pretrain, sft, reward).
+
+The Trainer owns the training loop, checkpoint contents (weights, optimizer, scheduler, RNG, trainer state
+with the data position) and resuming. We add what it lacks: atomic checkpoint commits under our
+`checkpoints/step-NNNNNN/` names with rotation, a global batch size that holds for any process count, and
+one log line per `log_every` steps plus metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from pipeline.artifacts import CHECKPOINT_MARKER, atomic_write_json, checkpoint_dir, complete_checkpoints
+from pipeline.errors import InputError
+from pipeline.kinds import TrainSettings
+from stages.common.entry import StageContext
+
+
+def gradient_accumulation(train: TrainSettings, world_size: int) -> tuple[int, int]:
+    """(micro batch per process, accumulation steps) that give train.batch_size sequences per step."""
+    micro = train.micro_batch_size or train.batch_size
+    micro = min(micro, max(1, train.batch_size // world_size))
+    steps, rest = divmod(train.batch_size, micro * world_size)
+    if rest or steps == 0:
+        raise InputError(f"train.batch_size ({train.batch_size}) must be a multiple of micro_batch_size ({micro}) "
+                         f"x processes ({world_size})")
+    return micro, steps
+
+
+def training_arguments(ctx: StageContext, train: TrainSettings, **overrides) -> TrainingArguments:
+    """TrainingArguments for a stage: our checkpoint dir and cadence, tensorboard under logs/, no tqdm."""
+    micro, accumulation = gradient_accumulation(train, PartialState().num_processes)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(ctx.dirs.logs / "tensorboard")
+    kwargs = dict(
+        output_dir=str(ctx.dirs.checkpoints),
+        max_steps=train.max_steps,
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_steps,
+        weight_decay=train.weight_decay,
+        adam_beta1=train.adam_beta1,
+        adam_beta2=train.adam_beta2,
+        max_grad_norm=train.max_grad_norm,
+        bf16=train.precision == "bf16",
+        fp16=train.precision == "fp16",
+        seed=train.seed,
+        data_seed=train.seed,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        logging_steps=train.log_every,
+        eval_strategy="steps" if train.eval_every else "no",
+        eval_steps=train.eval_every,
+        save_strategy="steps",
+        save_steps=train.save_every,
+        report_to=["tensorboard"],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    if train.activation_checkpointing:  # only when asked: older names warn even when False
+        kwargs["activation_checkpointing"] = True
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def quiet_libraries() -> None:
+    """No per-batch progress bars from datasets/transformers in the logs: LogLines reports progress."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def attach(trainer: Trainer, ctx: StageContext, train: TrainSettings) -> Trainer:
+    """Give a Trainer our checkpoint commits and log lines (replacing its raw dict printer)."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(CommitCheckpoints(ctx, train.keep_last))
+    trainer.add_callback(LogLines(ctx))
+    return trainer
+
+
+def save_artifact(trainer: Trainer, directory: Path) -> None:
+    """The model and tokenizer in HF format (ZeRO-3 weights gathered by the Trainer), without Trainer extras."""
+    trainer.save_model(str(directory))
+    if trainer.args.should_save:
+        (directory / "training_args.bin").unlink(missing_ok=True)
+
+
+class CommitCheckpoints(TrainerCallback):
+    """Turn the Trainer's `checkpoint-N` into a complete `step-NNNNNN` atomically, then rotate.
+
+    The Trainer writes into `checkpoint-N`; once every process is done, the main process writes the
+    marker (fingerprint and step) and renames the directory. A crash at any point leaves either a complete
+    `step-*` directory or an incomplete one that readers ignore.
+    """
+
+    def __init__(self, ctx: StageContext, keep_last: int):
+        self.ctx = ctx
+        self.keep_last = keep_last
+
+    def on_save(self, args, state, control, **kwargs):
+        """Called by the Trainer on every process right after it saved a checkpoint."""
+        partial = PartialState()
+        partial.wait_for_everyone()
+        if partial.is_main_process:
+            written = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            atomic_write_json(written / CHECKPOINT_MARKER, {"fingerprint": self.ctx.fingerprint,
+                                                            "step": state.global_step, "stage": self.ctx.spec["stage"]})
+            final = checkpoint_dir(self.ctx.dirs, state.global_step)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(written, final)
+            for old in complete_checkpoints(self.ctx.dirs)[: -self.keep_last]:
+                shutil.rmtree(old.path, ignore_errors=True)
+        partial.wait_for_everyone()
+        return control
+
+
+class LogLines(TrainerCallback):
+    """One line per log event on the main process (step, loss, lr, elapsed, ETA) and metrics.jsonl."""
+
+    def __init__(self, ctx: StageContext):
+        self.name = ctx.spec["stage"]
+        self.metrics_file = ctx.dirs.logs / "metrics.jsonl"
+        self.t0 = time.monotonic()
+        self.first_step: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """Remember where this attempt started, for the ETA."""
+        self.t0, self.first_step = time.monotonic(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Print and append one record."""
+        if not state.is_world_process_zero or not logs:
+            return
+        elapsed = time.monotonic() - self.t0
+        done = state.global_step - (self.first_step or 0)
+        eta = elapsed / done * (state.max_steps - state.global_step) if done > 0 else float("nan")
+        record = {"step": state.global_step, "time": round(time.time(), 3), **logs}
+        self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        shown = "  ".join(f"{k} {_fmt(v)}" for k, v in logs.items() if k in _SHOWN)
+        print(f"[{self.name}] step {state.global_step}/{state.max_steps}  {shown}  "
+              f"| {elapsed:.0f}s, eta {'?' if math.isnan(eta) else f'{eta:.0f}s'}", flush=True)
+
+
+_SHOWN = ("loss", "eval_loss", "learning_rate", "grad_norm")
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,180 @@
+"""Causal-LM pretraining: tokenizer -> model -> packed blocks -> Trainer -> HF artifact.
+
+    accelerate launch -m stages.pretrain --config configs/pipelines/tiny.yaml --stage pretrain
+
+The model starts from `model.init` (random weights, Llama-style), from `model.path` (an HF directory) or
+from `inputs.model` (another stage's artifact: continued pretraining). With `model.tokenizer`, a byte-level
+BPE is first trained on the training corpus. Text is packed into `block_size` blocks with EOS between
+documents (no padding); validation documents are held out before packing and give the perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from pipeline.kinds import PretrainStage
+from stages.common.corpus import read_documents
+from stages.common.entry import StageContext, run_stage
+
+BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
+
+
+def train_tokenizer(documents: list[str], vocab_size: int, min_frequency: int):
+    """A byte-level BPE (GPT-2 style) trained on `documents`, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS, BOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(documents, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=None, model_max_length=1_000_000)
+
+
+def load_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str]):
+    """The tokenizer: the checkpoint's when resuming, else the input model's, the given one, or a new one."""
+    from transformers import AutoTokenizer
+
+    if ctx.resume_from is not None:
+        source = ctx.resume_from.path
+    elif "model" in ctx.inputs:
+        source = ctx.inputs["model"]
+    elif cfg.model.path:
+        source = Path(cfg.model.path)
+    elif cfg.model.tokenizer_path:
+        source = Path(cfg.model.tokenizer_path)
+    else:
+        return train_tokenizer(documents, cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.min_frequency)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.eos_token is None:
+        tokenizer.add_special_tokens({"eos_token": EOS})
+    return tokenizer
+
+
+def build_model(ctx: StageContext, cfg: PretrainStage, tokenizer):
+    """A new Llama-style model from `model.init`, or the pretrained one to continue from."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if cfg.model.init is None:
+        source = ctx.inputs.get("model") or Path(cfg.model.path)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    arch = cfg.model.init
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.hidden_size,
+        num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads,
+        num_key_value_heads=arch.num_kv_heads or arch.num_heads,
+        intermediate_size=arch.intermediate_size,
+        max_position_embeddings=arch.max_position_embeddings or cfg.data.block_size,
+        tie_word_embeddings=arch.tie_word_embeddings,
+        rope_theta=arch.rope_theta,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def packed_blocks(documents: list[str], tokenizer, block_size: int):
+    """A datasets.Dataset of `block_size` token blocks: documents joined by EOS, the remainder dropped."""
+    from datasets import Dataset
+
+    eos = tokenizer.eos_token_id
+
+    def tokenize(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [row + [eos] for row in ids]}
+
+    def pack(batch):
+        stream = [token for row in batch["input_ids"] for token in row]
+        usable = len(stream) - len(stream) % block_size
+        blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
+        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+    text = Dataset.from_dict({"text": documents})
+    tokens = text.map(tokenize, batched=True, remove_columns=["text"])
+    # one batch holds the whole stream, so only the very last partial block is dropped
+    return tokens.map(pack, batched=True, batch_size=len(tokens), remove_columns=["input_ids"])
+
+
+def split_documents(cfg: PretrainStage) -> tuple[list[str], list[str]]:
+    """(train, validation) documents: the validation files, or a seeded fraction held out by document."""
+    import random
+
+    train = [d for path in cfg.data.train for d in read_documents(path)]
+    if cfg.data.validation:
+        return train, [d for path in cfg.data.validation for d in read_documents(path)]
+    order = list(range(len(train)))
+    random.Random(cfg.train.seed).shuffle(order)
+    held = set(order[: max(1, round(len(train) * cfg.data.validation_fraction))])
+    return [d for i, d in enumerate(train) if i not in held], [d for i, d in enumerate(train) if i in held]
+
+
+def train(ctx: StageContext) -> dict:
+    """Train, evaluate and save the artifact; return the manifest metrics."""
+    from transformers import Trainer, default_data_collator, set_seed
+
+    from stages.common.hf_trainer import attach, quiet_libraries, save_artifact, training_arguments
+
+    cfg: PretrainStage = ctx.config
+    quiet_libraries()
+    set_seed(cfg.train.seed)
+
+    # data and tokenizer
+    train_docs, val_docs = split_documents(cfg)
+    tokenizer = load_tokenizer(ctx, cfg, train_docs)
+    train_blocks = packed_blocks(train_docs, tokenizer, cfg.data.block_size)
+    val_blocks = packed_blocks(val_docs, tokenizer, cfg.data.block_size)
+    if len(train_blocks) == 0 or len(val_blocks) == 0:
+        from pipeline.errors import InputError
+
+        raise InputError(f"stage {ctx.spec['stage']}: data.block_size {cfg.data.block_size} leaves "
+                         f"{len(train_blocks)} training and {len(val_blocks)} validation blocks; use more text "
+                         "or a smaller block_size")
+
+    # model
+    model = build_model(ctx, cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[{ctx.spec['stage']}] {n_params / 1e6:.2f} M parameters, vocab {len(tokenizer)}, "
+          f"{len(train_blocks)} train / {len(val_blocks)} validation blocks of {cfg.data.block_size} tokens", flush=True)
+
+    # train (the Trainer restores weights, optimizer, scheduler, RNG and data position when resuming)
+    trainer = attach(Trainer(
+        model=model,
+        args=training_arguments(ctx, cfg.train),
+        train_dataset=train_blocks,
+        eval_dataset=val_blocks,
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+    ), ctx, cfg.train)
+    result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
+    evaluation = trainer.evaluate()
+
+    # artifact: weights + config + tokenizer, loadable by AutoModelForCausalLM / AutoTokenizer alone
+    save_artifact(trainer, ctx.staged_artifact)
+    tokens_per_step = cfg.train.batch_size * cfg.data.block_size
+    return {
+        "eval/loss": evaluation["eval_loss"],
+        "eval/perplexity": math.exp(evaluation["eval_loss"]),
+        "train/loss": result.training_loss,
+        "train/steps": trainer.state.global_step,
+        "train/tokens": trainer.state.global_step * tokens_per_step,
+        "train/runtime_s": result.metrics.get("train_runtime"),
+        "model/parameters": n_params,
+        "data/train_blocks": len(train_blocks),
+        "data/validation_blocks": len(val_blocks),
+    }
+
+
+if __name__ == "__main__":
+    run_stage(train)
