@@ -59,6 +59,7 @@ def training_arguments(ctx: StageContext, train: TrainSettings, **overrides) -> 
         data_seed=train.seed,
         dataloader_pin_memory=torch.cuda.is_available(),
         logging_steps=train.log_every,
+        logging_first_step=True,
         eval_strategy="steps" if train.eval_every else "no",
         eval_steps=train.eval_every,
         save_strategy="steps",

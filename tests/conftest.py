@@ -1,0 +1,61 @@
+"""Shared helpers: small pipeline files in a temp dir, and running the real CLI / launcher as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO / "data" / "pretrain" / "austen" / "persuasion.txt"
+
+
+def small_corpus(directory: Path, paragraphs: int = 400, name: str = "corpus.txt") -> Path:
+    """The first `paragraphs` paragraphs of Persuasion: enough text for a few dozen tiny steps."""
+    text = CORPUS.read_text(encoding="utf-8").split("\n\n")[:paragraphs]
+    path = directory / name
+    path.write_text("\n\n".join(text) + "\n", encoding="utf-8")
+    return path
+
+
+def pretrain_stage(corpus: Path, **train) -> dict:
+    """A tiny pretrain stage (hidden 64, 2 layers, 512-token BPE) on `corpus`."""
+    settings = {"max_steps": 40, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 4,
+                "save_every": 10, "log_every": 10, "keep_last": 2}
+    settings.update(train)
+    return {
+        "kind": "pretrain",
+        "data": {"train": [str(corpus)], "validation_fraction": 0.1, "block_size": 64},
+        "model": {"init": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128},
+                  "tokenizer": {"vocab_size": 512}},
+        "train": settings,
+    }
+
+
+def write_pipeline(path: Path, stages: dict, run_dir: str = "run", **top) -> Path:
+    """Write a pipeline file; `run_dir` is relative to the file."""
+    path.write_text(yaml.safe_dump({"run_dir": run_dir, **top, "stages": stages}, sort_keys=False))
+    return path
+
+
+def rlhf(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the `rlhf` CLI in a subprocess, capturing its output."""
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def launch_stage(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run one stage by hand with the real `accelerate launch` on the single-process CPU config."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "configs" / "accelerate" / "cpu.yaml"), "-m", module, *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A small real corpus file in the test's temp dir."""
+    return small_corpus(tmp_path)

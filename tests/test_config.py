@@ -1,0 +1,142 @@
+"""Pipeline-file validation: every bad input is one line naming the file, line and key path; exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import load_pipeline
+from pipeline.errors import InputError
+from tests.conftest import REPO, pretrain_stage, rlhf, write_pipeline
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(InputError) as info:
+        load_pipeline(path)
+    return info.value.problems
+
+
+def line_of(path: Path, text: str) -> int:
+    """1-based number of the first line of `path` containing `text`."""
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def edit(stage: dict, dotted: str, value) -> dict:
+    *parents, last = dotted.split(".")
+    node = stage
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return stage
+
+
+def test_valid_pipeline_resolves_paths_against_the_file(tmp_path, corpus):
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus.relative_to(tmp_path))})
+    pipeline = load_pipeline(path)
+    assert pipeline.run_dir == tmp_path / "run"
+    assert pipeline.stages["pre"].data.train == [str(corpus)]
+    assert pipeline.stages["pre"].train.micro_batch_size is None  # defaults are filled in
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("train.learning_rat", 0.1, "stages.pre.train.learning_rat: unknown key (expected one of: max_steps, batch_size"),
+    ("train.max_steps", "many", "stages.pre.train.max_steps: input should be a valid integer"),
+    ("train.max_steps", 0, "stages.pre.train.max_steps: input should be greater than or equal to 1 (got 0)"),
+    ("train.lr_scheduler", "cosin", "stages.pre.train.lr_scheduler: input should be 'cosine', 'linear'"),
+    ("data.block_size", [1], "stages.pre.data.block_size: input should be a valid integer"),
+    ("model.init.num_heads", 3, "stages.pre.model.init.num_heads: must divide hidden_size (64)"),
+    ("model.init.hidden", 3, "stages.pre.model.init.hidden: unknown key (expected one of: architecture, hidden_size"),
+    ("train.micro_batch_size", 3, "stages.pre.train.micro_batch_size: must divide train.batch_size (8)"),
+])
+def test_bad_values_name_the_key_path_and_line(tmp_path, corpus, dotted, value, expected):
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": edit(pretrain_stage(corpus), dotted, value)})
+    found = problems(path)
+    assert len(found) == 1, found
+    assert found[0].startswith(f"{path}:"), found
+    assert expected in found[0], found
+    line = int(found[0].split(":")[1])
+    assert dotted.split(".")[-1] in path.read_text().splitlines()[line - 1] or "must divide" in expected
+
+
+def test_missing_data_file(tmp_path, corpus):
+    stage = edit(pretrain_stage(corpus), "data.train", ["nope.txt"])
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": stage})
+    assert problems(path) == [f"{path}:{line_of(path, 'nope.txt')}: stages.pre.data.train.0: "
+                              f"file not found: {tmp_path / 'nope.txt'}"]
+
+
+def test_unknown_kind_and_missing_sections(tmp_path, corpus):
+    stages = {"a": {"kind": "pretrian"}, "b": {"kind": "pretrain", "data": {"train": [str(corpus)]}}}
+    found = problems(write_pipeline(tmp_path / "p.yaml", stages))
+    assert any("stages.a.kind: unknown stage kind 'pretrian' (expected one of: pretrain" in p for p in found)
+    assert any("stages.b.train: missing required key" in p for p in found)
+
+
+def test_model_source_must_be_exactly_one(tmp_path, corpus):
+    stage = pretrain_stage(corpus)
+    stages = {"a": stage, "b": {**pretrain_stage(corpus), "inputs": {"model": "a"}}}
+    path = write_pipeline(tmp_path / "p.yaml", stages)
+    lines = path.read_text().splitlines()
+    model_b = next(i for i in range(lines.index("  b:"), len(lines)) if lines[i].strip() == "model:") + 1
+    assert problems(path) == [f"{path}:{model_b}: stages.b.model: give exactly one of inputs.model, model.init, "
+                              "model.path (found: inputs.model, model.init)"]
+
+
+def continued(corpus, source: str) -> dict:
+    stage = pretrain_stage(corpus)
+    stage["model"] = {}
+    stage["inputs"] = {"model": source}
+    return stage
+
+
+def test_dangling_input_unknown_role_and_self_input(tmp_path, corpus):
+    stages = {"a": pretrain_stage(corpus), "b": continued(corpus, "ghost"), "c": continued(corpus, "c")}
+    stages["a"]["inputs"] = {"policy": "b"}
+    found = problems(write_pipeline(tmp_path / "p.yaml", stages))
+    assert any("stages.a.inputs.policy: unknown input role for kind pretrain (expected: model)" in p for p in found)
+    assert any("stages.b.inputs.model: no stage named 'ghost' (stages: a, b, c)" in p for p in found)
+    assert any("stages.c.inputs.model: a stage cannot be its own input" in p for p in found)
+
+
+def test_cycle(tmp_path, corpus):
+    stages = {"a": continued(corpus, "c"), "b": continued(corpus, "a"), "c": continued(corpus, "b")}
+    found = problems(write_pipeline(tmp_path / "p.yaml", stages))
+    assert len(found) == 1 and "inputs form a cycle:" in found[0]
+    cycle = found[0].split("cycle: ")[1].split(" -> ")
+    assert set(cycle) == {"a", "b", "c"} and cycle[0] == cycle[-1]
+
+
+def test_bad_yaml_and_bad_top_level(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_dir: x\nstages:\n  a: [unclosed\n")
+    assert problems(bad)[0].startswith(f"{bad}:") and "not valid YAML" in problems(bad)[0]
+    bad.write_text("- just a list\n")
+    assert "expected a mapping with keys run_dir and stages" in problems(bad)[0]
+    bad.write_text("run_dir: x\nstages: {}\nextra: 1\n")
+    found = problems(bad)
+    assert any("extra: unknown key (expected one of: run_dir, launch, stages)" in p for p in found)
+    assert any("stages: dictionary should have at least 1 item" in p for p in found)
+    assert problems(tmp_path / "absent.yaml") == [f"{tmp_path / 'absent.yaml'}: pipeline file not found"]
+
+
+def test_cli_exit_code_2_and_one_line_per_problem_without_traceback(tmp_path, corpus):
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": edit(pretrain_stage(corpus), "train.max_steps", "x")})
+    for command in ("run", "plan"):
+        result = rlhf(command, path)
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"error: {path}:") and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing was created
+
+
+def test_every_shipped_config_validates():
+    pipelines = sorted((REPO / "configs" / "pipelines").glob("*.yaml"))
+    assert pipelines
+    for path in pipelines:
+        load_pipeline(path)
+        assert path.read_text().startswith("#"), f"{path} must start with a comment saying how to launch it"
+    for path in sorted((REPO / "configs" / "accelerate").glob("*.yaml")):
+        assert isinstance(yaml.safe_load(path.read_text()), dict)
+        assert "accelerate launch" in path.read_text().split("\n\n")[0], f"{path} needs a launch header"

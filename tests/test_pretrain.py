@@ -1,0 +1,156 @@
+"""The pretrain stage through the real launchers: artifact, caching, re-runs, SIGKILL + resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.artifacts import CHECKPOINT_MARKER, StageDirs, complete_checkpoints, read_manifest
+from tests.conftest import launch_stage, pretrain_stage, rlhf, write_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def losses(stage_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (stage_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows if "loss" in row]
+
+
+def weights(stage_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(stage_dir / "artifact" / "model.safetensors")
+
+
+def test_run_writes_a_loadable_artifact_then_caches_and_reruns_on_data_change(tmp_path, corpus):
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus)})
+    result = rlhf("run", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    stage = tmp_path / "run" / "pre"
+
+    # manifest: complete, with metrics, data hashes, versions, and every artifact file
+    manifest = read_manifest(StageDirs(stage))
+    assert manifest["stage"] == "pre" and manifest["world_size"] == 1
+    assert manifest["metrics"]["train/steps"] == 40
+    assert 1 < manifest["metrics"]["eval/perplexity"] < 512  # better than uniform over the vocabulary
+    assert manifest["data_files"][0]["path"] == str(corpus)
+    assert manifest["versions"]["torch"] == torch.__version__
+    listed = {o["path"] for o in manifest["outputs"]}
+    assert {"artifact/model.safetensors", "artifact/config.json", "artifact/tokenizer.json",
+            "artifact/tokenizer_config.json"} <= listed
+    assert listed == {f"artifact/{p.name}" for p in (stage / "artifact").iterdir()}
+    first, last = losses(stage)[0], losses(stage)[-1]
+    assert last < first - 0.5, losses(stage)  # first is step 1, near ln(512) = 6.2
+
+    # the artifact is a complete HF model: plain transformers loads it and generates
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(stage / "artifact")
+    model = AutoModelForCausalLM.from_pretrained(stage / "artifact")
+    ids = tokenizer("It was", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] > ids.shape[1] and tokenizer.decode(out[0, ids.shape[1]:]).strip()
+    assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
+
+    # fully fresh: nothing launched, no new attempt log
+    start = time.monotonic()
+    again = rlhf("run", path)
+    assert again.returncode == 0 and "nothing to run" in again.stdout
+    assert time.monotonic() - start < 10  # measured ~0.5 s; generous for CI
+    assert sorted(p.name for p in (stage / "logs").glob("attempt-*.log")) == ["attempt-1.log"]
+
+    # editing the data re-runs the stage, and says why
+    corpus.write_text(corpus.read_text() + "\n\nA new paragraph of text to learn from.\n")
+    plan = rlhf("plan", path)
+    assert "stale" in plan.stdout and "data changed: data.train.0" in plan.stdout
+    rerun = rlhf("run", path)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (stage / "logs" / "attempt-2.log").is_file()
+    assert read_manifest(StageDirs(stage))["fingerprint"] != manifest["fingerprint"]
+
+
+def wait_for_checkpoint(stage: Path, proc: subprocess.Popen, timeout: float = 300) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = complete_checkpoints(StageDirs(stage))
+        if found:
+            return found[-1].step
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    raise TimeoutError("no checkpoint appeared")
+
+
+def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_weights(tmp_path, corpus):
+    settings = {"max_steps": 120, "save_every": 20}
+    # reference: uninterrupted, launched by hand with accelerate launch
+    reference = write_pipeline(tmp_path / "reference.yaml", {"pre": pretrain_stage(corpus, **settings)},
+                               run_dir="reference-run")
+    done = launch_stage("stages.pretrain", "--config", reference, "--stage", "pre")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    # interrupted: SIGKILL the whole `rlhf run` process group right after a checkpoint is committed
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus, **settings)})
+    stage = tmp_path / "run" / "pre"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(path)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    step = wait_for_checkpoint(stage, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert read_manifest(StageDirs(stage)) is None
+    step = complete_checkpoints(StageDirs(stage))[-1].step  # another may have landed before the kill
+    assert step < 120
+
+    # a torn checkpoint after it (as if the process died while writing) must be ignored
+    torn = stage / "checkpoints" / f"step-{step + 10:06d}"
+    shutil.copytree(stage / "checkpoints" / f"step-{step:06d}", torn)
+    (torn / CHECKPOINT_MARKER).unlink()
+    (torn / "model.safetensors").write_bytes(b"truncated")
+
+    plan = rlhf("plan", path)
+    assert f"interrupted at step {step}" in plan.stdout
+    resumed = rlhf("run", path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming from step-{step:06d} (step {step})" in resumed.stdout
+    manifest = read_manifest(StageDirs(stage))
+    assert manifest["resumed_from_step"] == step and manifest["metrics"]["train/steps"] == 120
+    assert not torn.exists()
+    first_logged = next(int(line.split()[2].split("/")[0]) for line in resumed.stdout.splitlines()
+                        if line.startswith("[pre] step "))
+    assert step < first_logged <= step + 10  # continues after the checkpoint, not from 0
+
+    expected, actual = weights(tmp_path / "reference-run" / "pre"), weights(stage)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert read_manifest(StageDirs(tmp_path / "reference-run" / "pre"))["fingerprint"] == manifest["fingerprint"]
+
+
+def test_changed_config_with_stale_checkpoints_is_refused_until_restart(tmp_path, corpus):
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus, max_steps=200, save_every=10)})
+    stage = tmp_path / "run" / "pre"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(path)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(stage, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    write_pipeline(path, {"pre": pretrain_stage(corpus, max_steps=20, save_every=10, learning_rate=1e-3)})
+    refused = rlhf("run", path)
+    assert refused.returncode == 2
+    assert "stage pre: interrupted at step" in refused.stderr and "--restart pre" in refused.stderr
+    by_hand = launch_stage("stages.pretrain", "--config", path, "--stage", "pre")
+    assert by_hand.returncode != 0 and "--restart pre" in by_hand.stderr
+    assert complete_checkpoints(StageDirs(stage))  # nothing was deleted
+
+    restarted = rlhf("run", path, "--restart", "pre")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    manifest = read_manifest(StageDirs(stage))
+    assert manifest["resumed_from_step"] is None and manifest["metrics"]["train/steps"] == 20
