@@ -140,3 +140,16 @@ def test_every_shipped_config_validates():
     for path in sorted((REPO / "configs" / "accelerate").glob("*.yaml")):
         assert isinstance(yaml.safe_load(path.read_text()), dict)
         assert "accelerate launch" in path.read_text().split("\n\n")[0], f"{path} needs a launch header"
+
+
+def test_readme_pipeline_example_validates(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    example = next(block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:] if "run_dir:" in block)
+    configs = tmp_path / "configs"
+    (configs / "pipelines").mkdir(parents=True)
+    (tmp_path / "data").symlink_to(REPO / "data")
+    (configs / "accelerate").symlink_to(REPO / "configs" / "accelerate")
+    (configs / "pipelines" / "readme.yaml").write_text(example)
+    pipeline = load_pipeline(configs / "pipelines" / "readme.yaml")
+    assert pipeline.stages["more-austen"].inputs == {"model": "pretrain"}
+    assert pipeline.launch_for("more-austen").accelerate_config == str(REPO / "configs" / "accelerate" / "cpu.yaml")
