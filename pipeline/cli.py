@@ -61,11 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plan(config: str) -> None:
-    from rich.console import Console
-
     from pipeline.config import load_pipeline
     from pipeline.plan import make_plan
-    from pipeline.runner import status_table
+    from pipeline.runner import make_console, status_table
 
     pipeline = load_pipeline(config)
     try:
@@ -73,18 +71,16 @@ def _plan(config: str) -> None:
     except InputError as e:  # a conflict: still show the table, then the problem
         from pipeline.plan import stage_statuses
 
-        Console(highlight=False).print(status_table(stage_statuses(pipeline)))
+        make_console().print(status_table(stage_statuses(pipeline)))
         raise e
-    Console(highlight=False).print(status_table(plan.statuses, plan))
+    make_console().print(status_table(plan.statuses, plan))
 
 
 def _status(target: Path) -> None:
     """Status of a pipeline file, or of a run directory through the pipeline file its stages recorded."""
-    from rich.console import Console
-
     from pipeline.config import load_pipeline
     from pipeline.plan import stage_statuses
-    from pipeline.runner import status_table
+    from pipeline.runner import make_console, status_table
 
     if target.is_dir():
         recorded = _recorded_pipeline(target)
@@ -92,8 +88,9 @@ def _status(target: Path) -> None:
             raise InputError(f"{target}: not a run directory (no stage has a spec.json or manifest.json)")
         target = recorded
     pipeline = load_pipeline(target)
-    Console(highlight=False).print(f"run directory: {pipeline.run_dir}  (pipeline: {pipeline.path})")
-    Console(highlight=False).print(status_table(stage_statuses(pipeline)))
+    console = make_console()
+    console.print(f"run directory: {pipeline.run_dir}  (pipeline: {pipeline.path})")
+    console.print(status_table(stage_statuses(pipeline)))
 
 
 def _recorded_pipeline(run_dir: Path) -> Path | None:

@@ -20,11 +20,17 @@ from pipeline.plan import RunPlan, StageStatus, hasher_for, make_plan, stage_spe
 STATE_STYLE = {"fresh": "green", "stale": "yellow", "interrupted": "cyan", "conflict": "red", "missing": "yellow"}
 
 
+def make_console() -> Console:
+    """A console that wraps to the terminal, but not when piped into a log or another program."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 240)
+
+
 def status_table(statuses: dict[str, StageStatus], plan: RunPlan | None = None) -> Table:
     """A table of stages: kind, state, short fingerprint, why, and (with a plan) what happens now."""
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("stage", "kind", "state", "fingerprint", "why"):
-        table.add_column(column)
+    for column in ("stage", "kind", "state", "fingerprint"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("why", overflow="fold")  # never cut the reason short
     if plan is not None:
         table.add_column("action")
     for name, s in statuses.items():
@@ -53,7 +59,7 @@ def launch_command(pipeline: Pipeline, name: str, spec_path: Path) -> list[str]:
 def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str | None = None,
                  restart: list[str] | None = None, dry_run: bool = False, console: Console | None = None) -> None:
     """Plan, then launch every stage that is not fresh, in order; raise StageFailed on the first failure."""
-    console = console or Console(highlight=False)
+    console = console or make_console()
     restart = list(restart or [])
     with RunLock(pipeline.run_dir):
         hasher = hasher_for(pipeline)

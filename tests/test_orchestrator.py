@@ -151,6 +151,8 @@ def test_plan_states_from_files_on_disk(tmp_path, corpus):
         make_plan(pipeline, only=["c"])
     with pytest.raises(InputError, match="--only ghost: no such stage"):
         make_plan(pipeline, only=["ghost"])
+    plan = make_plan(pipeline, start="b", restart=["b"])
+    assert plan.to_run == ["b", "c"] and plan.skipped == {"a": "fresh"}
 
 
 def test_stale_reason_names_the_changed_key(tmp_path, corpus):

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.artifacts import CHECKPOINT_MARKER, StageDirs, complete_checkpoints, read_manifest
-from tests.conftest import launch_stage, pretrain_stage, rlhf, write_pipeline
+from tests.conftest import launch_stage, pretrain_stage, rlhf, small_corpus, write_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +30,16 @@ def weights(stage_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(stage_dir / "artifact" / "model.safetensors")
 
 
+def continued_stage(corpus: Path, source: str) -> dict:
+    """Continued pretraining from another stage's artifact."""
+    stage = pretrain_stage(corpus, max_steps=10, learning_rate=1e-3)
+    stage["model"], stage["inputs"] = {}, {"model": source}
+    return stage
+
+
 def test_run_writes_a_loadable_artifact_then_caches_and_reruns_on_data_change(tmp_path, corpus):
-    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus)})
+    other = small_corpus(tmp_path, paragraphs=150, name="other.txt")
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus), "more": continued_stage(other, "pre")})
     result = rlhf("run", path)
     assert result.returncode == 0, result.stdout + result.stderr
     stage = tmp_path / "run" / "pre"
@@ -60,6 +68,14 @@ def test_run_writes_a_loadable_artifact_then_caches_and_reruns_on_data_change(tm
     assert out.shape[1] > ids.shape[1] and tokenizer.decode(out[0, ids.shape[1]:]).strip()
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
 
+    # continued pretraining started from pre's weights and tokenizer, found through pre's manifest
+    more = read_manifest(StageDirs(tmp_path / "run" / "more"))
+    assert more["inputs"]["model"] == {"stage": "pre", "fingerprint": manifest["fingerprint"],
+                                       "artifact": str(stage / "artifact")}
+    assert losses(tmp_path / "run" / "more")[0] < first - 0.5  # starts from trained weights, not from scratch
+    assert (tmp_path / "run" / "more" / "artifact" / "tokenizer.json").read_bytes() == \
+        (stage / "artifact" / "tokenizer.json").read_bytes()
+
     # fully fresh: nothing launched, no new attempt log
     start = time.monotonic()
     again = rlhf("run", path)
@@ -67,14 +83,15 @@ def test_run_writes_a_loadable_artifact_then_caches_and_reruns_on_data_change(tm
     assert time.monotonic() - start < 10  # measured ~0.5 s; generous for CI
     assert sorted(p.name for p in (stage / "logs").glob("attempt-*.log")) == ["attempt-1.log"]
 
-    # editing the data re-runs the stage, and says why
-    corpus.write_text(corpus.read_text() + "\n\nA new paragraph of text to learn from.\n")
+    # editing the downstream stage's data re-runs it alone, and says why
+    other.write_text(other.read_text() + "\n\nA new paragraph of text to learn from.\n")
     plan = rlhf("plan", path)
-    assert "stale" in plan.stdout and "data changed: data.train.0" in plan.stdout
+    assert "data changed: data.train.0" in plan.stdout
     rerun = rlhf("run", path)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert (stage / "logs" / "attempt-2.log").is_file()
-    assert read_manifest(StageDirs(stage))["fingerprint"] != manifest["fingerprint"]
+    assert (tmp_path / "run" / "more" / "logs" / "attempt-2.log").is_file()
+    assert not (stage / "logs" / "attempt-2.log").exists()
+    assert read_manifest(StageDirs(stage))["fingerprint"] == manifest["fingerprint"]
 
 
 def wait_for_checkpoint(stage: Path, proc: subprocess.Popen, timeout: float = 300) -> int:
@@ -154,3 +171,15 @@ def test_changed_config_with_stale_checkpoints_is_refused_until_restart(tmp_path
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     manifest = read_manifest(StageDirs(stage))
     assert manifest["resumed_from_step"] is None and manifest["metrics"]["train/steps"] == 20
+
+
+def test_a_failing_stage_exits_1_naming_the_stage_its_log_and_the_resume_command(tmp_path, corpus):
+    stage = pretrain_stage(corpus)
+    stage["data"]["block_size"] = 100_000  # valid config, but the corpus cannot fill one block
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": stage})
+    result = rlhf("run", path)
+    assert result.returncode == 1
+    log = tmp_path / "run" / "pre" / "logs" / "attempt-1.log"
+    assert f"error: stage pre failed (exit code 1); log: {log}; resume with: rlhf run {path}" in result.stderr
+    assert "data.block_size 100000 leaves 0 training" in log.read_text()
+    assert read_manifest(StageDirs(tmp_path / "run" / "pre")) is None
