@@ -152,6 +152,8 @@ class LogLines(TrainerCallback):
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
         shown = "  ".join(f"{k} {_fmt(v)}" for k, v in logs.items() if k in _SHOWN)
+        if not shown:  # end-of-training summaries: kept in metrics.jsonl only
+            return
         print(f"[{self.name}] step {state.global_step}/{state.max_steps}  {shown}  "
               f"| {elapsed:.0f}s, eta {'?' if math.isnan(eta) else f'{eta:.0f}s'}", flush=True)
 
