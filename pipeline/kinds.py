@@ -6,9 +6,9 @@ StageConfig subclass here plus a `stages/<kind>.py` module.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from pipeline.config import DirPath, FilePath, StageConfig, StrictModel, volatile
 
@@ -88,6 +88,7 @@ class PretrainStage(StageConfig):
 
     module = "stages.pretrain"
     input_roles = {"model": False}
+    version = 2  # 2: the artifact's config has the KV cache on
 
     def input_problems(self) -> list[tuple[tuple, str]]:
         """Exactly one model source; a tokenizer only when the model is new; sane head counts."""
@@ -123,4 +124,124 @@ class PretrainStage(StageConfig):
         return corpus_problems(self.data.train + self.data.validation)
 
 
-KINDS: dict[str, type[StageConfig]] = {"pretrain": PretrainStage}
+class DataFile(StrictModel):
+    """One data file and how much of it goes into each epoch."""
+
+    path: FilePath
+    weight: float = Field(1.0, gt=0, description="rows per epoch = weight x rows in the file (2: twice; 0.5: a seeded half)")
+
+
+def _path_as_data_file(value):
+    return {"path": value} if isinstance(value, str) else value
+
+
+class ChatData(StrictModel):
+    """JSONL files of chat examples; a plain path is a DataFile with weight 1."""
+
+    train: list[Annotated[DataFile, BeforeValidator(_path_as_data_file)]] = Field(min_length=1)
+    validation: list[FilePath] = []
+    validation_fraction: float = Field(0.05, ge=0, lt=0.5, description="of training rows, when `validation` is empty")
+    max_length: int = Field(512, ge=8, description="tokens per example (prompt + answer); longer ones are truncated")
+
+    def files(self) -> list[str]:
+        """Every data file, training then validation."""
+        return [f.path for f in self.train] + list(self.validation)
+
+
+class SftData(ChatData):
+    """Rows `{"prompt", "completion"}` (text or messages) or `{"messages": [...]}` (the last turn is the answer)."""
+
+    packing: bool = Field(False, description="pack several short examples into each max_length sequence")
+
+
+class RewardData(ChatData):
+    """Rows `{"prompt", "answers": [best, ..., worst]}`, `{"prompt", "answers", "ranks"}` or `{"prompt", "chosen", "rejected"}`."""
+
+    skip_bad_rows: bool = Field(False, description="skip unusable rows (counted and recorded) instead of refusing the file")
+
+
+class ModelSource(StrictModel):
+    """An existing HF model directory; leave it out when the model comes from `inputs.model`."""
+
+    path: DirPath | None = None
+
+
+class LoraSettings(StrictModel):
+    """Train a LoRA adapter (peft) instead of all weights; the saved artifact has it merged in."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class SampleSettings(StrictModel):
+    """Greedy answers to the first `count` held-out prompts, from the input model and the trained one."""
+
+    count: int = Field(4, ge=0)
+    max_new_tokens: int = Field(48, ge=1)
+
+
+ChatTemplate = Literal["auto", "default"] | FilePath
+
+
+class _ChatStage(StageConfig):
+    """What the SFT and reward stages share: a model from another stage (or a directory) and a chat template."""
+
+    model: ModelSource = ModelSource()
+    chat_template: ChatTemplate = Field(
+        "auto", description="auto: the input's template, or ours if it has none; default: always ours; or a .jinja file")
+    train: TrainSettings
+
+    input_roles = {"model": False}
+
+    def input_problems(self) -> list[tuple[tuple, str]]:
+        """Exactly one model source; micro batches that divide the batch."""
+        problems: list[tuple[tuple, str]] = []
+        if ("model" in self.inputs) == (self.model.path is not None):
+            found = "both" if self.model.path else "none"
+            problems.append((("model",), f"give exactly one of inputs.model, model.path (found: {found})"))
+        micro = self.train.micro_batch_size or self.train.batch_size
+        if self.train.batch_size % micro:
+            problems.append((("train", "micro_batch_size"), f"must divide train.batch_size ({self.train.batch_size})"))
+        if isinstance(self.chat_template, str) and self.chat_template not in ("auto", "default") \
+                and not self.chat_template.endswith((".jinja", ".j2")):
+            problems.append((("chat_template",), "expected auto, default or a .jinja / .j2 file"))
+        return problems
+
+
+class SftStage(_ChatStage):
+    """Supervised fine-tuning on instruction data with TRL's SFTTrainer, loss on the answer by default."""
+
+    kind: Literal["sft"]
+    data: SftData
+    loss_on: Literal["completion", "all"] = Field("completion", description="answer tokens only, or the whole sequence")
+    lora: LoraSettings | None = None
+    samples: SampleSettings = SampleSettings()
+
+    module = "stages.sft"
+
+    def data_problems(self) -> list[str]:
+        """Unreadable files and unusable rows, with file and line."""
+        from stages.common.records import sft_problems
+
+        return sft_problems(self.data.files())
+
+
+class RewardStage(_ChatStage):
+    """A scalar reward model trained on K ranked answers per prompt (all untied pairs at once)."""
+
+    kind: Literal["reward"]
+    data: RewardData
+    margin: float = Field(0.0, ge=0, description="loss is -log sigmoid(r_better - r_worse - margin)")
+
+    module = "stages.reward"
+
+    def data_problems(self) -> list[str]:
+        """Unreadable files and unusable rows (unless data.skip_bad_rows), with file and line."""
+        from stages.common.records import ranking_problems
+
+        return ranking_problems(self.data.files(), skip_bad_rows=self.data.skip_bad_rows)
+
+
+KINDS: dict[str, type[StageConfig]] = {"pretrain": PretrainStage, "sft": SftStage, "reward": RewardStage}

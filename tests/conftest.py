@@ -59,3 +59,64 @@ def launch_stage(module: str, *args: str, timeout: float = 600) -> subprocess.Co
 def corpus(tmp_path: Path) -> Path:
     """A small real corpus file in the test's temp dir."""
     return small_corpus(tmp_path)
+
+
+DATA = REPO / "data"
+
+
+def sft_stage(source: str, **train) -> dict:
+    """A tiny SFT stage on the chatterbot and Python FAQ pairs, from stage `source`."""
+    settings = {"max_steps": 30, "batch_size": 8, "learning_rate": 3e-3, "save_every": 10, "log_every": 10}
+    settings.update(train)
+    return {
+        "kind": "sft",
+        "inputs": {"model": source},
+        "data": {"train": [str(DATA / "sft" / "chatterbot" / "train.jsonl"),
+                           {"path": str(DATA / "sft" / "python-faq" / "train.jsonl"), "weight": 2.0}],
+                 "validation": [str(DATA / "sft" / "chatterbot" / "heldout.jsonl"),
+                                str(DATA / "sft" / "python-faq" / "heldout.jsonl")],
+                 "max_length": 128},
+        "samples": {"count": 3, "max_new_tokens": 8},
+        "train": settings,
+    }
+
+
+def reward_stage(source: str, train_file: Path, **train) -> dict:
+    """A tiny reward stage on answer-quality rankings (the easy shipped set), from stage `source`."""
+    settings = {"max_steps": 60, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 5, "save_every": 20,
+                "log_every": 10}
+    settings.update(train)
+    return {
+        "kind": "reward",
+        "inputs": {"model": source},
+        "data": {"train": [str(train_file)], "validation": [str(DATA / "reward" / "answer-quality" / "heldout.jsonl")],
+                 "max_length": 96, "skip_bad_rows": True},
+        "train": settings,
+    }
+
+
+def ranking_subset(path: Path, rows: int = 600) -> Path:
+    """The first `rows` answer-quality training rankings plus one bad row (ranks all tied)."""
+    lines = (DATA / "reward" / "answer-quality" / "train.jsonl").read_text().splitlines()[:rows]
+    lines.append('{"prompt": "p", "answers": ["a", "b"], "ranks": [1, 1]}')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def chat_pipeline(directory: Path, run_dir: str = "run") -> Path:
+    """pre (pretrain) -> sft -> rm (reward), plus sft_lora (LoRA SFT) from pre."""
+    corpus = small_corpus(directory)
+    lora = sft_stage("pre", max_steps=10, learning_rate=1e-2)
+    lora["lora"] = {"r": 8, "alpha": 16}
+    stages = {"pre": pretrain_stage(corpus), "sft": sft_stage("pre"), "sft_lora": lora,
+              "rm": reward_stage("sft", ranking_subset(directory / "rankings.jsonl"))}
+    return write_pipeline(directory / "chat.yaml", stages, run_dir=run_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_run(tmp_path_factory) -> Path:
+    """The run directory of a completed tiny pretrain -> sft (+ LoRA) -> reward pipeline."""
+    directory = tmp_path_factory.mktemp("chat")
+    result = rlhf("run", chat_pipeline(directory))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return directory / "run"

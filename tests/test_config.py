@@ -153,3 +153,28 @@ def test_readme_pipeline_example_validates(tmp_path):
     pipeline = load_pipeline(configs / "pipelines" / "readme.yaml")
     assert pipeline.stages["more-austen"].inputs == {"model": "pretrain"}
     assert pipeline.launch_for("more-austen").accelerate_config == str(REPO / "configs" / "accelerate" / "cpu.yaml")
+
+
+def test_chat_stages_check_their_model_source_template_and_keys(tmp_path, corpus):
+    rows = tmp_path / "sft.jsonl"
+    rows.write_text('{"prompt": "p", "completion": "c"}\n')
+    template = tmp_path / "template.txt"
+    template.write_text("{{ messages }}")
+    stages = {
+        "pre": pretrain_stage(corpus),
+        "both": {"kind": "sft", "inputs": {"model": "pre"}, "model": {"path": str(tmp_path)},
+                 "data": {"train": [str(rows)]}, "train": {"max_steps": 1}},
+        "neither": {"kind": "reward", "data": {"train": [str(rows)]}, "train": {"max_steps": 1},
+                    "chat_template": str(template)},
+        "weightless": {"kind": "sft", "inputs": {"model": "pre"}, "data": {"train": [{"path": str(rows), "weight": 0}]},
+                       "train": {"max_steps": 1}},
+        "typo": {"kind": "sft", "inputs": {"model": "pre"}, "data": {"train": [str(rows)]}, "train": {"max_steps": 1},
+                 "lora": {"rank": 8}},
+    }
+    path = write_pipeline(tmp_path / "p.yaml", stages)
+    found = problems(path)
+    assert any("stages.both.model: give exactly one of inputs.model, model.path (found: both)" in p for p in found)
+    assert any("stages.neither.model: give exactly one of inputs.model, model.path (found: none)" in p for p in found)
+    assert any("stages.neither.chat_template: expected auto, default or a .jinja / .j2 file" in p for p in found)
+    assert any("stages.weightless.data.train.0.weight: input should be greater than 0" in p for p in found), found
+    assert any("stages.typo.lora.rank: unknown key" in p for p in found), found

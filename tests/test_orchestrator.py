@@ -199,7 +199,7 @@ def test_lock_refuses_a_second_run(tmp_path, corpus):
 
 
 def test_orchestrator_does_not_import_torch_and_is_fast(tmp_path, corpus):
-    code = ("import sys, pipeline.cli, pipeline.runner, pipeline.plan, pipeline.kinds, stages.common.corpus; "
+    code = ("import sys, pipeline.cli, pipeline.runner, pipeline.plan, pipeline.kinds, stages.common.corpus, stages.common.records; "
             "sys.exit(1 if {'torch', 'transformers', 'accelerate'} & set(sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus)})

@@ -17,7 +17,8 @@ def rows(path):
 
 
 def test_every_dataset_folder_says_where_it_comes_from():
-    for folder in (DATA / "pretrain" / "austen", DATA / "reward" / "wordnet", DATA / "sft"):
+    for folder in (DATA / "pretrain" / "austen", DATA / "reward" / "wordnet", DATA / "reward" / "answer-quality",
+                   DATA / "sft"):
         readme = (folder / "README.md").read_text()
         assert "licen" in readme.lower() and "data/scripts/build_" in readme
 
@@ -47,3 +48,19 @@ def test_wordnet_rankings_are_ranked_and_split_by_word():
         assert len(set(row["answers"])) == len(row["answers"])
     word = lambda r: r["prompt"].split(" '", 1)[1].rsplit("' usually", 1)[0]  # noqa: E731
     assert not {word(r) for r in train} & {word(r) for r in heldout}
+
+
+def test_answer_quality_rankings_are_rebuilt_identically_from_the_sft_data(tmp_path):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(DATA / "scripts" / "build_answer_quality.py"), str(DATA / "sft"), str(tmp_path)],
+                   check=True, capture_output=True)
+    for split in ("train", "heldout"):
+        shipped = DATA / "reward" / "answer-quality" / f"{split}.jsonl"
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == shipped.read_bytes()
+        for row in rows(shipped):
+            assert row["ranks"] == [1, 2, 3, 4] and len(set(row["answers"])) == 4
+    sft_heldout = {r["prompt"] for source in ("chatterbot", "python-faq", "jargon")
+                   for r in rows(DATA / "sft" / source / "heldout.jsonl")}
+    assert {r["prompt"] for r in rows(DATA / "reward" / "answer-quality" / "heldout.jsonl")} <= sft_heldout

@@ -36,8 +36,10 @@ def gradient_accumulation(train: TrainSettings, world_size: int) -> tuple[int, i
     return micro, steps
 
 
-def training_arguments(ctx: StageContext, train: TrainSettings, **overrides) -> TrainingArguments:
-    """TrainingArguments for a stage: our checkpoint dir and cadence, tensorboard under logs/, no tqdm."""
+def training_arguments(ctx: StageContext, train: TrainSettings, config_class: type = TrainingArguments,
+                       **overrides) -> TrainingArguments:
+    """TrainingArguments (or a subclass such as TRL's SFTConfig) for a stage: our batch, checkpoint dir and
+    cadence, tensorboard under logs/, no tqdm. `overrides` are passed through."""
     micro, accumulation = gradient_accumulation(train, PartialState().num_processes)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(ctx.dirs.logs / "tensorboard")
     kwargs = dict(
@@ -67,11 +69,12 @@ def training_arguments(ctx: StageContext, train: TrainSettings, **overrides) -> 
         report_to=["tensorboard"],
         disable_tqdm=True,
         dataloader_num_workers=0,
+        activation_checkpointing=train.activation_checkpointing,
     )
-    if train.activation_checkpointing:  # only when asked: older names warn even when False
-        kwargs["activation_checkpointing"] = True
+    if hasattr(config_class, "gradient_checkpointing"):  # the old name: TRL's configs default it to True
+        kwargs["gradient_checkpointing"] = None
     kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
+    return config_class(**kwargs)
 
 
 def quiet_libraries() -> None:
@@ -92,7 +95,12 @@ def attach(trainer: Trainer, ctx: StageContext, train: TrainSettings) -> Trainer
 
 
 def save_artifact(trainer: Trainer, directory: Path) -> None:
-    """The model and tokenizer in HF format (ZeRO-3 weights gathered by the Trainer), without Trainer extras."""
+    """The model and tokenizer in HF format (ZeRO-3 weights gathered by the Trainer), without Trainer extras.
+
+    The KV cache is switched back on in the saved config (trainers turn it off for training), so that
+    `generate` on the artifact is fast.
+    """
+    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
     trainer.save_model(str(directory))
     if trainer.args.should_save:
         (directory / "training_args.bin").unlink(missing_ok=True)
@@ -121,6 +129,7 @@ class CommitCheckpoints(TrainerCallback):
             final = checkpoint_dir(self.ctx.dirs, state.global_step)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(written, final)
+            (Path(args.output_dir) / "README.md").unlink(missing_ok=True)  # TRL's model card, not a checkpoint
             for old in complete_checkpoints(self.ctx.dirs)[: -self.keep_last]:
                 shutil.rmtree(old.path, ignore_errors=True)
         partial.wait_for_everyone()
@@ -154,11 +163,14 @@ class LogLines(TrainerCallback):
         shown = "  ".join(f"{k} {_fmt(v)}" for k, v in logs.items() if k in _SHOWN)
         if not shown:  # end-of-training summaries: kept in metrics.jsonl only
             return
+        if not state.max_steps:  # an evaluation before train() starts
+            print(f"[{self.name}] before training: {shown}", flush=True)
+            return
         print(f"[{self.name}] step {state.global_step}/{state.max_steps}  {shown}  "
               f"| {elapsed:.0f}s, eta {'?' if math.isnan(eta) else f'{eta:.0f}s'}", flush=True)
 
 
-_SHOWN = ("loss", "eval_loss", "learning_rate", "grad_norm")
+_SHOWN = ("loss", "eval_loss", "eval_pairwise_accuracy", "learning_rate", "grad_norm")
 
 
 def _fmt(value) -> str:

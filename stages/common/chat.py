@@ -1,0 +1,155 @@
+"""What the chat stages (sft, reward, ppo) share: the input model, the chat template, data rows, sampling.
+
+Our default chat template uses plain-text role headers and the tokenizer's own EOS, so it adds no tokens:
+any tokenizer (our tiny BPE, SmolLM2's, Llama's) can take it without resizing embeddings, and LoRA needs
+no trainable embedding rows. The assistant's text and its EOS sit inside `{% generation %}` so assistant
+masks cover the end of turn.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import InputError
+from stages.common.entry import StageContext
+from stages.common.records import read_rows
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ message['content'] + '\n\n' }}"
+    "{%- elif message['role'] == 'user' -%}{{ '### User:\n' + message['content'] + '\n\n' }}"
+    "{%- else -%}{{ '### Assistant:\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{{ '\n\n' if not loop.last else '' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '### Assistant:\n' }}{%- endif -%}"
+)
+
+
+def input_model_dir(ctx: StageContext) -> Path:
+    """The model the stage starts from: the upstream stage's artifact, or `model.path`."""
+    return ctx.inputs.get("model") or Path(ctx.config.model.path)
+
+
+def load_chat_tokenizer(source: Path, chat_template: str):
+    """The tokenizer at `source` with a pad token and the chat template the config asks for."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.eos_token is None:
+        raise InputError(f"{source}: the tokenizer has no eos_token; a chat model needs one to end its answers")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if chat_template == "default" or (chat_template == "auto" and not tokenizer.chat_template):
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    elif chat_template != "auto":
+        tokenizer.chat_template = Path(chat_template).read_text(encoding="utf-8")
+    return tokenizer
+
+
+def _weighted(rows: list[dict], weight: float, rng: random.Random) -> list[dict]:
+    """`weight` x the rows: whole copies, then a seeded sample for the fraction."""
+    whole, fraction = divmod(weight, 1.0)
+    extra = rng.sample(rows, round(fraction * len(rows)))
+    return rows * int(whole) + extra
+
+
+@dataclass
+class ChatRows:
+    """A stage's data: training rows mixed by weight, held-out rows (also by source), bad rows skipped."""
+
+    train: list[dict]
+    validation: list[dict]
+    validation_by_source: dict[str, list[dict]]
+    skipped: int
+
+
+def source_label(path: str, paths: list[str]) -> str:
+    """A short name for a data file: its folder (data/reward/wordnet/heldout.jsonl -> wordnet), or
+    folder/stem when two files share a folder."""
+    p = Path(path)
+    if sum(Path(q).parent == p.parent for q in paths) > 1:
+        return f"{p.parent.name}/{p.stem}"
+    return p.parent.name
+
+
+def load_rows(data, parse, seed: int, skip_bad_rows: bool = False) -> ChatRows:
+    """Read a ChatData section. Without validation files, a seeded `validation_fraction` of each training
+    file is held out (before weighting, so a repeated row never lands on both sides)."""
+    rng = random.Random(seed)
+    skipped = 0
+
+    def read(path) -> list[dict]:
+        nonlocal skipped
+        rows, bad = read_rows(path, parse, skip_bad_rows)
+        skipped += len(bad)
+        return rows
+
+    files = [(f.path, f.weight) for f in data.train]
+    per_file = [read(path) for path, _ in files]
+    if data.validation:
+        paths = list(data.validation)
+        by_source = {source_label(path, paths): read(path) for path in paths}
+    else:
+        paths = [path for path, _ in files]
+        by_source = {}
+        for i, rows in enumerate(per_file):
+            order = list(range(len(rows)))
+            rng.shuffle(order)
+            held = set(order[: max(1, round(len(rows) * data.validation_fraction))])
+            by_source[source_label(paths[i], paths)] = [r for j, r in enumerate(rows) if j in held]
+            per_file[i] = [r for j, r in enumerate(rows) if j not in held]
+    train = [row for rows, (_, weight) in zip(per_file, files) for row in _weighted(rows, weight, rng)]
+    validation = [row for rows in by_source.values() for row in rows]
+    if not train or not validation:
+        raise InputError(f"data: {len(train)} training and {len(validation)} validation rows; expected some of each")
+    return ChatRows(train, validation, by_source, skipped)
+
+
+def sample_prompts(rows: ChatRows, count: int) -> list[list[dict]]:
+    """`count` distinct held-out prompts, taken in turn from each source: the fixed prompts that every
+    stage answers, so the report can compare base, SFT and PPO answers."""
+    queues = [list(v) for v in rows.validation_by_source.values()]
+    chosen, seen = [], set()
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            while queue:
+                prompt = queue.pop(0)["prompt"]
+                key = repr(prompt)
+                if key not in seen:
+                    seen.add(key)
+                    chosen.append(prompt)
+                    break
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy answers to chat prompts (left-padded batches, KV cache, stop at EOS)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    answers: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                     for p in prompts[start : start + batch_size]]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return [a.strip() for a in answers]
+
+
+def prompt_text(prompt: list[dict]) -> str:
+    """A chat prompt as one line for tables: the last user turn."""
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), prompt[-1]["content"])

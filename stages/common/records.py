@@ -1,0 +1,165 @@
+"""Read SFT and ranking JSONL files into normalised rows, refusing bad rows with file and line named.
+
+Torch-free: the orchestrator calls the `*_problems` functions to check data before launching anything,
+and the stages call the readers again in their own process. Prompts may be plain text (one user turn) or
+chat messages `[{"role", "content"}, ...]`; every row comes out in chat form.
+
+SFT rows -> `{"prompt": [messages], "completion": [one assistant message]}`:
+  `{"prompt": ..., "completion": ...}`, or `{"messages": [...]}` whose last turn (the assistant's) is the answer.
+Ranking rows -> `{"prompt": [messages], "answers": [str], "ranks": [int]}` (lower rank is better):
+  `{"prompt", "answers": [best, ..., worst]}`, `{"prompt", "answers", "ranks"}` (ties allowed, never paired),
+  or `{"prompt", "chosen", "rejected"}` (the K = 2 case).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+ROLES = ("system", "user", "assistant")
+SHOWN_PER_FILE = 10  # bad rows listed per file; the rest are counted
+
+
+class BadRow(ValueError):
+    """A row that cannot be used; the message says what was expected."""
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | BadRow]]:
+    """(line number, parsed object or the reason it is unusable) for each non-blank line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not valid UTF-8 (byte {e.start}); expected UTF-8 JSON lines") from None
+    if path.suffix != ".jsonl":
+        raise InputError(f"{path}: unsupported format {path.suffix!r}; expected .jsonl (one JSON object per line)")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            yield number, BadRow(f"not valid JSON ({e.msg}); expected one object per line")
+            continue
+        yield number, row if isinstance(row, dict) else BadRow(f"expected a JSON object, got {type(row).__name__}")
+
+
+def _text(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise BadRow(f"{what} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise BadRow(f"{what} is empty")
+    return value
+
+
+def _messages(value, what: str) -> list[dict]:
+    """A prompt as chat messages: text becomes one user turn."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": _text(value, what)}]
+    if not isinstance(value, list) or not value:
+        raise BadRow(f"{what} must be a string or a non-empty list of messages")
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or set(message) - {"role", "content"} or "role" not in message:
+            raise BadRow(f"{what}[{i}] must be an object with role and content")
+        if message["role"] not in ROLES:
+            raise BadRow(f"{what}[{i}].role is {message['role']!r}; expected one of {', '.join(ROLES)}")
+        out.append({"role": message["role"], "content": _text(message.get("content"), f"{what}[{i}].content")})
+    return out
+
+
+def sft_row(row: dict) -> dict:
+    """One SFT example in chat form; BadRow if unusable."""
+    if "messages" in row:
+        if "prompt" in row or "completion" in row:
+            raise BadRow('give either "messages" or "prompt" and "completion", not both')
+        messages = _messages(row["messages"], "messages")
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            raise BadRow("messages must hold at least one turn before a final assistant turn (the answer)")
+        return {"prompt": messages[:-1], "completion": messages[-1:]}
+    if "prompt" not in row or "completion" not in row:
+        raise BadRow('expected "prompt" and "completion", or "messages"')
+    prompt = _messages(row["prompt"], "prompt")
+    completion = row["completion"]
+    if isinstance(completion, list):
+        if len(completion) != 1 or not isinstance(completion[0], dict) or completion[0].get("role") != "assistant":
+            raise BadRow("completion must be a string or a list with one assistant message")
+        completion = completion[0].get("content")
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": _text(completion, "completion")}]}
+
+
+def ranking_row(row: dict) -> dict:
+    """One prompt with ranked answers; BadRow if unusable."""
+    if "prompt" not in row:
+        raise BadRow('missing "prompt"')
+    prompt = _messages(row["prompt"], "prompt")
+    if "chosen" in row or "rejected" in row:
+        if "answers" in row or "ranks" in row:
+            raise BadRow('give either "answers" or "chosen" and "rejected", not both')
+        if "chosen" not in row or "rejected" not in row:
+            raise BadRow('a pairwise row needs both "chosen" and "rejected"')
+        answers, ranks = [_text(row["chosen"], "chosen"), _text(row["rejected"], "rejected")], [1, 2]
+    elif "answers" in row:
+        answers = row["answers"]
+        if not isinstance(answers, list) or len(answers) < 2:
+            raise BadRow("answers must be a list of at least 2 answers")
+        answers = [_text(a, f"answers[{i}]") for i, a in enumerate(answers)]
+        ranks = row.get("ranks", list(range(1, len(answers) + 1)))
+        if not isinstance(ranks, list) or len(ranks) != len(answers):
+            got = len(ranks) if isinstance(ranks, list) else type(ranks).__name__
+            raise BadRow(f"ranks has {got} entries for {len(answers)} answers; expected one rank per answer")
+        if not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks):
+            raise BadRow(f"ranks must be integers (lower is better), got {ranks}")
+        if len(set(ranks)) == 1:
+            raise BadRow("all answers are tied; expected at least two different ranks")
+    else:
+        raise BadRow('expected "answers" (best first, or with "ranks"), or "chosen" and "rejected"')
+    return {"prompt": prompt, "answers": answers, "ranks": ranks}
+
+
+def read_rows(path: str | Path, parse: Callable[[dict], dict], skip_bad_rows: bool = False) -> tuple[list[dict], list[str]]:
+    """(usable rows, one message per bad row) of one file. Without `skip_bad_rows`, bad rows raise InputError."""
+    path = Path(path)
+    rows, bad = [], []
+    for number, row in _jsonl_rows(path):
+        try:
+            if isinstance(row, BadRow):
+                raise row
+            rows.append(parse(row))
+        except BadRow as e:
+            bad.append(f"{path}:{number}: {e}")
+    if bad and not skip_bad_rows:
+        shown = bad[:SHOWN_PER_FILE]
+        if len(bad) > len(shown):
+            shown.append(f"{path}: {len(bad) - len(shown)} more bad rows (fix them, or set data.skip_bad_rows)")
+        raise InputError(shown)
+    if not rows:
+        raise InputError(f"{path}: no usable rows; expected at least one JSON object per line")
+    return rows, bad
+
+
+def _problems(paths: list[str], parse: Callable[[dict], dict], skip_bad_rows: bool) -> list[str]:
+    problems = []
+    for path in paths:
+        try:
+            read_rows(path, parse, skip_bad_rows)
+        except InputError as e:
+            problems += e.problems
+    return problems
+
+
+def sft_problems(paths: list[str]) -> list[str]:
+    """Every unusable SFT file or row among `paths` (empty when all are fine)."""
+    return _problems(paths, sft_row, skip_bad_rows=False)
+
+
+def ranking_problems(paths: list[str], skip_bad_rows: bool = False) -> list[str]:
+    """Every unusable ranking file or row among `paths` (bad rows pass when they may be skipped)."""
+    return _problems(paths, ranking_row, skip_bad_rows)

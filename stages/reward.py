@@ -1,0 +1,187 @@
+"""Reward model: K ranked answers per prompt -> K-wise ranking loss on the HF Trainer -> scalar scorer.
+
+    accelerate launch -m stages.reward --config configs/pipelines/tiny.yaml --stage reward
+
+As in InstructGPT, the reward model starts from a causal LM (usually the SFT stage's artifact) with a new
+scalar head (`AutoModelForSequenceClassification`, one label, scored at the last non-pad token). Each
+training example is one prompt with all its K answers: the collator flattens the answers of a batch into
+one padded tensor, so the K answers of a prompt are scored in one forward pass and each answer once, and
+the loss averages -log sigmoid(r_better - r_worse) over the prompt's untied pairs (K = 2 is pairwise data).
+TRL's RewardTrainer takes chosen/rejected pairs only, so this is a Trainer subclass with its own loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from transformers import Trainer
+
+from pipeline.kinds import RewardStage
+from stages.common.chat import input_model_dir, load_chat_tokenizer, load_rows
+from stages.common.entry import StageContext, run_stage
+from stages.common.ranking import kwise_ranking_loss, ranking_metrics, scores_by_prompt
+from stages.common.records import ranking_row
+
+
+def tokenize_rankings(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """Each row as {"input_ids": [ids of prompt + answer, per answer], "ranks": [...]}, chat template applied.
+
+    Truncation keeps the end of each sequence, where the answer (and the scored last token) is.
+    """
+    texts, owners = [], []
+    for i, row in enumerate(rows):
+        for answer in row["answers"]:
+            texts.append(tokenizer.apply_chat_template(row["prompt"] + [{"role": "assistant", "content": answer}],
+                                                       tokenize=False))
+            owners.append(i)
+    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    tokenizer.truncation_side = side
+    out = [{"input_ids": [], "ranks": row["ranks"]} for row in rows]
+    for owner, sequence in zip(owners, ids):
+        out[owner]["input_ids"].append(sequence)
+    return out
+
+
+class RankingCollator:
+    """Batch B prompts: all their answers as one right-padded [N, L] tensor, ranks as [B, K_max] (0 = empty)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        sequences = [seq for ex in examples for seq in ex["input_ids"]]
+        width = max(map(len, sequences))
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            attention_mask[row, : len(seq)] = 1
+        k_max = max(len(ex["ranks"]) for ex in examples)
+        ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
+        for row, ex in enumerate(examples):
+            # shift so that every filled slot is > 0 (ranks may start at 0 or be negative in user data)
+            r = torch.tensor(ex["ranks"])
+            ranks[row, : len(r)] = r - r.min() + 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks}
+
+
+class RankingTrainer(Trainer):
+    """The HF Trainer with the K-wise ranking loss; predictions are the scores as [B, K_max]."""
+
+    def __init__(self, *args, margin: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.margin = margin
+        # our loss is a mean over the micro batch's prompts: let the Trainer divide it by the accumulation steps
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Score every answer of the batch in one forward, then the mean over prompts of their pair losses."""
+        ranks = inputs["ranks"]
+        flat = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.squeeze(-1)
+        scores = scores_by_prompt(flat.float(), ranks)
+        loss = kwise_ranking_loss(scores, ranks, self.margin)
+        return (loss, {"scores": scores}) if return_outputs else loss
+
+
+def compute_metrics(prediction) -> dict[str, float]:
+    """Trainer hook: ranking metrics from the gathered [N, K] scores and ranks (-100 pads across batches)."""
+    return ranking_metrics(prediction.predictions, prediction.label_ids)
+
+
+def _number(value: float) -> float | None:
+    """NaN (e.g. Kendall tau with no K > 2 prompt) as null: manifests are strict JSON."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+@contextlib.contextmanager
+def new_head_expected():
+    """Silence transformers' load report while it adds the new scalar head (and drops the LM head)."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def train(ctx: StageContext) -> dict:
+    """Train the reward model, evaluate it on held-out rankings and save it; return the manifest metrics."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    from stages.common.hf_trainer import attach, gradient_accumulation, quiet_libraries, save_artifact, training_arguments
+
+    cfg: RewardStage = ctx.config
+    name = ctx.spec["stage"]
+    quiet_libraries()
+    set_seed(cfg.train.seed)
+
+    # data: prompts with ranked answers (bad rows refused, or skipped and counted)
+    rows = load_rows(cfg.data, ranking_row, cfg.train.seed, cfg.data.skip_bad_rows)
+    train_rows, val_rows = rows.train, rows.validation
+    if rows.skipped:
+        print(f"[{name}] skipped {rows.skipped} bad rows (data.skip_bad_rows)", flush=True)
+
+    # model: the input causal LM with a new scalar head, and its tokenizer with the chat template
+    source = input_model_dir(ctx)
+    tokenizer = load_chat_tokenizer(source, cfg.chat_template)
+    with new_head_expected():
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    train_set = Dataset.from_list(tokenize_rankings(train_rows, tokenizer, cfg.data.max_length))
+    val_set = Dataset.from_list(tokenize_rankings(val_rows, tokenizer, cfg.data.max_length))
+    n_answers = sum(len(r["answers"]) for r in train_rows)
+    print(f"[{name}] {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters from {source}; "
+          f"{len(train_rows)} train prompts ({n_answers} answers) / {len(val_rows)} validation prompts", flush=True)
+
+    # train: one example = one prompt with all its answers
+    args = training_arguments(ctx, cfg.train, remove_unused_columns=False, label_names=["ranks"])
+    trainer = attach(RankingTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=RankingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        margin=cfg.margin,
+    ), ctx, cfg.train)
+    base = trainer.evaluate()  # the new head on the input model: near chance
+    result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
+    evaluation = trainer.evaluate()
+
+    by_source = {}
+    if len(rows.validation_by_source) > 1:  # also per held-out source: a mix can hide one it does not learn
+        for label, source_rows in rows.validation_by_source.items():
+            dataset = Dataset.from_list(tokenize_rankings(source_rows, tokenizer, cfg.data.max_length))
+            result_s = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval_source")
+            by_source.update({f"eval/{label}/{key}": _number(result_s[f"eval_source_{key}"]) for key in
+                              ("pairwise_accuracy", "margin", "ranking_accuracy", "kendall_tau")})
+
+    # artifact: sequence classifier (one scalar) + tokenizer with the chat template
+    save_artifact(trainer, ctx.staged_artifact)
+    micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
+    return {
+        **{f"eval/{key}": _number(evaluation[f"eval_{key}"])
+           for key in ("loss", "pairwise_accuracy", "margin", "ranking_accuracy", "kendall_tau")},
+        **by_source,
+        "eval/base_pairwise_accuracy": base["eval_pairwise_accuracy"],
+        "train/loss": result.training_loss,
+        "train/steps": trainer.state.global_step,
+        "train/runtime_s": result.metrics.get("train_runtime"),
+        "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
+        "data/train_prompts": len(train_rows),
+        "data/train_answers": n_answers,
+        "data/validation_prompts": len(val_rows),
+        "data/skipped_rows": rows.skipped,
+    }
+
+
+if __name__ == "__main__":
+    run_stage(train)

@@ -1,0 +1,143 @@
+"""The SFT stage: answer-only labels at the token level, and a real tiny run (plain and LoRA) through `rlhf run`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.artifacts import StageDirs, read_manifest
+from pipeline.kinds import SftStage
+from stages.common.chat import DEFAULT_CHAT_TEMPLATE, ChatRows
+from stages.common.entry import StageContext
+from stages.common.records import sft_row
+from tests.conftest import REPO, small_corpus
+
+SFT_DATA = REPO / "data" / "sft"
+ROWS = [sft_row(json.loads(line)) for line in (SFT_DATA / "python-faq" / "train.jsonl").read_text().splitlines()[:12]]
+
+
+def tiny_causal_lm(tmp_path: Path):
+    """A random 2-layer Llama with a 512-token BPE trained on a small corpus (no training needed here)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stages.pretrain import train_tokenizer
+
+    corpus = small_corpus(tmp_path).read_text().split("\n\n")
+    tokenizer = train_tokenizer(corpus, 512, 2)
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config), tokenizer
+
+
+def sft_context(tmp_path: Path, **overrides) -> StageContext:
+    config = {"kind": "sft", "model": {"path": str(tmp_path)}, "data": {"train": [str(SFT_DATA / "python-faq" / "train.jsonl")],
+              "max_length": 4096}, "train": {"max_steps": 1, "batch_size": 4}, **overrides}
+    cfg = SftStage.model_validate(config)
+    return StageContext(spec={"stage": "sft", "fingerprint": "test"}, config=cfg, dirs=StageDirs(tmp_path / "stage"),
+                        inputs={}, resume_from=None, staged_artifact=tmp_path / "stage" / "artifact.staging")
+
+
+@pytest.mark.parametrize("loss_on", ["completion", "all"])
+def test_labels_mask_exactly_the_prompt_tokens(tmp_path, loss_on):
+    from stages.sft import build_trainer
+
+    model, tokenizer = tiny_causal_lm(tmp_path)
+    rows = ChatRows(train=ROWS, validation=ROWS[:2], validation_by_source={"faq": ROWS[:2]}, skipped=0)
+    trainer = build_trainer(sft_context(tmp_path, loss_on=loss_on), model, tokenizer, rows)
+    by_text = {tokenizer.decode(ex["input_ids"]): ex for ex in trainer.train_dataset}
+    assert len(by_text) == len(ROWS)
+    for row in ROWS:
+        prompt_ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"]
+        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        example = by_text[full]
+        ids, labels = example["input_ids"], example["labels"]
+        assert ids[: len(prompt_ids)] == prompt_ids  # the prompt is a prefix of the training sequence
+        if loss_on == "all":
+            assert labels == ids
+            continue
+        assert labels[: len(prompt_ids)] == [-100] * len(prompt_ids)
+        assert labels[len(prompt_ids):] == ids[len(prompt_ids):]  # every answer token is trained, EOS included
+        assert tokenizer.decode(labels[len(prompt_ids):]) == row["completion"][0]["content"] + tokenizer.eos_token
+
+    # the collated batch keeps the masks and adds -100 on padding only
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert ((batch["labels"] == -100) | (batch["labels"] == batch["input_ids"])).all()
+    if "attention_mask" in batch:
+        assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+@pytest.mark.slow
+def test_sft_run_plain_and_lora(tmp_path, tiny_chat_run):
+    run = tiny_chat_run
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # the loss on held-out answers fell; samples from before and after were recorded
+    manifest = read_manifest(StageDirs(run / "sft"))
+    metrics = manifest["metrics"]
+    assert metrics["eval/loss"] < metrics["eval/base_loss"] - 0.3, metrics
+    assert metrics["train/steps"] == 30 and metrics["model/trainable_parameters"] == metrics["model/parameters"]
+    assert len(metrics["samples"]) == 3 and {"prompt", "base", "sft"} <= set(metrics["samples"][0])
+    assert len({s["prompt"] for s in metrics["samples"]}) == 3  # distinct prompts, from more than one source
+
+    # the artifact is a causal LM whose tokenizer applies the chat template, loaded with plain transformers
+    artifact = run / "sft" / "artifact"
+    tokenizer = AutoTokenizer.from_pretrained(artifact)
+    model = AutoModelForCausalLM.from_pretrained(artifact)
+    assert model.config.use_cache  # fast generate() for whoever loads it
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is Python?"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text == "### User:\nWhat is Python?\n\n### Assistant:\n"
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] > ids.shape[1]
+
+    # LoRA: trained an adapter only; the artifact's weights equal base + adapter
+    from peft import PeftModel
+
+    lora = read_manifest(StageDirs(run / "sft_lora"))["metrics"]
+    assert 0 < lora["model/trainable_parameters"] < lora["model/parameters"] / 5
+    assert lora["eval/loss"] < lora["eval/base_loss"]
+    base = AutoModelForCausalLM.from_pretrained(run / "pre" / "artifact")
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        with_adapter = PeftModel.from_pretrained(base, run / "sft_lora" / "artifact" / "adapter")(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(run / "sft_lora" / "artifact")(ids).logits
+    assert torch.allclose(with_adapter, merged, atol=1e-5)
+    assert not torch.allclose(base_logits, merged, atol=1e-3)  # the adapter did something
+
+
+def test_packing_puts_several_examples_in_one_sequence_and_trains(tmp_path):
+    from stages.sft import build_trainer
+
+    model, tokenizer = tiny_causal_lm(tmp_path)
+    short = [sft_row(json.loads(line)) for line in
+             (SFT_DATA / "chatterbot" / "train.jsonl").read_text().splitlines()[:64]]
+    rows = ChatRows(train=short, validation=short[:4], validation_by_source={"chat": short[:4]}, skipped=0)
+    ctx = sft_context(tmp_path, data={"train": [str(SFT_DATA / "chatterbot" / "train.jsonl")], "max_length": 128,
+                                      "packing": True})
+    trainer = build_trainer(ctx, model, tokenizer, rows)
+    packed = trainer.train_dataset
+    assert len(packed) < len(short) / 1.5  # short chats share 128-token sequences
+    assert sum(len(row["seq_lengths"]) for row in packed) == len(short)  # every example kept, none split
+    assert all(len(row["input_ids"]) <= 128 for row in packed)
+    # packed examples do not attend to each other: the training loss equals the one from each example alone
+    shared = next(row for row in packed if len(row["seq_lengths"]) > 1)
+    batch = trainer.data_collator([shared])
+    assert "attention_mask" not in batch
+    with torch.no_grad():
+        together = trainer.compute_loss(model, batch)
+        apart = torch.cat([model(input_ids=ids.unsqueeze(0)).logits[0]
+                           for ids in batch["input_ids"][0].split(shared["seq_lengths"])])
+        labels = batch["labels"][0]
+        expected = torch.nn.functional.cross_entropy(apart[:-1], labels[1:], ignore_index=-100)
+    assert together.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train()
+    assert trainer.state.global_step == 1 and torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
