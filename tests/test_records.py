@@ -103,3 +103,22 @@ def test_rlhf_run_refuses_bad_rows_before_launching_anything(tmp_path):
     assert result.returncode == 2
     assert f"{sft}:2: " in result.stderr and f"{ranked}:1: all answers are tied" in result.stderr
     assert not (tmp_path / "run" / "sft").exists()  # nothing launched, nothing written
+
+
+def test_a_stage_launched_by_hand_refuses_bad_rows_with_exit_2_before_loading_a_model(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / "model").mkdir()  # never read: the rows are checked first
+    ranked = write_jsonl(tmp_path / "ranked.jsonl", [{"prompt": "p", "answers": ["a", "b"]},
+                                                     {"prompt": "p", "answers": ["a", "b"], "ranks": [1]}])
+    path = write_pipeline(tmp_path / "p.yaml", {"rm": {"kind": "reward", "model": {"path": "model"},
+                                                       "data": {"train": ["ranked.jsonl"]}, "train": {"max_steps": 1}}})
+    result = subprocess.run([sys.executable, "-m", "stages.reward", "--config", str(path), "--stage", "rm"],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert f"error: {ranked}:2: ranks has 1 entries for 2 answers; expected one rank per answer" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "rm" / "manifest.json").exists()
