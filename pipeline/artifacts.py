@@ -285,6 +285,19 @@ def checkpoint_dir(dirs: StageDirs, step: int) -> Path:
     return dirs.checkpoints / f"step-{step:06d}"
 
 
+def commit_checkpoint(dirs: StageDirs, written: Path, step: int, fingerprint: str, stage: str, keep_last: int) -> Path:
+    """Make the fully written directory `written` the complete checkpoint of `step`: write the marker
+    (fingerprint, step) into it, rename it to `step-NNNNNN`, then keep only the `keep_last` newest.
+    Main process only, after every process has finished writing."""
+    atomic_write_json(written / CHECKPOINT_MARKER, {"fingerprint": fingerprint, "step": step, "stage": stage})
+    final = checkpoint_dir(dirs, step)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(written, final)
+    for old in complete_checkpoints(dirs)[:-keep_last]:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return final
+
+
 def complete_checkpoints(dirs: StageDirs) -> list[Checkpoint]:
     """Complete checkpoints, oldest first. A directory without a readable marker is torn and ignored."""
     found = []

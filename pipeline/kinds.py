@@ -244,4 +244,96 @@ class RewardStage(_ChatStage):
         return ranking_problems(self.data.files(), skip_bad_rows=self.data.skip_bad_rows)
 
 
-KINDS: dict[str, type[StageConfig]] = {"pretrain": PretrainStage, "sft": SftStage, "reward": RewardStage}
+class PromptData(ChatData):
+    """Prompts, from any SFT or ranking row shape (`prompt` or `messages`); answers are not trained on.
+    Held-out rows that carry ranked answers also give the gold win rate."""
+
+    max_length: int = Field(256, ge=8, description="prompt tokens; longer prompts keep their end")
+
+
+class GenerationSettings(StrictModel):
+    """How the policy samples answers during rollouts and the final evaluation."""
+
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    missing_eos_penalty: float | None = Field(None, description="subtracted from the score of an answer cut at max_new_tokens")
+
+
+class KLSettings(StrictModel):
+    """The KL penalty to the reference (SFT) policy: fixed beta, or adapted towards `target`."""
+
+    beta: float = Field(0.02, ge=0, description="InstructGPT: 0.02")
+    target: float | None = Field(None, gt=0, description="adaptive: target KL per answer (nats)")
+    horizon: int = Field(10000, ge=1, description="adaptive: samples over which beta may change by ~20 %")
+
+
+class PtxSettings(StrictModel):
+    """PPO-ptx (InstructGPT): a pretraining-loss term on a text corpus, added to the policy loss."""
+
+    data: list[FilePath] = Field(min_length=1, description=".txt / .jsonl corpus, as for pretrain")
+    coef: float = Field(1.0, gt=0, description="weight of the language-modelling loss")
+    block_size: int = Field(128, ge=8)
+    batch_size: int = Field(4, ge=1, description="blocks per PPO mini-batch step")
+
+
+class PpoSettings(StrictModel):
+    """The PPO algorithm."""
+
+    rollout_batch_size: int = Field(16, ge=1, description="prompts per iteration (global)")
+    mini_batch_size: int = Field(8, ge=1, description="answers per optimiser step (global)")
+    micro_batch_size: int | None = Field(None, ge=1, description="answers per forward (per process); default: mini_batch_size")
+    epochs: int = Field(4, ge=1, description="passes over each rollout")
+    clip_range: float = Field(0.2, gt=0)
+    value_clip_range: float = Field(0.2, gt=0)
+    value_coef: float = Field(0.1, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    whiten_advantages: bool = True
+    score_clip: float | None = Field(None, gt=0, description="clip reward-model scores to [-c, c]")
+    critic_learning_rate: float | None = Field(None, gt=0, description="default: train.learning_rate")
+    kl: KLSettings = KLSettings()
+    ptx: PtxSettings | None = None
+
+
+class PpoEvaluation(StrictModel):
+    """The final comparison of the SFT policy and the PPO policy on held-out prompts."""
+
+    prompts: int = Field(64, ge=1, description="held-out prompts answered by both policies")
+    samples: int = Field(8, ge=0, description="rows of the sample table kept in the manifest")
+    seed: int = 1234
+
+
+class PpoStage(StageConfig):
+    """PPO against a frozen reward model, with a KL penalty to the frozen SFT policy (our own trainer)."""
+
+    kind: Literal["ppo"]
+    data: PromptData
+    generation: GenerationSettings = GenerationSettings()
+    ppo: PpoSettings = PpoSettings()
+    evaluation: PpoEvaluation = PpoEvaluation()
+    train: TrainSettings = Field(description="max_steps = PPO iterations; batch_size is unused (see ppo.*)")
+
+    module = "stages.ppo"
+    input_roles = {"policy": True, "reward": True}
+
+    def input_problems(self) -> list[tuple[tuple, str]]:
+        """Mini-batches that divide the rollout."""
+        problems: list[tuple[tuple, str]] = []
+        if self.ppo.rollout_batch_size % self.ppo.mini_batch_size:
+            problems.append((("ppo", "mini_batch_size"), f"must divide ppo.rollout_batch_size ({self.ppo.rollout_batch_size})"))
+        micro = self.ppo.micro_batch_size or self.ppo.mini_batch_size
+        if self.ppo.mini_batch_size % micro:
+            problems.append((("ppo", "micro_batch_size"), f"must divide ppo.mini_batch_size ({self.ppo.mini_batch_size})"))
+        return problems
+
+    def data_problems(self) -> list[str]:
+        """Unreadable prompt files or rows, and an unreadable ptx corpus."""
+        from stages.common.corpus import corpus_problems
+        from stages.common.records import prompt_problems
+
+        return prompt_problems(self.data.files()) + (corpus_problems(self.ppo.ptx.data) if self.ppo.ptx else [])
+
+
+KINDS: dict[str, type[StageConfig]] = {"pretrain": PretrainStage, "sft": SftStage, "reward": RewardStage,
+                                       "ppo": PpoStage}

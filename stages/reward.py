@@ -19,7 +19,7 @@ import torch
 from transformers import Trainer
 
 from pipeline.kinds import RewardStage
-from stages.common.chat import input_model_dir, load_chat_tokenizer, load_rows
+from stages.common.chat import check_context_length, input_model_dir, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext, run_stage
 from stages.common.ranking import kwise_ranking_loss, ranking_metrics, scores_by_prompt
 from stages.common.records import ranking_row
@@ -130,6 +130,7 @@ def train(ctx: StageContext) -> dict:
 
     # model: the input causal LM with a new scalar head, and its tokenizer with the chat template
     source = input_model_dir(ctx)
+    check_context_length(source, cfg.data.max_length, "data.max_length")
     tokenizer = load_chat_tokenizer(source, cfg.chat_template)
     with new_head_expected():
         model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)

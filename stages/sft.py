@@ -19,6 +19,7 @@ from trl import SFTTrainer
 
 from pipeline.kinds import SftStage
 from stages.common.chat import (
+    check_context_length,
     generate_answers,
     input_model_dir,
     load_chat_tokenizer,
@@ -119,6 +120,7 @@ def train(ctx: StageContext) -> dict:
 
     # model and tokenizer (with a chat template)
     source = input_model_dir(ctx)
+    check_context_length(source, cfg.data.max_length, "data.max_length")
     tokenizer = load_chat_tokenizer(source, cfg.chat_template)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

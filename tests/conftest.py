@@ -103,19 +103,43 @@ def ranking_subset(path: Path, rows: int = 600) -> Path:
     return path
 
 
+def ppo_stage(policy: str, reward: str, corpus: Path, **train) -> dict:
+    """A tiny PPO stage: chatterbot prompts, held-out chatterbot and WordNet prompts, PPO-ptx on `corpus`."""
+    settings = {"max_steps": PPO_ITERATIONS, "learning_rate": 3e-4, "lr_scheduler": "constant", "save_every": 4,
+                "log_every": 4}
+    settings.update(train)
+    return {
+        "kind": "ppo",
+        "inputs": {"policy": policy, "reward": reward},
+        "data": {"train": [str(DATA / "sft" / "chatterbot" / "train.jsonl")],
+                 "validation": [str(DATA / "sft" / "chatterbot" / "heldout.jsonl"),
+                                str(DATA / "reward" / "wordnet" / "heldout.jsonl")],
+                 "max_length": 32},
+        "generation": {"max_new_tokens": 16},
+        "ppo": {"rollout_batch_size": 8, "mini_batch_size": 4, "epochs": 2,
+                "ptx": {"data": [str(corpus)], "coef": 0.1, "block_size": 64, "batch_size": 2}},
+        "evaluation": {"prompts": 32, "samples": 4},
+        "train": settings,
+    }
+
+
+PPO_ITERATIONS = 12
+
+
 def chat_pipeline(directory: Path, run_dir: str = "run") -> Path:
-    """pre (pretrain) -> sft -> rm (reward), plus sft_lora (LoRA SFT) from pre."""
+    """pre (pretrain) -> sft -> rm (reward) -> ppo, plus sft_lora (LoRA SFT) from pre."""
     corpus = small_corpus(directory)
     lora = sft_stage("pre", max_steps=10, learning_rate=1e-2)
     lora["lora"] = {"r": 8, "alpha": 16}
     stages = {"pre": pretrain_stage(corpus), "sft": sft_stage("pre"), "sft_lora": lora,
-              "rm": reward_stage("sft", ranking_subset(directory / "rankings.jsonl"))}
+              "rm": reward_stage("sft", ranking_subset(directory / "rankings.jsonl")),
+              "ppo": ppo_stage("sft", "rm", corpus)}
     return write_pipeline(directory / "chat.yaml", stages, run_dir=run_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_chat_run(tmp_path_factory) -> Path:
-    """The run directory of a completed tiny pretrain -> sft (+ LoRA) -> reward pipeline."""
+    """The run directory of a completed tiny pretrain -> sft (+ LoRA) -> reward -> ppo pipeline."""
     directory = tmp_path_factory.mktemp("chat")
     result = rlhf("run", chat_pipeline(directory))
     assert result.returncode == 0, result.stdout + result.stderr

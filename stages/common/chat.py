@@ -108,6 +108,27 @@ def load_rows(data, parse, seed: int, skip_bad_rows: bool = False) -> ChatRows:
     return ChatRows(train, validation, by_source, skipped)
 
 
+def interleaved(by_source: dict[str, list[dict]]) -> list[dict]:
+    """Rows taken in turn from each source (a, b, c, a, b, c, ...), so any prefix mixes all sources."""
+    queues = [list(rows) for rows in by_source.values()]
+    out = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                out.append(queue.pop(0))
+    return out
+
+
+def check_context_length(model_dir: Path, needed: int, what: str) -> None:
+    """Refuse sequences longer than the model's position range (`what` names the settings that add up)."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model_dir).get_text_config(), "max_position_embeddings", None)
+    if limit is not None and needed > limit:
+        raise InputError(f"{what} = {needed} tokens exceeds the model's max_position_embeddings ({limit}) "
+                         f"in {model_dir}/config.json")
+
+
 def sample_prompts(rows: ChatRows, count: int) -> list[list[dict]]:
     """`count` distinct held-out prompts, taken in turn from each source: the fixed prompts that every
     stage answers, so the report can compare base, SFT and PPO answers."""

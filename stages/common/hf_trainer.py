@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from accelerate import PartialState
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from pipeline.artifacts import CHECKPOINT_MARKER, atomic_write_json, checkpoint_dir, complete_checkpoints
+from pipeline.artifacts import commit_checkpoint
 from pipeline.errors import InputError
 from pipeline.kinds import TrainSettings
 from stages.common.entry import StageContext
@@ -124,14 +123,9 @@ class CommitCheckpoints(TrainerCallback):
         partial.wait_for_everyone()
         if partial.is_main_process:
             written = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            atomic_write_json(written / CHECKPOINT_MARKER, {"fingerprint": self.ctx.fingerprint,
-                                                            "step": state.global_step, "stage": self.ctx.spec["stage"]})
-            final = checkpoint_dir(self.ctx.dirs, state.global_step)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(written, final)
+            commit_checkpoint(self.ctx.dirs, written, state.global_step, self.ctx.fingerprint, self.ctx.spec["stage"],
+                              self.keep_last)
             (Path(args.output_dir) / "README.md").unlink(missing_ok=True)  # TRL's model card, not a checkpoint
-            for old in complete_checkpoints(self.ctx.dirs)[: -self.keep_last]:
-                shutil.rmtree(old.path, ignore_errors=True)
         partial.wait_for_everyone()
         return control
 

@@ -124,6 +124,20 @@ def ranking_row(row: dict) -> dict:
     return {"prompt": prompt, "answers": answers, "ranks": ranks}
 
 
+def prompt_row(row: dict) -> dict:
+    """A prompt for PPO from any SFT or ranking row; `best_answer` when the row ranks answers (for the gold
+    win rate), else None."""
+    if "messages" in row and "prompt" not in row:
+        return {"prompt": sft_row(row)["prompt"], "best_answer": None}
+    if "answers" in row or "chosen" in row:
+        ranked = ranking_row(row)
+        best = min(ranked["ranks"])
+        return {"prompt": ranked["prompt"], "best_answer": ranked["answers"][ranked["ranks"].index(best)]}
+    if "prompt" not in row:
+        raise BadRow('expected "prompt" or "messages"')
+    return {"prompt": _messages(row["prompt"], "prompt"), "best_answer": None}
+
+
 def read_rows(path: str | Path, parse: Callable[[dict], dict], skip_bad_rows: bool = False) -> tuple[list[dict], list[str]]:
     """(usable rows, one message per bad row) of one file. Without `skip_bad_rows`, bad rows raise InputError."""
     path = Path(path)
@@ -158,6 +172,11 @@ def _problems(paths: list[str], parse: Callable[[dict], dict], skip_bad_rows: bo
 def sft_problems(paths: list[str]) -> list[str]:
     """Every unusable SFT file or row among `paths` (empty when all are fine)."""
     return _problems(paths, sft_row, skip_bad_rows=False)
+
+
+def prompt_problems(paths: list[str]) -> list[str]:
+    """Every unusable prompt file or row among `paths`."""
+    return _problems(paths, prompt_row, skip_bad_rows=False)
 
 
 def ranking_problems(paths: list[str], skip_bad_rows: bool = False) -> list[str]:

@@ -1,0 +1,6 @@
+"""`accelerate launch -m stages.ppo --config PIPELINE.yaml --stage NAME` (or `--spec` from `rlhf run`)."""
+
+from stages.common.entry import run_stage
+from stages.ppo.stage import train
+
+run_stage(train)

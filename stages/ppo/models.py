@@ -1,0 +1,71 @@
+"""PPO's four roles, built in one place, and the forward passes that read them.
+
+- policy (trained): the SFT causal LM;
+- reference (frozen): a copy of the initial policy, for the KL penalty;
+- reward (frozen): the reward stage's scalar model, read at the last answer token;
+- value (trained): initialised from the reward model (InstructGPT), read at every answer token.
+
+Sequences are [left-padded prompt | right-padded answer]; position ids are counted from the first real
+token, as `generate` does, so every forward sees the positions the model was trained with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class Roles(NamedTuple):
+    policy: nn.Module
+    reference: nn.Module
+    reward: nn.Module
+    value: nn.Module
+
+
+class ScalarPerToken(nn.Module):
+    """A sequence-classification model (backbone + `score` head) read at every position: [B, T] scalars."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        backbone = getattr(self.classifier, self.classifier.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
+        return self.classifier.score(hidden).squeeze(-1).float()
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... from each row's first real token (left padding gets 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: a frozen role never gets optimizer state."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_roles(policy_dir: Path, reward_dir: Path) -> Roles:
+    """The four roles from the SFT and reward artifacts (float32 master weights; autocast does the rest)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    reference = freeze(AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32))
+    reward = freeze(ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=torch.float32)))
+    value = ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=torch.float32))
+    policy.config.use_cache = False  # training forwards; generate() asks for the cache explicitly
+    return Roles(policy, reference, reward, value)
+
+
+def policy_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
+                  temperature: float) -> torch.Tensor:
+    """[B, R, V] logits that predicted each answer token, scaled by the sampling temperature."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                   use_cache=False).logits
+    return logits[:, prompt_length - 1 : -1].float() / temperature

@@ -1,0 +1,61 @@
+"""PPO-ptx (InstructGPT): batches of packed pretraining text whose language-modelling loss is mixed into
+the policy loss, so PPO does not forget the pretraining distribution."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from stages.common.corpus import read_documents
+
+
+class PtxBatches:
+    """Packed `block_size` blocks of a corpus in a seeded order; `loss(policy)` takes the next batch.
+
+    The position is checkpointed (state_dict), so a resumed run continues with the same blocks.
+    """
+
+    def __init__(self, paths: list[str], tokenizer, block_size: int, batch_size: int, seed: int, device):
+        eos = tokenizer.eos_token_id
+        stream: list[int] = []
+        for path in paths:
+            for document in read_documents(path):
+                stream += tokenizer(document, add_special_tokens=False)["input_ids"] + [eos]
+        usable = len(stream) - len(stream) % block_size
+        if usable == 0:
+            from pipeline.errors import InputError
+
+            raise InputError(f"ppo.ptx.data: fewer than block_size ({block_size}) tokens of text")
+        self.blocks = torch.tensor(stream[:usable]).view(-1, block_size)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.position = 0
+        self._order: tuple[int, list[int]] = (-1, [])  # (epoch, its shuffled block order)
+
+    def _indices(self) -> list[int]:
+        count = len(self.blocks)
+        out = []
+        for k in range(self.position, self.position + self.batch_size):
+            epoch, offset = divmod(k, count)
+            if self._order[0] != epoch:
+                order = list(range(count))
+                random.Random(self.seed + epoch).shuffle(order)
+                self._order = (epoch, order)
+            out.append(self._order[1][offset])
+        self.position += self.batch_size
+        return out
+
+    def loss(self, policy) -> torch.Tensor:
+        """The mean next-token loss of the policy on the next batch of blocks."""
+        ids = self.blocks[self._indices()].to(self.device)
+        return policy(input_ids=ids, labels=ids, use_cache=False).loss
+
+    def state_dict(self) -> dict:
+        """For accelerate's checkpointing."""
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint's position."""
+        self.position = state["position"]

@@ -1,0 +1,128 @@
+"""Rollouts: sample answers with the policy, then score them with all four roles.
+
+Generation sits behind `Generator` so that a faster engine (e.g. vLLM on GPU) can replace the Hugging Face
+`generate` loop without touching the rest; it only has to return the answer token ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from stages.ppo.losses import entropy_from_logits, last_token_index, logprobs_of, response_mask
+from stages.ppo.models import Roles, policy_logits
+
+
+@dataclass
+class Trajectory:
+    """One rollout of B answers: P prompt tokens (left-padded), R answer tokens (right-padded)."""
+
+    queries: torch.Tensor        # [B, P] prompt ids
+    query_mask: torch.Tensor     # [B, P] 1 on real prompt tokens
+    responses: torch.Tensor      # [B, R] answer ids
+    response_mask: torch.Tensor  # [B, R] 1 up to and including the first EOS
+    logprobs: torch.Tensor       # [B, R] log pi_old(token), temperature-scaled
+    ref_logprobs: torch.Tensor   # [B, R] log pi_ref(token)
+    values: torch.Tensor         # [B, R] critic's value before each token
+    scores: torch.Tensor         # [B] reward-model score (after penalty / clipping)
+    raw_scores: torch.Tensor     # [B] reward-model score as the model gave it
+    entropy: torch.Tensor        # [B, R] policy entropy at each answer token
+
+    def __len__(self) -> int:
+        return self.queries.shape[0]
+
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) [B, P + R] of prompt and answer."""
+        return torch.cat([self.queries, self.responses], 1), torch.cat([self.query_mask, self.response_mask], 1)
+
+    def select(self, index: torch.Tensor) -> "Trajectory":
+        """The answers at `index`, as a smaller Trajectory."""
+        return Trajectory(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
+
+
+class Generator(Protocol):
+    """Samples answers for left-padded prompts; returns [B, R] answer ids (padding after EOS)."""
+
+    def generate(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+class HFGenerator:
+    """Hugging Face `generate` with the KV cache: temperature / top-p sampling, stop at EOS."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int, temperature: float, top_p: float):
+        self.model = model
+        self.kwargs = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
+                           top_k=0, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                           eos_token_id=tokenizer.eos_token_id)
+
+    @torch.no_grad()
+    def generate(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.generate(input_ids=queries, attention_mask=query_mask, **self.kwargs)
+        finally:
+            self.model.train(was_training)
+        return out[:, queries.shape[1]:]
+
+
+def encode_prompts(tokenizer, prompts: list[list[dict]], max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-template the prompts (ending in the assistant header) and left-pad them: (ids, mask) [B, P]."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    padding, truncation = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                          add_special_tokens=False)
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = padding, truncation
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
+@torch.no_grad()
+def score_answers(roles: Roles, queries, query_mask, responses, eos_token_id: int, temperature: float,
+                  micro_batch_size: int) -> dict[str, torch.Tensor]:
+    """Old and reference log-probs, entropies, values and reward-model scores of sampled answers, in
+    micro-batches (one forward per role per micro-batch)."""
+    mask = response_mask(responses, eos_token_id)
+    prompt_length = queries.shape[1]
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("logprobs", "ref_logprobs", "entropy", "values", "scores")}
+    for start in range(0, len(queries), micro_batch_size):
+        part = slice(start, start + micro_batch_size)
+        ids = torch.cat([queries[part], responses[part]], 1)
+        attention = torch.cat([query_mask[part], mask[part]], 1)
+        logits = policy_logits(roles.policy, ids, attention, prompt_length, temperature)
+        out["logprobs"].append(logprobs_of(logits, responses[part]))
+        out["entropy"].append(entropy_from_logits(logits))
+        ref_logits = policy_logits(roles.reference, ids, attention, prompt_length, temperature)
+        out["ref_logprobs"].append(logprobs_of(ref_logits, responses[part]))
+        out["values"].append(roles.value(ids, attention)[:, prompt_length - 1 : -1])
+        rewards = roles.reward(ids, attention)
+        last = prompt_length + last_token_index(mask[part])
+        out["scores"].append(rewards[torch.arange(len(last), device=last.device), last])
+    return {"response_mask": mask, **{k: torch.cat(v) for k, v in out.items()}}
+
+
+def collect(roles: Roles, generator: Generator, queries, query_mask, eos_token_id: int, temperature: float,
+            micro_batch_size: int, missing_eos_penalty: float | None, score_clip: float | None,
+            timings: dict[str, float]) -> Trajectory:
+    """Generate answers for the prompts and score them: one rollout."""
+    import time
+
+    start = time.perf_counter()
+    responses = generator.generate(queries, query_mask)
+    timings["generate"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    scored = score_answers(roles, queries, query_mask, responses, eos_token_id, temperature, micro_batch_size)
+    raw = scored.pop("scores")
+    scores = raw.clone()
+    if missing_eos_penalty is not None:
+        scores -= missing_eos_penalty * (~(responses == eos_token_id).any(dim=1)).float()
+    if score_clip is not None:
+        scores = scores.clamp(-score_clip, score_clip)
+    timings["score"] = time.perf_counter() - start
+    return Trajectory(queries=queries, query_mask=query_mask, responses=responses, scores=scores, raw_scores=raw,
+                      **scored)

@@ -1,0 +1,122 @@
+"""One PPO iteration after the rollout: rewards with the KL penalty, GAE, then several epochs of clipped
+policy and value updates over shuffled mini-batches (gradient accumulation over micro-batches)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.kinds import PpoSettings
+from stages.ppo.losses import (
+    KLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    gae,
+    kl_penalised_rewards,
+    logprobs_of,
+    masked_mean,
+    masked_whiten,
+)
+from stages.ppo.models import Roles, policy_logits
+from stages.ppo.rollout import Trajectory
+
+
+@dataclass
+class Optimisation:
+    """What updates the two trained roles."""
+
+    accelerator: object  # accelerate.Accelerator
+    policy_optimizer: torch.optim.Optimizer
+    value_optimizer: torch.optim.Optimizer
+    policy_scheduler: object
+    value_scheduler: object
+    max_grad_norm: float
+
+
+def advantages_and_returns(rollout: Trajectory, kl: KLController, ppo: PpoSettings) -> dict[str, torch.Tensor]:
+    """Per-token rewards (score on the last token, -beta * KL on every token), GAE advantages (whitened)
+    and value targets."""
+    mask = rollout.response_mask
+    rewards, token_kl = kl_penalised_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, kl.value)
+    advantages, returns = gae(rewards, rollout.values, mask, ppo.gamma, ppo.lam)
+    if ppo.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return {"rewards": rewards, "advantages": advantages, "returns": returns, "kl": token_kl.sum(1)}
+
+
+def ppo_update(roles: Roles, opt: Optimisation, rollout: Trajectory, targets: dict[str, torch.Tensor],
+               ppo: PpoSettings, temperature: float, micro_batch_size: int, ptx_batches=None) -> dict[str, float]:
+    """`ppo.epochs` passes over the rollout in mini-batches; returns the mean of each logged quantity."""
+    accelerator = opt.accelerator
+    size = len(rollout)
+    mini = max(1, ppo.mini_batch_size // accelerator.num_processes)
+    micro = min(micro_batch_size, mini)
+    prompt_length = rollout.queries.shape[1]
+    stats: dict[str, list[float]] = {}
+
+    def log(name: str, value: torch.Tensor | float) -> None:
+        stats.setdefault(name, []).append(float(value))
+
+    for _ in range(ppo.epochs):
+        order = torch.randperm(size, device=rollout.queries.device)
+        for start in range(0, size, mini):
+            batch = order[start : start + mini]
+            for part in batch.split(micro):
+                weight = len(part) / len(batch)  # accumulation: the mini-batch loss is a weighted sum
+                sample = rollout.select(part)
+                mask = sample.response_mask
+                ids, attention = sample.sequences()
+                advantages, returns = targets["advantages"][part], targets["returns"][part]
+
+                logits = policy_logits(roles.policy, ids, attention, prompt_length, temperature)
+                logprobs = logprobs_of(logits, sample.responses)
+                policy = clipped_policy_loss(logprobs, sample.logprobs, advantages, mask, ppo.clip_range)
+                values = roles.value(ids, attention)[:, prompt_length - 1 : -1]
+                value_loss, value_clip = clipped_value_loss(values, sample.values, returns, mask, ppo.value_clip_range)
+                loss = policy.loss + ppo.value_coef * value_loss
+                if ptx_batches is not None:
+                    ptx_loss = ptx_batches.loss(roles.policy)
+                    loss = loss + ppo.ptx.coef * ptx_loss
+                    log("ptx/loss", ptx_loss.detach())
+                accelerator.backward(loss * weight)
+
+                log("policy/loss", policy.loss.detach())
+                log("policy/clip_fraction", policy.clip_fraction)
+                log("policy/approx_kl", policy.approx_kl)
+                log("value/loss", value_loss.detach())
+                log("value/clip_fraction", value_clip)
+                with torch.no_grad():
+                    log("policy/entropy", masked_mean(entropy_from_logits(logits), mask))
+            log("policy/grad_norm", accelerator.clip_grad_norm_(roles.policy.parameters(), opt.max_grad_norm))
+            log("value/grad_norm", accelerator.clip_grad_norm_(roles.value.parameters(), opt.max_grad_norm))
+            for optimizer, scheduler in ((opt.policy_optimizer, opt.policy_scheduler),
+                                         (opt.value_optimizer, opt.value_scheduler)):
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+    return {name: sum(values) / len(values) for name, values in stats.items()}
+
+
+def iteration(roles: Roles, opt: Optimisation, rollout: Trajectory, kl: KLController, ppo: PpoSettings,
+              temperature: float, micro_batch_size: int, ptx_batches=None) -> dict[str, float]:
+    """Advantages, PPO epochs and the KL controller's update for one rollout; the iteration's statistics."""
+    start = time.perf_counter()
+    targets = advantages_and_returns(rollout, kl, ppo)
+    stats = ppo_update(roles, opt, rollout, targets, ppo, temperature, micro_batch_size, ptx_batches)
+    sequence_kl = opt.accelerator.gather(targets["kl"]).mean().item()
+    stats.update({
+        "score/mean": opt.accelerator.gather(rollout.raw_scores).mean().item(),
+        "score/std": opt.accelerator.gather(rollout.raw_scores).std().item() if len(rollout) > 1 else 0.0,
+        "kl/mean": sequence_kl,
+        "kl/beta": kl.value,
+        "reward/mean_total": opt.accelerator.gather(targets["rewards"].sum(1)).mean().item(),
+        "response/length": opt.accelerator.gather(rollout.response_mask.sum(1).float()).mean().item(),
+        "rollout/entropy": masked_mean(rollout.entropy, rollout.response_mask).item(),
+        "learning_rate": opt.policy_scheduler.get_last_lr()[0],
+        "time/train": time.perf_counter() - start,
+    })
+    kl.update(sequence_kl, ppo.rollout_batch_size)
+    return stats

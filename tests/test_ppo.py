@@ -1,0 +1,82 @@
+"""The PPO stage in a real tiny run: the held-out reward rises, the KL stays bounded, artifacts reload,
+and SIGKILL + re-run ends with the uninterrupted weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.artifacts import StageDirs, read_manifest
+from tests.conftest import PPO_ITERATIONS, chat_pipeline, rlhf
+from tests.test_reward import kill_during
+
+pytestmark = pytest.mark.slow
+
+KL_BOUND = 5.0  # nats per answer: beta = 0.02 keeps a 12-iteration run well inside it
+
+
+def test_ppo_raises_the_held_out_reward_and_stays_near_the_sft_policy(tiny_chat_run):
+    manifest = read_manifest(StageDirs(tiny_chat_run / "ppo"))
+    metrics = manifest["metrics"]
+    assert manifest["inputs"]["policy"]["stage"] == "sft" and manifest["inputs"]["reward"]["stage"] == "rm"
+    assert metrics["eval/ppo_score"] > metrics["eval/sft_score"], metrics
+    assert metrics["eval/win_rate"] > 0.5
+    assert 0 <= metrics["eval/kl"] < KL_BOUND
+    assert metrics["eval/prompts"] == 32 and metrics["eval/gold_prompts"] == 16  # prompts interleaved by source
+    assert 0 <= metrics["eval/gold_win_rate"] <= 1
+    assert len(metrics["samples"]) == 4 and {"prompt", "sft", "ppo", "sft_score", "ppo_score"} <= set(metrics["samples"][0])
+    assert 0 < metrics["time/generate_share"] < 1 and metrics["train/iterations"] == PPO_ITERATIONS
+
+    # one metrics line per iteration with the documented quantities, and tensorboard events
+    lines = [json.loads(line) for line in (tiny_chat_run / "ppo" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, PPO_ITERATIONS + 1))
+    for key in ("score/mean", "kl/mean", "kl/beta", "policy/entropy", "policy/loss", "value/loss", "policy/clip_fraction",
+                "policy/approx_kl", "response/length", "ptx/loss", "time/generate", "time/score", "time/train"):
+        assert key in lines[-1], key
+    assert list((tiny_chat_run / "ppo" / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_ppo_artifact_is_a_causal_lm_with_its_critic(tiny_chat_run):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    artifact = tiny_chat_run / "ppo" / "artifact"
+    tokenizer = AutoTokenizer.from_pretrained(artifact)
+    policy = AutoModelForCausalLM.from_pretrained(artifact)
+    critic = AutoModelForSequenceClassification.from_pretrained(artifact / "critic")
+    assert critic.config.num_labels == 1 and policy.config.use_cache
+    ids = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}], tokenize=False,
+                                                  add_generation_prompt=True), return_tensors="pt").input_ids
+    assert policy.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id).shape[1] > ids.shape[1]
+    # PPO changed the policy (and the critic) it started from
+    sft = load_file(tiny_chat_run / "sft" / "artifact" / "model.safetensors")
+    ppo = load_file(artifact / "model.safetensors")
+    assert any(not torch.equal(sft[k], ppo[k]) for k in sft)
+    rm = load_file(tiny_chat_run / "rm" / "artifact" / "model.safetensors")
+    value = load_file(artifact / "critic" / "model.safetensors")
+    assert any(not torch.equal(rm[k], value[k]) for k in rm)
+
+
+def test_ppo_resumes_after_sigkill_with_the_uninterrupted_weights(tmp_path, tiny_chat_run):
+    path = chat_pipeline(tmp_path)
+    run = tmp_path / "run"
+    for stage in ("pre", "sft", "rm"):
+        shutil.copytree(tiny_chat_run / stage, run / stage)
+    step = kill_during(run / "ppo", path, "--only", "ppo")
+    assert step < PPO_ITERATIONS
+    done = rlhf("run", path, "--only", "ppo")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"[ppo] resuming from step-{step:06d}" in done.stdout
+    manifest = read_manifest(StageDirs(run / "ppo"))
+    assert manifest["resumed_from_step"] == step
+    for name in ("model.safetensors", "critic/model.safetensors"):
+        expected = load_file(tiny_chat_run / "ppo" / "artifact" / name)
+        actual = load_file(run / "ppo" / "artifact" / name)
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), (name, key)
+    reference = read_manifest(StageDirs(tiny_chat_run / "ppo"))["metrics"]
+    for key in ("eval/sft_score", "eval/ppo_score", "eval/kl", "eval/win_rate"):
+        assert manifest["metrics"][key] == reference[key], key

@@ -1,0 +1,109 @@
+"""PPO's rollout and update on tiny random models, in process: scoring equals unpadded forwards, the
+trained roles change, the frozen ones never do."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pipeline.kinds import PpoSettings
+from stages.common.chat import DEFAULT_CHAT_TEMPLATE
+from stages.ppo.losses import KLController, logprobs_of
+from stages.ppo.models import Roles, ScalarPerToken, freeze
+from stages.ppo.rollout import HFGenerator, collect, encode_prompts, score_answers
+from stages.ppo.trainer import Optimisation, iteration
+from tests.conftest import small_corpus
+
+PROMPTS = [[{"role": "user", "content": text}] for text in
+           ("What is a rose?", "Who wrote Persuasion, and when was it published?", "Why?", "Tell me about Bath.")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 512-token BPE with our chat template, a random causal LM and a random scalar model on it."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from stages.pretrain import train_tokenizer
+
+    corpus = small_corpus(tmp_path_factory.mktemp("corpus")).read_text().split("\n\n")
+    tokenizer = train_tokenizer(corpus, 512, 2)
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    config = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(LlamaConfig(**config))
+    scorer = LlamaForSequenceClassification(LlamaConfig(num_labels=1, **config))
+    return tokenizer, policy, scorer
+
+
+def roles_of(policy, scorer) -> Roles:
+    return Roles(copy.deepcopy(policy), freeze(copy.deepcopy(policy)), freeze(ScalarPerToken(copy.deepcopy(scorer))),
+                 ScalarPerToken(copy.deepcopy(scorer)))
+
+
+def test_padded_batch_scores_equal_each_answer_scored_alone(tiny):
+    tokenizer, policy, scorer = tiny
+    roles = roles_of(policy, scorer)
+    torch.manual_seed(1)
+    queries, query_mask = encode_prompts(tokenizer, PROMPTS, 64, "cpu")
+    assert (query_mask[:, 0] == 0).any() and (query_mask[:, -1] == 1).all()  # left padding
+    responses = HFGenerator(roles.policy, tokenizer, 12, 1.0, 1.0).generate(queries, query_mask)
+    eos = tokenizer.eos_token_id
+    responses[0, 3:] = tokenizer.pad_token_id  # force one short answer ending in EOS, then padding
+    responses[0, 2] = eos
+    out = score_answers(roles, queries, query_mask, responses, eos, temperature=0.7, micro_batch_size=3)
+    assert out["response_mask"][0].tolist()[:4] == [1, 1, 1, 0]
+
+    scorer.eval()
+    for row in range(len(PROMPTS)):
+        prompt = queries[row][query_mask[row].bool()]
+        answer = responses[row][out["response_mask"][row].bool()]
+        ids = torch.cat([prompt, answer]).unsqueeze(0)
+        with torch.no_grad():
+            # the reward model's own head at the last token, as transformers scores an unpadded sequence
+            alone = scorer(input_ids=ids).logits[0, 0]
+            logits = policy(input_ids=ids).logits[0, len(prompt) - 1 : -1] / 0.7
+        assert out["scores"][row].item() == pytest.approx(alone.item(), abs=1e-5)
+        n = len(answer)
+        expected = logprobs_of(logits.unsqueeze(0), answer.unsqueeze(0))[0]
+        assert torch.allclose(out["logprobs"][row, :n], expected, atol=1e-5)
+        assert torch.allclose(out["ref_logprobs"][row, :n], expected, atol=1e-5)  # reference = initial policy
+
+
+def test_iterations_train_policy_and_value_and_leave_frozen_roles_untouched(tiny):
+    from accelerate import Accelerator
+
+    tokenizer, policy, scorer = tiny
+    roles = roles_of(policy, scorer)
+    frozen = {name: [p.detach().clone() for p in getattr(roles, name).parameters()] for name in ("reference", "reward")}
+    trained = {name: [p.detach().clone() for p in getattr(roles, name).parameters()] for name in ("policy", "value")}
+    assert not any(p.requires_grad for name in frozen for p in getattr(roles, name).parameters())
+
+    accelerator = Accelerator(cpu=True)
+    ppo = PpoSettings(rollout_batch_size=4, mini_batch_size=2, epochs=2)
+    policy_opt = torch.optim.AdamW(roles.policy.parameters(), lr=1e-3)
+    value_opt = torch.optim.AdamW(roles.value.parameters(), lr=1e-3)
+    constant = [torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0) for o in (policy_opt, value_opt)]
+    opt = Optimisation(accelerator, policy_opt, value_opt, *constant, max_grad_norm=1.0)
+    kl = KLController(0.05)
+    generator = HFGenerator(roles.policy, tokenizer, 10, 1.0, 1.0)
+    queries, query_mask = encode_prompts(tokenizer, PROMPTS, 64, "cpu")
+    for _ in range(2):
+        timings: dict[str, float] = {}
+        rollout = collect(roles, generator, queries, query_mask, tokenizer.eos_token_id, 1.0, 2, None, None, timings)
+        stats = iteration(roles, opt, rollout, kl, ppo, 1.0, 2)
+        assert {"generate", "score"} <= set(timings)
+    for key in ("policy/loss", "value/loss", "policy/clip_fraction", "policy/approx_kl", "policy/entropy",
+                "score/mean", "kl/mean", "response/length", "time/train"):
+        assert key in stats and stats[key] == stats[key], key  # present and not NaN
+    assert stats["kl/mean"] != 0.0  # the policy moved away from the reference between the two rollouts
+
+    for name, before in frozen.items():
+        assert all(torch.equal(a, b) for a, b in zip(before, getattr(roles, name).parameters())), name
+    for name, before in trained.items():
+        assert any(not torch.equal(a, b) for a, b in zip(before, getattr(roles, name).parameters())), name
+    optimised = {id(p) for o in (policy_opt, value_opt) for group in o.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for name in frozen for p in getattr(roles, name).parameters()}
