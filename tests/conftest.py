@@ -75,7 +75,7 @@ def sft_stage(source: str, **train) -> dict:
                            {"path": str(DATA / "sft" / "python-faq" / "train.jsonl"), "weight": 2.0}],
                  "validation": [str(DATA / "sft" / "chatterbot" / "heldout.jsonl"),
                                 str(DATA / "sft" / "python-faq" / "heldout.jsonl")],
-                 "max_length": 128},
+                 "max_length": 64},
         "samples": {"count": 3, "max_new_tokens": 8},
         "train": settings,
     }
@@ -90,7 +90,7 @@ def reward_stage(source: str, train_file: Path, **train) -> dict:
         "kind": "reward",
         "inputs": {"model": source},
         "data": {"train": [str(train_file)], "validation": [str(DATA / "reward" / "answer-quality" / "heldout.jsonl")],
-                 "max_length": 96, "skip_bad_rows": True},
+                 "max_length": 64, "skip_bad_rows": True},
         "train": settings,
     }
 

@@ -48,7 +48,7 @@ def test_reward_model_learns_the_easy_rankings_and_reloads_as_a_scorer(tiny_chat
             texts = [tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]},
                                                     {"role": "assistant", "content": a}], tokenize=False)
                      for a in row["answers"]]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=96,
+            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=64,
                               add_special_tokens=False)
             scores.append(model(**batch).logits[:, 0].tolist())
     import numpy as np

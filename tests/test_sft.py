@@ -79,7 +79,7 @@ def test_sft_run_plain_and_lora(tmp_path, tiny_chat_run):
     # the loss on held-out answers fell; samples from before and after were recorded
     manifest = read_manifest(StageDirs(run / "sft"))
     metrics = manifest["metrics"]
-    assert metrics["eval/loss"] < metrics["eval/base_loss"] - 0.3, metrics
+    assert metrics["eval/loss"] < metrics["eval/base_loss"] - 0.15, metrics
     assert metrics["train/steps"] == 30 and metrics["model/trainable_parameters"] == metrics["model/parameters"]
     assert len(metrics["samples"]) == 3 and {"prompt", "base", "sft"} <= set(metrics["samples"][0])
     assert len({s["prompt"] for s in metrics["samples"]}) == 3  # distinct prompts, from more than one source
