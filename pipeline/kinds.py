@@ -291,6 +291,7 @@ class PpoSettings(StrictModel):
     lam: float = Field(0.95, ge=0, le=1)
     whiten_advantages: bool = True
     score_clip: float | None = Field(None, gt=0, description="clip reward-model scores to [-c, c]")
+    whiten_scores: bool = Field(False, description="normalise scores to mean 0, std 1 within each rollout")
     critic_learning_rate: float | None = Field(None, gt=0, description="default: train.learning_rate")
     kl: KLSettings = KLSettings()
     ptx: PtxSettings | None = None
@@ -312,6 +313,7 @@ class PpoStage(StageConfig):
     generation: GenerationSettings = GenerationSettings()
     ppo: PpoSettings = PpoSettings()
     evaluation: PpoEvaluation = PpoEvaluation()
+    lora: LoraSettings | None = Field(None, description="train an adapter; the reference is the adapter switched off")
     train: TrainSettings = Field(description="max_steps = PPO iterations; batch_size is unused (see ppo.*)")
 
     module = "stages.ppo"

@@ -28,6 +28,7 @@ from stages.common.chat import (
     sample_prompts,
 )
 from stages.common.entry import StageContext, run_stage
+from stages.common.lora import lora_config, save_merged
 from stages.common.records import sft_row
 
 
@@ -47,18 +48,8 @@ class AnswerOnlySFTTrainer(SFTTrainer):
         return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
 
 
-def lora_config(cfg: SftStage):
-    """The peft LoraConfig for `cfg.lora` (None without LoRA)."""
-    if cfg.lora is None:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
-
-
 def save_sft_artifact(trainer, tokenizer, directory) -> None:
-    """Full weights + tokenizer; with LoRA, the adapter in `adapter/` and the weights merged."""
+    """Full weights + tokenizer; with LoRA, the weights merged and the adapter in `adapter/`."""
     from accelerate import PartialState
 
     from stages.common.hf_trainer import save_artifact
@@ -66,15 +57,8 @@ def save_sft_artifact(trainer, tokenizer, directory) -> None:
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not hasattr(model, "merge_and_unload"):
         save_artifact(trainer, directory)
-        return
-    save_artifact(trainer, directory / "adapter")  # the Trainer saves the adapter only (and gathers under ZeRO-3)
-    if PartialState().is_main_process:
-        import copy
-
-        merged = copy.deepcopy(model).merge_and_unload()
-        merged.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
-        (directory / "adapter" / "README.md").unlink(missing_ok=True)
+    elif PartialState().is_main_process:
+        save_merged(model, tokenizer, directory)
 
 
 def build_trainer(ctx: StageContext, model, tokenizer, rows) -> AnswerOnlySFTTrainer:
@@ -99,7 +83,7 @@ def build_trainer(ctx: StageContext, model, tokenizer, rows) -> AnswerOnlySFTTra
         train_dataset=Dataset.from_list(rows.train),
         eval_dataset=Dataset.from_list(rows.validation),
         processing_class=tokenizer,
-        peft_config=lora_config(cfg),
+        peft_config=lora_config(cfg.lora),
     ), ctx, cfg.train)
 
 

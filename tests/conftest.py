@@ -127,13 +127,16 @@ PPO_ITERATIONS = 12
 
 
 def chat_pipeline(directory: Path, run_dir: str = "run") -> Path:
-    """pre (pretrain) -> sft -> rm (reward) -> ppo, plus sft_lora (LoRA SFT) from pre."""
+    """pre (pretrain) -> sft -> rm (reward) -> ppo, plus sft_lora (LoRA SFT) from pre and ppo_lora."""
     corpus = small_corpus(directory)
     lora = sft_stage("pre", max_steps=10, learning_rate=1e-2)
     lora["lora"] = {"r": 8, "alpha": 16}
+    ppo_lora = ppo_stage("sft", "rm", corpus, max_steps=3, learning_rate=1e-2, save_every=100)
+    ppo_lora["lora"] = {"r": 4, "alpha": 8}
+    ppo_lora["ppo"].pop("ptx")
     stages = {"pre": pretrain_stage(corpus), "sft": sft_stage("pre"), "sft_lora": lora,
               "rm": reward_stage("sft", ranking_subset(directory / "rankings.jsonl")),
-              "ppo": ppo_stage("sft", "rm", corpus)}
+              "ppo": ppo_stage("sft", "rm", corpus), "ppo_lora": ppo_lora}
     return write_pipeline(directory / "chat.yaml", stages, run_dir=run_dir)
 
 

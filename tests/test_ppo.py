@@ -60,6 +60,22 @@ def test_ppo_artifact_is_a_causal_lm_with_its_critic(tiny_chat_run):
     assert any(not torch.equal(rm[k], value[k]) for k in rm)
 
 
+def test_ppo_with_lora_saves_the_merged_policy_and_its_adapter(tiny_chat_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    artifact = tiny_chat_run / "ppo_lora" / "artifact"
+    ids = torch.tensor([[5, 17, 33, 2, 90, 41]])
+    with torch.no_grad():
+        sft = AutoModelForCausalLM.from_pretrained(tiny_chat_run / "sft" / "artifact")
+        base_logits = sft(ids).logits
+        with_adapter = PeftModel.from_pretrained(sft, artifact / "adapter")(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(artifact)(ids).logits
+    assert torch.allclose(with_adapter, merged, atol=1e-5)
+    assert not torch.allclose(base_logits, merged, atol=1e-4)
+    assert (artifact / "critic" / "model.safetensors").is_file()
+
+
 def test_ppo_resumes_after_sigkill_with_the_uninterrupted_weights(tmp_path, tiny_chat_run):
     path = chat_pipeline(tmp_path)
     run = tmp_path / "run"

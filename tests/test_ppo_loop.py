@@ -107,3 +107,35 @@ def test_iterations_train_policy_and_value_and_leave_frozen_roles_untouched(tiny
         assert any(not torch.equal(a, b) for a, b in zip(before, getattr(roles, name).parameters())), name
     optimised = {id(p) for o in (policy_opt, value_opt) for group in o.param_groups for p in group["params"]}
     assert not optimised & {id(p) for name in frozen for p in getattr(roles, name).parameters()}
+
+
+def test_with_lora_the_reference_is_the_policy_with_its_adapter_off(tiny):
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+
+    from stages.ppo.models import AdapterDisabled
+
+    tokenizer, policy, scorer = tiny
+    peft_policy = get_peft_model(copy.deepcopy(policy), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                                   task_type="CAUSAL_LM"))
+    roles = Roles(peft_policy, AdapterDisabled(peft_policy), freeze(ScalarPerToken(copy.deepcopy(scorer))),
+                  ScalarPerToken(copy.deepcopy(scorer)))
+    assert not list(roles.reference.parameters())  # no second copy of the weights
+    trainable = [p for p in peft_policy.parameters() if p.requires_grad]
+    assert 0 < sum(p.numel() for p in trainable) < sum(p.numel() for p in policy.parameters()) / 4
+    policy_opt = torch.optim.AdamW(trainable, lr=1e-2)
+    value_opt = torch.optim.AdamW(roles.value.parameters(), lr=1e-3)
+    constant = [torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0) for o in (policy_opt, value_opt)]
+    opt = Optimisation(Accelerator(cpu=True), policy_opt, value_opt, *constant, max_grad_norm=1.0)
+    queries, query_mask = encode_prompts(tokenizer, PROMPTS, 64, "cpu")
+    rollout = collect(roles, HFGenerator(roles.policy, tokenizer, 10, 1.0, 1.0), queries, query_mask,
+                      tokenizer.eos_token_id, 1.0, 2, None, None, {})
+    iteration(roles, opt, rollout, KLController(0.05), PpoSettings(rollout_batch_size=4, mini_batch_size=2), 1.0, 2)
+
+    ids = torch.cat([queries, rollout.responses], 1)
+    with torch.no_grad():
+        base = policy(input_ids=ids).logits
+        reference = roles.reference(input_ids=ids).logits
+        trained = peft_policy(input_ids=ids).logits
+    assert torch.allclose(reference, base, atol=1e-5)  # adapter off = the untouched SFT weights
+    assert not torch.allclose(trained, base, atol=1e-4)  # adapter on = the policy PPO trained

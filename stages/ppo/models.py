@@ -39,6 +39,24 @@ class ScalarPerToken(nn.Module):
         return self.classifier.score(hidden).squeeze(-1).float()
 
 
+class AdapterDisabled(nn.Module):
+    """The reference role of a LoRA policy: the same module with its adapter switched off, so the frozen
+    SFT weights are not held twice. The policy is kept outside this module's parameters."""
+
+    def __init__(self, peft_policy: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "policy", peft_policy)  # not a submodule: its parameters stay the policy's
+
+    def forward(self, **kwargs):
+        with torch.no_grad(), self.policy.disable_adapter():
+            return self.policy(**kwargs)
+
+    def generate(self, **kwargs):
+        """Sample from the base (SFT) weights."""
+        with self.policy.disable_adapter():
+            return self.policy.generate(**kwargs)
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2, ... from each row's first real token (left padding gets 0)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -51,12 +69,19 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_roles(policy_dir: Path, reward_dir: Path) -> Roles:
-    """The four roles from the SFT and reward artifacts (float32 master weights; autocast does the rest)."""
+def load_roles(policy_dir: Path, reward_dir: Path, lora=None) -> Roles:
+    """The four roles from the SFT and reward artifacts (float32 master weights; autocast does the rest).
+    With `lora` (a peft LoraConfig) the policy trains an adapter and the reference is the adapter switched off."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
-    reference = freeze(AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32))
+    if lora is not None:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, lora)
+        reference = AdapterDisabled(policy)
+    else:
+        reference = freeze(AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32))
     reward = freeze(ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=torch.float32)))
     value = ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=torch.float32))
     policy.config.use_cache = False  # training forwards; generate() asks for the cache explicitly

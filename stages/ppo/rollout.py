@@ -107,7 +107,7 @@ def score_answers(roles: Roles, queries, query_mask, responses, eos_token_id: in
 
 def collect(roles: Roles, generator: Generator, queries, query_mask, eos_token_id: int, temperature: float,
             micro_batch_size: int, missing_eos_penalty: float | None, score_clip: float | None,
-            timings: dict[str, float]) -> Trajectory:
+            timings: dict[str, float], whiten_scores: bool = False) -> Trajectory:
     """Generate answers for the prompts and score them: one rollout."""
     import time
 
@@ -121,6 +121,8 @@ def collect(roles: Roles, generator: Generator, queries, query_mask, eos_token_i
     scores = raw.clone()
     if missing_eos_penalty is not None:
         scores -= missing_eos_penalty * (~(responses == eos_token_id).any(dim=1)).float()
+    if whiten_scores and len(scores) > 1:
+        scores = (scores - scores.mean()) / (scores.std() + 1e-8)
     if score_clip is not None:
         scores = scores.clamp(-score_clip, score_clip)
     timings["score"] = time.perf_counter() - start

@@ -26,6 +26,7 @@ from pipeline.errors import InputError
 from pipeline.kinds import PpoStage
 from stages.common.chat import check_context_length, interleaved, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
+from stages.common.lora import lora_config, save_merged
 from stages.common.records import prompt_row
 from stages.ppo.evaluate import compare_policies
 from stages.ppo.losses import KLController
@@ -103,11 +104,12 @@ def train(ctx: StageContext) -> dict:
                          "data.max_length + generation.max_new_tokens")
     tokenizer = load_chat_tokenizer(ctx.inputs["policy"], "auto")
     check_same_tokenizer(tokenizer, ctx.inputs["reward"])
-    roles = load_roles(ctx.inputs["policy"], ctx.inputs["reward"])
+    roles = load_roles(ctx.inputs["policy"], ctx.inputs["reward"], lora_config(cfg.lora))
     micro = ppo.micro_batch_size or ppo.mini_batch_size
     updates = cfg.train.max_steps * ppo.epochs * (ppo.rollout_batch_size // ppo.mini_batch_size)
     betas = (cfg.train.adam_beta1, cfg.train.adam_beta2)
-    policy_opt = torch.optim.AdamW(roles.policy.parameters(), lr=cfg.train.learning_rate, betas=betas,
+    trainable = [p for p in roles.policy.parameters() if p.requires_grad]  # the adapter only, with LoRA
+    policy_opt = torch.optim.AdamW(trainable, lr=cfg.train.learning_rate, betas=betas,
                                    weight_decay=cfg.train.weight_decay)
     value_opt = torch.optim.AdamW(roles.value.parameters(), lr=ppo.critic_learning_rate or cfg.train.learning_rate,
                                   betas=betas, weight_decay=cfg.train.weight_decay)
@@ -150,7 +152,7 @@ def train(ctx: StageContext) -> dict:
         queries, query_mask = encode_prompts(tokenizer, order.prompts(i), cfg.data.max_length, accelerator.device)
         timings: dict[str, float] = {}
         rollout = collect(roles, generator, queries, query_mask, tokenizer.eos_token_id, gen.temperature, micro,
-                          gen.missing_eos_penalty, ppo.score_clip, timings)
+                          gen.missing_eos_penalty, ppo.score_clip, timings, ppo.whiten_scores)
         # learn: KL-penalised rewards, GAE, PPO epochs, beta update
         stats = iteration(roles, opt, rollout, kl, ppo, gen.temperature, micro, ptx)
         stats.update({"time/generate": timings["generate"], "time/score": timings["score"],
@@ -173,9 +175,12 @@ def train(ctx: StageContext) -> dict:
     # artifact: the policy as an HF causal LM with the tokenizer; the critic beside it
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(policy)
-        final.config.use_cache = True
-        final.save_pretrained(ctx.staged_artifact)
-        tokenizer.save_pretrained(ctx.staged_artifact)
+        if cfg.lora is not None:
+            save_merged(final, tokenizer, ctx.staged_artifact)
+        else:
+            final.config.use_cache = True
+            final.save_pretrained(ctx.staged_artifact)
+            tokenizer.save_pretrained(ctx.staged_artifact)
         critic = accelerator.unwrap_model(value).classifier
         critic.save_pretrained(ctx.staged_artifact / "critic")
         tokenizer.save_pretrained(ctx.staged_artifact / "critic")
