@@ -132,19 +132,13 @@ def check_context_length(model_dir: Path, needed: int, what: str) -> None:
 def sample_prompts(rows: ChatRows, count: int) -> list[list[dict]]:
     """`count` distinct held-out prompts, taken in turn from each source: the fixed prompts that every
     stage answers, so the report can compare base, SFT and PPO answers."""
-    queues = [list(v) for v in rows.validation_by_source.values()]
     chosen, seen = [], set()
-    while len(chosen) < count and any(queues):
-        for queue in queues:
-            while queue:
-                prompt = queue.pop(0)["prompt"]
-                key = repr(prompt)
-                if key not in seen:
-                    seen.add(key)
-                    chosen.append(prompt)
-                    break
-            if len(chosen) == count:
-                break
+    for row in interleaved(rows.validation_by_source):
+        if len(chosen) == count:
+            break
+        if repr(row["prompt"]) not in seen:
+            seen.add(repr(row["prompt"]))
+            chosen.append(row["prompt"])
     return chosen
 
 
