@@ -115,7 +115,14 @@ def train(ctx: StageContext) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, set_seed
 
-    from stages.common.hf_trainer import attach, gradient_accumulation, quiet_libraries, save_artifact, training_arguments
+    from stages.common.hf_trainer import (
+        attach,
+        evaluate_before_training,
+        gradient_accumulation,
+        quiet_libraries,
+        save_artifact,
+        training_arguments,
+    )
 
     cfg: RewardStage = ctx.config
     name = ctx.spec["stage"]
@@ -153,7 +160,7 @@ def train(ctx: StageContext) -> dict:
         compute_metrics=compute_metrics,
         margin=cfg.margin,
     ), ctx, cfg.train)
-    base = trainer.evaluate()  # the new head on the input model: near chance
+    base = evaluate_before_training(trainer)  # the new head on the input model: near chance
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
     evaluation = trainer.evaluate()
 
@@ -172,7 +179,7 @@ def train(ctx: StageContext) -> dict:
         **{f"eval/{key}": _number(evaluation[f"eval_{key}"])
            for key in ("loss", "pairwise_accuracy", "margin", "ranking_accuracy", "kendall_tau")},
         **by_source,
-        "eval/base_pairwise_accuracy": base["eval_pairwise_accuracy"],
+        "eval/base_pairwise_accuracy": base.get("eval_pairwise_accuracy"),
         "train/loss": result.training_loss,
         "train/steps": trainer.state.global_step,
         "train/runtime_s": result.metrics.get("train_runtime"),

@@ -91,7 +91,7 @@ def train(ctx: StageContext) -> dict:
     """Fine-tune, evaluate, sample and save; return the manifest metrics."""
     from transformers import AutoModelForCausalLM, set_seed
 
-    from stages.common.hf_trainer import gradient_accumulation, quiet_libraries
+    from stages.common.hf_trainer import evaluate_before_training, gradient_accumulation, quiet_libraries
 
     cfg: SftStage = ctx.config
     name = ctx.spec["stage"]
@@ -117,7 +117,7 @@ def train(ctx: StageContext) -> dict:
 
     # train (SFTTrainer tokenizes with the template, masks the prompt, pads or packs)
     trainer = build_trainer(ctx, model, tokenizer, rows)
-    base_eval = trainer.evaluate()  # the input model: the checkpoint (if any) is loaded by train()
+    base_eval = evaluate_before_training(trainer)  # the input model: a checkpoint is loaded by train()
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
     evaluation = trainer.evaluate()
 
@@ -139,7 +139,7 @@ def train(ctx: StageContext) -> dict:
         "model/trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "data/train_examples": len(train_rows),
         "data/validation_examples": len(val_rows),
-        "eval/base_loss": base_eval["eval_loss"],
+        "eval/base_loss": base_eval.get("eval_loss"),
         "samples": [{"prompt": prompt_text(p), "base": b, "sft": s}
                     for p, b, s in zip(prompts, base_answers, sft_answers)],
     }

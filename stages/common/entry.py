@@ -110,12 +110,37 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def run_stage(train: Callable[[StageContext], dict], argv: list[str] | None = None) -> None:
-    """Parse the command line, run `train`, commit its artifact and manifest; exit 2 on bad input."""
+def cpu_launch() -> str | None:
+    """How several processes without CUDA were launched: "deepspeed", "ddp", or None (one process, or GPUs).
+
+    accelerate does not infer this itself: without `cpu=True` or a backend it treats such a process as
+    alone. Both cases run over gloo.
+    """
+    import os
+
+    import torch
+
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return None
+    return "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" else "ddp"
+
+
+def process_state():
+    """accelerate's process state, also for several processes on CPU (see cpu_launch)."""
     from accelerate import PartialState
 
+    launch = cpu_launch()
+    if launch == "deepspeed":
+        return PartialState(backend="gloo")
+    if launch == "ddp":
+        return PartialState(cpu=True, backend="gloo")
+    return PartialState()
+
+
+def run_stage(train: Callable[[StageContext], dict], argv: list[str] | None = None) -> None:
+    """Parse the command line, run `train`, commit its artifact and manifest; exit 2 on bad input."""
     args = _arguments(argv)
-    state = PartialState()
+    state = process_state()
     started_at = datetime.now(timezone.utc)
     t0 = time.monotonic()
     try:

@@ -21,7 +21,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from pipeline.artifacts import commit_checkpoint
 from pipeline.errors import InputError
 from pipeline.kinds import TrainSettings
-from stages.common.entry import StageContext
+from stages.common.entry import StageContext, cpu_launch
 
 
 def gradient_accumulation(train: TrainSettings, world_size: int) -> tuple[int, int]:
@@ -72,6 +72,9 @@ def training_arguments(ctx: StageContext, train: TrainSettings, config_class: ty
     )
     if hasattr(config_class, "gradient_checkpointing"):  # the old name: TRL's configs default it to True
         kwargs["gradient_checkpointing"] = None
+    launch = cpu_launch()  # TrainingArguments sets up its own process state: tell it about CPU processes
+    if launch is not None:
+        kwargs.update(ddp_backend="gloo", use_cpu=launch == "ddp")
     kwargs.update(overrides)
     return config_class(**kwargs)
 
@@ -91,6 +94,14 @@ def attach(trainer: Trainer, ctx: StageContext, train: TrainSettings) -> Trainer
     trainer.add_callback(CommitCheckpoints(ctx, train.keep_last))
     trainer.add_callback(LogLines(ctx))
     return trainer
+
+
+def evaluate_before_training(trainer: Trainer) -> dict:
+    """The input model's evaluation metrics, or {} under DeepSpeed: there, an evaluation before train()
+    builds an inference-only engine that train() then cannot use (transformers 5.23)."""
+    if trainer.is_deepspeed_enabled:
+        return {}
+    return trainer.evaluate()
 
 
 def save_artifact(trainer: Trainer, directory: Path) -> None:

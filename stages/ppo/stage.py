@@ -215,6 +215,8 @@ def summary(history: list[dict], cfg: PpoStage) -> dict:
     total = mean("time/iteration")
     return {
         "train/iterations": cfg.train.max_steps,
+        "train/rollout_batch": cfg.ppo.rollout_batch_size,
+        "train/mini_batch": cfg.ppo.mini_batch_size,
         "train/first_score": history[0]["score/mean"],
         "train/last_score": history[-1]["score/mean"],
         "train/last_kl": history[-1]["kl/mean"],
