@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline.errors import InputError, StageFailed
 
 EMBEDDED_PIPELINE = Path(__file__).resolve().parent.parent / "configs" / "pipelines" / "tiny.yaml"
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", nargs="+", metavar="STAGE", default=[],
                      help="discard these stages' checkpoints and run them from step 0")
     run.add_argument("--dry-run", action="store_true", help="show the plan, launch nothing")
+    run.add_argument("--launch", metavar="CONFIG", help="accelerate config for every stage of this run: a file, or a "
+                     "name in configs/accelerate/ (cpu, ddp, zero2, zero3, zero3_offload, ddp_cpu, zero3_cpu, ...)")
+    run.add_argument("--num-processes", type=int, metavar="N", help="processes per stage for this run")
 
     plan = sub.add_parser("plan", help="what `rlhf run` would do, and why")
     plan.add_argument("config", nargs="?", default=str(EMBEDDED_PIPELINE))
@@ -32,6 +36,22 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="a table of the stages of a run directory (or of a pipeline file)")
     status.add_argument("target", nargs="?", default=str(EMBEDDED_PIPELINE), help="RUN_DIR or pipeline file")
     return parser
+
+
+def launch_override(config: str | None, num_processes: int | None):
+    """LaunchSettings from `--launch` (a file, or a name in configs/accelerate/) and `--num-processes`."""
+    from pipeline.config import LaunchSettings
+
+    path = None
+    if config:
+        named = ACCELERATE_CONFIGS / f"{config}.yaml"
+        path = Path(config).resolve() if Path(config).is_file() else named
+        if not path.is_file():
+            names = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
+            raise InputError(f"--launch {config}: no such file, and not a name in {ACCELERATE_CONFIGS} ({names})")
+    if num_processes is not None and num_processes < 1:
+        raise InputError(f"--num-processes {num_processes}: expected a positive number")
+    return LaunchSettings.model_construct(accelerate_config=str(path) if path else None, num_processes=num_processes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.config import load_pipeline
             from pipeline.runner import run_pipeline
 
-            run_pipeline(load_pipeline(args.config), args.only, args.start, args.restart, args.dry_run)
+            pipeline = load_pipeline(args.config)
+            if args.launch or args.num_processes:
+                pipeline.override = launch_override(args.launch, args.num_processes)
+            run_pipeline(pipeline, args.only, args.start, args.restart, args.dry_run)
         elif args.command == "plan":
             _plan(args.config)
         elif args.command == "status":

@@ -108,13 +108,15 @@ class Pipeline:
     run_dir: Path
     stages: dict[str, StageConfig]
     launch: LaunchSettings
+    override: LaunchSettings | None = None  # `rlhf run --launch/--num-processes`: for every stage, this run only
 
     def launch_for(self, name: str) -> LaunchSettings:
-        """The stage's launch settings, falling back key by key to the pipeline-level `launch:`."""
-        own = self.stages[name].launch
+        """The stage's launch settings: the run's override, then the stage's own, then the pipeline-level
+        `launch:`, key by key."""
+        override, own = self.override or LaunchSettings(), self.stages[name].launch
         return LaunchSettings.model_construct(
-            accelerate_config=own.accelerate_config or self.launch.accelerate_config,
-            num_processes=own.num_processes or self.launch.num_processes,
+            accelerate_config=override.accelerate_config or own.accelerate_config or self.launch.accelerate_config,
+            num_processes=override.num_processes or own.num_processes or self.launch.num_processes,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -44,7 +45,11 @@ def status_table(statuses: dict[str, StageStatus], plan: RunPlan | None = None) 
 def launch_command(pipeline: Pipeline, name: str, spec_path: Path) -> list[str]:
     """The `accelerate launch` command line that runs one stage from its spec file."""
     launch = pipeline.launch_for(name)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--quiet"]
+    # RLHF_STAGE_LAUNCHER replaces `python -m accelerate.commands.launch`, e.g. with `srun ... node_launch.sh`
+    # on SLURM (launch/slurm/), which runs one `accelerate launch` per node with that node's rank
+    launcher = os.environ.get("RLHF_STAGE_LAUNCHER")
+    cmd = shlex.split(launcher) if launcher else [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd += ["--quiet"]
     if launch.accelerate_config:
         cmd += ["--config_file", str(launch.accelerate_config)]
     else:

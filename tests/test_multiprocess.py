@@ -94,3 +94,20 @@ def test_a_killed_zero3_stage_resumes(tmp_path):
     manifest = read_manifest(StageDirs(tmp_path / "run" / "pre"))
     assert manifest["resumed_from_step"] == step and manifest["metrics"]["train/steps"] == 30
     assert manifest["world_size"] == 2
+
+
+def test_the_slurm_node_launcher_runs_a_stage(tmp_path):
+    """launch/slurm/node_launch.sh as `srun` would start it on a one-node allocation with 2 processes."""
+    import os
+    import subprocess
+    import sys
+
+    corpus = small_corpus(tmp_path, paragraphs=150)
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus, max_steps=4, save_every=10)})
+    env = dict(os.environ, SLURM_NNODES="1", SLURM_NODEID="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517",
+               GPUS_PER_NODE="2", PYTHON=sys.executable,
+               RLHF_STAGE_LAUNCHER=f"bash {REPO / 'launch' / 'slurm' / 'node_launch.sh'}")
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(path), "--launch", "ddp_cpu"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert read_manifest(StageDirs(tmp_path / "run" / "pre"))["world_size"] == 2

@@ -242,3 +242,22 @@ def test_embedded_pipeline_is_the_default():
     result = rlhf("plan")
     assert result.returncode == 0 and "pretrain" in result.stdout
     assert load_pipeline(REPO / "configs" / "pipelines" / "tiny.yaml").run_dir == REPO / "runs" / "tiny"
+
+
+def test_launch_override_applies_to_every_stage_for_one_run(tmp_path, corpus):
+    from pipeline.cli import launch_override
+    from pipeline.runner import launch_command
+
+    stage = pretrain_stage(corpus)
+    stage["launch"] = {"accelerate_config": str(REPO / "configs" / "accelerate" / "cpu.yaml")}
+    pipeline = load_pipeline(write_pipeline(tmp_path / "p.yaml", {"a": stage, "b": pretrain_stage(corpus)}))
+    assert "cpu.yaml" in " ".join(launch_command(pipeline, "a", tmp_path / "spec.json"))
+    pipeline.override = launch_override("zero3_cpu", None)
+    for name in ("a", "b"):
+        cmd = launch_command(pipeline, name, tmp_path / "spec.json")
+        assert cmd[cmd.index("--config_file") + 1] == str(REPO / "configs" / "accelerate" / "zero3_cpu.yaml")
+    pipeline.override = launch_override(None, 4)
+    cmd = launch_command(pipeline, "b", tmp_path / "spec.json")
+    assert cmd[cmd.index("--num_processes") + 1] == "4"
+    bad = rlhf("run", tmp_path / "p.yaml", "--launch", "zero9", "--dry-run")
+    assert bad.returncode == 2 and "--launch zero9: no such file" in bad.stderr and "zero3" in bad.stderr
