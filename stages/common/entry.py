@@ -127,7 +127,13 @@ def cpu_launch() -> str | None:
 
 def process_state():
     """accelerate's process state, also for several processes on CPU (see cpu_launch)."""
+    import os
+
+    import torch
     from accelerate import PartialState
+
+    if not torch.cuda.is_available():  # tell DeepSpeed, which otherwise warns in every log that it guessed
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
     launch = cpu_launch()
     if launch == "deepspeed":
