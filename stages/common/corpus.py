@@ -8,11 +8,11 @@ Torch-free: the orchestrator calls it to check data before launching anything.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from pipeline.errors import InputError
+from stages.common.textfiles import BadRow, jsonl_objects, read_utf8
 
 _BLANK_LINES = re.compile(r"\n\s*\n")
 _WHITESPACE = re.compile(r"\s+")
@@ -21,15 +21,7 @@ _WHITESPACE = re.compile(r"\s+")
 def read_documents(path: str | Path) -> list[str]:
     """The documents of one corpus file; InputError naming the file (and line) if it is unusable."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not valid UTF-8 (byte {e.start}); expected UTF-8 text") from None
+    text = read_utf8(path, "UTF-8 text")
     if path.suffix == ".jsonl":
         docs = _jsonl_documents(path, text)
     elif path.suffix in (".txt", ".md", ".text"):
@@ -44,14 +36,10 @@ def read_documents(path: str | Path) -> list[str]:
 
 def _jsonl_documents(path: Path, text: str) -> list[str]:
     docs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise InputError(f"{path}:{number}: not valid JSON ({e.msg}); expected one object per line") from None
+    for number, row in jsonl_objects(text):
         value = row.get("text") if isinstance(row, dict) else None
+        if isinstance(row, BadRow):
+            raise InputError(f"{path}:{number}: {row}")
         if not isinstance(value, str) or not value.strip():
             raise InputError(f'{path}:{number}: expected an object with a non-empty string "text"')
         docs.append(value.strip())

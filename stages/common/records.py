@@ -13,42 +13,22 @@ Ranking rows -> `{"prompt": [messages], "answers": [str], "ranks": [int]}` (lowe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.errors import InputError
+from stages.common.textfiles import BadRow, jsonl_objects, read_utf8
 
 ROLES = ("system", "user", "assistant")
 SHOWN_PER_FILE = 10  # bad rows listed per file; the rest are counted
 
 
-class BadRow(ValueError):
-    """A row that cannot be used; the message says what was expected."""
-
-
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | BadRow]]:
     """(line number, parsed object or the reason it is unusable) for each non-blank line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not valid UTF-8 (byte {e.start}); expected UTF-8 JSON lines") from None
+    text = read_utf8(path, "UTF-8 JSON lines")
     if path.suffix != ".jsonl":
         raise InputError(f"{path}: unsupported format {path.suffix!r}; expected .jsonl (one JSON object per line)")
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            yield number, BadRow(f"not valid JSON ({e.msg}); expected one object per line")
-            continue
-        yield number, row if isinstance(row, dict) else BadRow(f"expected a JSON object, got {type(row).__name__}")
+    return jsonl_objects(text)
 
 
 def _text(value, what: str) -> str:
