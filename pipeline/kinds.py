@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
 
-from pipeline.config import DirPath, FilePath, StageConfig, StrictModel, volatile
+from pipeline.config import DirPath, FilePath, GgufPath, StageConfig, StrictModel, volatile
 
 
 class TrainSettings(StrictModel):
@@ -65,6 +65,7 @@ class PretrainModel(StrictModel):
 
     init: ModelArchitecture | None = None
     path: DirPath | None = None
+    gguf: GgufPath | None = Field(None, description="a .gguf file (or package:file), imported to full-precision HF weights")
     tokenizer: TokenizerTraining | None = Field(None, description="with `init`: train a tokenizer")
     tokenizer_path: DirPath | None = Field(None, description="with `init`: use this tokenizer instead")
 
@@ -94,10 +95,11 @@ class PretrainStage(StageConfig):
         """Exactly one model source; a tokenizer only when the model is new; sane head counts."""
         problems: list[tuple[tuple, str]] = []
         sources = [n for n, on in (("inputs.model", "model" in self.inputs), ("model.init", self.model.init),
-                                   ("model.path", self.model.path)) if on]
+                                   ("model.path", self.model.path), ("model.gguf", self.model.gguf)) if on]
         if len(sources) != 1:
             found = ", ".join(sources) if sources else "none"
-            problems.append((("model",), f"give exactly one of inputs.model, model.init, model.path (found: {found})"))
+            problems.append((("model",), "give exactly one of inputs.model, model.init, model.path, model.gguf "
+                                         f"(found: {found})"))
         if self.model.init is not None:
             if (self.model.tokenizer is None) == (self.model.tokenizer_path is None):
                 problems.append((("model",), "a new model (model.init) needs exactly one of model.tokenizer, model.tokenizer_path"))
@@ -161,9 +163,10 @@ class RewardData(ChatData):
 
 
 class ModelSource(StrictModel):
-    """An existing HF model directory; leave it out when the model comes from `inputs.model`."""
+    """An existing HF model directory or .gguf file; leave both out when the model comes from `inputs.model`."""
 
     path: DirPath | None = None
+    gguf: GgufPath | None = Field(None, description="a .gguf file (or package:file), imported to full-precision HF weights")
 
 
 class LoraSettings(StrictModel):
@@ -198,9 +201,11 @@ class _ChatStage(StageConfig):
     def input_problems(self) -> list[tuple[tuple, str]]:
         """Exactly one model source; micro batches that divide the batch."""
         problems: list[tuple[tuple, str]] = []
-        if ("model" in self.inputs) == (self.model.path is not None):
-            found = "both" if self.model.path else "none"
-            problems.append((("model",), f"give exactly one of inputs.model, model.path (found: {found})"))
+        sources = [n for n, on in (("inputs.model", "model" in self.inputs), ("model.path", self.model.path),
+                                   ("model.gguf", self.model.gguf)) if on]
+        if len(sources) != 1:
+            found = ", ".join(sources) if sources else "none"
+            problems.append((("model",), f"give exactly one of inputs.model, model.path, model.gguf (found: {found})"))
         micro = self.train.micro_batch_size or self.train.batch_size
         if self.train.batch_size % micro:
             problems.append((("train", "micro_batch_size"), f"must divide train.batch_size ({self.train.batch_size})"))
@@ -236,6 +241,14 @@ class RewardStage(_ChatStage):
     margin: float = Field(0.0, ge=0, description="loss is -log sigmoid(r_better - r_worse - margin)")
 
     module = "stages.reward"
+
+    def input_problems(self) -> list[tuple[tuple, str]]:
+        """As for SFT; a reward model starts from an HF causal LM (a stage's artifact or model.path)."""
+        problems = super().input_problems()
+        if self.model.gguf is not None:
+            problems.append((("model", "gguf"), "a reward model starts from an HF model: import the GGUF in a "
+                                                "pretrain or sft stage and use that stage as inputs.model"))
+        return problems
 
     def data_problems(self) -> list[str]:
         """Unreadable files and unusable rows (unless data.skip_bad_rows), with file and line."""

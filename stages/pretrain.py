@@ -38,19 +38,19 @@ def train_tokenizer(documents: list[str], vocab_size: int, min_frequency: int):
 
 def load_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str]):
     """The tokenizer: the checkpoint's when resuming, else the input model's, the given one, or a new one."""
-    from transformers import AutoTokenizer
+    from stages.common.hf_models import load_tokenizer
 
     if ctx.resume_from is not None:
         source = ctx.resume_from.path
     elif "model" in ctx.inputs:
         source = ctx.inputs["model"]
-    elif cfg.model.path:
-        source = Path(cfg.model.path)
+    elif cfg.model.path or cfg.model.gguf:
+        source = Path(cfg.model.path or cfg.model.gguf)
     elif cfg.model.tokenizer_path:
         source = Path(cfg.model.tokenizer_path)
     else:
         return train_tokenizer(documents, cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.min_frequency)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = load_tokenizer(source)
     if tokenizer.eos_token is None:
         tokenizer.add_special_tokens({"eos_token": EOS})
     return tokenizer
@@ -58,12 +58,12 @@ def load_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str]):
 
 def build_model(ctx: StageContext, cfg: PretrainStage, tokenizer):
     """A new Llama-style model from `model.init`, or the pretrained one to continue from."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stages.common.hf_models import load_causal_lm
 
     if cfg.model.init is None:
-        source = ctx.inputs.get("model") or Path(cfg.model.path)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        model = load_causal_lm(ctx.inputs.get("model") or Path(cfg.model.path or cfg.model.gguf))
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         return model

@@ -19,7 +19,7 @@ import torch
 from transformers import Trainer
 
 from pipeline.kinds import RewardStage
-from stages.common.chat import check_context_length, input_model_dir, load_chat_tokenizer, load_rows
+from stages.common.chat import check_context_length, input_model, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext, run_stage
 from stages.common.ranking import kwise_ranking_loss, ranking_metrics, scores_by_prompt
 from stages.common.records import ranking_row
@@ -136,7 +136,7 @@ def train(ctx: StageContext) -> dict:
         print(f"[{name}] skipped {rows.skipped} bad rows (data.skip_bad_rows)", flush=True)
 
     # model: the input causal LM with a new scalar head, and its tokenizer with the chat template
-    source = input_model_dir(ctx)
+    source = input_model(ctx)
     check_context_length(source, cfg.data.max_length, "data.max_length")
     tokenizer = load_chat_tokenizer(source, cfg.chat_template)
     with new_head_expected():

@@ -21,7 +21,7 @@ from pipeline.kinds import SftStage
 from stages.common.chat import (
     check_context_length,
     generate_answers,
-    input_model_dir,
+    input_model,
     load_chat_tokenizer,
     load_rows,
     prompt_text,
@@ -89,7 +89,9 @@ def build_trainer(ctx: StageContext, model, tokenizer, rows) -> AnswerOnlySFTTra
 
 def train(ctx: StageContext) -> dict:
     """Fine-tune, evaluate, sample and save; return the manifest metrics."""
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import set_seed
+
+    from stages.common.hf_models import load_causal_lm
 
     from stages.common.hf_trainer import evaluate_before_training, gradient_accumulation, quiet_libraries
 
@@ -103,10 +105,10 @@ def train(ctx: StageContext) -> dict:
     train_rows, val_rows = rows.train, rows.validation
 
     # model and tokenizer (with a chat template)
-    source = input_model_dir(ctx)
+    source = input_model(ctx)
     check_context_length(source, cfg.data.max_length, "data.max_length")
     tokenizer = load_chat_tokenizer(source, cfg.chat_template)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model = load_causal_lm(source)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[{name}] {n_params / 1e6:.2f} M parameters from {source}; {len(train_rows)} train / "

@@ -28,16 +28,16 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-def input_model_dir(ctx: StageContext) -> Path:
-    """The model the stage starts from: the upstream stage's artifact, or `model.path`."""
-    return ctx.inputs.get("model") or Path(ctx.config.model.path)
+def input_model(ctx: StageContext) -> Path:
+    """The model the stage starts from: the upstream stage's artifact, `model.path` or `model.gguf`."""
+    return ctx.inputs.get("model") or Path(ctx.config.model.path or ctx.config.model.gguf)
 
 
 def load_chat_tokenizer(source: Path, chat_template: str):
     """The tokenizer at `source` with a pad token and the chat template the config asks for."""
-    from transformers import AutoTokenizer
+    from stages.common.hf_models import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = load_tokenizer(source)
     if tokenizer.eos_token is None:
         raise InputError(f"{source}: the tokenizer has no eos_token; a chat model needs one to end its answers")
     if tokenizer.pad_token is None:
@@ -121,12 +121,11 @@ def interleaved(by_source: dict[str, list[dict]]) -> list[dict]:
 
 def check_context_length(model_dir: Path, needed: int, what: str) -> None:
     """Refuse sequences longer than the model's position range (`what` names the settings that add up)."""
-    from transformers import AutoConfig
+    from stages.common.hf_models import load_config
 
-    limit = getattr(AutoConfig.from_pretrained(model_dir).get_text_config(), "max_position_embeddings", None)
+    limit = getattr(load_config(model_dir).get_text_config(), "max_position_embeddings", None)
     if limit is not None and needed > limit:
-        raise InputError(f"{what} = {needed} tokens exceeds the model's max_position_embeddings ({limit}) "
-                         f"in {model_dir}/config.json")
+        raise InputError(f"{what} = {needed} tokens exceeds the model's max_position_embeddings ({limit}) of {model_dir}")
 
 
 def sample_prompts(rows: ChatRows, count: int) -> list[list[dict]]:
