@@ -139,3 +139,23 @@ def test_with_lora_the_reference_is_the_policy_with_its_adapter_off(tiny):
         trained = peft_policy(input_ids=ids).logits
     assert torch.allclose(reference, base, atol=1e-5)  # adapter off = the untouched SFT weights
     assert not torch.allclose(trained, base, atol=1e-4)  # adapter on = the policy PPO trained
+
+
+def test_a_non_finite_gradient_skips_the_step_instead_of_poisoning_the_weights(tiny):
+    from accelerate import Accelerator
+
+    tokenizer, policy, scorer = tiny
+    roles = roles_of(policy, scorer)
+    before = [p.detach().clone() for p in roles.policy.parameters()]
+    policy_opt = torch.optim.AdamW(roles.policy.parameters(), lr=1e-3)
+    value_opt = torch.optim.AdamW(roles.value.parameters(), lr=1e-3)
+    constant = [torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0) for o in (policy_opt, value_opt)]
+    opt = Optimisation(Accelerator(cpu=True), policy_opt, value_opt, *constant, max_grad_norm=1.0)
+    queries, query_mask = encode_prompts(tokenizer, PROMPTS, 64, "cpu")
+    rollout = collect(roles, HFGenerator(roles.policy, tokenizer, 8, 1.0, 1.0), queries, query_mask,
+                      tokenizer.eos_token_id, 1.0, 2, None, None, {})
+    rollout.scores[0] = float("nan")  # e.g. an overflow upstream: the whole batch's advantages turn NaN
+    stats = iteration(roles, opt, rollout, KLController(0.05), PpoSettings(rollout_batch_size=4, mini_batch_size=2), 1.0, 2)
+    assert stats["train/skipped_step_fraction"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, roles.policy.parameters()))
+    assert all(torch.isfinite(p).all() for p in roles.value.parameters())

@@ -90,11 +90,19 @@ def ppo_update(roles: Roles, opt: Optimisation, rollout: Trajectory, targets: di
                 log("value/clip_fraction", value_clip)
                 with torch.no_grad():
                     log("policy/entropy", masked_mean(entropy_from_logits(logits), mask))
-            log("policy/grad_norm", accelerator.clip_grad_norm_(roles.policy.parameters(), opt.max_grad_norm))
-            log("value/grad_norm", accelerator.clip_grad_norm_(roles.value.parameters(), opt.max_grad_norm))
+            policy_norm = accelerator.clip_grad_norm_(roles.policy.parameters(), opt.max_grad_norm)
+            value_norm = accelerator.clip_grad_norm_(roles.value.parameters(), opt.max_grad_norm)
+            # a non-finite gradient (an overflowing ratio, a NaN loss) would poison the weights: skip the step,
+            # as mixed-precision loss scalers do, and count it
+            finite = bool(torch.isfinite(torch.as_tensor(policy_norm)) and torch.isfinite(torch.as_tensor(value_norm)))
+            log("train/skipped_step_fraction", 0.0 if finite else 1.0)
+            if finite:
+                log("policy/grad_norm", policy_norm)
+                log("value/grad_norm", value_norm)
             for optimizer, scheduler in ((opt.policy_optimizer, opt.policy_scheduler),
                                          (opt.value_optimizer, opt.value_scheduler)):
-                optimizer.step()
+                if finite:
+                    optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
     return {name: sum(values) / len(values) for name, values in stats.items()}
