@@ -94,5 +94,5 @@ def test_ppo_resumes_after_sigkill_with_the_uninterrupted_weights(tmp_path, tiny
         for key in expected:
             assert torch.equal(expected[key], actual[key]), (name, key)
     reference = read_manifest(StageDirs(tiny_chat_run / "ppo"))["metrics"]
-    for key in ("eval/sft_score", "eval/ppo_score", "eval/kl", "eval/win_rate"):
+    for key in ("eval/sft_score", "eval/ppo_score", "eval/kl", "eval/win_rate", "train/first_score", "train/last_score"):
         assert manifest["metrics"][key] == reference[key], key

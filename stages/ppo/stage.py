@@ -145,7 +145,7 @@ def train(ctx: StageContext) -> dict:
     generator = make_generator(policy)
     writer = SummaryWriter(str(ctx.dirs.logs / "tensorboard")) if accelerator.is_main_process else None
     ctx.dirs.logs.mkdir(parents=True, exist_ok=True)
-    started, history = time.monotonic(), []
+    started, history = time.monotonic(), logged_history(ctx, first)
     for i in range(first, cfg.train.max_steps):
         # rollout: sample answers to this iteration's prompts and score them with all four roles
         t0 = time.perf_counter()
@@ -188,6 +188,20 @@ def train(ctx: StageContext) -> dict:
             writer.close()
     accelerator.wait_for_everyone()
     return {**evaluation, **summary(history, cfg)}
+
+
+def logged_history(ctx: StageContext, upto: int) -> list[dict]:
+    """The statistics of iterations 1..upto from metrics.jsonl (a resumed run continues the same history;
+    lines of iterations re-run after the checkpoint are superseded)."""
+    path = ctx.dirs.logs / "metrics.jsonl"
+    if upto == 0 or not path.is_file():
+        return []
+    by_step = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("step", 0) <= upto:
+            by_step[row["step"]] = {k: v for k, v in row.items() if k not in ("step", "time")}
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def log_iteration(ctx: StageContext, writer, name: str, step: int, total: int, stats: dict, started: float,
