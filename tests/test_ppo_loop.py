@@ -44,6 +44,16 @@ def roles_of(policy, scorer) -> Roles:
                  ScalarPerToken(copy.deepcopy(scorer)))
 
 
+def optimisation(roles: Roles, policy_lr: float = 1e-3) -> Optimisation:
+    """AdamW on the trainable policy weights and on the value model, constant rates, CPU accelerator."""
+    from accelerate import Accelerator
+
+    policy_opt = torch.optim.AdamW([p for p in roles.policy.parameters() if p.requires_grad], lr=policy_lr)
+    value_opt = torch.optim.AdamW(roles.value.parameters(), lr=1e-3)
+    constant = [torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0) for o in (policy_opt, value_opt)]
+    return Optimisation(Accelerator(cpu=True), policy_opt, value_opt, *constant, max_grad_norm=1.0)
+
+
 def test_padded_batch_scores_equal_each_answer_scored_alone(tiny):
     tokenizer, policy, scorer = tiny
     roles = roles_of(policy, scorer)
@@ -74,20 +84,14 @@ def test_padded_batch_scores_equal_each_answer_scored_alone(tiny):
 
 
 def test_iterations_train_policy_and_value_and_leave_frozen_roles_untouched(tiny):
-    from accelerate import Accelerator
-
     tokenizer, policy, scorer = tiny
     roles = roles_of(policy, scorer)
     frozen = {name: [p.detach().clone() for p in getattr(roles, name).parameters()] for name in ("reference", "reward")}
     trained = {name: [p.detach().clone() for p in getattr(roles, name).parameters()] for name in ("policy", "value")}
     assert not any(p.requires_grad for name in frozen for p in getattr(roles, name).parameters())
 
-    accelerator = Accelerator(cpu=True)
     ppo = PpoSettings(rollout_batch_size=4, mini_batch_size=2, epochs=2)
-    policy_opt = torch.optim.AdamW(roles.policy.parameters(), lr=1e-3)
-    value_opt = torch.optim.AdamW(roles.value.parameters(), lr=1e-3)
-    constant = [torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0) for o in (policy_opt, value_opt)]
-    opt = Optimisation(accelerator, policy_opt, value_opt, *constant, max_grad_norm=1.0)
+    opt = optimisation(roles)
     kl = KLController(0.05)
     generator = HFGenerator(roles.policy, tokenizer, 10, 1.0, 1.0)
     queries, query_mask = encode_prompts(tokenizer, PROMPTS, 64, "cpu")
@@ -105,12 +109,12 @@ def test_iterations_train_policy_and_value_and_leave_frozen_roles_untouched(tiny
         assert all(torch.equal(a, b) for a, b in zip(before, getattr(roles, name).parameters())), name
     for name, before in trained.items():
         assert any(not torch.equal(a, b) for a, b in zip(before, getattr(roles, name).parameters())), name
-    optimised = {id(p) for o in (policy_opt, value_opt) for group in o.param_groups for p in group["params"]}
+    optimised = {id(p) for o in (opt.policy_optimizer, opt.value_optimizer) for group in o.param_groups
+                 for p in group["params"]}
     assert not optimised & {id(p) for name in frozen for p in getattr(roles, name).parameters()}
 
 
 def test_with_lora_the_reference_is_the_policy_with_its_adapter_off(tiny):
-    from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
 
     from stages.ppo.models import AdapterDisabled
@@ -123,10 +127,7 @@ def test_with_lora_the_reference_is_the_policy_with_its_adapter_off(tiny):
     assert not list(roles.reference.parameters())  # no second copy of the weights
     trainable = [p for p in peft_policy.parameters() if p.requires_grad]
     assert 0 < sum(p.numel() for p in trainable) < sum(p.numel() for p in policy.parameters()) / 4
-    policy_opt = torch.optim.AdamW(trainable, lr=1e-2)
-    value_opt = torch.optim.AdamW(roles.value.parameters(), lr=1e-3)
-    constant = [torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0) for o in (policy_opt, value_opt)]
-    opt = Optimisation(Accelerator(cpu=True), policy_opt, value_opt, *constant, max_grad_norm=1.0)
+    opt = optimisation(roles, policy_lr=1e-2)
     queries, query_mask = encode_prompts(tokenizer, PROMPTS, 64, "cpu")
     rollout = collect(roles, HFGenerator(roles.policy, tokenizer, 10, 1.0, 1.0), queries, query_mask,
                       tokenizer.eos_token_id, 1.0, 2, None, None, {})
@@ -142,15 +143,10 @@ def test_with_lora_the_reference_is_the_policy_with_its_adapter_off(tiny):
 
 
 def test_a_non_finite_gradient_skips_the_step_instead_of_poisoning_the_weights(tiny):
-    from accelerate import Accelerator
-
     tokenizer, policy, scorer = tiny
     roles = roles_of(policy, scorer)
     before = [p.detach().clone() for p in roles.policy.parameters()]
-    policy_opt = torch.optim.AdamW(roles.policy.parameters(), lr=1e-3)
-    value_opt = torch.optim.AdamW(roles.value.parameters(), lr=1e-3)
-    constant = [torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0) for o in (policy_opt, value_opt)]
-    opt = Optimisation(Accelerator(cpu=True), policy_opt, value_opt, *constant, max_grad_norm=1.0)
+    opt = optimisation(roles)
     queries, query_mask = encode_prompts(tokenizer, PROMPTS, 64, "cpu")
     rollout = collect(roles, HFGenerator(roles.policy, tokenizer, 8, 1.0, 1.0), queries, query_mask,
                       tokenizer.eos_token_id, 1.0, 2, None, None, {})
