@@ -19,8 +19,7 @@ from collections.abc import Callable
 import torch
 
 from stages.common.chat import prompt_text
-from stages.ppo.losses import logprobs_of, response_mask
-from stages.ppo.models import Roles, policy_logits
+from stages.ppo.models import Roles
 from stages.ppo.rollout import Generator, encode_prompts, score_answers
 
 _WORD = re.compile(r"\w+")
@@ -52,11 +51,8 @@ def answers_and_scores(roles: Roles, generator: Generator, tokenizer, prompts, m
         queries, query_mask = encode_prompts(tokenizer, prompts[start : start + batch_size], max_prompt_length, device)
         responses = generator.generate(queries, query_mask)
         scored = score_answers(roles, queries, query_mask, responses, tokenizer.eos_token_id, temperature, batch_size)
-        mask = response_mask(responses, tokenizer.eos_token_id)
-        ids = torch.cat([queries, responses], 1)
-        attention = torch.cat([query_mask, mask], 1)
-        ref = logprobs_of(policy_logits(roles.reference, ids, attention, queries.shape[1], temperature), responses)
-        kls += ((scored["logprobs"] - ref) * mask).sum(1).tolist()
+        mask = scored["response_mask"]
+        kls += ((scored["logprobs"] - scored["ref_logprobs"]) * mask).sum(1).tolist()
         scores += scored["scores"].tolist()
         answers += tokenizer.batch_decode(responses * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
     return [a.strip() for a in answers], scores, kls
