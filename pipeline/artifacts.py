@@ -350,6 +350,22 @@ class RunLock:
         self._fd = fd
         return self
 
+    @staticmethod
+    def is_held(run_dir: Path) -> bool:
+        """Whether some process holds the lock of `run_dir` now (a run is going)."""
+        try:
+            fd = os.open(Path(run_dir) / ".lock", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
     def __exit__(self, *exc: Any) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)

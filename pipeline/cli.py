@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -33,8 +34,20 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="what `rlhf run` would do, and why")
     plan.add_argument("config", nargs="?", default=str(EMBEDDED_PIPELINE))
 
+    report = sub.add_parser("report", help="write RUN_DIR/report/ (report.md, report.html, plots)")
+    report.add_argument("target", nargs="?", default=str(EMBEDDED_PIPELINE), help="RUN_DIR or pipeline file")
+
+    clean = sub.add_parser("clean", help="remove checkpoints of complete stages (and, with --yes, their artifacts)")
+    clean.add_argument("target", help="RUN_DIR or pipeline file")
+    clean.add_argument("--keep-artifacts", action="store_true",
+                       help="remove only checkpoints and leftovers: every stage stays fresh")
+    clean.add_argument("--yes", action="store_true", help="also remove the artifacts of complete stages")
+    clean.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
+
     status = sub.add_parser("status", help="a table of the stages of a run directory (or of a pipeline file)")
     status.add_argument("target", nargs="?", default=str(EMBEDDED_PIPELINE), help="RUN_DIR or pipeline file")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="redraw every SECONDS (default 2) while a run is going")
     return parser
 
 
@@ -68,8 +81,14 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(pipeline, args.only, args.start, args.restart, args.dry_run)
         elif args.command == "plan":
             _plan(args.config)
+        elif args.command == "report":
+            from pipeline.report import write_report
+
+            print(f"report: {write_report(_pipeline_of(Path(args.target)))}")
+        elif args.command == "clean":
+            _clean(Path(args.target), args.keep_artifacts, args.yes, args.dry_run)
         elif args.command == "status":
-            _status(Path(args.target))
+            _status(Path(args.target), args.watch)
     except InputError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)
@@ -99,21 +118,60 @@ def _plan(config: str) -> None:
     make_console().print(status_table(plan.statuses, plan))
 
 
-def _status(target: Path) -> None:
+def _status(target: Path, watch: float | None = None) -> None:
     """Status of a pipeline file, or of a run directory through the pipeline file its stages recorded."""
+    from pipeline.runner import make_console
+    from pipeline.status import show_status
+
+    show_status(_pipeline_of(target), make_console(), watch)
+
+
+def _clean(target: Path, keep_artifacts: bool, yes: bool, dry_run: bool) -> None:
+    from rich.table import Table
+
+    from pipeline.artifacts import RunLock
+    from pipeline.clean import apply, clean_plan, human_size
+    from pipeline.runner import make_console
+
+    pipeline = _pipeline_of(target)
+    console = make_console()
+    with contextlib.nullcontext() if dry_run else RunLock(pipeline.run_dir):  # never under a running `rlhf run`
+        removals, kept = clean_plan(pipeline, keep_artifacts)
+        table = Table(show_edge=False, pad_edge=False)
+        for column in ("stage", "path", "size", "why"):
+            table.add_column(column, justify="right" if column == "size" else "left")
+        for r in removals:
+            table.add_row(r.stage, str(r.path.relative_to(pipeline.run_dir)), human_size(r.size), r.why)
+        total = human_size(sum(r.size for r in removals))
+        if removals:
+            console.print(table)
+        for note in kept:
+            console.print(note)
+        if not removals:
+            console.print("nothing to remove")
+            return
+        artifacts = [r for r in removals if r.path.name == "artifact"]
+        if dry_run:
+            console.print(f"dry run: {len(removals)} paths, {total} would be removed")
+            return
+        if artifacts and not yes:
+            raise InputError(f"this removes the artifacts of {len(artifacts)} complete stage(s); add --yes to confirm, "
+                             "or --keep-artifacts to remove only checkpoints")
+        apply(removals)
+        console.print(f"removed {len(removals)} paths, {total}")
+
+
+def _pipeline_of(target: Path):
+    """The pipeline of a pipeline file, or of a run directory (through the file its stages recorded)."""
     from pipeline.config import load_pipeline
-    from pipeline.plan import stage_statuses
-    from pipeline.runner import make_console, status_table
 
     if target.is_dir():
         recorded = _recorded_pipeline(target)
         if recorded is None:
-            raise InputError(f"{target}: not a run directory (no stage has a spec.json or manifest.json)")
+            raise InputError(f"{target}: not a run directory with a readable pipeline file (no stage's spec.json "
+                             "or manifest.json names one that still exists)")
         target = recorded
-    pipeline = load_pipeline(target)
-    console = make_console()
-    console.print(f"run directory: {pipeline.run_dir}  (pipeline: {pipeline.path})")
-    console.print(status_table(stage_statuses(pipeline)))
+    return load_pipeline(target)
 
 
 def _recorded_pipeline(run_dir: Path) -> Path | None:

@@ -109,6 +109,10 @@ class StageConfig(StrictModel):
     input_roles: ClassVar[dict[str, bool]] = {}
     #: bumped when the stage's code changes what it produces for the same config
     version: ClassVar[int] = 1
+    #: manifest metrics that sum up a completed stage (status and report tables)
+    headline: ClassVar[tuple[str, ...]] = ()
+    #: metrics.jsonl keys that show how training is going (status of an unfinished stage)
+    live: ClassVar[tuple[str, ...]] = ("loss", "eval_loss")
 
     def input_problems(self) -> list[tuple[tuple, str]]:
         """Cross-field checks that need the whole stage (e.g. exactly one model source): (key path, message)."""

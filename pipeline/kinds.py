@@ -34,6 +34,8 @@ class TrainSettings(StrictModel):
     eval_every: int | None = volatile(None, ge=1, description="default: only at the end")
     save_every: int = volatile(100, ge=1)
     keep_last: int = volatile(2, ge=1, description="complete checkpoints kept")
+    report_to: list[Literal["wandb", "mlflow", "comet_ml", "clearml", "trackio"]] = volatile(
+        [], description="trackers besides tensorboard (which always writes to logs/tensorboard)")
 
 
 class TokenizerTraining(StrictModel):
@@ -88,6 +90,7 @@ class PretrainStage(StageConfig):
     train: TrainSettings
 
     module = "stages.pretrain"
+    headline = ("eval/loss", "eval/perplexity")
     input_roles = {"model": False}
     version = 2  # 2: the artifact's config has the KV cache on
 
@@ -225,6 +228,8 @@ class SftStage(_ChatStage):
     samples: SampleSettings = SampleSettings()
 
     module = "stages.sft"
+    headline = ("eval/loss", "eval/perplexity")
+    version = 2  # 2: samples record the prompt's messages (PPO answers the same prompts)
 
     def data_problems(self) -> list[str]:
         """Unreadable files and unusable rows, with file and line."""
@@ -241,6 +246,8 @@ class RewardStage(_ChatStage):
     margin: float = Field(0.0, ge=0, description="loss is -log sigmoid(r_better - r_worse - margin)")
 
     module = "stages.reward"
+    headline = ("eval/pairwise_accuracy", "eval/margin")
+    live = ("loss", "eval_pairwise_accuracy")
 
     def input_problems(self) -> list[tuple[tuple, str]]:
         """As for SFT; a reward model starts from an HF causal LM (a stage's artifact or model.path)."""
@@ -330,6 +337,9 @@ class PpoStage(StageConfig):
     train: TrainSettings = Field(description="max_steps = PPO iterations; batch_size is unused (see ppo.*)")
 
     module = "stages.ppo"
+    headline = ("eval/ppo_score", "eval/win_rate", "eval/kl")
+    live = ("score/mean", "kl/mean")
+    version = 2  # 2: the sample table holds greedy base, SFT and PPO answers, all scored
     input_roles = {"policy": True, "reward": True}
 
     def input_problems(self) -> list[tuple[tuple, str]]:

@@ -74,6 +74,8 @@ def stage_status(name: str, kind: str, dirs: StageDirs, payload: dict, inputs: d
             status.state, status.reason = "fresh", "up to date"
             return status
         status.state, status.reason = "stale", "outputs changed: " + "; ".join(broken)
+        if not (dirs.root / manifest.get("artifact", "artifact")).exists():
+            status.reason = "its artifact was removed (rlhf clean): re-runs to rebuild it"
     elif manifest is not None:
         status.state, status.reason = "stale", _why_changed(manifest.get("fingerprint_payload") or {}, payload)
     if point.resume is not None:

@@ -7,15 +7,25 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.artifacts import RunLock, atomic_write_json
+from pipeline.artifacts import RunLock, StageDirs, atomic_write_json
 from pipeline.config import Pipeline
 from pipeline.errors import InputError, StageFailed
+from pipeline.progress import (
+    eta_seconds,
+    format_duration,
+    new_attempt,
+    progress_bar,
+    read_progress,
+    shown_metrics,
+    write_progress,
+)
 from pipeline.plan import RunPlan, StageStatus, hasher_for, make_plan, stage_spec, stage_status
 
 STATE_STYLE = {"fresh": "green", "stale": "yellow", "interrupted": "cyan", "conflict": "red", "missing": "yellow"}
@@ -72,6 +82,8 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
         console.print(status_table(plan.statuses, plan))
         if dry_run or not plan.to_run:
             console.print("nothing to run" if not plan.to_run else "dry run: nothing launched")
+            if not dry_run:
+                _write_report(pipeline, console, only_if_outdated=True)
             return
         problems = [p for name in plan.to_run for p in pipeline.stages[name].data_problems()]
         if problems:
@@ -85,9 +97,11 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
             started = time.monotonic()
             console.rule(f"[bold]{name}[/] ({pipeline.stages[name].kind}): {statuses[name].reason}")
             log = _next_log(dirs.logs)
-            code = _stream(launch_command(pipeline, name, dirs.spec), log)
+            code = _stream(launch_command(pipeline, name, dirs.spec), log, dirs if console.is_terminal else None, name)
             timings[name] = time.monotonic() - started
             done = stage_status(name, statuses[name].kind, dirs, statuses[name].payload, statuses[name].inputs)
+            if code != 0:
+                record_failure(dirs, statuses[name].fingerprint, code, log)
             if code != 0 or done.state != "fresh":
                 cause = f"exit code {code}" if code != 0 else f"it exited 0 but is {done.state}: {done.reason}"
                 raise StageFailed(
@@ -96,6 +110,16 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
             statuses[name] = done
             console.print(f"[green]stage {name} done[/] in {timings[name]:.1f} s")
         console.print("finished: " + ", ".join(f"{n} {t:.1f} s" for n, t in timings.items()))
+        _write_report(pipeline, console)
+
+
+def _write_report(pipeline: Pipeline, console: Console, only_if_outdated: bool = False) -> None:
+    """RUN_DIR/report/ after a run (a fully fresh run rewrites it only if it is missing or outdated)."""
+    from pipeline.report import is_current, write_report
+
+    if only_if_outdated and is_current(pipeline):
+        return
+    console.print(f"report: {write_report(pipeline)}")
 
 
 def _next_log(logs: Path) -> Path:
@@ -104,23 +128,41 @@ def _next_log(logs: Path) -> Path:
     return logs / f"attempt-{max(attempts, default=0) + 1}.log"
 
 
-def _stream(cmd: list[str], log: Path) -> int:
+def record_failure(dirs: StageDirs, fingerprint: str, code: int, log: Path) -> None:
+    """Mark the stage's latest attempt failed in progress.json, with the exit code and the log (the stage
+    itself records the error when it gets to; a crash before or beyond that is recorded here)."""
+    record = read_progress(dirs)
+    if record is None or record.get("fingerprint") != fingerprint:
+        record = dict(new_attempt(fingerprint), started_at=None)
+    if record.get("state") != "failed":
+        cause = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        record.update(state="failed", error=f"the stage process {cause}", ended_at=time.time())
+    record.update(exit_code=code, log=str(log))
+    write_progress(dirs, record)
+
+
+def _stream(cmd: list[str], log: Path, progress_of: StageDirs | None = None, name: str = "") -> int:
     """Run `cmd`, copying its output line by line to the terminal and to `log`; return its exit code.
 
-    The stage runs in its own process group, so Ctrl-C or SIGTERM here stops all of its processes.
+    With `progress_of`, a progress bar fed by that stage's progress.json stays under the output on the
+    terminal (the log gets the output only). The stage runs in its own process group, so Ctrl-C or
+    SIGTERM here stops all of its processes.
     """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "w", encoding="utf-8") as out:
+    with open(log, "w", encoding="utf-8") as out, _ProgressFromFile(progress_of, name) as bar:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, text=True, errors="replace", bufsize=1)
-        previous = signal.signal(signal.SIGTERM, lambda *_: _stop(proc))
+        def stop_and_interrupt(*_):  # SIGTERM to `rlhf run` stops the stage like Ctrl-C does
+            _stop(proc)
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, stop_and_interrupt)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
-                sys.stdout.write(line)
-                sys.stdout.flush()
+                bar.write(line)
                 out.write(line)
                 out.flush()
             return proc.wait()
@@ -129,6 +171,52 @@ def _stream(cmd: list[str], log: Path) -> int:
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+class _ProgressFromFile:
+    """A terminal progress bar that follows a stage's progress.json from a background thread; without a
+    stage to follow it only passes lines through to stdout."""
+
+    def __init__(self, dirs: StageDirs | None, name: str):
+        self.dirs, self.name = dirs, name
+        self._bar = self._thread = None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "_ProgressFromFile":
+        if self.dirs is not None:
+            self._bar = progress_bar(make_console())
+            self._bar.start()
+            self._thread = threading.Thread(target=self._follow, daemon=True)
+            self._thread.start()
+        return self
+
+    def write(self, line: str) -> None:
+        """One line of the stage's output, above the bar."""
+        if self._bar is None:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        else:
+            self._bar.console.out(line.rstrip("\n"), highlight=False)
+
+    def _follow(self) -> None:
+        task = None
+        started = time.time()
+        while not self._stop.wait(0.5):
+            record = read_progress(self.dirs)
+            if not record or record.get("state") != "running" or not record.get("total") \
+                    or float(record.get("started_at") or 0) < started - 5:  # a previous attempt's record
+                continue
+            if task is None:
+                task = self._bar.add_task(self.name, total=record["total"], completed=record.get("first_step") or 0,
+                                          metrics="", eta="?")
+            self._bar.update(task, completed=record.get("step") or 0, metrics=shown_metrics(record.get("metrics")),
+                             eta=format_duration(eta_seconds(record)))
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._stop.set()
+            self._thread.join()
+            self._bar.stop()
 
 
 def _stop(proc: subprocess.Popen) -> None:

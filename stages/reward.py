@@ -168,8 +168,9 @@ def train(ctx: StageContext) -> dict:
     if len(rows.validation_by_source) > 1:  # also per held-out source: a mix can hide one it does not learn
         for label, source_rows in rows.validation_by_source.items():
             dataset = Dataset.from_list(tokenize_rankings(source_rows, tokenizer, cfg.data.max_length))
-            result_s = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval_source")
-            by_source.update({f"eval/{label}/{key}": _number(result_s[f"eval_source_{key}"]) for key in
+            prefix = f"eval_{label}"  # also the metrics.jsonl / tensorboard names: eval_wordnet_margin, ...
+            result_s = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
+            by_source.update({f"eval/{label}/{key}": _number(result_s[f"{prefix}_{key}"]) for key in
                               ("pairwise_accuracy", "margin", "ranking_accuracy", "kendall_tau")})
 
     # artifact: sequence classifier (one scalar) + tokenizer with the chat template

@@ -142,7 +142,8 @@ def train(ctx: StageContext) -> dict:
         "data/train_examples": len(train_rows),
         "data/validation_examples": len(val_rows),
         "eval/base_loss": base_eval.get("eval_loss"),
-        "samples": [{"prompt": prompt_text(p), "base": b, "sft": s}
+        # "messages": the prompt as the chat template gets it, so PPO can answer the same prompts
+        "samples": [{"prompt": prompt_text(p), "messages": p, "base": b, "sft": s}
                     for p, b, s in zip(prompts, base_answers, sft_answers)],
     }
 

@@ -48,6 +48,20 @@ def rlhf(*args: str, cwd: Path | None = None, timeout: float = 600) -> subproces
                           text=True, timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
+def status_row(target: Path, stage: str) -> str:
+    """The row of `stage` in `rlhf status TARGET`, cells folded onto continuation lines joined back."""
+    result = rlhf("status", str(target))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(stage + " "))
+    row = [lines[first]]
+    for line in lines[first + 1 :]:
+        if not line.startswith(" "):
+            break
+        row.append(line)
+    return " ".join(" ".join(cell.strip() for cell in line.split("│")) for line in row)
+
+
 def launch_stage(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run one stage by hand with the real `accelerate launch` on the single-process CPU config."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",

@@ -3,7 +3,6 @@ and SIGKILL + re-run ends with the uninterrupted weights."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.artifacts import StageDirs, read_manifest
+from pipeline.history import read_history
 from tests.conftest import PPO_ITERATIONS, chat_pipeline, rlhf
 from tests.test_reward import kill_during
 
@@ -28,11 +28,17 @@ def test_ppo_raises_the_held_out_reward_and_stays_near_the_sft_policy(tiny_chat_
     assert 0 <= metrics["eval/kl"] < KL_BOUND
     assert metrics["eval/prompts"] == 32 and metrics["eval/gold_prompts"] == 16  # prompts interleaved by source
     assert 0 <= metrics["eval/gold_win_rate"] <= 1
-    assert len(metrics["samples"]) == 4 and {"prompt", "sft", "ppo", "sft_score", "ppo_score"} <= set(metrics["samples"][0])
+    # the sample table: greedy answers to the SFT stage's sample prompts (with its base answers), topped up
+    samples, sft_samples = metrics["samples"], read_manifest(StageDirs(tiny_chat_run / "sft"))["metrics"]["samples"]
+    assert len(samples) == 4 and [s["prompt"] for s in samples[:3]] == [s["prompt"] for s in sft_samples]
+    assert [s["base"] for s in samples[:3]] == [s["base"] for s in sft_samples]
+    for row in samples:
+        assert {"prompt", "sft", "ppo", "sft_score", "ppo_score"} <= set(row)
+    assert all(isinstance(s["base_score"], float) for s in samples[:3]) and "base" not in samples[3]
     assert 0 < metrics["time/generate_share"] < 1 and metrics["train/iterations"] == PPO_ITERATIONS
 
     # one metrics line per iteration with the documented quantities, and tensorboard events
-    lines = [json.loads(line) for line in (tiny_chat_run / "ppo" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_history(tiny_chat_run / "ppo" / "logs" / "metrics.jsonl")
     assert [line["step"] for line in lines] == list(range(1, PPO_ITERATIONS + 1))
     for key in ("score/mean", "kl/mean", "kl/beta", "policy/entropy", "policy/loss", "value/loss", "policy/clip_fraction",
                 "policy/approx_kl", "response/length", "ptx/loss", "time/generate", "time/score", "time/train"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.artifacts import CHECKPOINT_MARKER, StageDirs, complete_checkpoints, read_manifest
-from tests.conftest import launch_stage, pretrain_stage, rlhf, small_corpus, write_pipeline
+from pipeline.progress import is_alive, read_progress
+from tests.conftest import launch_stage, pretrain_stage, rlhf, small_corpus, status_row, write_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +107,17 @@ def wait_for_checkpoint(stage: Path, proc: subprocess.Popen, timeout: float = 30
     raise TimeoutError("no checkpoint appeared")
 
 
+def wait_until_stage_exits(stage: Path, timeout: float = 60) -> None:
+    """Wait for the stage process named in progress.json to end."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = read_progress(StageDirs(stage))
+        if record is None or not is_alive(record):
+            return
+        time.sleep(0.1)
+    raise TimeoutError("the stage process outlived its launcher")
+
+
 def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_weights(tmp_path, corpus):
     settings = {"max_steps": 120, "save_every": 20}
     # reference: uninterrupted, launched by hand with accelerate launch
@@ -121,9 +134,11 @@ def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_weights(tmp_pa
     step = wait_for_checkpoint(stage, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    wait_until_stage_exits(stage)  # it dies at its next output line, its reader gone
     assert read_manifest(StageDirs(stage)) is None
     step = complete_checkpoints(StageDirs(stage))[-1].step  # another may have landed before the kill
     assert step < 120
+    assert re.search(rf"interrupted at step {step}\b.*resumes from its checkpoint", status_row(path, "pre"))
 
     # a torn checkpoint after it (as if the process died while writing) must be ignored
     torn = stage / "checkpoints" / f"step-{step + 10:06d}"
@@ -183,3 +198,6 @@ def test_a_failing_stage_exits_1_naming_the_stage_its_log_and_the_resume_command
     assert f"error: stage pre failed (exit code 1); log: {log}; resume with: rlhf run {path}" in result.stderr
     assert "data.block_size 100000 leaves 0 training" in log.read_text()
     assert read_manifest(StageDirs(tmp_path / "run" / "pre")) is None
+    row = status_row(path, "pre")  # the error, what happens next, where the log is
+    assert re.search(r"pre\s.*failed.*leaves 0 training.*restarts from step 0", row), row
+    assert json.loads((tmp_path / "run" / "pre" / "progress.json").read_text())["log"] == str(log)

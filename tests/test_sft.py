@@ -12,6 +12,7 @@ from pipeline.artifacts import StageDirs, read_manifest
 from pipeline.kinds import SftStage
 from stages.common.chat import DEFAULT_CHAT_TEMPLATE, ChatRows
 from stages.common.entry import StageContext
+from stages.common.progress import StageProgress
 from stages.common.records import sft_row
 from tests.conftest import REPO, small_corpus
 
@@ -37,8 +38,10 @@ def sft_context(tmp_path: Path, **overrides) -> StageContext:
     config = {"kind": "sft", "model": {"path": str(tmp_path)}, "data": {"train": [str(SFT_DATA / "python-faq" / "train.jsonl")],
               "max_length": 4096}, "train": {"max_steps": 1, "batch_size": 4}, **overrides}
     cfg = SftStage.model_validate(config)
-    return StageContext(spec={"stage": "sft", "fingerprint": "test"}, config=cfg, dirs=StageDirs(tmp_path / "stage"),
-                        inputs={}, resume_from=None, staged_artifact=tmp_path / "stage" / "artifact.staging")
+    dirs = StageDirs(tmp_path / "stage")
+    return StageContext(spec={"stage": "sft", "fingerprint": "test"}, config=cfg, dirs=dirs, inputs={}, resume_from=None,
+                        staged_artifact=tmp_path / "stage" / "artifact.staging",
+                        progress=StageProgress(dirs, "sft", "test", is_main=False))
 
 
 @pytest.mark.parametrize("loss_on", ["completion", "all"])

@@ -29,10 +29,12 @@ from pipeline.artifacts import (
     commit_artifact,
     discard_checkpoints,
     incomplete_checkpoint_dirs,
+    read_manifest,
     resume_point,
 )
 from pipeline.config import StageConfig
 from pipeline.errors import InputError
+from stages.common.progress import StageProgress
 
 LIBRARIES = ("torch", "transformers", "trl", "accelerate", "deepspeed", "peft", "datasets", "tokenizers")
 
@@ -47,10 +49,15 @@ class StageContext:
     inputs: dict[str, Path]  # input role -> artifact directory of the upstream stage
     resume_from: Checkpoint | None
     staged_artifact: Path  # write the artifact here; it becomes dirs.artifact when the stage commits
+    progress: StageProgress  # report steps and metrics here (progress.json, terminal bar)
 
     @property
     def fingerprint(self) -> str:
         return self.spec["fingerprint"]
+
+    def input_manifest(self, role: str) -> dict | None:
+        """The manifest of the stage that produced input `role` (e.g. its samples), if it is readable."""
+        return read_manifest(StageDirs(Path(self.spec["inputs"][role]["artifact"]).parent))
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -155,46 +162,68 @@ def run_stage(train: Callable[[StageContext], dict], argv: list[str] | None = No
         config = _load_config(spec)
         lock = RunLock(Path(spec["run_dir"])) if (args.config and state.is_main_process) else contextlib.nullcontext()
         with lock:
-            if state.is_main_process:
-                dirs.root.mkdir(parents=True, exist_ok=True)
-                _prepare_checkpoints(dirs, spec["fingerprint"], spec.get("restart", False), spec["stage"])
-                shutil.rmtree(dirs.root / "artifact.staging", ignore_errors=True)
-            state.wait_for_everyone()
-            point = resume_point(dirs, spec["fingerprint"])
-            ctx = StageContext(
-                spec=spec, config=config, dirs=dirs,
-                inputs={role: Path(i["artifact"]) for role, i in spec["inputs"].items()},
-                resume_from=point.resume, staged_artifact=dirs.root / "artifact.staging",
-            )
-            if ctx.resume_from and state.is_main_process:
-                print(f"[{spec['stage']}] resuming from {ctx.resume_from.path.name} (step {ctx.resume_from.step})",
-                      flush=True)
-            metrics = train(ctx)
-            state.wait_for_everyone()
-            if state.is_main_process:
-                manifest = {
-                    "schema_version": MANIFEST_SCHEMA,
-                    "stage": spec["stage"],
-                    "kind": spec["kind"],
-                    "fingerprint": spec["fingerprint"],
-                    "fingerprint_payload": spec["fingerprint_payload"],
-                    "pipeline": spec["pipeline"],
-                    "inputs": spec["inputs"],
-                    "config": spec["config"],
-                    "data_files": spec["data_files"],
-                    "artifact": "artifact",
-                    "metrics": metrics,
-                    "resumed_from_step": ctx.resume_from.step if ctx.resume_from else None,
-                    "started_at": started_at.isoformat(timespec="seconds"),
-                    "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "wall_time_s": round(time.monotonic() - t0, 2),
-                    "world_size": state.num_processes,
-                    "versions": versions(),
-                }
-                commit_artifact(dirs, ctx.staged_artifact, manifest)
-                print(f"[{spec['stage']}] committed {dirs.artifact} and {dirs.manifest.name}", flush=True)
-            state.wait_for_everyone()
+            progress = StageProgress(dirs, spec["stage"], spec["fingerprint"], state.is_main_process)
+            try:
+                _run_attempt(train, spec, config, dirs, state, progress, started_at, t0)
+            except (KeyboardInterrupt, BrokenPipeError):  # stopped, or the launcher that read our output died
+                progress.finish("interrupted")
+                raise
+            except Exception as e:
+                progress.finish("failed", error=_one_line(e))
+                raise
+            progress.finish("done")
     except InputError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def _one_line(error: Exception) -> str:
+    """An exception as one line for progress.json: type and first line of the message."""
+    problems = getattr(error, "problems", None)
+    text = "; ".join(problems) if problems else (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text}"[:500]
+
+
+def _run_attempt(train: Callable[[StageContext], dict], spec: dict, config: StageConfig, dirs: StageDirs, state,
+                 progress: StageProgress, started_at: datetime, t0: float) -> None:
+    """Sort out checkpoints, train, and commit the artifact and manifest (main process)."""
+    if state.is_main_process:
+        dirs.root.mkdir(parents=True, exist_ok=True)
+        _prepare_checkpoints(dirs, spec["fingerprint"], spec.get("restart", False), spec["stage"])
+        shutil.rmtree(dirs.root / "artifact.staging", ignore_errors=True)
+    state.wait_for_everyone()
+    point = resume_point(dirs, spec["fingerprint"])
+    ctx = StageContext(
+        spec=spec, config=config, dirs=dirs,
+        inputs={role: Path(i["artifact"]) for role, i in spec["inputs"].items()},
+        resume_from=point.resume, staged_artifact=dirs.root / "artifact.staging", progress=progress,
+    )
+    if ctx.resume_from and state.is_main_process:
+        print(f"[{spec['stage']}] resuming from {ctx.resume_from.path.name} (step {ctx.resume_from.step})",
+              flush=True)
+    metrics = train(ctx)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        manifest = {
+            "schema_version": MANIFEST_SCHEMA,
+            "stage": spec["stage"],
+            "kind": spec["kind"],
+            "fingerprint": spec["fingerprint"],
+            "fingerprint_payload": spec["fingerprint_payload"],
+            "pipeline": spec["pipeline"],
+            "inputs": spec["inputs"],
+            "config": spec["config"],
+            "data_files": spec["data_files"],
+            "artifact": "artifact",
+            "metrics": metrics,
+            "resumed_from_step": ctx.resume_from.step if ctx.resume_from else None,
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_time_s": round(time.monotonic() - t0, 2),
+            "world_size": state.num_processes,
+            "versions": versions(),
+        }
+        commit_artifact(dirs, ctx.staged_artifact, manifest)
+        print(f"[{spec['stage']}] committed {dirs.artifact} and {dirs.manifest.name}", flush=True)
+    state.wait_for_everyone()

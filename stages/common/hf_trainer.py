@@ -8,7 +8,6 @@ one log line per `log_every` steps plus metrics.jsonl.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -20,6 +19,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from pipeline.artifacts import commit_checkpoint
 from pipeline.errors import InputError
+from pipeline.history import append_record, attempt_marker
 from pipeline.kinds import TrainSettings
 from stages.common.entry import StageContext, cpu_launch
 
@@ -65,7 +65,7 @@ def training_arguments(ctx: StageContext, train: TrainSettings, config_class: ty
         eval_steps=train.eval_every,
         save_strategy="steps",
         save_steps=train.save_every,
-        report_to=["tensorboard"],
+        report_to=["tensorboard", *train.report_to],
         disable_tqdm=True,
         dataloader_num_workers=0,
         activation_checkpointing=train.activation_checkpointing,
@@ -142,17 +142,30 @@ class CommitCheckpoints(TrainerCallback):
 
 
 class LogLines(TrainerCallback):
-    """One line per log event on the main process (step, loss, lr, elapsed, ETA) and metrics.jsonl."""
+    """One line per log event on the main process (step, loss, lr, elapsed, ETA), metrics.jsonl (one attempt
+    marker, then every log record) and the stage's progress (progress.json, a bar on a terminal)."""
 
     def __init__(self, ctx: StageContext):
         self.name = ctx.spec["stage"]
+        self.progress = ctx.progress
         self.metrics_file = ctx.dirs.logs / "metrics.jsonl"
         self.t0 = time.monotonic()
         self.first_step: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        """Remember where this attempt started, for the ETA."""
+        """Mark where this attempt starts (the resumed step) in metrics.jsonl and in the progress."""
         self.t0, self.first_step = time.monotonic(), state.global_step
+        if state.is_world_process_zero:
+            append_record(self.metrics_file, attempt_marker(state.global_step))
+        self.progress.start(state.max_steps, state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """Advance the progress after every optimizer step."""
+        self.progress.update(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """Training is over: remove the bar (final evaluation and saving follow)."""
+        self.progress.close()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         """Print and append one record."""
@@ -161,21 +174,21 @@ class LogLines(TrainerCallback):
         elapsed = time.monotonic() - self.t0
         done = state.global_step - (self.first_step or 0)
         eta = elapsed / done * (state.max_steps - state.global_step) if done > 0 else float("nan")
-        record = {"step": state.global_step, "time": round(time.time(), 3), **logs}
-        self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        shown = "  ".join(f"{k} {_fmt(v)}" for k, v in logs.items() if k in _SHOWN)
+        append_record(self.metrics_file, {"step": state.global_step, "time": round(time.time(), 3), **logs})
+        shown = {k: v for k, v in logs.items() if k in _SHOWN}
         if not shown:  # end-of-training summaries: kept in metrics.jsonl only
             return
+        line = "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
         if not state.max_steps:  # an evaluation before train() starts
-            print(f"[{self.name}] before training: {shown}", flush=True)
+            print(f"[{self.name}] before training: {line}", flush=True)
             return
-        print(f"[{self.name}] step {state.global_step}/{state.max_steps}  {shown}  "
+        self.progress.update(state.global_step, {k: v for k, v in shown.items() if k in _PROGRESS})
+        print(f"[{self.name}] step {state.global_step}/{state.max_steps}  {line}  "
               f"| {elapsed:.0f}s, eta {'?' if math.isnan(eta) else f'{eta:.0f}s'}", flush=True)
 
 
 _SHOWN = ("loss", "eval_loss", "eval_pairwise_accuracy", "learning_rate", "grad_norm")
+_PROGRESS = ("loss", "eval_loss", "eval_pairwise_accuracy")  # beside the bar and in `rlhf status`
 
 
 def _fmt(value) -> str:

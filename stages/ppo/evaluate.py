@@ -60,8 +60,8 @@ def answers_and_scores(roles: Roles, generator: Generator, tokenizer, prompts, m
 
 def compare_policies(roles: Roles, make_generator: Callable[[torch.nn.Module], Generator], tokenizer,
                      rows: list[dict], max_prompt_length: int, temperature: float, batch_size: int, seed: int,
-                     samples: int, device) -> dict:
-    """The manifest metrics and sample table of the final evaluation (see the module docstring).
+                     device) -> dict:
+    """The manifest metrics of the final evaluation (see the module docstring).
     The SFT policy is the frozen reference: the weights PPO started from."""
     prompts = [row["prompt"] for row in rows]
     sft = roles._replace(policy=roles.reference)
@@ -79,6 +79,58 @@ def compare_policies(roles: Roles, make_generator: Callable[[torch.nn.Module], G
         "eval/gold_win_rate": win_rate([g[0] for g in gold], [g[1] for g in gold]) if gold else None,
         "eval/prompts": len(prompts),
         "eval/gold_prompts": len(gold),
-        "samples": [{"prompt": prompt_text(p), "sft": s, "ppo": a, "sft_score": round(ss, 4), "ppo_score": round(ps, 4)}
-                    for p, s, a, ss, ps in list(zip(prompts, sft_answers, ppo_answers, sft_scores, ppo_scores))[:samples]],
     }
+
+
+def sample_prompts_for_table(upstream: dict | None, rows: list[dict], count: int) -> tuple[list[list[dict]], list[str | None]]:
+    """(prompts, base answers) of the sample table: the prompts the SFT stage answered before and after
+    fine-tuning (its manifest's samples, with the base model's answers), topped up with held-out prompts."""
+    recorded = [s for s in ((upstream or {}).get("metrics") or {}).get("samples") or [] if s.get("messages")]
+    prompts = [s["messages"] for s in recorded][:count]
+    base: list[str | None] = [s.get("base") for s in recorded][:count]
+    for row in rows:
+        if len(prompts) >= count:
+            break
+        if row["prompt"] not in prompts:
+            prompts.append(row["prompt"])
+            base.append(None)
+    return prompts, base
+
+
+@torch.no_grad()
+def sample_table(roles: Roles, make_generator: Callable[..., Generator], tokenizer, prompts: list[list[dict]],
+                 base_answers: list[str | None], max_prompt_length: int, temperature: float, batch_size: int,
+                 device) -> list[dict]:
+    """Greedy answers of the SFT and PPO policies to `prompts`, beside the base model's (when known), each
+    scored by the reward model: what the report shows as base -> SFT -> PPO."""
+    rows = [{"prompt": prompt_text(p)} for p in prompts]
+    for name, model in (("sft", roles.reference), ("ppo", roles.policy)):
+        generator = make_generator(model, sample=False)
+        for start in range(0, len(prompts), batch_size):
+            queries, query_mask = encode_prompts(tokenizer, prompts[start : start + batch_size], max_prompt_length, device)
+            responses = generator.generate(queries, query_mask)
+            _fill(rows[start : start + batch_size], name, roles, tokenizer, queries, query_mask, responses,
+                  temperature, batch_size)
+    known = [i for i, answer in enumerate(base_answers) if answer is not None]
+    for start in range(0, len(known), batch_size):
+        part = known[start : start + batch_size]
+        queries, query_mask = encode_prompts(tokenizer, [prompts[i] for i in part], max_prompt_length, device)
+        responses = answer_ids(tokenizer, [base_answers[i] for i in part], device)
+        _fill([rows[i] for i in part], "base", roles, tokenizer, queries, query_mask, responses, temperature, batch_size)
+    return rows
+
+
+def answer_ids(tokenizer, answers: list[str], device) -> torch.Tensor:
+    """Answer texts as response token ids ending in EOS, right-padded: [B, T]."""
+    ids = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in answers]
+    width = max(len(i) for i in ids)
+    return torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids], device=device)
+
+
+def _fill(rows: list[dict], name: str, roles: Roles, tokenizer, queries, query_mask, responses, temperature: float,
+          batch_size: int) -> None:
+    scored = score_answers(roles, queries, query_mask, responses, tokenizer.eos_token_id, temperature, batch_size)
+    mask = scored["response_mask"]
+    texts = tokenizer.batch_decode(responses * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
+    for row, text, score in zip(rows, texts, scored["scores"].tolist()):
+        row[name], row[f"{name}_score"] = text.strip(), round(score, 4)

@@ -49,13 +49,16 @@ class Generator(Protocol):
 
 
 class HFGenerator:
-    """Hugging Face `generate` with the KV cache: temperature / top-p sampling, stop at EOS."""
+    """Hugging Face `generate` with the KV cache: temperature / top-p sampling (or greedy), stop at EOS."""
 
-    def __init__(self, model, tokenizer, max_new_tokens: int, temperature: float, top_p: float):
+    def __init__(self, model, tokenizer, max_new_tokens: int, temperature: float, top_p: float, sample: bool = True):
         self.model = model
-        self.kwargs = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
-                           top_k=0, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+        self.kwargs = dict(max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
                            eos_token_id=tokenizer.eos_token_id)
+        if sample:
+            self.kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        else:
+            self.kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
 
     @torch.no_grad()
     def generate(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ causal LM, with the critic in `artifact/critic/`.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -23,12 +22,13 @@ import torch
 
 from pipeline.artifacts import commit_checkpoint
 from pipeline.errors import InputError
+from pipeline.history import append_record, attempt_marker, read_history
 from pipeline.kinds import PpoStage
 from stages.common.chat import check_context_length, interleaved, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.lora import lora_config, save_merged
 from stages.common.records import prompt_row
-from stages.ppo.evaluate import compare_policies
+from stages.ppo.evaluate import compare_policies, sample_prompts_for_table, sample_table
 from stages.ppo.losses import KLController
 from stages.ppo.models import Roles, load_roles
 from stages.ppo.rollout import HFGenerator, collect, encode_prompts
@@ -83,7 +83,6 @@ def train(ctx: StageContext) -> dict:
     """Run PPO, evaluate SFT vs PPO, save the policy and the critic; return the manifest metrics."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from torch.utils.tensorboard import SummaryWriter
     from transformers import get_scheduler
 
     from stages.common.hf_trainer import quiet_libraries
@@ -91,7 +90,9 @@ def train(ctx: StageContext) -> dict:
     cfg: PpoStage = ctx.config
     name, ppo, gen = ctx.spec["stage"], cfg.ppo, cfg.generation
     quiet_libraries()
-    accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision])
+    # trackers: tensorboard under logs/tensorboard, plus train.report_to (wandb, mlflow, ...)
+    accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision],
+                              log_with=["tensorboard", *cfg.train.report_to], project_dir=str(ctx.dirs.logs))
     set_seed(cfg.train.seed)
 
     # data: prompts (held-out ones with a human ranking also give the gold win rate)
@@ -139,13 +140,18 @@ def train(ctx: StageContext) -> dict:
         accelerator.load_state(str(ctx.resume_from.path))
         first = ctx.resume_from.step
 
-    def make_generator(model) -> HFGenerator:
-        return HFGenerator(accelerator.unwrap_model(model), tokenizer, gen.max_new_tokens, gen.temperature, gen.top_p)
+    def make_generator(model, sample: bool = True) -> HFGenerator:
+        return HFGenerator(accelerator.unwrap_model(model), tokenizer, gen.max_new_tokens, gen.temperature, gen.top_p,
+                           sample)
 
     generator = make_generator(policy)
-    writer = SummaryWriter(str(ctx.dirs.logs / "tensorboard")) if accelerator.is_main_process else None
-    ctx.dirs.logs.mkdir(parents=True, exist_ok=True)
-    started, history = time.monotonic(), logged_history(ctx, first)
+    accelerator.init_trackers("tensorboard", config={"stage": name, "fingerprint": ctx.fingerprint})
+    metrics_file = ctx.dirs.logs / "metrics.jsonl"
+    history = [r for r in read_history(metrics_file) if 0 < r["step"] <= first]  # a resumed run's earlier iterations
+    if accelerator.is_main_process:
+        append_record(metrics_file, attempt_marker(first))
+    ctx.progress.start(cfg.train.max_steps, first)
+    started = time.monotonic()
     for i in range(first, cfg.train.max_steps):
         # rollout: sample answers to this iteration's prompts and score them with all four roles
         t0 = time.perf_counter()
@@ -160,17 +166,26 @@ def train(ctx: StageContext) -> dict:
                       "response/stopped": (rollout.responses == tokenizer.eos_token_id).any(1).float().mean().item()})
         history.append(stats)
         step = i + 1
+        accelerator.log(stats, step=step)
+        ctx.progress.update(step, {"score": stats["score/mean"], "kl": stats["kl/mean"]})
         if accelerator.is_main_process:
-            log_iteration(ctx, writer, name, step, cfg.train.max_steps, stats, started, first, cfg.train.log_every)
+            append_record(metrics_file, {"step": step, "time": round(time.time(), 3), **stats})
+            log_line(name, step, cfg.train.max_steps, stats, started, first, cfg.train.log_every)
         if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
             save_checkpoint(ctx, accelerator, step, cfg.train.keep_last)
+
+    ctx.progress.close()
+    accelerator.end_training()
 
     # evaluate: SFT (the frozen reference) and PPO answer the same held-out prompts, seeded alike
     accelerator.wait_for_everyone()
     held_out = interleaved(rows.validation_by_source)[: cfg.evaluation.prompts]
     evaluation = compare_policies(roles, make_generator, tokenizer, held_out,
-                                  cfg.data.max_length, gen.temperature, micro, cfg.evaluation.seed,
-                                  cfg.evaluation.samples, accelerator.device)
+                                  cfg.data.max_length, gen.temperature, micro, cfg.evaluation.seed, accelerator.device)
+    # the sample table: greedy base -> SFT -> PPO answers on the prompts the SFT stage sampled, all scored
+    prompts, base_answers = sample_prompts_for_table(ctx.input_manifest("policy"), held_out, cfg.evaluation.samples)
+    evaluation["samples"] = sample_table(roles, make_generator, tokenizer, prompts, base_answers, cfg.data.max_length,
+                                         gen.temperature, micro, accelerator.device)
 
     # artifact: the policy as an HF causal LM with the tokenizer; the critic beside it
     if accelerator.is_main_process:
@@ -184,33 +199,12 @@ def train(ctx: StageContext) -> dict:
         critic = accelerator.unwrap_model(value).classifier
         critic.save_pretrained(ctx.staged_artifact / "critic")
         tokenizer.save_pretrained(ctx.staged_artifact / "critic")
-        if writer is not None:
-            writer.close()
     accelerator.wait_for_everyone()
     return {**evaluation, **summary(history, cfg)}
 
 
-def logged_history(ctx: StageContext, upto: int) -> list[dict]:
-    """The statistics of iterations 1..upto from metrics.jsonl (a resumed run continues the same history;
-    lines of iterations re-run after the checkpoint are superseded)."""
-    path = ctx.dirs.logs / "metrics.jsonl"
-    if upto == 0 or not path.is_file():
-        return []
-    by_step = {}
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if row.get("step", 0) <= upto:
-            by_step[row["step"]] = {k: v for k, v in row.items() if k not in ("step", "time")}
-    return [by_step[step] for step in sorted(by_step)]
-
-
-def log_iteration(ctx: StageContext, writer, name: str, step: int, total: int, stats: dict, started: float,
-                  first: int, every: int) -> None:
-    """metrics.jsonl and tensorboard every iteration; one terminal line every `every` iterations."""
-    with open(ctx.dirs.logs / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": step, "time": round(time.time(), 3), **stats}) + "\n")
-    for key, value in stats.items():
-        writer.add_scalar(key, value, step)
+def log_line(name: str, step: int, total: int, stats: dict, started: float, first: int, every: int) -> None:
+    """One terminal line every `every` iterations (and for the first and the last of this attempt)."""
     if step % every and step != total and step != first + 1:
         return
     elapsed = time.monotonic() - started

@@ -1,0 +1,252 @@
+"""Assemble the run report from the run directory: manifests, metric histories and progress records."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.config import Pipeline
+from pipeline.history import read_history, series
+from pipeline.plan import stage_statuses
+from pipeline.progress import format_duration
+from pipeline.report import plots
+from pipeline.report.document import Document, Heading, Image, Paragraph, Table, to_html, to_markdown
+from pipeline.status import StageView, stage_view
+
+REPORT_DIR = "report"
+
+
+@dataclass
+class StageRecord:
+    """What the report knows of one stage."""
+
+    name: str
+    kind: str
+    view: StageView
+    manifest: dict | None  # the latest completed run (may be stale)
+    history: list[dict]
+
+    @property
+    def metrics(self) -> dict:
+        return (self.manifest or {}).get("metrics") or {}
+
+
+def fmt(value) -> str:
+    """Numbers as the report prints them: 4 significant digits, integers with thousands separators."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def percent(value) -> str:
+    """A share as a whole percentage ('67%')."""
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+def collect(pipeline: Pipeline) -> list[StageRecord]:
+    """Every stage of the pipeline, in topological order."""
+    records = []
+    for name, status in stage_statuses(pipeline).items():
+        history = read_history(status.dirs.logs / "metrics.jsonl")
+        records.append(StageRecord(name, status.kind, stage_view(pipeline, status), status.manifest, history))
+    return records
+
+
+def report_state(records: list[StageRecord]) -> dict:
+    """What the report was built from: each stage's state and fingerprint (a changed one means rebuild)."""
+    return {r.name: {"state": r.view.state, "fingerprint": (r.manifest or {}).get("fingerprint")} for r in records}
+
+
+def is_current(pipeline: Pipeline) -> bool:
+    """Whether report/ was built from the run directory as it is now."""
+    try:
+        saved = json.loads((pipeline.run_dir / REPORT_DIR / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return saved.get("built_from") == report_state(collect(pipeline))
+
+
+def write_report(pipeline: Pipeline) -> Path:
+    """Write RUN_DIR/report/{report.md, report.html, report.json, plots/*.png}; return report.html's path."""
+    out = pipeline.run_dir / REPORT_DIR
+    records = collect(pipeline)
+    doc = Document(f"Run report: {pipeline.path.stem}")
+    doc.add(Paragraph(f"Pipeline `{pipeline.path}` · run directory `{pipeline.run_dir}` · written "
+                      f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"))
+    _summary(doc, records, out)
+    for record in records:
+        _stage_section(doc, record, out, pipeline)
+    _samples(doc, records)
+    _lineage(doc, records, pipeline)
+    atomic_write_text(out / "report.md", to_markdown(doc, out))
+    atomic_write_text(out / "report.html", to_html(doc))
+    atomic_write_json(out / "report.json", {
+        "built_from": report_state(records),
+        "stages": {r.name: {"kind": r.kind, "state": r.view.state,
+                            "metrics": {k: v for k, v in r.metrics.items() if k != "samples"}} for r in records},
+        "plots": sorted(p.relative_to(out).as_posix() for p in (out / "plots").glob("*.png")),
+    })
+    return out / "report.html"
+
+
+def _summary(doc: Document, records: list[StageRecord], out: Path) -> None:
+    doc.add(Heading(2, "Summary"))
+    done = [r for r in records if r.view.state == "fresh"]
+    total = sum(r.manifest.get("wall_time_s") or 0 for r in done)
+    doc.add(Paragraph(f"{len(done)} of {len(records)} stages complete and up to date; "
+                      f"their wall time adds up to {format_duration(total)}."))
+    rows = []
+    for r in records:
+        fresh = r.view.state == "fresh"
+        headline = ", ".join(f"{k} {fmt(v)}" for k, v in r.view.metrics.items())
+        rows.append([r.name, r.kind, r.view.state, headline,
+                     format_duration(r.view.elapsed_s) if r.view.elapsed_s is not None else "–",
+                     fmt(r.manifest.get("world_size")) if fresh else "–", r.view.detail])
+    doc.add(Table(["stage", "kind", "state", "key metrics", "wall time", "processes", "details"], rows))
+    timed = [(r.name, float(r.manifest["wall_time_s"]), _training_seconds(r)) for r in done
+             if r.manifest.get("wall_time_s") is not None]
+    if timed:
+        doc.add(Image(plots.time_plot(timed, out / "plots" / "time.png"), "time per stage"))
+
+
+def _training_seconds(record: StageRecord) -> float | None:
+    """Seconds spent in the training loop: the Trainer's runtime, or the sum of PPO iteration times."""
+    if record.metrics.get("train/runtime_s") is not None:
+        return float(record.metrics["train/runtime_s"])
+    _, times = series(record.history, "time/iteration")
+    return sum(times) if times else None
+
+
+_EXPLAIN = {
+    "pretrain": "Causal language modelling on packed blocks of the corpus. Lower is better; the validation "
+                "loss is measured on held-out blocks.",
+    "sft": "Supervised fine-tuning on instruction data; the loss counts the answer tokens only (unless "
+           "`loss_on: all`). Validation is on held-out instructions.",
+    "reward": "A scalar reward model trained on ranked answers (all pairs of a prompt at once). Pairwise "
+              "accuracy is the share of held-out answer pairs it orders like the humans did; 0.5 is chance.",
+    "ppo": "PPO against the frozen reward model with a KL penalty to the SFT policy. The score should rise "
+           "while the KL stays moderate; a score that climbs while the KL runs away is reward hacking.",
+}
+
+
+def _stage_section(doc: Document, r: StageRecord, out: Path, pipeline: Pipeline) -> None:
+    doc.add(Heading(2, f"{r.name} ({r.kind})"))
+    if r.kind in _EXPLAIN:
+        doc.add(Paragraph(_EXPLAIN[r.kind]))
+    state = f"State: **{r.view.state}** — {r.view.detail}." if r.view.detail else f"State: {r.view.state}."
+    doc.add(Paragraph(state.replace("**", "")))
+    sentence = _findings(r)
+    if sentence:
+        doc.add(Paragraph(sentence))
+    plot_path = out / "plots" / f"{r.name}.png"
+    title = f"{r.name} ({r.kind})"
+    if r.history:
+        drawn = {"pretrain": plots.loss_plot, "sft": plots.loss_plot, "reward": plots.reward_plot,
+                 "ppo": plots.ppo_plot}.get(r.kind)
+        if drawn is not None:
+            doc.add(Image(drawn(r.history, title, plot_path), title))
+    scalars = [(k, v) for k, v in r.metrics.items() if not isinstance(v, (list, dict))]
+    if scalars:
+        doc.add(Table(["metric", "value"], [[k, fmt(v)] for k, v in scalars]))
+
+
+def _findings(r: StageRecord) -> str:
+    """One sentence of what the numbers say, per kind."""
+    m = r.metrics
+    if not m:
+        return ""
+    if r.kind in ("pretrain", "sft") and m.get("eval/loss") is not None:
+        text = f"Validation loss {fmt(m['eval/loss'])} (perplexity {fmt(m.get('eval/perplexity'))})"
+        if m.get("eval/base_loss") is not None:
+            text += f", down from {fmt(m['eval/base_loss'])} for the input model"
+        return text + f", after {fmt(m.get('train/steps'))} steps."
+    if r.kind == "reward" and m.get("eval/pairwise_accuracy") is not None:
+        text = f"Held-out pairwise accuracy {fmt(m['eval/pairwise_accuracy'])}"
+        if m.get("eval/base_pairwise_accuracy") is not None:
+            text += f" (untrained head: {fmt(m['eval/base_pairwise_accuracy'])})"
+        sources = sorted({k.split("/")[1] for k in m if k.count("/") == 2 and k.endswith("/pairwise_accuracy")})
+        if sources:
+            text += "; per source: " + ", ".join(f"{s} {fmt(m[f'eval/{s}/pairwise_accuracy'])}" for s in sources)
+        return text + "."
+    if r.kind == "ppo" and m.get("eval/ppo_score") is not None:
+        text = (f"On {fmt(m.get('eval/prompts'))} held-out prompts the reward model scores PPO's answers "
+                f"{fmt(m['eval/ppo_score'])} against {fmt(m.get('eval/sft_score'))} for the SFT policy; PPO's answer "
+                f"wins on {percent(m.get('eval/win_rate'))} of them, at a KL of {fmt(m.get('eval/kl'))} nats per answer")
+        if m.get("eval/gold_win_rate") is not None:
+            text += (f". Judged by word overlap with the human-preferred answer ({fmt(m.get('eval/gold_prompts'))} "
+                     f"prompts carry one), PPO's answer is closer on {percent(m['eval/gold_win_rate'])}")
+        return text + "."
+    return ""
+
+
+def _samples(doc: Document, records: list[StageRecord]) -> None:
+    """Greedy answers to the same held-out prompts: base -> SFT -> PPO with reward-model scores (from each
+    PPO stage), and base -> SFT for SFT stages no PPO stage has shown."""
+    shown_sft = set()
+    tables = []
+    for r in records:
+        if r.kind == "ppo" and r.metrics.get("samples"):
+            policy = ((r.manifest or {}).get("inputs") or {}).get("policy", {}).get("stage")
+            shown_sft.add(policy)
+            columns = [c for c in ("base", "sft", "ppo") if any(c in s for s in r.metrics["samples"])]
+            headers = ["prompt"] + [h for c in columns for h in (_LABEL[c], f"{_LABEL[c]} score")]
+            rows = [[s["prompt"]] + [v for c in columns for v in (s.get(c, "–"), fmt(s.get(f"{c}_score")))]
+                    for s in r.metrics["samples"]]
+            tables.append((f"{r.name}: base → {policy} → {r.name}", headers, rows))
+    for r in records:
+        if r.kind == "sft" and r.name not in shown_sft and r.metrics.get("samples"):
+            rows = [[s["prompt"], s.get("base", "–"), s.get("sft", "–")] for s in r.metrics["samples"]]
+            tables.append((f"{r.name}: base → {r.name}", ["prompt", "base model", "SFT model"], rows))
+    if not tables:
+        return
+    doc.add(Heading(2, "Sample answers"))
+    doc.add(Paragraph("Greedy answers to the same held-out prompts. Scores are the reward model's (higher is "
+                      "preferred); they compare answers to one prompt, not across prompts."))
+    for title, headers, rows in tables:
+        doc.add(Heading(3, title), Table(headers, rows, css_class="samples"))
+
+
+_LABEL = {"base": "base model", "sft": "SFT model", "ppo": "PPO model"}
+
+
+def _lineage(doc: Document, records: list[StageRecord], pipeline: Pipeline) -> None:
+    doc.add(Heading(2, "Lineage"))
+    doc.add(Paragraph("What each completed stage was built from: its fingerprint covers its config, the "
+                      "contents of its data files and its inputs' fingerprints."))
+    for r in records:
+        m = r.manifest
+        if not m:
+            continue
+        doc.add(Heading(3, r.name))
+        inputs = ", ".join(f"{role}: {i['stage']} ({i['fingerprint'][:12]})" for role, i in (m.get("inputs") or {}).items())
+        config = m.get("config") or {}
+        batch = (config.get("ppo") or {}).get("rollout_batch_size") or (config.get("train") or {}).get("batch_size")
+        rows = [["fingerprint", f"`{m.get('fingerprint')}`"],
+                ["inputs", inputs or "none"],
+                ["started / ended", f"{m.get('started_at')} / {m.get('ended_at')}"],
+                ["wall time", format_duration(m.get("wall_time_s"))],
+                ["processes (world size)", fmt(m.get("world_size"))],
+                ["global batch (sequences; rollouts for PPO)", fmt(batch)],
+                ["resumed from step", fmt(m.get("resumed_from_step"))],
+                ["libraries", ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v)]]
+        doc.add(Table(["property", "value"], rows))
+        files = [[_shown_path(f["path"], pipeline), fmt(f["size"]), f"`{f['sha256'][:16]}`"]
+                 for f in m.get("data_files") or []]
+        if files:
+            doc.add(Table(["data file", "bytes", "sha256"], files))
+
+
+def _shown_path(path: str, pipeline: Pipeline) -> str:
+    """A data file's path as the pipeline file would write it (relative to its folder) when that is shorter."""
+    relative = os.path.relpath(path, pipeline.path.parent)
+    return relative if len(relative) < len(path) else path

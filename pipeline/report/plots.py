@@ -1,0 +1,119 @@
+"""The report's PNG plots (matplotlib, no display needed), each drawn from a stage's metric history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.history import series
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+#: series longer than this are drawn faint with a moving average over them
+SMOOTH_ABOVE = 30
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over up to `window` values (shorter at the start), same length as `values`."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _panel(ax, history: list[dict], lines: list[tuple[str, str]], title: str, ylabel: str, xlabel: str = "step") -> bool:
+    """Draw `lines` ((metric key, label)) on one axis; False when none has a value."""
+    drawn = False
+    for key, label in lines:
+        steps, values = series(history, key)
+        if len(steps) > SMOOTH_ABOVE:  # noisy per-iteration values: faint, with a moving average on top
+            line, = ax.plot(steps, values, alpha=0.3, linewidth=1)
+            ax.plot(steps, moving_average(values, max(3, len(values) // 10)), color=line.get_color(),
+                    label=f"{label} (moving average)")
+        elif steps:
+            ax.plot(steps, values, marker="o" if len(steps) < 12 else None, markersize=4, label=label)
+        drawn = drawn or bool(steps)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if drawn and (len(lines) > 1 or len(series(history, lines[0][0])[0]) > SMOOTH_ABOVE):
+        ax.legend(fontsize=8)
+    if not drawn:
+        ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+    return drawn
+
+
+def _save(fig, path: Path) -> Path:
+    import warnings
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # a legend below the axes: bbox_inches="tight" makes room for it
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def loss_plot(history: list[dict], title: str, path: Path) -> Path:
+    """Training and held-out loss per step (pretrain, SFT)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    _panel(ax, history, [("loss", "train"), ("eval_loss", "validation")], title, "loss (nats per token)")
+    return _save(fig, path)
+
+
+def reward_plot(history: list[dict], title: str, path: Path) -> Path:
+    """Reward model: training loss, held-out pairwise accuracy and margin per step."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    _panel(axes[0], history, [("loss", "train")], "training loss", "ranking loss")
+    _panel(axes[1], history, [("eval_pairwise_accuracy", "held-out")], "pairwise accuracy (held-out)", "accuracy")
+    axes[1].axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    _panel(axes[2], history, [("eval_margin", "held-out")], "margin r(better) - r(worse)", "margin")
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def ppo_plot(history: list[dict], title: str, path: Path) -> Path:
+    """PPO per iteration: reward-model score, KL to the reference, policy entropy, clip fraction."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6))
+    _panel(axes[0][0], history, [("score/mean", "score")], "reward-model score of the rollouts", "score", "iteration")
+    _panel(axes[0][1], history, [("kl/mean", "KL")], "KL to the SFT policy (nats per answer)", "KL", "iteration")
+    _panel(axes[1][0], history, [("policy/entropy", "entropy")], "policy entropy (nats per token)", "entropy",
+           "iteration")
+    _panel(axes[1][1], history, [("policy/clip_fraction", "clip fraction")], "PPO clip fraction", "fraction",
+           "iteration")
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def time_plot(rows: list[tuple[str, float, float | None]], path: Path) -> Path:
+    """Wall time per stage ((stage, wall seconds, training seconds or None)), training time shaded."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 1.4 + 0.45 * len(rows)))
+    names = [r[0] for r in rows][::-1]
+    wall = [r[1] for r in rows][::-1]
+    training = [min(r[2], r[1]) if r[2] is not None else 0.0 for r in rows][::-1]
+    ax.barh(names, training, color="#2f81f7", label="training loop")
+    ax.barh(names, [w - t for w, t in zip(wall, training)], left=training, color="#9ec5fe",
+            label="start-up, data, evaluation, saving")
+    for y, w in enumerate(wall):
+        ax.text(w, y, f" {w:.0f} s", va="center", fontsize=8)
+    ax.set_xlabel("wall time (s)")
+    ax.set_xlim(0, max(wall, default=1) * 1.15 or 1)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.5 / len(rows)), ncol=2, frameon=False)
+    ax.set_title("time per stage", fontsize=10)
+    return _save(fig, path)

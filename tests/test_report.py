@@ -1,0 +1,209 @@
+"""The run report, metric histories, progress on a terminal, `rlhf status` states and `rlhf clean`."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.artifacts import StageDirs, complete_checkpoints, read_manifest
+from pipeline.history import append_record, attempt_marker, read_history, series
+from tests.conftest import pretrain_stage, rlhf, status_row, write_pipeline
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --- metric histories -----------------------------------------------------------------------------------
+
+
+def test_history_drops_what_a_resumed_attempt_redid_and_torn_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_record(path, {"step": 0, "eval_loss": 9.0})
+    append_record(path, attempt_marker(0))
+    for step in (10, 20, 30):
+        append_record(path, {"step": step, "loss": 10.0 - step / 10})
+    append_record(path, {"step": 20, "eval_loss": 8.5})
+    append_record(path, attempt_marker(20))  # killed after 30, resumed from the checkpoint at 20
+    append_record(path, {"step": 30, "loss": 6.5})
+    with open(path, "a") as f:
+        f.write('{"step": 40, "lo')  # torn by a crash
+    history = read_history(path)
+    assert [(r["step"], sorted(set(r) - {"time"})) for r in history] == [
+        (0, ["eval_loss", "step"]), (10, ["loss", "step"]), (20, ["loss", "step"]), (20, ["eval_loss", "step"]),
+        (30, ["loss", "step"])]
+    assert series(history, "loss") == ([10, 20, 30], [9.0, 8.0, 6.5])  # step 30 from the resumed attempt
+    assert read_history(tmp_path / "missing.jsonl") == []
+
+
+def test_history_without_markers_keeps_the_last_record_of_a_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for record in ({"step": 5, "loss": 2.0}, {"step": 5, "loss": 1.5}, {"step": 5, "eval_loss": 3.0}):
+        append_record(path, record)
+    assert series(read_history(path), "loss") == ([5], [1.5])
+    assert series(read_history(path), "eval_loss") == ([5], [3.0])
+
+
+# --- the report of a real run ---------------------------------------------------------------------------
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None and os.environ.get("RLHF_REQUIRE_CHROMIUM"):
+        pytest.fail("RLHF_REQUIRE_CHROMIUM is set but no chromium is installed")
+    return found
+
+
+def _png_pixels(path: Path):
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    return matplotlib.image.imread(path)
+
+
+@pytest.mark.slow
+def test_report_of_a_real_run_matches_the_manifests_and_renders(tiny_chat_run, tmp_path):
+    out = tiny_chat_run / "report"
+    assert (out / "report.html").is_file()  # written by `rlhf run` itself
+    result = rlhf("report", str(tiny_chat_run))
+    assert result.returncode == 0, result.stdout + result.stderr
+    md = (out / "report.md").read_text()
+    summary = json.loads((out / "report.json").read_text())
+
+    # a plot per stage (by kind) and the time plot, each a real, non-blank PNG
+    stages = {p.parent.name: read_manifest(StageDirs(p.parent)) for p in tiny_chat_run.glob("*/manifest.json")}
+    assert set(stages) == {"pre", "sft", "sft_lora", "rm", "ppo", "ppo_lora"}
+    assert set(summary["plots"]) == {f"plots/{name}.png" for name in stages} | {"plots/time.png"}
+    for plot in summary["plots"]:
+        pixels = _png_pixels(out / plot)
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 300 and pixels.std() > 0.05, plot
+        assert f"]({plot})" in md
+
+    # numbers: every stage's headline metrics as the manifest has them, in the summary table
+    for name, manifest in stages.items():
+        assert summary["stages"][name]["metrics"] == {k: v for k, v in manifest["metrics"].items() if k != "samples"}
+        row = next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
+        assert "| fresh |" in row
+        headline = {"pretrain": ["eval/loss"], "sft": ["eval/loss"], "reward": ["eval/pairwise_accuracy"],
+                    "ppo": ["eval/ppo_score", "eval/win_rate"]}[manifest["kind"]]
+        for key in headline:
+            assert f"{key} {manifest['metrics'][key]:.4g}" in row, (key, row)
+
+    # the sample table: base -> SFT -> PPO answers and scores as PPO's manifest holds them
+    for sample in stages["ppo"]["metrics"]["samples"]:
+        row = next(line for line in md.splitlines() if line.startswith(f"| {sample['prompt'].replace('|', chr(92) + '|')} |"))
+        for column in ("sft_score", "ppo_score"):
+            assert f"| {sample[column]:.4g} |" in row
+    # the lineage: fingerprints and data-file hashes of every stage
+    for manifest in stages.values():
+        assert manifest["fingerprint"] in md
+        for data_file in manifest["data_files"]:
+            assert data_file["sha256"][:16] in md
+
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no chromium to render report.html (CI installs it)")
+    # every image decodes in the browser: a copy of the page with a check appended reports the count
+    checked = tmp_path / "checked.html"
+    checked.write_text((out / "report.html").read_text().replace("</body>", (
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+        "document.body.setAttribute('data-images', imgs.length + '/' + "
+        "imgs.filter(i => i.complete && i.naturalWidth > 0).length); });</script></body>")))
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(browser + ["--virtual-time-budget=5000", "--dump-dom", checked.as_uri()], capture_output=True,
+                         text=True, timeout=120)
+    images = len(summary["plots"])
+    assert f'data-images="{images}/{images}"' in dom.stdout, dom.stderr[-2000:]
+    shot = tmp_path / "shot.png"
+    subprocess.run(browser + ["--window-size=1200,1600", f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    pixels = _png_pixels(shot)
+    assert pixels.std() > 0.05  # not a blank page
+
+
+# --- status states, progress on a terminal, clean ----------------------------------------------------------
+
+
+def _run_on_a_terminal(args: list[str], timeout: float = 300) -> str:
+    """Run `rlhf ARGS` with a pseudo-terminal as stdout and stderr; return everything it wrote."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], stdout=follower, stderr=follower,
+                            env=dict(os.environ, COLUMNS="160"))
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=30)
+    os.close(leader)
+    assert proc.returncode == 0, b"".join(chunks).decode(errors="replace")[-3000:]
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_progress_bar_on_a_terminal_not_in_the_log_then_clean(tmp_path, corpus):
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus, max_steps=60, save_every=20)})
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", _run_on_a_terminal(["run", str(path)]))  # without colours
+    # the runner draws a bar from progress.json (steps, loss, ETA) on the terminal; the log gets lines only
+    assert re.search(r"pre ━+.* [1-5]?\d/60 loss [\d.]+ .*eta \d+s", screen), screen[-3000:]
+    log = (tmp_path / "run" / "pre" / "logs" / "attempt-1.log").read_text()
+    assert "━" not in log and "\x1b[" not in log and "[pre] step 60/60" in log
+    progress = json.loads((tmp_path / "run" / "pre" / "progress.json").read_text())
+    assert progress["state"] == "done" and progress["step"] == progress["total"] == 60
+    assert "fresh" in status_row(path, "pre") and "eval/loss" in status_row(path, "pre")
+
+    # clean: a dry run removes nothing; --keep-artifacts removes checkpoints and the stage stays fresh
+    stage = StageDirs(tmp_path / "run" / "pre")
+    assert len(complete_checkpoints(stage)) == 2
+    dry = rlhf("clean", str(tmp_path / "run"), "--keep-artifacts", "--dry-run")
+    assert dry.returncode == 0 and "pre/checkpoints/step-000060" in dry.stdout and "would be removed" in dry.stdout
+    assert len(complete_checkpoints(stage)) == 2
+    kept = rlhf("clean", str(tmp_path / "run"), "--keep-artifacts")
+    assert kept.returncode == 0 and not complete_checkpoints(stage)
+    assert "fresh" in status_row(path, "pre")
+    # without --keep-artifacts the artifacts go too, only with --yes; then the stage is stale and rebuilt
+    refused = rlhf("clean", str(tmp_path / "run"))
+    assert refused.returncode == 2 and "--yes" in refused.stderr and stage.artifact.is_dir()
+    removed = rlhf("clean", str(tmp_path / "run"), "--yes")
+    assert removed.returncode == 0 and not stage.artifact.exists() and stage.manifest.is_file()
+    assert "stale" in status_row(path, "pre") and "artifact was removed" in status_row(path, "pre")
+
+
+def test_status_reads_running_killed_and_failed_attempts_from_progress(tmp_path, corpus):
+    from pipeline.config import load_pipeline
+    from pipeline.plan import stage_statuses
+    from pipeline.progress import new_attempt, write_progress
+    from pipeline.status import stage_views
+
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus)})
+    pipeline = load_pipeline(path)
+    status = stage_statuses(pipeline)["pre"]
+    view = lambda: stage_views(pipeline)[0]  # noqa: E731
+    assert (view().state, view().detail) == ("missing", "never run")
+
+    running = dict(new_attempt(status.fingerprint), total=40, step=5, first_step=0, training_since=time.time() - 10,
+                   metrics={"loss": 4.5})
+    write_progress(status.dirs, running)
+    assert view().state == "running" and view().detail.startswith("step 5/40, eta") and view().metrics == {"loss": 4.5}
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_progress(status.dirs, dict(running, pid=int(gone.stdout)))  # its process was killed
+    assert view().state == "interrupted" and "stopped at step 5; restarts from step 0" in view().detail
+
+    write_progress(status.dirs, dict(running, state="failed", error="RuntimeError: out of memory", ended_at=time.time()))
+    assert view().state == "failed" and view().detail.startswith("RuntimeError: out of memory; restarts from step 0")
+
+    write_progress(status.dirs, dict(running, fingerprint="0" * 64))  # an attempt under another config
+    assert view().state == "missing"
