@@ -38,14 +38,65 @@ class AnswerOnlySFTTrainer(SFTTrainer):
     TRL computes the loss through a fused LM head (tiled log-probs, no full logits). Its torch fallback for
     CPU measured 2.6x slower per step here than the model's own loss, with identical losses. The labels
     (prompt masked) are the same either way; only TRL's token-accuracy and entropy logs are lost on CPU.
+    TRL's `num_tokens` log (real tokens trained on) is kept on both paths, and is right for row-packed
+    batches (RowPackedCollator), which TRL would count as one row.
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        counted = self._total_train_tokens
         if torch.cuda.is_available():
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # no KV cache (as TRL does): with one, transformers ignores the position_ids that keep packed examples
-        # apart, and they would attend to each other
-        return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        else:
+            # no KV cache (as TRL does): with one, transformers ignores the position_ids that keep packed examples
+            # apart, and they would attend to each other
+            result = Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+        if model.training:
+            real = real_tokens(inputs, self.processing_class.pad_token_id)
+            self._total_train_tokens = counted + self.accelerator.gather_for_metrics(real).sum().item()
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return result
+
+
+def real_tokens(inputs: dict, pad_token_id: int) -> torch.Tensor:
+    """Non-padding tokens of a batch: its attention mask; for a padding-free batch (one flattened row) its
+    length; for row-packed rows the tokens that are not padding."""
+    if "attention_mask" in inputs:
+        return inputs["attention_mask"].sum()
+    ids = inputs["input_ids"]
+    if ids.shape[0] == 1:
+        return torch.tensor(ids.shape[1], device=ids.device)
+    return (ids != pad_token_id).sum()
+
+
+class RowPackedCollator:
+    """Packed bins as rows of their own, for attention kernels without variable-length support.
+
+    TRL's BFD packing flattens a whole batch into ONE row for FlashAttention's varlen kernels. With SDPA or
+    eager attention (CPU, and GPUs without flash-attn) that row is batch x max_length long, so attention costs
+    (B*L)^2 instead of B*L^2. Here each bin stays a row (TRL's collator prepares each one: labels, position
+    ids restarting at every packed sequence); rows are right-padded and sent without an attention mask, so
+    transformers builds a block-diagonal causal mask from the position ids: packed sequences never see each
+    other. Padding gets its own position block and label -100.
+    """
+
+    def __init__(self, trl_collator, pad_token_id: int):
+        self.trl_collator, self.pad_token_id = trl_collator, pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [self.trl_collator([example]) for example in examples]
+        width = max(row["input_ids"].shape[1] for row in rows)
+
+        def padded(key: str, value: int | None) -> torch.Tensor:
+            out = []
+            for row in rows:
+                tensor = row[key][0]
+                extra = width - tensor.shape[0]
+                fill = torch.arange(extra) if value is None else torch.full((extra,), value)
+                out.append(torch.cat([tensor, fill.to(tensor.dtype)]))
+            return torch.stack(out)
+
+        return {"input_ids": padded("input_ids", self.pad_token_id), "labels": padded("labels", -100),
+                "position_ids": padded("position_ids", None)}
 
 
 def save_sft_artifact(trainer, tokenizer, directory) -> None:
@@ -77,14 +128,17 @@ def build_trainer(ctx: StageContext, model, tokenizer, rows) -> AnswerOnlySFTTra
         dataset_num_proc=None,
         eval_packing=False,  # validation loss per example, comparable with and without packing
     )
-    return attach(AnswerOnlySFTTrainer(
+    trainer = AnswerOnlySFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows.train),
         eval_dataset=Dataset.from_list(rows.validation),
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora),
-    ), ctx, cfg.train)
+    )
+    if trainer.padding_free and "flash" not in (model.config._attn_implementation or ""):
+        trainer.data_collator = RowPackedCollator(trainer.data_collator, tokenizer.pad_token_id)
+    return attach(trainer, ctx, cfg.train)
 
 
 def train(ctx: StageContext) -> dict:
@@ -136,6 +190,8 @@ def train(ctx: StageContext) -> dict:
         "train/loss": result.training_loss,
         "train/steps": trainer.state.global_step,
         "train/runtime_s": result.metrics.get("train_runtime"),
+        # real (non-padding) tokens trained on, TRL's `num_tokens` count (this attempt's only, after a resume)
+        "train/tokens": getattr(trainer, "_total_train_tokens", None),
         "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
         "model/parameters": n_params,
         "model/trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),

@@ -132,6 +132,7 @@ def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_weights(tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(path)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     step = wait_for_checkpoint(stage, proc)
+    assert re.search(r"pre\s.*running.*step \d+/120, eta", status_row(path, "pre"))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     wait_until_stage_exits(stage)  # it dies at its next output line, its reader gone

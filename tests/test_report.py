@@ -101,6 +101,9 @@ def test_report_of_a_real_run_matches_the_manifests_and_renders(tiny_chat_run, t
         row = next(line for line in md.splitlines() if line.startswith(f"| {sample['prompt'].replace('|', chr(92) + '|')} |"))
         for column in ("sft_score", "ppo_score"):
             assert f"| {sample[column]:.4g} |" in row
+    # tensorboard: every stage's events under its logs, so `tensorboard --logdir RUN_DIR` shows them all
+    for name in stages:
+        assert list((tiny_chat_run / name / "logs" / "tensorboard").rglob("events.out.tfevents.*")), name
     # the lineage: fingerprints and data-file hashes of every stage
     for manifest in stages.values():
         assert manifest["fingerprint"] in md
@@ -207,3 +210,18 @@ def test_status_reads_running_killed_and_failed_attempts_from_progress(tmp_path,
 
     write_progress(status.dirs, dict(running, fingerprint="0" * 64))  # an attempt under another config
     assert view().state == "missing"
+
+
+def test_status_watch_redraws_while_a_run_holds_the_directory(tmp_path, corpus):
+    from pipeline.artifacts import RunLock
+
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus)})
+    watch = [sys.executable, "-m", "pipeline.cli", "status", str(path), "--watch", "0.2"]
+    idle = subprocess.run(watch, capture_output=True, text=True, timeout=60)
+    assert idle.returncode == 0 and "no run is going" in idle.stdout  # nothing to watch: one frame, then out
+    with RunLock(tmp_path / "run"):
+        proc = subprocess.Popen(watch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert proc.poll() is None  # still watching while the run directory is locked
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "no run is going" in out, err

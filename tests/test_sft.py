@@ -144,3 +144,41 @@ def test_packing_puts_several_examples_in_one_sequence_and_trains(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 1 and torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_row_packed_batches_keep_packed_answers_apart_and_count_real_tokens(tmp_path):
+    """Packing without flash attention: each bin is a row, and a packed answer's logits are exactly those it
+    gets alone (the block-diagonal mask from position ids), so packing changes speed, not the loss."""
+    from stages.sft import RowPackedCollator, build_trainer, real_tokens
+
+    model, tokenizer = tiny_causal_lm(tmp_path)
+    rows = ChatRows(train=ROWS, validation=ROWS[:2], validation_by_source={"faq": ROWS[:2]}, skipped=0)
+    trainer = build_trainer(sft_context(tmp_path, data={"train": [str(SFT_DATA / "python-faq" / "train.jsonl")],
+                                                        "max_length": 512, "packing": True}), model, tokenizer, rows)
+    assert isinstance(trainer.data_collator, RowPackedCollator)  # SDPA here: no varlen kernel
+    bins = sorted(trainer.train_dataset, key=lambda ex: -len(ex["seq_lengths"]))
+    examples = [bins[0], bins[-1]]  # one bin holding several conversations, and the emptiest one
+    assert len(examples[0]["seq_lengths"]) >= 2 and len(examples[0]["input_ids"]) != len(examples[1]["input_ids"])
+    batch = trainer.data_collator(examples)
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 2
+    real = sum(len(ex["input_ids"]) for ex in examples)
+    assert real_tokens(batch, tokenizer.pad_token_id).item() == real
+
+    model.eval()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        for row, example in enumerate(examples):
+            start = 0
+            for length in example["seq_lengths"]:
+                alone = model(input_ids=torch.tensor([example["input_ids"][start : start + length]])).logits[0]
+                torch.testing.assert_close(packed[row, start : start + length], alone, atol=1e-5, rtol=1e-4)
+                start += length
+    # labels: the bin's own, -100 on each packed sequence's first token (nothing before it to predict from)
+    # and on the padding of the shorter row
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        expected = torch.tensor(example["labels"])
+        starts = torch.tensor([0] + list(torch.tensor(example["seq_lengths"]).cumsum(0)[:-1]))
+        expected[starts] = -100
+        assert torch.equal(batch["labels"][row, :n], expected)
+        assert (batch["labels"][row, n:] == -100).all()

@@ -80,12 +80,13 @@ def write_report(pipeline: Pipeline) -> Path:
     """Write RUN_DIR/report/{report.md, report.html, report.json, plots/*.png}; return report.html's path."""
     out = pipeline.run_dir / REPORT_DIR
     records = collect(pipeline)
+    plots_cache = _PlotCache(out)
     doc = Document(f"Run report: {pipeline.path.stem}")
     doc.add(Paragraph(f"Pipeline `{pipeline.path}` · run directory `{pipeline.run_dir}` · written "
                       f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"))
-    _summary(doc, records, out)
+    _summary(doc, records, plots_cache)
     for record in records:
-        _stage_section(doc, record, out, pipeline)
+        _stage_section(doc, record, plots_cache)
     _samples(doc, records)
     _lineage(doc, records, pipeline)
     atomic_write_text(out / "report.md", to_markdown(doc, out))
@@ -94,12 +95,49 @@ def write_report(pipeline: Pipeline) -> Path:
         "built_from": report_state(records),
         "stages": {r.name: {"kind": r.kind, "state": r.view.state,
                             "metrics": {k: v for k, v in r.metrics.items() if k != "samples"}} for r in records},
-        "plots": sorted(p.relative_to(out).as_posix() for p in (out / "plots").glob("*.png")),
+        "plots": sorted(plots_cache.keys),
+        "plot_keys": plots_cache.keys,
     })
+    plots_cache.remove_unused()
     return out / "report.html"
 
 
-def _summary(doc: Document, records: list[StageRecord], out: Path) -> None:
+class _PlotCache:
+    """Redraw a plot only when what it shows changed (drawing costs ~0.3 s each; a fresh `rlhf run` after
+    one stage re-ran should not redraw them all). Keys are kept in report.json."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        try:
+            self.previous = json.loads((out / "report.json").read_text()).get("plot_keys") or {}
+        except (OSError, ValueError):
+            self.previous = {}
+        self.keys: dict[str, str] = {}
+
+    def get(self, name: str, key: str, draw) -> Path:
+        """plots/NAME.png, drawn by `draw(path)` unless the same key drew the file that is there."""
+        path = self.out / "plots" / f"{name}.png"
+        relative = path.relative_to(self.out).as_posix()
+        self.keys[relative] = key
+        if self.previous.get(relative) != key or not path.is_file():
+            draw(path)
+        return path
+
+    def remove_unused(self) -> None:
+        """Plots of stages that are gone from the pipeline."""
+        for path in (self.out / "plots").glob("*.png"):
+            if path.relative_to(self.out).as_posix() not in self.keys:
+                path.unlink()
+
+
+def _history_key(record: StageRecord) -> str:
+    """What a stage's plot depends on: its kind and its history (record count and the last record, which
+    carries a timestamp, change whenever the history does)."""
+    return json.dumps([record.kind, len(record.history), record.history[-1] if record.history else None],
+                      sort_keys=True, default=str)
+
+
+def _summary(doc: Document, records: list[StageRecord], plots_cache: _PlotCache) -> None:
     doc.add(Heading(2, "Summary"))
     done = [r for r in records if r.view.state == "fresh"]
     total = sum(r.manifest.get("wall_time_s") or 0 for r in done)
@@ -116,7 +154,8 @@ def _summary(doc: Document, records: list[StageRecord], out: Path) -> None:
     timed = [(r.name, float(r.manifest["wall_time_s"]), _training_seconds(r)) for r in done
              if r.manifest.get("wall_time_s") is not None]
     if timed:
-        doc.add(Image(plots.time_plot(timed, out / "plots" / "time.png"), "time per stage"))
+        path = plots_cache.get("time", json.dumps(timed), lambda p: plots.time_plot(timed, p))
+        doc.add(Image(path, "time per stage"))
 
 
 def _training_seconds(record: StageRecord) -> float | None:
@@ -139,7 +178,7 @@ _EXPLAIN = {
 }
 
 
-def _stage_section(doc: Document, r: StageRecord, out: Path, pipeline: Pipeline) -> None:
+def _stage_section(doc: Document, r: StageRecord, plots_cache: _PlotCache) -> None:
     doc.add(Heading(2, f"{r.name} ({r.kind})"))
     if r.kind in _EXPLAIN:
         doc.add(Paragraph(_EXPLAIN[r.kind]))
@@ -148,13 +187,12 @@ def _stage_section(doc: Document, r: StageRecord, out: Path, pipeline: Pipeline)
     sentence = _findings(r)
     if sentence:
         doc.add(Paragraph(sentence))
-    plot_path = out / "plots" / f"{r.name}.png"
     title = f"{r.name} ({r.kind})"
-    if r.history:
-        drawn = {"pretrain": plots.loss_plot, "sft": plots.loss_plot, "reward": plots.reward_plot,
-                 "ppo": plots.ppo_plot}.get(r.kind)
-        if drawn is not None:
-            doc.add(Image(drawn(r.history, title, plot_path), title))
+    draw = {"pretrain": plots.loss_plot, "sft": plots.loss_plot, "reward": plots.reward_plot,
+            "ppo": plots.ppo_plot}.get(r.kind)
+    if r.history and draw is not None:
+        path = plots_cache.get(r.name, _history_key(r), lambda p: draw(r.history, title, p))
+        doc.add(Image(path, title))
     scalars = [(k, v) for k, v in r.metrics.items() if not isinstance(v, (list, dict))]
     if scalars:
         doc.add(Table(["metric", "value"], [[k, fmt(v)] for k, v in scalars]))

@@ -175,7 +175,8 @@ def train(ctx: StageContext) -> dict:
             save_checkpoint(ctx, accelerator, step, cfg.train.keep_last)
 
     ctx.progress.close()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it would also tear down the process group
+        tracker.finish()
 
     # evaluate: SFT (the frozen reference) and PPO answer the same held-out prompts, seeded alike
     accelerator.wait_for_everyone()

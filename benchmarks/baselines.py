@@ -1,0 +1,134 @@
+"""Plain library baselines, as a user would write them without this project: the Hugging Face Trainer for
+pretraining, TRL's SFTTrainer for SFT, TRL's RewardTrainer on pairs for the reward model. Each gets the
+same model, data, batch, steps and checkpoint cadence as our stage, and reports the library's own
+`train_runtime` (the training loop, as our manifests do)."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Measured:
+    """A training loop's runtime and how much it processed."""
+
+    runtime_s: float
+    units: float  # tokens, or ranked prompts
+    steps: int
+
+    @property
+    def rate(self) -> float:
+        return self.units / self.runtime_s
+
+
+def _common_args(config: dict, out: str, **more) -> dict:
+    """TrainingArguments values shared with our stage's config (global batch, schedule, seed)."""
+    train = config["train"]
+    return dict(output_dir=out, max_steps=train["max_steps"], per_device_train_batch_size=train["batch_size"],
+                learning_rate=train["learning_rate"], lr_scheduler_type=train["lr_scheduler"],
+                warmup_steps=train["warmup_steps"], weight_decay=train["weight_decay"], adam_beta1=train["adam_beta1"],
+                adam_beta2=train["adam_beta2"], max_grad_norm=train["max_grad_norm"], seed=train["seed"],
+                logging_steps=train["log_every"], save_strategy="steps", save_steps=train["save_every"],
+                bf16=train["precision"] == "bf16", fp16=train["precision"] == "fp16",
+                report_to=[], disable_tqdm=True, dataloader_num_workers=0, **more)
+
+
+def _quiet(trainer):
+    """No printed log dicts (the Trainer prints them when tqdm is off)."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+#: TRL's configs switch activation recomputation on by default; our stages (and these runs) do not recompute
+NO_RECOMPUTE = {"gradient_checkpointing": None, "activation_checkpointing": False}
+
+
+def hf_trainer_pretrain(manifest: dict, artifact: Path) -> Measured:
+    """`Trainer` on the same packed blocks, a fresh model of the same architecture, the same tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import default_data_collator
+
+    from pipeline.kinds import PretrainStage
+    from stages.pretrain import packed_blocks, split_documents
+
+    cfg = PretrainStage.model_validate(manifest["config"])
+    tokenizer = AutoTokenizer.from_pretrained(artifact)
+    blocks = packed_blocks(split_documents(cfg)[0], tokenizer, cfg.data.block_size)
+    set_seed(cfg.train.seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(artifact))
+    with tempfile.TemporaryDirectory() as out:
+        trainer = _quiet(Trainer(model=model, args=TrainingArguments(**_common_args(manifest["config"], out)),
+                                 train_dataset=blocks, data_collator=default_data_collator))
+        result = trainer.train()
+    steps = trainer.state.global_step
+    return Measured(result.metrics["train_runtime"], steps * cfg.train.batch_size * cfg.data.block_size, steps)
+
+
+def trl_sft(manifest: dict, model_dir: Path, packing: bool) -> Measured:
+    """TRL's `SFTTrainer` as documented: prompt/completion chat rows, loss on the completion."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    from pipeline.kinds import SftStage
+    from stages.common.chat import load_chat_tokenizer, load_rows
+    from stages.common.records import sft_row
+
+    cfg = SftStage.model_validate(manifest["config"])
+    rows = load_rows(cfg.data, sft_row, cfg.train.seed)
+    tokenizer = load_chat_tokenizer(model_dir, "auto")
+    set_seed(cfg.train.seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with tempfile.TemporaryDirectory() as out:
+        args = SFTConfig(**_common_args(manifest["config"], out), max_length=cfg.data.max_length, packing=packing,
+                         completion_only_loss=True, **NO_RECOMPUTE)
+        trainer = _quiet(SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows.train),
+                                    processing_class=tokenizer))
+        result = trainer.train()
+    # real tokens, counted by TRL as our stage counts them (its `num_tokens` log)
+    return Measured(result.metrics["train_runtime"], trainer._total_train_tokens, trainer.state.global_step)
+
+
+def pairs_of(ranking: dict) -> list[tuple[str, str]]:
+    """Every untied (better, worse) pair of one ranking: what a pairwise reward trainer is fed."""
+    answers, ranks = ranking["answers"], ranking["ranks"]
+    return [(answers[i], answers[j]) for i in range(len(answers)) for j in range(len(answers)) if ranks[i] < ranks[j]]
+
+
+def trl_reward_on_pairs(manifest: dict, model_dir: Path) -> tuple[Measured, float]:
+    """TRL's `RewardTrainer` on the same rankings expanded into (chosen, rejected) pairs, with as many
+    sequences per step as our K-wise batch. Returns the measurement in ranked prompts (pairs / pairs per
+    prompt) and the mean number of pairs per prompt."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, set_seed
+    from trl import RewardConfig, RewardTrainer
+
+    from pipeline.kinds import RewardStage
+    from stages.common.chat import load_chat_tokenizer, load_rows
+    from stages.common.records import ranking_row
+
+    cfg = RewardStage.model_validate(manifest["config"])
+    rankings = load_rows(cfg.data, ranking_row, cfg.train.seed).train
+    pairs = [{"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": better}],
+              "rejected": [{"role": "assistant", "content": worse}]}
+             for r in rankings for better, worse in pairs_of(r)]
+    per_prompt = len(pairs) / len(rankings)
+    answers_per_prompt = sum(len(r["answers"]) for r in rankings) / len(rankings)
+    tokenizer = load_chat_tokenizer(model_dir, "auto")
+    set_seed(cfg.train.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    # our step scores batch_size prompts x K answers; a pair is 2 sequences
+    pair_batch = max(1, round(cfg.train.batch_size * answers_per_prompt / 2))
+    config = dict(manifest["config"], train=dict(manifest["config"]["train"], batch_size=pair_batch))
+    with tempfile.TemporaryDirectory() as out:
+        args = RewardConfig(**_common_args(config, out), max_length=cfg.data.max_length, **NO_RECOMPUTE)
+        trainer = _quiet(RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
+                                       processing_class=tokenizer))
+        result = trainer.train()
+    steps = trainer.state.global_step
+    return Measured(result.metrics["train_runtime"], steps * pair_batch / per_prompt, steps), per_prompt

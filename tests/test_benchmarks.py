@@ -1,0 +1,34 @@
+"""`python -m benchmarks --quick` as a smoke test: every section runs on real tiny models and yields a
+measurement and, where there is a baseline, a ratio. No timing is asserted (these machines are noisy)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_benchmarks_print_a_full_table(tmp_path):
+    out = tmp_path / "results.json"
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--workdir", str(tmp_path / "work"),
+                             "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    sections = {row["section"] for row in rows}
+    assert sections == {"pretrain", "sft", "reward", "ppo", "orchestrator"}
+    for row in rows:
+        assert row["ours"] is not None and math.isfinite(row["ours"]) and row["ours"] > 0, row
+        if row["baseline"] is not None:
+            assert math.isfinite(row["ratio"]) and row["ratio"] > 0, row
+    measures = {row["measure"] for row in rows}
+    assert {"K=4: K-wise vs pairs (TRL)", "K=8: K-wise vs pairs (TRL)", "ours, packed vs TRL padded",
+            "tokens/s vs HF Trainer", "rlhf run, all fresh"} <= measures
+    assert "| section | measure | ours | baseline | unit | ratio | notes |" in result.stdout
+    assert "peak matmul (float32)" in result.stdout
