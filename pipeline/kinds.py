@@ -340,6 +340,7 @@ class PpoStage(StageConfig):
     headline = ("eval/ppo_score", "eval/win_rate", "eval/kl")
     live = ("score/mean", "kl/mean")
     version = 2  # 2: the sample table holds greedy base, SFT and PPO answers, all scored
+    runs_under_deepspeed = False  # two trained models and generation need their own DeepSpeed handling
     input_roles = {"policy": True, "reward": True}
 
     def input_problems(self) -> list[tuple[tuple, str]]:

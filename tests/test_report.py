@@ -135,9 +135,10 @@ def test_report_of_a_real_run_matches_the_manifests_and_renders(tiny_chat_run, t
 
 
 def _run_on_a_terminal(args: list[str], timeout: float = 300) -> str:
-    """Run `rlhf ARGS` with a pseudo-terminal as stdout and stderr; return everything it wrote."""
+    """Run `python -m ARGS` with a pseudo-terminal as stdout and stderr; return everything it wrote,
+    without colour codes."""
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], stdout=follower, stderr=follower,
+    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=follower, stderr=follower,
                             env=dict(os.environ, COLUMNS="160"))
     os.close(follower)
     chunks, deadline = [], time.monotonic() + timeout
@@ -151,14 +152,15 @@ def _run_on_a_terminal(args: list[str], timeout: float = 300) -> str:
         chunks.append(data)
     proc.wait(timeout=30)
     os.close(leader)
-    assert proc.returncode == 0, b"".join(chunks).decode(errors="replace")[-3000:]
-    return b"".join(chunks).decode(errors="replace")
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    assert proc.returncode == 0, screen[-3000:]
+    return screen
 
 
 @pytest.mark.slow
 def test_progress_bar_on_a_terminal_not_in_the_log_then_clean(tmp_path, corpus):
     path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus, max_steps=60, save_every=20)})
-    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", _run_on_a_terminal(["run", str(path)]))  # without colours
+    screen = _run_on_a_terminal(["pipeline.cli", "run", str(path)])
     # the runner draws a bar from progress.json (steps, loss, ETA) on the terminal; the log gets lines only
     assert re.search(r"pre ━+.* [1-5]?\d/60 loss [\d.]+ .*eta \d+s", screen), screen[-3000:]
     log = (tmp_path / "run" / "pre" / "logs" / "attempt-1.log").read_text()
@@ -182,6 +184,13 @@ def test_progress_bar_on_a_terminal_not_in_the_log_then_clean(tmp_path, corpus):
     removed = rlhf("clean", str(tmp_path / "run"), "--yes")
     assert removed.returncode == 0 and not stage.artifact.exists() and stage.manifest.is_file()
     assert "stale" in status_row(path, "pre") and "artifact was removed" in status_row(path, "pre")
+
+    # a stage launched by hand on a terminal draws its own bar
+    screen = _run_on_a_terminal(["accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+                                 "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "stages.pretrain",
+                                 "--config", str(path), "--stage", "pre"])
+    assert re.search(r"pre ━+.* [1-5]?\d/60 loss [\d.]+ .*eta \d+s", screen), screen[-3000:]
+    assert stage.artifact.is_dir()
 
 
 def test_status_reads_running_killed_and_failed_attempts_from_progress(tmp_path, corpus):

@@ -268,13 +268,16 @@ def _lineage(doc: Document, records: list[StageRecord], pipeline: Pipeline) -> N
         doc.add(Heading(3, r.name))
         inputs = ", ".join(f"{role}: {i['stage']} ({i['fingerprint'][:12]})" for role, i in (m.get("inputs") or {}).items())
         config = m.get("config") or {}
-        batch = (config.get("ppo") or {}).get("rollout_batch_size") or (config.get("train") or {}).get("batch_size")
+        if config.get("ppo"):
+            batch = ("rollout batch (answers per iteration)", config["ppo"].get("rollout_batch_size"))
+        else:
+            batch = ("global batch (sequences per step)", (config.get("train") or {}).get("batch_size"))
         rows = [["fingerprint", f"`{m.get('fingerprint')}`"],
                 ["inputs", inputs or "none"],
                 ["started / ended", f"{m.get('started_at')} / {m.get('ended_at')}"],
                 ["wall time", format_duration(m.get("wall_time_s"))],
                 ["processes (world size)", fmt(m.get("world_size"))],
-                ["global batch (sequences; rollouts for PPO)", fmt(batch)],
+                [batch[0], fmt(batch[1])],
                 ["resumed from step", fmt(m.get("resumed_from_step"))],
                 ["libraries", ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v)]]
         doc.add(Table(["property", "value"], rows))

@@ -82,7 +82,7 @@ def save_checkpoint(ctx: StageContext, accelerator, step: int, keep_last: int) -
 def train(ctx: StageContext) -> dict:
     """Run PPO, evaluate SFT vs PPO, save the policy and the critic; return the manifest metrics."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     from transformers import get_scheduler
 
     from stages.common.hf_trainer import quiet_libraries
@@ -94,6 +94,9 @@ def train(ctx: StageContext) -> dict:
     accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision],
                               log_with=["tensorboard", *cfg.train.report_to], project_dir=str(ctx.dirs.logs))
     set_seed(cfg.train.seed)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # `rlhf run` refuses this before launching
+        raise InputError(f"stage {name}: PPO does not run under DeepSpeed yet; launch it with a DDP accelerate "
+                         "config (configs/accelerate/ddp.yaml, or ddp_cpu.yaml on CPU)")
 
     # data: prompts (held-out ones with a human ranking also give the gold win rate)
     rows = load_rows(cfg.data, prompt_row, cfg.train.seed)
