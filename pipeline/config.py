@@ -74,6 +74,17 @@ def _gguf_file(value: str, info: ValidationInfo) -> InputFile:
     return InputFile(path)
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+@[\w./-]+$")
+
+
+def _hub_model(value: str) -> str:
+    """A Hugging Face Hub model `owner/name@revision`. The revision is required (a commit hash is best):
+    the fingerprint covers this string, so a moving branch would change the model behind a fresh stage."""
+    if not _HUB_ID.match(value):
+        raise ValueError(f"expected owner/name@revision (e.g. HuggingFaceTB/SmolLM2-135M-Instruct@<commit>), got {value!r}")
+    return value
+
+
 def _output_path(value: str, info: ValidationInfo) -> str:
     return str(_resolve(value, info))
 
@@ -82,6 +93,7 @@ FilePath = Annotated[str, AfterValidator(_existing_file)]
 DirPath = Annotated[str, AfterValidator(_existing_dir)]
 OutputPath = Annotated[str, AfterValidator(_output_path)]
 GgufPath = Annotated[str, AfterValidator(_gguf_file)]
+HubModel = Annotated[str, AfterValidator(_hub_model)]
 
 
 def volatile(default: Any = None, **kwargs: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
 
-from pipeline.config import DirPath, FilePath, GgufPath, StageConfig, StrictModel, volatile
+from pipeline.config import DirPath, FilePath, GgufPath, HubModel, StageConfig, StrictModel, volatile
 
 
 class TrainSettings(StrictModel):
@@ -68,7 +68,13 @@ class PretrainModel(StrictModel):
     init: ModelArchitecture | None = None
     path: DirPath | None = None
     gguf: GgufPath | None = Field(None, description="a .gguf file (or package:file), imported to full-precision HF weights")
+    hub: HubModel | None = Field(None, description="owner/name@revision on the Hugging Face Hub (needs network or "
+                                                   "a filled HF cache)")
     tokenizer: TokenizerTraining | None = Field(None, description="with `init`: train a tokenizer")
+
+    def source(self) -> str | None:
+        """The existing model to continue from (a path, or owner/name@revision), if any."""
+        return self.path or self.gguf or self.hub
     tokenizer_path: DirPath | None = Field(None, description="with `init`: use this tokenizer instead")
 
 
@@ -98,11 +104,12 @@ class PretrainStage(StageConfig):
         """Exactly one model source; a tokenizer only when the model is new; sane head counts."""
         problems: list[tuple[tuple, str]] = []
         sources = [n for n, on in (("inputs.model", "model" in self.inputs), ("model.init", self.model.init),
-                                   ("model.path", self.model.path), ("model.gguf", self.model.gguf)) if on]
+                                   ("model.path", self.model.path), ("model.gguf", self.model.gguf),
+                                   ("model.hub", self.model.hub)) if on]
         if len(sources) != 1:
             found = ", ".join(sources) if sources else "none"
-            problems.append((("model",), "give exactly one of inputs.model, model.init, model.path, model.gguf "
-                                         f"(found: {found})"))
+            problems.append((("model",), "give exactly one of inputs.model, model.init, model.path, model.gguf, "
+                                         f"model.hub (found: {found})"))
         if self.model.init is not None:
             if (self.model.tokenizer is None) == (self.model.tokenizer_path is None):
                 problems.append((("model",), "a new model (model.init) needs exactly one of model.tokenizer, model.tokenizer_path"))
@@ -166,10 +173,17 @@ class RewardData(ChatData):
 
 
 class ModelSource(StrictModel):
-    """An existing HF model directory or .gguf file; leave both out when the model comes from `inputs.model`."""
+    """An existing HF model directory, .gguf file or Hub model; leave them out when the model comes from
+    `inputs.model`."""
 
     path: DirPath | None = None
     gguf: GgufPath | None = Field(None, description="a .gguf file (or package:file), imported to full-precision HF weights")
+    hub: HubModel | None = Field(None, description="owner/name@revision on the Hugging Face Hub (needs network or "
+                                                   "a filled HF cache)")
+
+    def source(self) -> str | None:
+        """The one that is set, as the stages' model loading takes it (a path, or owner/name@revision)."""
+        return self.path or self.gguf or self.hub
 
 
 class LoraSettings(StrictModel):
@@ -205,10 +219,11 @@ class _ChatStage(StageConfig):
         """Exactly one model source; micro batches that divide the batch."""
         problems: list[tuple[tuple, str]] = []
         sources = [n for n, on in (("inputs.model", "model" in self.inputs), ("model.path", self.model.path),
-                                   ("model.gguf", self.model.gguf)) if on]
+                                   ("model.gguf", self.model.gguf), ("model.hub", self.model.hub)) if on]
         if len(sources) != 1:
             found = ", ".join(sources) if sources else "none"
-            problems.append((("model",), f"give exactly one of inputs.model, model.path, model.gguf (found: {found})"))
+            problems.append((("model",), "give exactly one of inputs.model, model.path, model.gguf, model.hub "
+                                         f"(found: {found})"))
         micro = self.train.micro_batch_size or self.train.batch_size
         if self.train.batch_size % micro:
             problems.append((("train", "micro_batch_size"), f"must divide train.batch_size ({self.train.batch_size})"))

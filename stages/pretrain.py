@@ -38,14 +38,14 @@ def train_tokenizer(documents: list[str], vocab_size: int, min_frequency: int):
 
 def load_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str]):
     """The tokenizer: the checkpoint's when resuming, else the input model's, the given one, or a new one."""
-    from stages.common.hf_models import load_tokenizer
+    from stages.common.hf_models import load_tokenizer, model_ref
 
     if ctx.resume_from is not None:
         source = ctx.resume_from.path
     elif "model" in ctx.inputs:
         source = ctx.inputs["model"]
-    elif cfg.model.path or cfg.model.gguf:
-        source = Path(cfg.model.path or cfg.model.gguf)
+    elif cfg.model.source():
+        source = model_ref(cfg.model.source())
     elif cfg.model.tokenizer_path:
         source = Path(cfg.model.tokenizer_path)
     else:
@@ -60,10 +60,10 @@ def build_model(ctx: StageContext, cfg: PretrainStage, tokenizer):
     """A new Llama-style model from `model.init`, or the pretrained one to continue from."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from stages.common.hf_models import load_causal_lm
+    from stages.common.hf_models import load_causal_lm, model_ref
 
     if cfg.model.init is None:
-        model = load_causal_lm(ctx.inputs.get("model") or Path(cfg.model.path or cfg.model.gguf))
+        model = load_causal_lm(ctx.inputs.get("model") or model_ref(cfg.model.source()))
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         return model

@@ -21,6 +21,7 @@ from transformers import Trainer
 from pipeline.kinds import RewardStage
 from stages.common.chat import check_context_length, input_model, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext, run_stage
+from stages.common.hf_models import locate
 from stages.common.ranking import kwise_ranking_loss, ranking_metrics, scores_by_prompt
 from stages.common.records import ranking_row
 
@@ -140,7 +141,8 @@ def train(ctx: StageContext) -> dict:
     check_context_length(source, cfg.data.max_length, "data.max_length")
     tokenizer = load_chat_tokenizer(source, cfg.chat_template)
     with new_head_expected():
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
+        where, kwargs = locate(source)
+        model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=1, dtype=torch.float32, **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
     train_set = Dataset.from_list(tokenize_rankings(train_rows, tokenizer, cfg.data.max_length))
     val_set = Dataset.from_list(tokenize_rankings(val_rows, tokenizer, cfg.data.max_length))

@@ -82,7 +82,7 @@ def test_model_source_must_be_exactly_one(tmp_path, corpus):
     lines = path.read_text().splitlines()
     model_b = next(i for i in range(lines.index("  b:"), len(lines)) if lines[i].strip() == "model:") + 1
     assert problems(path) == [f"{path}:{model_b}: stages.b.model: give exactly one of inputs.model, model.init, "
-                              "model.path, model.gguf (found: inputs.model, model.init)"]
+                              "model.path, model.gguf, model.hub (found: inputs.model, model.init)"]
 
 
 def continued(corpus, source: str) -> dict:
@@ -174,9 +174,9 @@ def test_chat_stages_check_their_model_source_template_and_keys(tmp_path, corpus
     }
     path = write_pipeline(tmp_path / "p.yaml", stages)
     found = problems(path)
-    assert any("stages.both.model: give exactly one of inputs.model, model.path, model.gguf (found: inputs.model, "
+    assert any("stages.both.model: give exactly one of inputs.model, model.path, model.gguf, model.hub (found: inputs.model, "
                "model.path)" in p for p in found)
-    assert any("stages.neither.model: give exactly one of inputs.model, model.path, model.gguf (found: none)" in p for p in found)
+    assert any("stages.neither.model: give exactly one of inputs.model, model.path, model.gguf, model.hub (found: none)" in p for p in found)
     assert any("stages.neither.chat_template: expected auto, default or a .jinja / .j2 file" in p for p in found)
     assert any("stages.weightless.data.train.0.weight: input should be greater than 0" in p for p in found), found
     assert any("stages.typo.lora.rank: unknown key" in p for p in found), found

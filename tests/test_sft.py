@@ -182,3 +182,39 @@ def test_row_packed_batches_keep_packed_answers_apart_and_count_real_tokens(tmp_
         expected[starts] = -100
         assert torch.equal(batch["labels"][row, :n], expected)
         assert (batch["labels"][row, n:] == -100).all()
+
+
+@pytest.mark.slow
+def test_sft_from_a_hub_model_loads_it_by_revision_from_the_hf_cache(tmp_path, monkeypatch):
+    """`model.hub: owner/name@revision` through `rlhf run`, served offline from a Hugging Face cache laid out
+    as the Hub client writes it (no network here): the artifact is a plain HF model of the same shape."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.config import load_pipeline
+    from pipeline.errors import InputError
+    from tests.conftest import rlhf, write_pipeline
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
+    model, tokenizer = tiny_causal_lm(tmp_path)
+    model.save_pretrained(repo / "snapshots" / commit)
+    tokenizer.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    stage = {"kind": "sft", "model": {"hub": f"tiny-org/tiny-llama@{commit}"},
+             "data": {"train": [str(SFT_DATA / "chatterbot" / "train.jsonl")], "max_length": 64},
+             "samples": {"count": 1, "max_new_tokens": 4}, "train": {"max_steps": 3, "batch_size": 4}}
+    path = write_pipeline(tmp_path / "p.yaml", {"sft": stage})
+    result = rlhf("run", path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "sft" / "artifact")
+    assert tuned.config.hidden_size == model.config.hidden_size and tuned.config.vocab_size == model.config.vocab_size
+
+    # the revision is required: a moving branch would change the model behind a fresh fingerprint
+    stage["model"]["hub"] = "tiny-org/tiny-llama"
+    write_pipeline(path, {"sft": stage})
+    with pytest.raises(InputError, match=r"model\.hub.*expected owner/name@revision"):
+        load_pipeline(path)

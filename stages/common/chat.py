@@ -28,9 +28,12 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-def input_model(ctx: StageContext) -> Path:
-    """The model the stage starts from: the upstream stage's artifact, `model.path` or `model.gguf`."""
-    return ctx.inputs.get("model") or Path(ctx.config.model.path or ctx.config.model.gguf)
+def input_model(ctx: StageContext):
+    """The model the stage starts from: the upstream stage's artifact, `model.path`, `model.gguf` or
+    `model.hub` (see stages.common.hf_models.ModelRef)."""
+    from stages.common.hf_models import model_ref
+
+    return ctx.inputs.get("model") or model_ref(ctx.config.model.source())
 
 
 def load_chat_tokenizer(source: Path, chat_template: str):

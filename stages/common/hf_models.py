@@ -1,4 +1,4 @@
-"""Loading a causal LM and its tokenizer from an HF directory or a .gguf file.
+"""Loading a causal LM and its tokenizer from an HF directory, a .gguf file or the Hub (`owner/name@revision`).
 
 A GGUF model is imported to full precision: transformers de-quantizes it, then the weights move into a
 fresh model whose config has no quantization entry, so `save_pretrained` writes a normal HF artifact that
@@ -12,36 +12,55 @@ from pathlib import Path
 import torch
 
 
-def is_gguf(source: Path) -> bool:
-    """Whether `source` is a GGUF file rather than an HF model directory."""
-    return source.suffix == ".gguf"
+ModelRef = Path | str  # a directory or .gguf file, or a Hub model "owner/name@revision"
 
 
-def _where(source: Path) -> tuple[Path, dict]:
+def is_gguf(source: ModelRef) -> bool:
+    """Whether `source` is a GGUF file rather than an HF model directory or a Hub model."""
+    return isinstance(source, Path) and source.suffix == ".gguf"
+
+
+def model_ref(path_or_hub: str) -> ModelRef:
+    """A config's model source as the loaders take it: a Path, or the Hub id as it is."""
+    return path_or_hub if is_hub_id(path_or_hub) else Path(path_or_hub)
+
+
+def is_hub_id(source: ModelRef) -> bool:
+    """Whether `source` names a Hub model (owner/name@revision) rather than a local path."""
+    return isinstance(source, str) and "@" in source and not Path(source).exists()
+
+
+def locate(source: ModelRef) -> tuple[Path | str, dict]:
+    """`from_pretrained` arguments: the directory, a GGUF file's folder and `gguf_file`, or the Hub repo id
+    and its `revision`."""
+    if is_hub_id(source):
+        repo, _, revision = source.rpartition("@")
+        return repo, {"revision": revision}
+    source = Path(source)
     return (source.parent, {"gguf_file": source.name}) if is_gguf(source) else (source, {})
 
 
-def load_config(source: Path):
+def load_config(source: ModelRef):
     """The model's transformers config."""
     from transformers import AutoConfig
 
-    directory, kwargs = _where(source)
+    directory, kwargs = locate(source)
     return AutoConfig.from_pretrained(directory, **kwargs)
 
 
-def load_tokenizer(source: Path):
+def load_tokenizer(source: ModelRef):
     """The tokenizer of an HF directory, or the one stored in a GGUF file."""
     from transformers import AutoTokenizer
 
-    directory, kwargs = _where(source)
+    directory, kwargs = locate(source)
     return AutoTokenizer.from_pretrained(directory, **kwargs)
 
 
-def load_causal_lm(source: Path):
-    """A float32 causal LM from an HF directory, or imported from a GGUF file."""
+def load_causal_lm(source: ModelRef):
+    """A float32 causal LM from an HF directory or the Hub, or imported from a GGUF file."""
     from transformers import AutoModelForCausalLM
 
-    directory, kwargs = _where(source)
+    directory, kwargs = locate(source)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kwargs)
     if not is_gguf(source):
         return model
