@@ -31,7 +31,7 @@ class Size:
     sft_sources: tuple[str, ...] = ("chatterbot", "python-faq", "jargon")  # short, long and medium answers
 
 
-QUICK = Size(hidden=64, layers=2, heads=4, pretrain_steps=30, sft_steps=20, reward_steps=12, ppo_iterations=3,
+QUICK = Size(hidden=64, layers=2, heads=4, pretrain_steps=20, sft_steps=12, reward_steps=8, ppo_iterations=3,
              ppo_settings=((8, 16), (16, 32)), sft_sources=("chatterbot", "python-faq"))
 FULL = Size(hidden=256, layers=4, heads=8, pretrain_steps=60, sft_steps=40, reward_steps=40, ppo_iterations=6,
             ppo_settings=((8, 32), (16, 32), (32, 64)))
