@@ -160,8 +160,11 @@ def semantic_config(section: Any, hasher: FileHasher | None = None) -> Any:
     if isinstance(section, BaseModel):
         out = {}
         for name, field in type(section).model_fields.items():
-            if (field.json_schema_extra or {}).get("fingerprint", True):
-                out[name] = semantic_config(getattr(section, name), hasher)
+            value = getattr(section, name)
+            # an optional field left unset is left out, so adding a new optional setting to a kind does not
+            # invalidate every existing run
+            if (field.json_schema_extra or {}).get("fingerprint", True) and not (value is None and field.default is None):
+                out[name] = semantic_config(value, hasher)
         return out
     if isinstance(section, dict):
         return {str(k): semantic_config(v, hasher) for k, v in section.items()}

@@ -61,6 +61,16 @@ def test_fingerprint_changes_exactly_with_semantic_inputs(tmp_path, corpus):
     stages["a"]["launch"] = {"num_processes": 2}
     assert fingerprints(tmp_path, stages) == base
 
+    # an unset optional setting is left out: adding one to a kind does not invalidate existing runs, and
+    # setting it explicitly to its default of None is the same as leaving it out
+    from pipeline.artifacts import semantic_config
+    from pipeline.kinds import PretrainStage
+
+    section = semantic_config(PretrainStage.model_validate(stages["a"]))
+    assert "hub" not in section["model"] and "gguf" not in section["model"] and "init" in section["model"]
+    stages["a"]["model"]["hub"] = None
+    assert fingerprints(tmp_path, stages) == base
+
     # the same bytes under another name change nothing
     moved = small_corpus(tmp_path, name="renamed.txt")
     stages["a"]["data"]["train"] = [str(moved)]
