@@ -88,6 +88,12 @@ def eta_seconds(record: dict) -> float | None:
     return (float(record.get("updated_at", time.time())) - since) / (step - first) * (total - step)
 
 
+def bar_fields(record: dict) -> dict:
+    """What a progress bar shows of a progress record: steps done, latest metrics, ETA."""
+    return {"completed": record.get("step") or 0, "metrics": shown_metrics(record.get("metrics")),
+            "eta": format_duration(eta_seconds(record))}
+
+
 def progress_bar(console=None):
     """The rich progress bar that both a stage on a terminal and `rlhf run` draw: steps, metrics, ETA."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -17,18 +17,10 @@ from rich.table import Table
 from pipeline.artifacts import RunLock, StageDirs, atomic_write_json
 from pipeline.config import Pipeline
 from pipeline.errors import InputError, StageFailed
-from pipeline.progress import (
-    eta_seconds,
-    format_duration,
-    new_attempt,
-    progress_bar,
-    read_progress,
-    shown_metrics,
-    write_progress,
-)
+from pipeline.progress import bar_fields, new_attempt, progress_bar, read_progress, write_progress
 from pipeline.plan import RunPlan, StageStatus, hasher_for, make_plan, stage_spec, stage_status
+from pipeline.status import STATE_STYLE
 
-STATE_STYLE = {"fresh": "green", "stale": "yellow", "interrupted": "cyan", "conflict": "red", "missing": "yellow"}
 
 
 def make_console() -> Console:
@@ -210,8 +202,7 @@ class _ProgressFromFile:
             if task is None:
                 task = self._bar.add_task(self.name, total=record["total"], completed=record.get("first_step") or 0,
                                           metrics="", eta="?")
-            self._bar.update(task, completed=record.get("step") or 0, metrics=shown_metrics(record.get("metrics")),
-                             eta=format_duration(eta_seconds(record)))
+            self._bar.update(task, **bar_fields(record))
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:

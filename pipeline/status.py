@@ -65,8 +65,8 @@ def stage_view(pipeline: Pipeline, status: StageStatus) -> StageView:
         return view
     if mine and progress.get("state") in ("running", "failed", "interrupted"):
         view.metrics = _last_live(status, type(stage).live)
-        ended = progress.get("ended_at") or progress.get("updated_at")
-        view.elapsed_s = float(ended) - float(progress["started_at"]) if ended else None
+        ended, started = progress.get("ended_at") or progress.get("updated_at"), progress.get("started_at")
+        view.elapsed_s = float(ended) - float(started) if ended and started else None
         after = (f"resumes from step {status.resume_step}" if status.resume_step is not None
                  else "restarts from step 0 (no checkpoint yet)")
         if progress["state"] == "failed":

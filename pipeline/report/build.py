@@ -53,11 +53,11 @@ def percent(value) -> str:
     return "–" if value is None else f"{100 * value:.0f}%"
 
 
-def collect(pipeline: Pipeline) -> list[StageRecord]:
-    """Every stage of the pipeline, in topological order."""
+def collect(pipeline: Pipeline, histories: bool = True) -> list[StageRecord]:
+    """Every stage of the pipeline, in topological order (without metric histories if not asked)."""
     records = []
     for name, status in stage_statuses(pipeline).items():
-        history = read_history(status.dirs.logs / "metrics.jsonl")
+        history = read_history(status.dirs.logs / "metrics.jsonl") if histories else []
         records.append(StageRecord(name, status.kind, stage_view(pipeline, status), status.manifest, history))
     return records
 
@@ -73,7 +73,7 @@ def is_current(pipeline: Pipeline) -> bool:
         saved = json.loads((pipeline.run_dir / REPORT_DIR / "report.json").read_text())
     except (OSError, ValueError):
         return False
-    return saved.get("built_from") == report_state(collect(pipeline))
+    return saved.get("built_from") == report_state(collect(pipeline, histories=False))
 
 
 def write_report(pipeline: Pipeline) -> Path:
@@ -182,8 +182,7 @@ def _stage_section(doc: Document, r: StageRecord, plots_cache: _PlotCache) -> No
     doc.add(Heading(2, f"{r.name} ({r.kind})"))
     if r.kind in _EXPLAIN:
         doc.add(Paragraph(_EXPLAIN[r.kind]))
-    state = f"State: **{r.view.state}** — {r.view.detail}." if r.view.detail else f"State: {r.view.state}."
-    doc.add(Paragraph(state.replace("**", "")))
+    doc.add(Paragraph(f"State: {r.view.state}" + (f" — {r.view.detail}." if r.view.detail else ".")))
     sentence = _findings(r)
     if sentence:
         doc.add(Paragraph(sentence))

@@ -11,7 +11,7 @@ import sys
 import time
 
 from pipeline.artifacts import StageDirs
-from pipeline.progress import eta_seconds, format_duration, new_attempt, progress_bar, shown_metrics, write_progress
+from pipeline.progress import bar_fields, new_attempt, progress_bar, write_progress
 
 #: seconds between two writes of progress.json while training
 WRITE_EVERY_S = 1.0
@@ -52,9 +52,7 @@ class StageProgress:
             write_progress(self.dirs, self.record)
             self._written = now
         if self._bar is not None:
-            eta = eta_seconds(dict(self.record, updated_at=time.time()))
-            self._bar.update(self._task, completed=step, metrics=shown_metrics(self.record["metrics"]),
-                             eta=format_duration(eta))
+            self._bar.update(self._task, **bar_fields(dict(self.record, updated_at=time.time())))
 
     def close(self) -> None:
         """Remove the bar (training is over; the log lines stay)."""

@@ -54,8 +54,14 @@ def answers_and_scores(roles: Roles, generator: Generator, tokenizer, prompts, m
         mask = scored["response_mask"]
         kls += ((scored["logprobs"] - scored["ref_logprobs"]) * mask).sum(1).tolist()
         scores += scored["scores"].tolist()
-        answers += tokenizer.batch_decode(responses * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
-    return [a.strip() for a in answers], scores, kls
+        answers += decode_answers(tokenizer, responses, mask)
+    return answers, scores, kls
+
+
+def decode_answers(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Answer texts up to their EOS, without special tokens."""
+    texts = tokenizer.batch_decode(responses * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
+    return [t.strip() for t in texts]
 
 
 def compare_policies(roles: Roles, make_generator: Callable[[torch.nn.Module], Generator], tokenizer,
@@ -105,18 +111,19 @@ def sample_table(roles: Roles, make_generator: Callable[..., Generator], tokeniz
     scored by the reward model: what the report shows as base -> SFT -> PPO."""
     rows = [{"prompt": prompt_text(p)} for p in prompts]
     for name, model in (("sft", roles.reference), ("ppo", roles.policy)):
-        generator = make_generator(model, sample=False)
-        for start in range(0, len(prompts), batch_size):
-            queries, query_mask = encode_prompts(tokenizer, prompts[start : start + batch_size], max_prompt_length, device)
-            responses = generator.generate(queries, query_mask)
-            _fill(rows[start : start + batch_size], name, roles, tokenizer, queries, query_mask, responses,
-                  temperature, batch_size)
+        answers, scores, _ = answers_and_scores(roles, make_generator(model, sample=False), tokenizer, prompts,
+                                                max_prompt_length, temperature, batch_size, 0, device)
+        for row, answer, score in zip(rows, answers, scores):
+            row[name], row[f"{name}_score"] = answer, round(score, 4)
     known = [i for i, answer in enumerate(base_answers) if answer is not None]
     for start in range(0, len(known), batch_size):
         part = known[start : start + batch_size]
         queries, query_mask = encode_prompts(tokenizer, [prompts[i] for i in part], max_prompt_length, device)
         responses = answer_ids(tokenizer, [base_answers[i] for i in part], device)
-        _fill([rows[i] for i in part], "base", roles, tokenizer, queries, query_mask, responses, temperature, batch_size)
+        scored = score_answers(roles, queries, query_mask, responses, tokenizer.eos_token_id, temperature, batch_size)
+        texts = decode_answers(tokenizer, responses, scored["response_mask"])
+        for i, text, score in zip(part, texts, scored["scores"].tolist()):
+            rows[i]["base"], rows[i]["base_score"] = text, round(score, 4)
     return rows
 
 
@@ -125,12 +132,3 @@ def answer_ids(tokenizer, answers: list[str], device) -> torch.Tensor:
     ids = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in answers]
     width = max(len(i) for i in ids)
     return torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids], device=device)
-
-
-def _fill(rows: list[dict], name: str, roles: Roles, tokenizer, queries, query_mask, responses, temperature: float,
-          batch_size: int) -> None:
-    scored = score_answers(roles, queries, query_mask, responses, tokenizer.eos_token_id, temperature, batch_size)
-    mask = scored["response_mask"]
-    texts = tokenizer.batch_decode(responses * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
-    for row, text, score in zip(rows, texts, scored["scores"].tolist()):
-        row[name], row[f"{name}_score"] = text.strip(), round(score, 4)
