@@ -151,7 +151,8 @@ def train(ctx: StageContext) -> dict:
           f"{len(train_rows)} train prompts ({n_answers} answers) / {len(val_rows)} validation prompts", flush=True)
 
     # train: one example = one prompt with all its answers
-    args = training_arguments(ctx, cfg.train, remove_unused_columns=False, label_names=["ranks"])
+    args = training_arguments(ctx, cfg.train, remove_unused_columns=False, label_names=["ranks"],
+                              include_num_input_tokens_seen="non_padding")
     trainer = attach(RankingTrainer(
         model=model,
         args=args,
@@ -186,6 +187,7 @@ def train(ctx: StageContext) -> dict:
         "train/loss": result.training_loss,
         "train/steps": trainer.state.global_step,
         "train/runtime_s": result.metrics.get("train_runtime"),
+        "train/tokens": trainer.state.num_input_tokens_seen,  # real (non-padding) tokens of every answer
         "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
         "data/train_prompts": len(train_rows),
         "data/train_answers": n_answers,

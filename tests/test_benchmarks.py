@@ -32,3 +32,17 @@ def test_quick_benchmarks_print_a_full_table(tmp_path):
             "tokens/s vs HF Trainer", "rlhf run, all fresh"} <= measures
     assert "| section | measure | ours | baseline | unit | ratio | notes |" in result.stdout
     assert "peak matmul (float32)" in result.stdout
+
+
+def test_pipeline_benchmark_copies_a_shipped_pipeline_with_overrides(tmp_path):
+    from benchmarks.pipelines import variant
+    from pipeline.config import load_pipeline
+
+    copy = variant(REPO / "configs" / "pipelines" / "tiny.yaml", tmp_path, "bf16", {"ppo": 3})
+    loaded = load_pipeline(copy)  # every data path still resolves from the copy's new place
+    assert loaded.run_dir == (tmp_path / "run").resolve()
+    assert {s.train.precision for s in loaded.stages.values()} == {"bf16"}
+    assert loaded.stages["ppo"].train.max_steps == 3
+    assert loaded.stages["sft"].train.max_steps == load_pipeline(REPO / "configs/pipelines/tiny.yaml").stages["sft"].train.max_steps
+    with pytest.raises(SystemExit, match="no stage nope"):
+        variant(REPO / "configs" / "pipelines" / "tiny.yaml", tmp_path, None, {"nope": 1})
