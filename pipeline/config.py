@@ -125,8 +125,6 @@ class StageConfig(StrictModel):
     headline: ClassVar[tuple[str, ...]] = ()
     #: metrics.jsonl keys that show how training is going (status of an unfinished stage)
     live: ClassVar[tuple[str, ...]] = ("loss", "eval_loss")
-    #: whether the stage's code runs under a DeepSpeed accelerate config
-    runs_under_deepspeed: ClassVar[bool] = True
 
     def input_problems(self) -> list[tuple[tuple, str]]:
         """Cross-field checks that need the whole stage (e.g. exactly one model source): (key path, message)."""
@@ -155,23 +153,6 @@ class Pipeline:
             accelerate_config=override.accelerate_config or own.accelerate_config or self.launch.accelerate_config,
             num_processes=override.num_processes or own.num_processes or self.launch.num_processes,
         )
-
-
-    def launch_problems(self, name: str) -> list[str]:
-        """Launch settings the stage cannot run under (checked before anything is launched)."""
-        launch = self.launch_for(name)
-        stage = self.stages[name]
-        if stage.runs_under_deepspeed or not launch.accelerate_config:
-            return []
-        try:
-            accelerate = yaml.safe_load(Path(launch.accelerate_config).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            return []  # accelerate itself reports an unreadable config
-        if str(accelerate.get("distributed_type", "")).upper() == "DEEPSPEED" or "deepspeed_config" in accelerate:
-            return [f"stage {name}: {stage.kind} does not run under DeepSpeed yet, but its accelerate config "
-                    f"{launch.accelerate_config} is a DeepSpeed one; launch it with a DDP config instead (the "
-                    f"stage's own `launch:`, or `--only {name} --launch ddp`; ddp_cpu on CPU)"]
-        return []
 
 
 class _PipelineFile(StrictModel):

@@ -330,6 +330,9 @@ class PpoSettings(StrictModel):
     critic_learning_rate: float | None = Field(None, gt=0, description="default: train.learning_rate")
     kl: KLSettings = KLSettings()
     ptx: PtxSettings | None = None
+    frozen_models: Literal["auto", "shard", "replicate"] = volatile(
+        "auto", description="under DeepSpeed, the frozen reference and reward models: ZeRO-3 inference shards "
+        "(shard) or a whole copy per process (replicate); auto = shard under ZeRO-3, else replicate")
 
 
 class PpoEvaluation(StrictModel):
@@ -354,8 +357,9 @@ class PpoStage(StageConfig):
     module = "stages.ppo"
     headline = ("eval/ppo_score", "eval/win_rate", "eval/kl")
     live = ("score/mean", "kl/mean")
-    version = 2  # 2: the sample table holds greedy base, SFT and PPO answers, all scored
-    runs_under_deepspeed = False  # two trained models and generation need their own DeepSpeed handling
+    # 2: the sample table holds greedy base, SFT and PPO answers, all scored
+    # 3: policy and value in one module with one optimiser (one DeepSpeed engine); checkpoints of 2 do not load
+    version = 3
     input_roles = {"policy": True, "reward": True}
 
     def input_problems(self) -> list[tuple[tuple, str]]:

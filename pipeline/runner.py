@@ -77,8 +77,7 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
             if not dry_run:
                 _write_report(pipeline, console, only_if_outdated=True)
             return
-        problems = [p for name in plan.to_run
-                    for p in pipeline.launch_problems(name) + pipeline.stages[name].data_problems()]
+        problems = [p for name in plan.to_run for p in pipeline.stages[name].data_problems()]
         if problems:
             raise InputError(problems)
         statuses = plan.statuses

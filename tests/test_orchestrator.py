@@ -271,27 +271,3 @@ def test_launch_override_applies_to_every_stage_for_one_run(tmp_path, corpus):
     assert cmd[cmd.index("--num_processes") + 1] == "4"
     bad = rlhf("run", tmp_path / "p.yaml", "--launch", "zero9", "--dry-run")
     assert bad.returncode == 2 and "--launch zero9: no such file" in bad.stderr and "zero3" in bad.stderr
-
-
-def test_ppo_under_a_deepspeed_config_is_refused_before_any_launch(tmp_path, corpus):
-    from tests.conftest import ppo_stage, ranking_subset, reward_stage, sft_stage
-
-    ppo = ppo_stage("sft", "rm", corpus)
-    ppo["launch"] = {"accelerate_config": str(REPO / "configs" / "accelerate" / "zero2_cpu.yaml"), "num_processes": 2}
-    stages = {"pre": pretrain_stage(corpus), "sft": sft_stage("pre"),
-              "rm": reward_stage("sft", ranking_subset(tmp_path / "rankings.jsonl")), "ppo": ppo}
-    path = write_pipeline(tmp_path / "p.yaml", stages)
-    refused = rlhf("run", path)
-    assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert "stage ppo: ppo does not run under DeepSpeed yet" in refused.stderr and "zero2_cpu.yaml" in refused.stderr
-    assert not (tmp_path / "run" / "pre" / "logs").exists()  # nothing was launched
-    # a DeepSpeed --launch for the whole run is refused for the same reason; the other stages accept it
-    del stages["ppo"]["launch"]
-    write_pipeline(path, stages)
-    assert "stage ppo: ppo does not run" in rlhf("run", path, "--launch", "zero3_cpu").stderr
-    from pipeline.cli import launch_override
-    from pipeline.config import load_pipeline
-
-    pipeline = load_pipeline(path)
-    pipeline.override = launch_override("zero3_cpu", 2)
-    assert [name for name in pipeline.stages if pipeline.launch_problems(name)] == ["ppo"]

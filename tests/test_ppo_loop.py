@@ -3,6 +3,7 @@ trained roles change, the frozen ones never do."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from pipeline.kinds import PpoSettings
 from stages.common.chat import DEFAULT_CHAT_TEMPLATE
 from stages.ppo.losses import KLController, logprobs_of
-from stages.ppo.models import Roles, ScalarPerToken, freeze
+from stages.ppo.models import PolicyAndValue, Roles, ScalarPerToken, freeze
 from stages.ppo.rollout import HFGenerator, collect, encode_prompts, score_answers
 from stages.ppo.trainer import Optimisation, iteration
 from tests.conftest import small_corpus
@@ -40,18 +41,23 @@ def tiny(tmp_path_factory):
 
 
 def roles_of(policy, scorer) -> Roles:
-    return Roles(copy.deepcopy(policy), freeze(copy.deepcopy(policy)), freeze(ScalarPerToken(copy.deepcopy(scorer))),
-                 ScalarPerToken(copy.deepcopy(scorer)))
+    return Roles(PolicyAndValue(copy.deepcopy(policy), ScalarPerToken(copy.deepcopy(scorer))),
+                 freeze(copy.deepcopy(policy)), freeze(ScalarPerToken(copy.deepcopy(scorer))))
 
 
 def optimisation(roles: Roles, policy_lr: float = 1e-3) -> Optimisation:
     """AdamW on the trainable policy weights and on the value model, constant rates, CPU accelerator."""
     from accelerate import Accelerator
 
-    policy_opt = torch.optim.AdamW([p for p in roles.policy.parameters() if p.requires_grad], lr=policy_lr)
-    value_opt = torch.optim.AdamW(roles.value.parameters(), lr=1e-3)
-    constant = [torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0) for o in (policy_opt, value_opt)]
-    return Optimisation(Accelerator(cpu=True), policy_opt, value_opt, *constant, max_grad_norm=1.0)
+    pair = roles.trained
+    optimizer = torch.optim.AdamW([{"params": [p for p in pair.policy.parameters() if p.requires_grad], "lr": policy_lr},
+                                   {"params": list(pair.value.parameters()), "lr": 1e-3}])
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return Optimisation(Accelerator(cpu=True), optimizer, constant, max_grad_norm=1.0)
+
+
+def generator(model, tokenizer, max_new_tokens: int) -> HFGenerator:
+    return HFGenerator(lambda: contextlib.nullcontext(model), tokenizer, max_new_tokens, 1.0, 1.0)
 
 
 def test_padded_batch_scores_equal_each_answer_scored_alone(tiny):
@@ -60,7 +66,7 @@ def test_padded_batch_scores_equal_each_answer_scored_alone(tiny):
     torch.manual_seed(1)
     queries, query_mask = encode_prompts(tokenizer, PROMPTS, 64, "cpu")
     assert (query_mask[:, 0] == 0).any() and (query_mask[:, -1] == 1).all()  # left padding
-    responses = HFGenerator(roles.policy, tokenizer, 12, 1.0, 1.0).generate(queries, query_mask)
+    responses = generator(roles.trained.policy, tokenizer, 12).generate(queries, query_mask)
     eos = tokenizer.eos_token_id
     responses[0, 3:] = tokenizer.pad_token_id  # force one short answer ending in EOS, then padding
     responses[0, 2] = eos
@@ -87,17 +93,17 @@ def test_iterations_train_policy_and_value_and_leave_frozen_roles_untouched(tiny
     tokenizer, policy, scorer = tiny
     roles = roles_of(policy, scorer)
     frozen = {name: [p.detach().clone() for p in getattr(roles, name).parameters()] for name in ("reference", "reward")}
-    trained = {name: [p.detach().clone() for p in getattr(roles, name).parameters()] for name in ("policy", "value")}
+    trained = {name: [p.detach().clone() for p in getattr(roles.trained, name).parameters()] for name in ("policy", "value")}
     assert not any(p.requires_grad for name in frozen for p in getattr(roles, name).parameters())
 
     ppo = PpoSettings(rollout_batch_size=4, mini_batch_size=2, epochs=2)
     opt = optimisation(roles)
     kl = KLController(0.05)
-    generator = HFGenerator(roles.policy, tokenizer, 10, 1.0, 1.0)
+    sampler = generator(roles.trained.policy, tokenizer, 10)
     queries, query_mask = encode_prompts(tokenizer, PROMPTS, 64, "cpu")
     for _ in range(2):
         timings: dict[str, float] = {}
-        rollout = collect(roles, generator, queries, query_mask, tokenizer.eos_token_id, 1.0, 2, None, None, timings)
+        rollout = collect(roles, sampler, queries, query_mask, tokenizer.eos_token_id, 1.0, 2, None, None, timings)
         stats = iteration(roles, opt, rollout, kl, ppo, 1.0, 2)
         assert {"generate", "score"} <= set(timings)
     for key in ("policy/loss", "value/loss", "policy/clip_fraction", "policy/approx_kl", "policy/entropy",
@@ -108,9 +114,8 @@ def test_iterations_train_policy_and_value_and_leave_frozen_roles_untouched(tiny
     for name, before in frozen.items():
         assert all(torch.equal(a, b) for a, b in zip(before, getattr(roles, name).parameters())), name
     for name, before in trained.items():
-        assert any(not torch.equal(a, b) for a, b in zip(before, getattr(roles, name).parameters())), name
-    optimised = {id(p) for o in (opt.policy_optimizer, opt.value_optimizer) for group in o.param_groups
-                 for p in group["params"]}
+        assert any(not torch.equal(a, b) for a, b in zip(before, getattr(roles.trained, name).parameters())), name
+    optimised = {id(p) for group in opt.optimizer.param_groups for p in group["params"]}
     assert not optimised & {id(p) for name in frozen for p in getattr(roles, name).parameters()}
 
 
@@ -122,14 +127,14 @@ def test_with_lora_the_reference_is_the_policy_with_its_adapter_off(tiny):
     tokenizer, policy, scorer = tiny
     peft_policy = get_peft_model(copy.deepcopy(policy), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
                                                                    task_type="CAUSAL_LM"))
-    roles = Roles(peft_policy, AdapterDisabled(peft_policy), freeze(ScalarPerToken(copy.deepcopy(scorer))),
-                  ScalarPerToken(copy.deepcopy(scorer)))
+    roles = Roles(PolicyAndValue(peft_policy, ScalarPerToken(copy.deepcopy(scorer))), AdapterDisabled(peft_policy),
+                  freeze(ScalarPerToken(copy.deepcopy(scorer))))
     assert not list(roles.reference.parameters())  # no second copy of the weights
     trainable = [p for p in peft_policy.parameters() if p.requires_grad]
     assert 0 < sum(p.numel() for p in trainable) < sum(p.numel() for p in policy.parameters()) / 4
     opt = optimisation(roles, policy_lr=1e-2)
     queries, query_mask = encode_prompts(tokenizer, PROMPTS, 64, "cpu")
-    rollout = collect(roles, HFGenerator(roles.policy, tokenizer, 10, 1.0, 1.0), queries, query_mask,
+    rollout = collect(roles, generator(peft_policy, tokenizer, 10), queries, query_mask,
                       tokenizer.eos_token_id, 1.0, 2, None, None, {})
     iteration(roles, opt, rollout, KLController(0.05), PpoSettings(rollout_batch_size=4, mini_batch_size=2), 1.0, 2)
 
@@ -145,13 +150,13 @@ def test_with_lora_the_reference_is_the_policy_with_its_adapter_off(tiny):
 def test_a_non_finite_gradient_skips_the_step_instead_of_poisoning_the_weights(tiny):
     tokenizer, policy, scorer = tiny
     roles = roles_of(policy, scorer)
-    before = [p.detach().clone() for p in roles.policy.parameters()]
+    before = [p.detach().clone() for p in roles.trained.policy.parameters()]
     opt = optimisation(roles)
     queries, query_mask = encode_prompts(tokenizer, PROMPTS, 64, "cpu")
-    rollout = collect(roles, HFGenerator(roles.policy, tokenizer, 8, 1.0, 1.0), queries, query_mask,
+    rollout = collect(roles, generator(roles.trained.policy, tokenizer, 8), queries, query_mask,
                       tokenizer.eos_token_id, 1.0, 2, None, None, {})
     rollout.scores[0] = float("nan")  # e.g. an overflow upstream: the whole batch's advantages turn NaN
     stats = iteration(roles, opt, rollout, KLController(0.05), PpoSettings(rollout_batch_size=4, mini_batch_size=2), 1.0, 2)
     assert stats["train/skipped_step_fraction"] == 1.0
-    assert all(torch.equal(a, b) for a, b in zip(before, roles.policy.parameters()))
-    assert all(torch.isfinite(p).all() for p in roles.value.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, roles.trained.policy.parameters()))
+    assert all(torch.isfinite(p).all() for p in roles.trained.value.parameters())

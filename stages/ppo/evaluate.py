@@ -43,16 +43,19 @@ def win_rate(first: list[float], second: list[float]) -> float:
 
 @torch.no_grad()
 def answers_and_scores(roles: Roles, generator: Generator, tokenizer, prompts, max_prompt_length: int,
-                       temperature: float, batch_size: int, seed: int, device) -> tuple[list[str], list[float], list[float]]:
-    """(answers, reward-model scores, sequence KL to the reference) of `generator`'s policy, seeded."""
+                       temperature: float, batch_size: int, seed: int, device,
+                       of_policy: bool = True) -> tuple[list[str], list[float], list[float]]:
+    """(answers, reward-model scores, sequence KL to the reference) of `generator`'s model, seeded: the trained
+    policy, or (not `of_policy`) the reference itself, whose KL is 0."""
     torch.manual_seed(seed)
     answers, scores, kls = [], [], []
     for start in range(0, len(prompts), batch_size):
         queries, query_mask = encode_prompts(tokenizer, prompts[start : start + batch_size], max_prompt_length, device)
         responses = generator.generate(queries, query_mask)
-        scored = score_answers(roles, queries, query_mask, responses, tokenizer.eos_token_id, temperature, batch_size)
+        scored = score_answers(roles, queries, query_mask, responses, tokenizer.eos_token_id, temperature, batch_size,
+                               with_policy=of_policy)
         mask = scored["response_mask"]
-        kls += ((scored["logprobs"] - scored["ref_logprobs"]) * mask).sum(1).tolist()
+        kls += ((scored["logprobs"] - scored["ref_logprobs"]) * mask).sum(1).tolist() if of_policy else [0.0] * len(mask)
         scores += scored["scores"].tolist()
         answers += decode_answers(tokenizer, responses, mask)
     return answers, scores, kls
@@ -64,16 +67,17 @@ def decode_answers(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> li
     return [t.strip() for t in texts]
 
 
-def compare_policies(roles: Roles, make_generator: Callable[[torch.nn.Module], Generator], tokenizer,
+def compare_policies(roles: Roles, make_generator: Callable[..., Generator], tokenizer,
                      rows: list[dict], max_prompt_length: int, temperature: float, batch_size: int, seed: int,
                      device) -> dict:
     """The manifest metrics of the final evaluation (see the module docstring).
-    The SFT policy is the frozen reference: the weights PPO started from."""
+    The SFT policy is the frozen reference: the weights PPO started from. `make_generator(role)` samples from
+    "policy" or "reference"."""
     prompts = [row["prompt"] for row in rows]
-    sft = roles._replace(policy=roles.reference)
-    sft_answers, sft_scores, _ = answers_and_scores(sft, make_generator(roles.reference), tokenizer, prompts,
-                                                    max_prompt_length, temperature, batch_size, seed, device)
-    ppo_answers, ppo_scores, ppo_kls = answers_and_scores(roles, make_generator(roles.policy), tokenizer, prompts,
+    sft_answers, sft_scores, _ = answers_and_scores(roles, make_generator("reference"), tokenizer, prompts,
+                                                    max_prompt_length, temperature, batch_size, seed, device,
+                                                    of_policy=False)
+    ppo_answers, ppo_scores, ppo_kls = answers_and_scores(roles, make_generator("policy"), tokenizer, prompts,
                                                           max_prompt_length, temperature, batch_size, seed, device)
     gold = [(token_f1(s, row["best_answer"]), token_f1(p, row["best_answer"]))
             for row, s, p in zip(rows, sft_answers, ppo_answers) if row.get("best_answer")]
@@ -110,9 +114,10 @@ def sample_table(roles: Roles, make_generator: Callable[..., Generator], tokeniz
     """Greedy answers of the SFT and PPO policies to `prompts`, beside the base model's (when known), each
     scored by the reward model: what the report shows as base -> SFT -> PPO."""
     rows = [{"prompt": prompt_text(p)} for p in prompts]
-    for name, model in (("sft", roles.reference), ("ppo", roles.policy)):
-        answers, scores, _ = answers_and_scores(roles, make_generator(model, sample=False), tokenizer, prompts,
-                                                max_prompt_length, temperature, batch_size, 0, device)
+    for name, role in (("sft", "reference"), ("ppo", "policy")):
+        answers, scores, _ = answers_and_scores(roles, make_generator(role, sample=False), tokenizer, prompts,
+                                                max_prompt_length, temperature, batch_size, 0, device,
+                                                of_policy=role == "policy")
         for row, answer, score in zip(rows, answers, scores):
             row[name], row[f"{name}_score"] = answer, round(score, 4)
     known = [i for i, answer in enumerate(base_answers) if answer is not None]
@@ -120,7 +125,8 @@ def sample_table(roles: Roles, make_generator: Callable[..., Generator], tokeniz
         part = known[start : start + batch_size]
         queries, query_mask = encode_prompts(tokenizer, [prompts[i] for i in part], max_prompt_length, device)
         responses = answer_ids(tokenizer, [base_answers[i] for i in part], device)
-        scored = score_answers(roles, queries, query_mask, responses, tokenizer.eos_token_id, temperature, batch_size)
+        scored = score_answers(roles, queries, query_mask, responses, tokenizer.eos_token_id, temperature, batch_size,
+                               with_policy=False)
         texts = decode_answers(tokenizer, responses, scored["response_mask"])
         for i, text, score in zip(part, texts, scored["scores"].tolist()):
             rows[i]["base"], rows[i]["base_score"] = text, round(score, 4)

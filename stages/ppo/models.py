@@ -5,6 +5,9 @@
 - reward (frozen): the reward stage's scalar model, read at the last answer token;
 - value (trained): initialised from the reward model (InstructGPT), read at every answer token.
 
+The two trained roles live in one module (`PolicyAndValue`) with one optimiser: accelerate gives DeepSpeed
+one model per engine, and DDP wants one forward per backward (the PPO-ptx term included).
+
 Sequences are [left-padded prompt | right-padded answer]; position ids are counted from the first real
 token, as `generate` does, so every forward sees the positions the model was trained with.
 """
@@ -18,11 +21,44 @@ import torch
 from torch import nn
 
 
-class Roles(NamedTuple):
+class RoleModels(NamedTuple):
+    """The four roles as loaded, before accelerate places them."""
+
     policy: nn.Module
     reference: nn.Module
     reward: nn.Module
     value: nn.Module
+
+
+class Roles(NamedTuple):
+    """The roles as training uses them: `trained` is the prepared PolicyAndValue (plain, DDP or a DeepSpeed
+    engine); `reference` and `reward` are frozen (plain modules or DeepSpeed inference engines)."""
+
+    trained: nn.Module
+    reference: nn.Module
+    reward: nn.Module
+
+
+class PolicyAndValue(nn.Module):
+    """The policy and the critic as one module: one forward gives the policy's logits and the critic's values
+    for the same sequences, and optionally the PPO-ptx language-modelling loss on a batch of text."""
+
+    def __init__(self, policy: nn.Module, value: nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.value = value
+
+    # read by TRL's unwrap_model_for_generation (ZeRO-3 generation), which expects a transformers model
+    is_gradient_checkpointing = False
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, ptx_input_ids: torch.Tensor | None = None):
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids(attention_mask), use_cache=False).logits
+        values = self.value(input_ids, attention_mask)
+        ptx_loss = None
+        if ptx_input_ids is not None:
+            ptx_loss = self.policy(input_ids=ptx_input_ids, labels=ptx_input_ids, use_cache=False).loss
+        return logits, values, ptx_loss
 
 
 class ScalarPerToken(nn.Module):
@@ -51,11 +87,6 @@ class AdapterDisabled(nn.Module):
         with torch.no_grad(), self.policy.disable_adapter():
             return self.policy(**kwargs)
 
-    def generate(self, **kwargs):
-        """Sample from the base (SFT) weights."""
-        with self.policy.disable_adapter():
-            return self.policy.generate(**kwargs)
-
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2, ... from each row's first real token (left padding gets 0)."""
@@ -69,9 +100,12 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_roles(policy_dir: Path, reward_dir: Path, lora=None) -> Roles:
+def load_roles(policy_dir: Path, reward_dir: Path, lora=None, frozen_context=None) -> RoleModels:
     """The four roles from the SFT and reward artifacts (float32 master weights; autocast does the rest).
-    With `lora` (a peft LoraConfig) the policy trains an adapter and the reference is the adapter switched off."""
+    With `lora` (a peft LoraConfig) the policy trains an adapter and the reference is the adapter switched off.
+    The frozen models are loaded inside `frozen_context` (see placement.frozen_context)."""
+    import contextlib
+
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
@@ -79,18 +113,33 @@ def load_roles(policy_dir: Path, reward_dir: Path, lora=None) -> Roles:
         from peft import get_peft_model
 
         policy = get_peft_model(policy, lora)
-        reference = AdapterDisabled(policy)
-    else:
-        reference = freeze(AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32))
-    reward = freeze(ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=torch.float32)))
+    with frozen_context or contextlib.nullcontext():
+        if lora is not None:
+            reference = AdapterDisabled(policy)
+        else:
+            reference = freeze(AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32))
+        reward = freeze(ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir,
+                                                                                           dtype=torch.float32)))
     value = ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=torch.float32))
     policy.config.use_cache = False  # training forwards; generate() asks for the cache explicitly
-    return Roles(policy, reference, reward, value)
+    return RoleModels(policy, reference, reward, value)
+
+
+def answer_logits(logits: torch.Tensor, prompt_length: int, temperature: float) -> torch.Tensor:
+    """[B, R, V] the logits that predicted each answer token, scaled by the sampling temperature."""
+    return logits[:, prompt_length - 1 : -1].float() / temperature
 
 
 def policy_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
                   temperature: float) -> torch.Tensor:
-    """[B, R, V] logits that predicted each answer token, scaled by the sampling temperature."""
+    """answer_logits of a causal LM (the frozen reference)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                    use_cache=False).logits
-    return logits[:, prompt_length - 1 : -1].float() / temperature
+    return answer_logits(logits, prompt_length, temperature)
+
+
+def trained_outputs(trained: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
+                    temperature: float, ptx_input_ids: torch.Tensor | None = None):
+    """(answer logits [B, R, V], values before each answer token [B, R], ptx loss or None) of the trained pair."""
+    logits, values, ptx_loss = trained(input_ids, attention_mask, ptx_input_ids)
+    return answer_logits(logits, prompt_length, temperature), values[:, prompt_length - 1 : -1], ptx_loss

@@ -47,10 +47,9 @@ class PtxBatches:
         self.position += self.batch_size
         return out
 
-    def loss(self, policy) -> torch.Tensor:
-        """The mean next-token loss of the policy on the next batch of blocks."""
-        ids = self.blocks[self._indices()].to(self.device)
-        return policy(input_ids=ids, labels=ids, use_cache=False).loss
+    def next_batch(self) -> torch.Tensor:
+        """The next [batch_size, block_size] token ids (their language-modelling loss joins the PPO loss)."""
+        return self.blocks[self._indices()].to(self.device)
 
     def state_dict(self) -> dict:
         """For accelerate's checkpointing."""

@@ -7,12 +7,12 @@ Generation sits behind `Generator` so that a faster engine (e.g. vLLM on GPU) ca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, ContextManager, Protocol
 
 import torch
 
 from stages.ppo.losses import entropy_from_logits, last_token_index, logprobs_of, response_mask
-from stages.ppo.models import Roles, policy_logits
+from stages.ppo.models import Roles, policy_logits, trained_outputs
 
 
 @dataclass
@@ -49,12 +49,18 @@ class Generator(Protocol):
 
 
 class HFGenerator:
-    """Hugging Face `generate` with the KV cache: temperature / top-p sampling (or greedy), stop at EOS."""
+    """Hugging Face `generate` with the KV cache: temperature / top-p sampling (or greedy), stop at EOS.
 
-    def __init__(self, model, tokenizer, max_new_tokens: int, temperature: float, top_p: float, sample: bool = True):
-        self.model = model
+    `open_model()` gives the causal LM for one call (a context: ZeRO-3 gathers the weights meanwhile);
+    `synced_gpus` keeps processes stepping together when the model's forward passes are collective."""
+
+    def __init__(self, open_model: Callable[[], ContextManager], tokenizer, max_new_tokens: int, temperature: float,
+                 top_p: float, sample: bool = True, synced_gpus: bool = False):
+        self.open_model = open_model
         self.kwargs = dict(max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
                            eos_token_id=tokenizer.eos_token_id)
+        if synced_gpus:
+            self.kwargs["synced_gpus"] = True
         if sample:
             self.kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
         else:
@@ -62,12 +68,13 @@ class HFGenerator:
 
     @torch.no_grad()
     def generate(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            out = self.model.generate(input_ids=queries, attention_mask=query_mask, **self.kwargs)
-        finally:
-            self.model.train(was_training)
+        with self.open_model() as model:
+            was_training = model.training
+            model.eval()
+            try:
+                out = model.generate(input_ids=queries, attention_mask=query_mask, **self.kwargs)
+            finally:
+                model.train(was_training)
         return out[:, queries.shape[1]:]
 
 
@@ -86,22 +93,25 @@ def encode_prompts(tokenizer, prompts: list[list[dict]], max_length: int, device
 
 @torch.no_grad()
 def score_answers(roles: Roles, queries, query_mask, responses, eos_token_id: int, temperature: float,
-                  micro_batch_size: int) -> dict[str, torch.Tensor]:
+                  micro_batch_size: int, with_policy: bool = True) -> dict[str, torch.Tensor]:
     """Old and reference log-probs, entropies, values and reward-model scores of sampled answers, in
-    micro-batches (one forward per role per micro-batch)."""
+    micro-batches (one forward per role per micro-batch). Without `with_policy` (answers of the reference
+    itself), only the reference log-probs and the scores."""
     mask = response_mask(responses, eos_token_id)
     prompt_length = queries.shape[1]
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("logprobs", "ref_logprobs", "entropy", "values", "scores")}
+    keys = ("logprobs", "entropy", "values") if with_policy else ()
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, "ref_logprobs", "scores")}
     for start in range(0, len(queries), micro_batch_size):
         part = slice(start, start + micro_batch_size)
         ids = torch.cat([queries[part], responses[part]], 1)
         attention = torch.cat([query_mask[part], mask[part]], 1)
-        logits = policy_logits(roles.policy, ids, attention, prompt_length, temperature)
-        out["logprobs"].append(logprobs_of(logits, responses[part]))
-        out["entropy"].append(entropy_from_logits(logits))
+        if with_policy:
+            logits, values, _ = trained_outputs(roles.trained, ids, attention, prompt_length, temperature)
+            out["logprobs"].append(logprobs_of(logits, responses[part]))
+            out["entropy"].append(entropy_from_logits(logits))
+            out["values"].append(values)
         ref_logits = policy_logits(roles.reference, ids, attention, prompt_length, temperature)
         out["ref_logprobs"].append(logprobs_of(ref_logits, responses[part]))
-        out["values"].append(roles.value(ids, attention)[:, prompt_length - 1 : -1])
         rewards = roles.reward(ids, attention)
         last = prompt_length + last_token_index(mask[part])
         out["scores"].append(rewards[torch.arange(len(last), device=last.device), last])

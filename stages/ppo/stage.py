@@ -26,11 +26,24 @@ from pipeline.history import append_record, attempt_marker, read_history
 from pipeline.kinds import PpoStage
 from stages.common.chat import check_context_length, interleaved, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
-from stages.common.lora import lora_config, save_merged
+from stages.common.lora import lora_config
 from stages.common.records import prompt_row
 from stages.ppo.evaluate import compare_policies, sample_prompts_for_table, sample_table
 from stages.ppo.losses import KLController
-from stages.ppo.models import Roles, load_roles
+from stages.ppo.models import PolicyAndValue, Roles, load_roles
+from stages.ppo.placement import (
+    configure_engine,
+    frozen_context,
+    full_state_dict,
+    generation_kwargs,
+    is_deepspeed,
+    no_zero3_init,
+    place_frozen,
+    policy_for_generation,
+    reference_for_generation,
+    write_artifact,
+    zero_stage,
+)
 from stages.ppo.rollout import HFGenerator, collect, encode_prompts
 from stages.ppo.trainer import Optimisation, iteration
 
@@ -81,8 +94,8 @@ def save_checkpoint(ctx: StageContext, accelerator, step: int, keep_last: int) -
 
 def train(ctx: StageContext) -> dict:
     """Run PPO, evaluate SFT vs PPO, save the policy and the critic; return the manifest metrics."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, set_seed
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     from stages.common.hf_trainer import quiet_libraries
@@ -90,39 +103,48 @@ def train(ctx: StageContext) -> dict:
     cfg: PpoStage = ctx.config
     name, ppo, gen = ctx.spec["stage"], cfg.ppo, cfg.generation
     quiet_libraries()
-    # trackers: tensorboard under logs/tensorboard, plus train.report_to (wandb, mlflow, ...)
+    micro = ppo.micro_batch_size or ppo.mini_batch_size
+    world = PartialState().num_processes
+    mini = ppo.mini_batch_size // world
+    micro = min(micro, max(1, mini))
+    if ppo.mini_batch_size % world or mini % micro:
+        raise InputError(f"stage {name}: ppo.mini_batch_size ({ppo.mini_batch_size}) must split into {world} "
+                         f"processes x whole micro-batches of ppo.micro_batch_size ({micro})")
+    # trackers: tensorboard under logs/tensorboard, plus train.report_to (wandb, mlflow, ...); one optimiser
+    # step per mini-batch of `mini // micro` accumulated micro-batches; the scheduler steps once per update
     accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision],
+                              gradient_accumulation_steps=mini // micro, step_scheduler_with_optimizer=False,
                               log_with=["tensorboard", *cfg.train.report_to], project_dir=str(ctx.dirs.logs))
     set_seed(cfg.train.seed)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # `rlhf run` refuses this before launching
-        raise InputError(f"stage {name}: PPO does not run under DeepSpeed yet; launch it with a DDP accelerate "
-                         "config (configs/accelerate/ddp.yaml, or ddp_cpu.yaml on CPU)")
+    deepspeed = is_deepspeed(accelerator)
+    if deepspeed:
+        configure_engine(accelerator, micro, mini // micro, cfg.train.max_grad_norm, name)
 
     # data: prompts (held-out ones with a human ranking also give the gold win rate)
     rows = load_rows(cfg.data, prompt_row, cfg.train.seed)
     order = PromptOrder(rows.train, ppo.rollout_batch_size, cfg.train.seed, accelerator.process_index,
                         accelerator.num_processes)
 
-    # the four roles: policy and value trained, reference and reward frozen
+    # the four roles: policy and value trained (one module, one optimiser), reference and reward frozen
     check_context_length(ctx.inputs["policy"], cfg.data.max_length + gen.max_new_tokens,
                          "data.max_length + generation.max_new_tokens")
     tokenizer = load_chat_tokenizer(ctx.inputs["policy"], "auto")
     check_same_tokenizer(tokenizer, ctx.inputs["reward"])
-    roles = load_roles(ctx.inputs["policy"], ctx.inputs["reward"], lora_config(cfg.lora))
-    micro = ppo.micro_batch_size or ppo.mini_batch_size
+    lora = lora_config(cfg.lora)
+    loaded = load_roles(ctx.inputs["policy"], ctx.inputs["reward"], lora, frozen_context(accelerator, ppo.frozen_models))
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in loaded.policy.parameters())  # ZeRO-3 partitions too
     updates = cfg.train.max_steps * ppo.epochs * (ppo.rollout_batch_size // ppo.mini_batch_size)
-    betas = (cfg.train.adam_beta1, cfg.train.adam_beta2)
-    trainable = [p for p in roles.policy.parameters() if p.requires_grad]  # the adapter only, with LoRA
-    policy_opt = torch.optim.AdamW(trainable, lr=cfg.train.learning_rate, betas=betas,
-                                   weight_decay=cfg.train.weight_decay)
-    value_opt = torch.optim.AdamW(roles.value.parameters(), lr=ppo.critic_learning_rate or cfg.train.learning_rate,
-                                  betas=betas, weight_decay=cfg.train.weight_decay)
-    schedules = [get_scheduler(cfg.train.lr_scheduler, o, num_warmup_steps=cfg.train.warmup_steps,
-                               num_training_steps=updates) for o in (policy_opt, value_opt)]
-    policy, value, policy_opt, value_opt, policy_sched, value_sched = accelerator.prepare(
-        roles.policy, roles.value, policy_opt, value_opt, *schedules)
-    roles = Roles(policy, roles.reference.to(accelerator.device), roles.reward.to(accelerator.device), value)
-    opt = Optimisation(accelerator, policy_opt, value_opt, policy_sched, value_sched, cfg.train.max_grad_norm)
+    groups = [{"params": [p for p in loaded.policy.parameters() if p.requires_grad]},  # the adapter only, with LoRA
+              {"params": list(loaded.value.parameters()), "lr": ppo.critic_learning_rate or cfg.train.learning_rate}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.train.learning_rate, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
+                                  weight_decay=cfg.train.weight_decay)
+    scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
+                              num_training_steps=updates)
+    trained, optimizer, scheduler = accelerator.prepare(PolicyAndValue(loaded.policy, loaded.value), optimizer,
+                                                        scheduler)
+    reference = loaded.reference if lora is not None else place_frozen(loaded.reference, accelerator, ppo.frozen_models)
+    roles = Roles(trained, reference, place_frozen(loaded.reward, accelerator, ppo.frozen_models))
+    opt = Optimisation(accelerator, optimizer, scheduler, cfg.train.max_grad_norm, deepspeed)
     kl = KLController(ppo.kl.beta, ppo.kl.target, ppo.kl.horizon)
     accelerator.register_for_checkpointing(kl)
     ptx = None
@@ -132,10 +154,11 @@ def train(ctx: StageContext) -> dict:
         ptx = PtxBatches(ppo.ptx.data, tokenizer, ppo.ptx.block_size, ppo.ptx.batch_size, cfg.train.seed,
                          accelerator.device)
         accelerator.register_for_checkpointing(ptx)
-    n_params = sum(p.numel() for p in accelerator.unwrap_model(policy).parameters())
     if accelerator.is_main_process:
+        placement = f"; ZeRO-{zero_stage(accelerator)}, frozen models {ppo.frozen_models}" if deepspeed else ""
         print(f"[{name}] policy {n_params / 1e6:.2f} M parameters; {len(rows.train)} train / {len(rows.validation)} "
-              f"held-out prompts; {cfg.train.max_steps} iterations of {ppo.rollout_batch_size} answers", flush=True)
+              f"held-out prompts; {cfg.train.max_steps} iterations of {ppo.rollout_batch_size} answers{placement}",
+              flush=True)
 
     # resume: accelerate restores weights, optimisers, schedulers, RNG, beta and the ptx position
     first = 0
@@ -143,11 +166,16 @@ def train(ctx: StageContext) -> dict:
         accelerator.load_state(str(ctx.resume_from.path))
         first = ctx.resume_from.step
 
-    def make_generator(model, sample: bool = True) -> HFGenerator:
-        return HFGenerator(accelerator.unwrap_model(model), tokenizer, gen.max_new_tokens, gen.temperature, gen.top_p,
-                           sample)
+    def make_generator(role: str, sample: bool = True) -> HFGenerator:
+        """A generator for the trained policy ("policy") or the frozen SFT policy ("reference")."""
+        if role == "policy":
+            return HFGenerator(lambda: policy_for_generation(trained, accelerator), tokenizer, gen.max_new_tokens,
+                               gen.temperature, gen.top_p, sample)
+        return HFGenerator(lambda: reference_for_generation(roles.reference, trained, accelerator), tokenizer,
+                           gen.max_new_tokens, gen.temperature, gen.top_p, sample,
+                           synced_gpus=bool(generation_kwargs(roles.reference, accelerator)))
 
-    generator = make_generator(policy)
+    generator = make_generator("policy")
     accelerator.init_trackers("tensorboard", config={"stage": name, "fingerprint": ctx.fingerprint})
     metrics_file = ctx.dirs.logs / "metrics.jsonl"
     history = [r for r in read_history(metrics_file) if 0 < r["step"] <= first]  # a resumed run's earlier iterations
@@ -191,18 +219,12 @@ def train(ctx: StageContext) -> dict:
     evaluation["samples"] = sample_table(roles, make_generator, tokenizer, prompts, base_answers, cfg.data.max_length,
                                          gen.temperature, micro, accelerator.device)
 
-    # artifact: the policy as an HF causal LM with the tokenizer; the critic beside it
+    # artifact: the policy as an HF causal LM with the tokenizer; the critic beside it. The full weights are
+    # gathered on every process (ZeRO-3 shards), then written into freshly loaded models by the main one.
+    state = full_state_dict(trained, accelerator)
     if accelerator.is_main_process:
-        final = accelerator.unwrap_model(policy)
-        if cfg.lora is not None:
-            save_merged(final, tokenizer, ctx.staged_artifact)
-        else:
-            final.config.use_cache = True
-            final.save_pretrained(ctx.staged_artifact)
-            tokenizer.save_pretrained(ctx.staged_artifact)
-        critic = accelerator.unwrap_model(value).classifier
-        critic.save_pretrained(ctx.staged_artifact / "critic")
-        tokenizer.save_pretrained(ctx.staged_artifact / "critic")
+        with no_zero3_init(accelerator):
+            write_artifact(state, ctx.inputs["policy"], ctx.inputs["reward"], lora, tokenizer, ctx.staged_artifact)
     accelerator.wait_for_everyone()
     return {**evaluation, **summary(history, cfg)}
 

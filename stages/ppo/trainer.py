@@ -20,20 +20,22 @@ from stages.ppo.losses import (
     masked_mean,
     masked_whiten,
 )
-from stages.ppo.models import Roles, policy_logits
+from stages.ppo.models import Roles, trained_outputs
 from stages.ppo.rollout import Trajectory
 
 
 @dataclass
 class Optimisation:
-    """What updates the two trained roles."""
+    """What updates the trained pair: one optimiser with a policy and a critic parameter group.
+
+    The accelerator is built with `gradient_accumulation_steps` = micro-batches per mini-batch, so
+    `accelerator.accumulate` marks the last micro-batch of each mini-batch (DeepSpeed steps its engine there)."""
 
     accelerator: object  # accelerate.Accelerator
-    policy_optimizer: torch.optim.Optimizer
-    value_optimizer: torch.optim.Optimizer
-    policy_scheduler: object
-    value_scheduler: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
     max_grad_norm: float
+    deepspeed: bool = False  # the engine clips and steps inside backward()
 
 
 def advantages_and_returns(rollout: Trajectory, kl: KLController, ppo: PpoSettings) -> dict[str, torch.Tensor]:
@@ -49,12 +51,14 @@ def advantages_and_returns(rollout: Trajectory, kl: KLController, ppo: PpoSettin
 
 def ppo_update(roles: Roles, opt: Optimisation, rollout: Trajectory, targets: dict[str, torch.Tensor],
                ppo: PpoSettings, temperature: float, micro_batch_size: int, ptx_batches=None) -> dict[str, float]:
-    """`ppo.epochs` passes over the rollout in mini-batches; returns the mean of each logged quantity."""
+    """`ppo.epochs` passes over the rollout in mini-batches; returns the mean of each logged quantity.
+    Every mini-batch splits into the same number of micro-batches (the stage checks it divides)."""
     accelerator = opt.accelerator
     size = len(rollout)
     mini = max(1, ppo.mini_batch_size // accelerator.num_processes)
     micro = min(micro_batch_size, mini)
     prompt_length = rollout.queries.shape[1]
+    trained = roles.trained
     stats: dict[str, list[float]] = {}
 
     def log(name: str, value: torch.Tensor | float) -> None:
@@ -63,48 +67,51 @@ def ppo_update(roles: Roles, opt: Optimisation, rollout: Trajectory, targets: di
     for _ in range(ppo.epochs):
         order = torch.randperm(size, device=rollout.queries.device)
         for start in range(0, size, mini):
-            batch = order[start : start + mini]
-            for part in batch.split(micro):
-                weight = len(part) / len(batch)  # accumulation: the mini-batch loss is a weighted sum
-                sample = rollout.select(part)
-                mask = sample.response_mask
-                ids, attention = sample.sequences()
-                advantages, returns = targets["advantages"][part], targets["returns"][part]
+            for part in order[start : start + mini].split(micro):
+                with accelerator.accumulate(trained):
+                    sample = rollout.select(part)
+                    mask = sample.response_mask
+                    ids, attention = sample.sequences()
+                    advantages, returns = targets["advantages"][part], targets["returns"][part]
+                    ptx_ids = ptx_batches.next_batch() if ptx_batches is not None else None
 
-                logits = policy_logits(roles.policy, ids, attention, prompt_length, temperature)
-                logprobs = logprobs_of(logits, sample.responses)
-                policy = clipped_policy_loss(logprobs, sample.logprobs, advantages, mask, ppo.clip_range)
-                values = roles.value(ids, attention)[:, prompt_length - 1 : -1]
-                value_loss, value_clip = clipped_value_loss(values, sample.values, returns, mask, ppo.value_clip_range)
-                loss = policy.loss + ppo.value_coef * value_loss
-                if ptx_batches is not None:
-                    ptx_loss = ptx_batches.loss(roles.policy)
-                    loss = loss + ppo.ptx.coef * ptx_loss
-                    log("ptx/loss", ptx_loss.detach())
-                accelerator.backward(loss * weight)
+                    logits, values, ptx_loss = trained_outputs(trained, ids, attention, prompt_length, temperature,
+                                                               ptx_ids)
+                    logprobs = logprobs_of(logits, sample.responses)
+                    policy = clipped_policy_loss(logprobs, sample.logprobs, advantages, mask, ppo.clip_range)
+                    value_loss, value_clip = clipped_value_loss(values, sample.values, returns, mask,
+                                                                ppo.value_clip_range)
+                    loss = policy.loss + ppo.value_coef * value_loss
+                    if ptx_loss is not None:
+                        loss = loss + ppo.ptx.coef * ptx_loss
+                        log("ptx/loss", ptx_loss.detach())
+                    # accelerate divides by the accumulation steps: the mini-batch loss is the micro-batches' mean
+                    accelerator.backward(loss)
 
-                log("policy/loss", policy.loss.detach())
-                log("policy/clip_fraction", policy.clip_fraction)
-                log("policy/approx_kl", policy.approx_kl)
-                log("value/loss", value_loss.detach())
-                log("value/clip_fraction", value_clip)
-                with torch.no_grad():
-                    log("policy/entropy", masked_mean(entropy_from_logits(logits), mask))
-            policy_norm = accelerator.clip_grad_norm_(roles.policy.parameters(), opt.max_grad_norm)
-            value_norm = accelerator.clip_grad_norm_(roles.value.parameters(), opt.max_grad_norm)
+                    log("policy/loss", policy.loss.detach())
+                    log("policy/clip_fraction", policy.clip_fraction)
+                    log("policy/approx_kl", policy.approx_kl)
+                    log("value/loss", value_loss.detach())
+                    log("value/clip_fraction", value_clip)
+                    with torch.no_grad():
+                        log("policy/entropy", masked_mean(entropy_from_logits(logits), mask))
+            # one gradient norm over policy and critic, clipped together: what a DeepSpeed engine does, so a
+            # run gives the same weights whatever its launch settings
+            norm = accelerator.clip_grad_norm_(trained.parameters(), opt.max_grad_norm)
+            if opt.deepspeed:  # the engine stepped at the last micro-batch (and skips overflowing fp16 steps)
+                if norm is not None:
+                    log("train/grad_norm", norm)
+                opt.scheduler.step()
+                continue
             # a non-finite gradient (an overflowing ratio, a NaN loss) would poison the weights: skip the step,
             # as mixed-precision loss scalers do, and count it
-            finite = bool(torch.isfinite(torch.as_tensor(policy_norm)) and torch.isfinite(torch.as_tensor(value_norm)))
+            finite = bool(torch.isfinite(torch.as_tensor(norm)))
             log("train/skipped_step_fraction", 0.0 if finite else 1.0)
             if finite:
-                log("policy/grad_norm", policy_norm)
-                log("value/grad_norm", value_norm)
-            for optimizer, scheduler in ((opt.policy_optimizer, opt.policy_scheduler),
-                                         (opt.value_optimizer, opt.value_scheduler)):
-                if finite:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                log("train/grad_norm", norm)
+                opt.optimizer.step()
+            opt.scheduler.step()
+            opt.optimizer.zero_grad(set_to_none=True)
     return {name: sum(values) / len(values) for name, values in stats.items()}
 
 
@@ -123,7 +130,7 @@ def iteration(roles: Roles, opt: Optimisation, rollout: Trajectory, kl: KLContro
         "reward/mean_total": opt.accelerator.gather(targets["rewards"].sum(1)).mean().item(),
         "response/length": opt.accelerator.gather(rollout.response_mask.sum(1).float()).mean().item(),
         "rollout/entropy": masked_mean(rollout.entropy, rollout.response_mask).item(),
-        "learning_rate": opt.policy_scheduler.get_last_lr()[0],
+        "learning_rate": opt.scheduler.get_last_lr()[0],
         "time/train": time.perf_counter() - start,
     })
     kl.update(sequence_kl, ppo.rollout_batch_size)

@@ -1,0 +1,208 @@
+"""Where PPO's models live under each launch: one process, DDP, or DeepSpeed ZeRO-2/3.
+
+- The trained pair (PolicyAndValue) goes through `accelerator.prepare` with its one optimiser; under
+  DeepSpeed the engine's micro-batch, accumulation and clipping come from the `ppo:` and `train:` sections.
+- The frozen reference and reward models are moved to the device, or under DeepSpeed become inference
+  engines (no optimiser): ZeRO-3 shards or a whole copy per process (`ppo.frozen_models`).
+- Generation gathers a ZeRO-3-sharded policy whole for the duration of `generate` (TRL's
+  `unwrap_model_for_generation`); a sharded frozen model generates with `synced_gpus`, so every process
+  runs as many forward passes as the slowest one (each pass gathers the layers collectively).
+- Artifacts are written from the full state dict (`accelerator.get_state_dict`, gathered from ZeRO-3
+  shards as 16-bit weights) into freshly loaded models, so they are ordinary HF checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import InputError
+
+
+def is_deepspeed(accelerator) -> bool:
+    """Whether this launch runs DeepSpeed."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def zero_stage(accelerator) -> int:
+    """The ZeRO stage of this launch (0 without DeepSpeed)."""
+    if not is_deepspeed(accelerator):
+        return 0
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"])
+
+
+def configure_engine(accelerator, micro_batch_size: int, accumulation: int, max_grad_norm: float, stage: str) -> None:
+    """Fill the DeepSpeed config from the PPO settings before `prepare` (no DataLoader is prepared, so accelerate
+    cannot infer the micro-batch): answers per forward, forwards per optimiser step, gradient clipping.
+    ZeRO-3 must be able to gather 16-bit weights, or no artifact could be written at the end."""
+    plugin = accelerator.state.deepspeed_plugin
+    config = plugin.deepspeed_config
+    if config["zero_optimization"]["stage"] == 3 and not plugin.zero3_save_16bit_model:
+        raise InputError(f"stage {stage}: PPO under ZeRO-3 needs `zero3_save_16bit_model: true` in the accelerate "
+                         "config (stage3_gather_16bit_weights_on_model_save), or its weights cannot be saved")
+    config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    config["gradient_accumulation_steps"] = accumulation
+    config["train_batch_size"] = micro_batch_size * accumulation * accelerator.num_processes
+    config["gradient_clipping"] = max_grad_norm
+
+
+def shards_frozen(accelerator, mode: str) -> bool:
+    """Whether the frozen models become ZeRO-3 shards: `ppo.frozen_models` shard, or auto under ZeRO-3."""
+    return is_deepspeed(accelerator) and (mode == "shard" or (mode == "auto" and zero_stage(accelerator) == 3))
+
+
+def frozen_context(accelerator, mode: str):
+    """The context to load the frozen models in: whole, unless they will be shards anyway (under ZeRO-3 with
+    zero3_init_flag, transformers would otherwise load them as partitions)."""
+    return contextlib.nullcontext() if shards_frozen(accelerator, mode) else no_zero3_init(accelerator)
+
+
+def place_frozen(model: nn.Module, accelerator, mode: str) -> nn.Module:
+    """A frozen role on this process: on the device, or a DeepSpeed inference engine, sharded with ZeRO-3
+    (`mode` shard, or auto under ZeRO-3) or replicated (stage 0: whole, in the engine's precision).
+    Adapted from TRL's `prepare_deepspeed`, which offers only the automatic choice."""
+    if not is_deepspeed(accelerator):
+        return model.to(accelerator.device)
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    shard = shards_frozen(accelerator, mode)
+    for training_only in ("optimizer", "scheduler"):  # no optimiser: DeepSpeed would build one from these
+        config.pop(training_only, None)
+    config["zero_optimization"].pop("offload_optimizer", None)
+    config["zero_optimization"]["stage"] = 3 if shard else 0
+    hidden = getattr(_hf_config(model), "hidden_size", None)
+    if shard and hidden:
+        config["zero_optimization"].update(reduce_bucket_size=hidden * hidden,
+                                           stage3_param_persistence_threshold=10 * hidden,
+                                           stage3_prefetch_bucket_size=int(0.9 * hidden * hidden))
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine
+
+
+def _hf_config(model: nn.Module):
+    for module in model.modules():
+        if hasattr(module, "config"):
+            return module.config
+    return None
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether a module's weights are ZeRO-3 partitions (a forward pass then gathers them collectively)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _module(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper or a DeepSpeed engine."""
+    return getattr(model, "module", model)
+
+
+@contextlib.contextmanager
+def policy_for_generation(trained: nn.Module, accelerator):
+    """The policy as a plain causal LM for `generate`: with ZeRO-3, its weights gathered whole meanwhile."""
+    if zero_stage(accelerator) == 3:
+        from trl.models.utils import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(trained, accelerator) as pair:
+            yield pair.policy
+    else:
+        yield _module(trained).policy
+
+
+@contextlib.contextmanager
+def reference_for_generation(reference: nn.Module, trained: nn.Module, accelerator):
+    """The frozen reference as a causal LM for `generate`. With LoRA it is the policy with its adapter off."""
+    from stages.ppo.models import AdapterDisabled
+
+    if isinstance(reference, AdapterDisabled):
+        with policy_for_generation(trained, accelerator) as policy, policy.disable_adapter():
+            yield policy
+    else:
+        yield _module(reference)
+
+
+def generation_kwargs(model: nn.Module, accelerator) -> dict:
+    """`synced_gpus` for a model whose forward passes are collective (ZeRO-3 shards, several processes)."""
+    return {"synced_gpus": True} if accelerator.num_processes > 1 and is_sharded(model) else {}
+
+
+def full_state_dict(trained: nn.Module, accelerator) -> dict[str, torch.Tensor]:
+    """The trained pair's full weights (on every process' call; meaningful on the main one)."""
+    return accelerator.get_state_dict(trained)
+
+
+def part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under `prefix.`, without it."""
+    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load a full state dict, allowing only the tied copies (e.g. lm_head = embeddings) to be missing."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    untied = [k for k in missing if not _is_tied(model, k, state)]
+    if unexpected or untied:
+        raise RuntimeError(f"{what}: weights do not match the model (missing {untied[:5]}, unexpected {unexpected[:5]})")
+
+
+def _is_tied(model: nn.Module, key: str, state: dict) -> bool:
+    """Whether parameter `key` shares its storage with another parameter that `state` does hold."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    target = params.get(key)
+    return target is not None and any(p is target for name, p in params.items() if name != key and name in state)
+
+
+@contextlib.contextmanager
+def no_zero3_init(accelerator):
+    """A context in which transformers builds models whole, not as ZeRO-3 partitions (frozen replicas, and the
+    models artifacts are written from). accelerate's `zero3_init_context_manager` does not do it when
+    `zero3_init_flag` is already off, yet transformers still partitions while a ZeRO-3 config is registered."""
+    if not is_deepspeed(accelerator):
+        yield
+        return
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+
+
+def dtype_of(state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The floating-point dtype the weights were trained in (fp32 master weights, or ZeRO-3's 16-bit copy)."""
+    return next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+
+
+def write_artifact(state: dict[str, torch.Tensor], policy_dir: Path, reward_dir: Path, lora, tokenizer,
+                   directory: Path) -> None:
+    """The policy (LoRA merged, adapter kept in adapter/) and the critic (critic/) as HF checkpoints, built from
+    the full state dict of the trained pair. Main process only."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from stages.common.lora import save_merged
+
+    dtype = dtype_of(state)
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
+    if lora is not None:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, lora)
+    load_weights(policy, part(state, "policy"), "policy")
+    if lora is not None:
+        save_merged(policy, tokenizer, directory)
+    else:
+        policy.config.use_cache = True
+        policy.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    critic = AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=dtype)
+    load_weights(critic, part(state, "value.classifier"), "critic")
+    critic.save_pretrained(directory / "critic")
+    tokenizer.save_pretrained(directory / "critic")
