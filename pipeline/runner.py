@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,6 +142,7 @@ def _stream(cmd: list[str], log: Path, progress_of: StageDirs | None = None, nam
     SIGTERM here stops all of its processes.
     """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = _dying_with_this_process(cmd)
     with open(log, "w", encoding="utf-8") as out, _ProgressFromFile(progress_of, name) as bar:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
@@ -208,6 +210,14 @@ class _ProgressFromFile:
             self._stop.set()
             self._thread.join()
             self._bar.stop()
+
+
+def _dying_with_this_process(cmd: list[str]) -> list[str]:
+    """`cmd` under util-linux's `setpriv --pdeathsig KILL` where it exists: the stage runs in its own session (so
+    that Ctrl-C stops all of it), and would otherwise outlive an `rlhf run` killed with SIGKILL and train on
+    beside a re-run. Its workers die with it in turn (stages.common.entry.die_with_launcher)."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "KILL", "--", *cmd] if setpriv else cmd
 
 
 def _stop(proc: subprocess.Popen) -> None:

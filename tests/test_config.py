@@ -143,6 +143,28 @@ def test_every_shipped_config_validates():
         assert "accelerate launch" in path.read_text().split("\n\n")[0], f"{path} needs a launch header"
 
 
+def test_the_8b_hub_example_validates_and_plans_offline():
+    """configs/pipelines/qwen3-8b-hub.yaml cannot run here (no Hub, no GPU), but it must stay valid."""
+    from tests.conftest import rlhf
+
+    path = REPO / "configs" / "pipelines" / "qwen3-8b-hub.yaml"
+    pipeline = load_pipeline(path)
+    assert pipeline.stages["pretrain"].model.hub == "Qwen/Qwen3-8B-Base@main"
+    for name, stage in pipeline.stages.items():
+        launch = pipeline.launch_for(name)
+        assert Path(launch.accelerate_config).name == "zero3.yaml" and launch.num_processes == 8, name
+        assert stage.train.precision == "bf16", name
+    zero3 = yaml.safe_load(Path(launch.accelerate_config).read_text())["deepspeed_config"]
+    assert zero3["zero_stage"] == 3 and zero3["zero3_save_16bit_model"] is True  # artifacts as full weights
+    ppo = pipeline.stages["ppo"]
+    assert ppo.lora is not None and ppo.ppo.frozen_models == "auto"
+    assert ppo.ppo.rollout_batch_size % (ppo.ppo.mini_batch_size) == 0
+    assert (ppo.ppo.mini_batch_size // 8) % ppo.ppo.micro_batch_size == 0  # whole micro-batches per GPU
+    planned = rlhf("plan", path)  # fingerprints need no download
+    assert planned.returncode == 0, planned.stderr
+    assert all(name in planned.stdout for name in pipeline.stages)
+
+
 def test_readme_pipeline_example_validates(tmp_path):
     readme = (REPO / "README.md").read_text()
     example = next(block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:] if "run_dir:" in block)

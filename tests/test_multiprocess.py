@@ -42,6 +42,7 @@ def mixed_run(tmp_path_factory) -> Path:
     sft = lambda config: launched(sft_stage("pre_ddp", **chat), config)  # noqa: E731
     rankings = ranking_subset(directory / "rankings.jsonl", 100)
     rm = lambda config: launched(reward_stage("pre_ddp", rankings, **chat), config)  # noqa: E731
+    ppo = lambda **settings: ppo_on(corpus, **settings)  # noqa: E731
     stages = {
         "pre_single": pretrain_stage(corpus, **pre),
         "pre_ddp": launched(pretrain_stage(corpus, **pre), "ddp"),
@@ -49,27 +50,43 @@ def mixed_run(tmp_path_factory) -> Path:
         "pre_zero3": launched(pretrain_stage(corpus, **pre), "zero3"),
         "sft_ddp": sft("ddp"), "sft_zero3": sft("zero3"),
         "rm_ddp": rm("ddp"), "rm_zero3": rm("zero3"),
-        "ppo_ddp": launched(ppo_stage("sft_ddp", "rm_ddp", corpus, max_steps=3, save_every=2), "ddp"),
+        # PPO under each engine, and the frozen models in each placement: ZeRO-3 shards under ZeRO-2 training,
+        # shards under ZeRO-3 (auto), and (ppo_resume) whole replicas under ZeRO-3
+        "ppo_ddp": launched(ppo(), "ddp"), "ppo_zero2": launched(ppo(frozen_models="shard"), "zero2"),
+        "ppo_zero3": launched(ppo(), "zero3"),
+        "ppo_resume": launched(ppo(frozen_models="replicate", save_every=1), "zero3"),  # run by the resume test
     }
     for stage in ("sft_ddp", "sft_zero3"):
         stages[stage]["data"]["max_length"] = 64
-    result = rlhf("run", write_pipeline(directory / "p.yaml", stages))
+    path = write_pipeline(directory / "p.yaml", stages)
+    result = rlhf("run", path, "--only", *(name for name in stages if name != "ppo_resume"))
     assert result.returncode == 0, result.stdout + result.stderr
     return directory / "run"
+
+
+def ppo_on(corpus: Path, frozen_models: str = "auto", **train) -> dict:
+    """A 4-iteration PPO stage on the DDP-trained SFT and reward models (PPO-ptx on `corpus`)."""
+    stage = ppo_stage("sft_ddp", "rm_ddp", corpus, **{"max_steps": 4, "save_every": 2, **train})
+    stage["ppo"]["frozen_models"] = frozen_models
+    return stage
 
 
 def test_every_stage_kind_runs_on_two_processes_and_reloads(mixed_run):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    for stage in ("pre_ddp", "pre_zero2", "pre_zero3", "sft_ddp", "sft_zero3", "rm_ddp", "rm_zero3", "ppo_ddp"):
+    for stage in ("pre_ddp", "pre_zero2", "pre_zero3", "sft_ddp", "sft_zero3", "rm_ddp", "rm_zero3", "ppo_ddp",
+                  "ppo_zero2", "ppo_zero3"):
         manifest = read_manifest(StageDirs(mixed_run / stage))
         assert manifest["world_size"] == 2, stage
         loader = AutoModelForSequenceClassification if stage.startswith("rm") else AutoModelForCausalLM
         model = loader.from_pretrained(mixed_run / stage / "artifact")
         assert sum(p.numel() for p in model.parameters()) > 100_000  # full weights, not ZeRO-3 shards
     assert read_manifest(StageDirs(mixed_run / "pre_single"))["world_size"] == 1
-    ppo = read_manifest(StageDirs(mixed_run / "ppo_ddp"))["metrics"]
-    assert ppo["eval/ppo_score"] is not None and ppo["train/iterations"] == 3
+    for stage in ("ppo_ddp", "ppo_zero2", "ppo_zero3"):
+        ppo = read_manifest(StageDirs(mixed_run / stage))["metrics"]
+        assert ppo["eval/ppo_score"] is not None and ppo["train/iterations"] == 4, stage
+        critic = AutoModelForSequenceClassification.from_pretrained(mixed_run / stage / "artifact" / "critic")
+        assert sum(p.numel() for p in critic.parameters()) > 100_000
 
 
 def test_the_global_batch_holds_across_process_counts_and_engines(mixed_run):
@@ -80,6 +97,43 @@ def test_the_global_batch_holds_across_process_counts_and_engines(mixed_run):
         assert loss == pytest.approx(losses["pre_single"], rel=1e-4), losses
     for stage in ("sft_ddp", "sft_zero3", "rm_ddp", "rm_zero3"):
         assert read_manifest(StageDirs(mixed_run / stage))["metrics"]["train/effective_batch"] == 8
+
+
+def weights(directory: Path) -> list:
+    from transformers import AutoModelForCausalLM
+
+    return list(AutoModelForCausalLM.from_pretrained(directory).parameters())
+
+
+def largest_difference(first: list, second: list) -> float:
+    return max((a - b).abs().max().item() for a, b in zip(first, second))
+
+
+def test_ppo_gives_the_same_policy_under_ddp_zero2_and_zero3(mixed_run):
+    # the same rollouts (each process samples its share of the prompts), one joint gradient norm, the same
+    # global mini-batch: only the engine differs
+    ddp = weights(mixed_run / "ppo_ddp" / "artifact")
+    moved = largest_difference(ddp, weights(mixed_run / "sft_ddp" / "artifact"))
+    assert moved > 1e-3  # PPO changed the SFT policy
+    for stage in ("ppo_zero2", "ppo_zero3"):
+        assert largest_difference(weights(mixed_run / stage / "artifact"), ddp) < moved / 100, stage
+    scores = {s: read_manifest(StageDirs(mixed_run / s))["metrics"]["train/last_score"]
+              for s in ("ppo_ddp", "ppo_zero2", "ppo_zero3")}
+    assert max(scores.values()) - min(scores.values()) < 1e-4, scores
+
+
+def test_a_killed_zero3_ppo_stage_resumes_with_the_uninterrupted_weights(mixed_run):
+    path = mixed_run.parent / "p.yaml"
+    step = kill_during(mixed_run / "ppo_resume", path, "--only", "ppo_resume")
+    assert step < 4
+    done = rlhf("run", path, "--only", "ppo_resume")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"[ppo_resume] resuming from step-{step:06d}" in done.stdout
+    manifest = read_manifest(StageDirs(mixed_run / "ppo_resume"))
+    assert manifest["resumed_from_step"] == step and manifest["world_size"] == 2
+    # ppo_zero3 ran the same configuration without interruption (frozen models sharded rather than replicated)
+    resumed, whole = weights(mixed_run / "ppo_resume" / "artifact"), weights(mixed_run / "ppo_zero3" / "artifact")
+    assert largest_difference(resumed, whole) < 1e-5
 
 
 def test_a_killed_zero3_stage_resumes(tmp_path):

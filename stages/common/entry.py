@@ -150,8 +150,27 @@ def process_state():
     return PartialState()
 
 
+def die_with_launcher() -> None:
+    """On Linux, end this stage process when the process that launched it dies. torchrun starts each worker
+    in a session of its own, so a SIGKILL to `rlhf run`'s process group (or a killed launcher) would leave
+    the workers training on, writing checkpoints while a re-run starts beside them."""
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux") or "LOCAL_RANK" not in os.environ:  # not under torchrun
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the launcher was gone before the request took effect
+        os._exit(1)
+
+
 def run_stage(train: Callable[[StageContext], dict], argv: list[str] | None = None) -> None:
     """Parse the command line, run `train`, commit its artifact and manifest; exit 2 on bad input."""
+    die_with_launcher()
     args = _arguments(argv)
     state = process_state()
     started_at = datetime.now(timezone.utc)
