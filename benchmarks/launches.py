@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.markdown import dict_table
 from benchmarks.workspace import DATA, REPO
 from pipeline.artifacts import StageDirs, read_manifest
 from pipeline.history import read_history
@@ -83,13 +84,9 @@ def rows(path: Path) -> list[dict]:
 
 def table(found: list[dict], title: str) -> str:
     """Markdown."""
-    num = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
-    lines = [f"**{title}**", "", "| stage | launch | processes | wall | × 1 process | training | × 1 process |",
-             "|---|---|---|---|---|---|---|"]
-    for r in found:
-        lines.append(f"| {r['stage']} | {r['launch']} | {num(r['processes'], '')} | {num(r['wall_s'], '.1f')} s | "
-                     f"{num(r['wall_ratio'], '.2f')} | {num(r['train_s'], '.1f')} s | {num(r['train_ratio'], '.2f')} |")
-    return "\n".join(lines)
+    return dict_table(title, [("stage", "stage", "", ""), ("launch", "launch", "", ""), ("processes", "processes", "", ""),
+                              ("wall", "wall_s", ".1f", " s"), ("× 1 process", "wall_ratio", ".2f", ""),
+                              ("training", "train_s", ".1f", " s"), ("× 1 process", "train_ratio", ".2f", "")], found)
 
 
 def main(argv: list[str] | None = None) -> int:

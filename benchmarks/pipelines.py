@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.markdown import dict_table
 from pipeline.artifacts import StageDirs, read_manifest
 from pipeline.history import read_history
 
@@ -92,14 +93,9 @@ def stage_rows(pipeline_file: Path) -> list[dict]:
 
 def table(rows: list[dict], title: str) -> str:
     """The rows as a Markdown table."""
-    num = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
-    lines = [f"**{title}**", "", "| stage | kind | processes | steps | wall | training | tokens/s | notes |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['stage']} | {r['kind']} | {num(r['processes'], '')} | {num(r['steps'], '')} | "
-                     f"{num(r['wall_s'], '.0f')} s | {num(r['train_s'], '.0f')} s | {num(r['tokens_per_s'], ',.0f')} | "
-                     f"{r['note']} |")
-    return "\n".join(lines)
+    return dict_table(title, [("stage", "stage", "", ""), ("kind", "kind", "", ""), ("processes", "processes", "", ""),
+                              ("steps", "steps", "", ""), ("wall", "wall_s", ".0f", " s"), ("training", "train_s", ".0f", " s"),
+                              ("tokens/s", "tokens_per_s", ",.0f", ""), ("notes", "note", "", "")], rows)
 
 
 def _steps(items: list[str]) -> dict[str, int]:
