@@ -55,7 +55,9 @@ def mixed_run(tmp_path_factory) -> Path:
         "ppo_ddp": launched(ppo(), "ddp"), "ppo_zero2": launched(ppo(frozen_models="shard"), "zero2"),
         "ppo_zero3": launched(ppo(), "zero3"),
         "ppo_resume": launched(ppo(frozen_models="replicate", save_every=1), "zero3"),  # run by the resume test
+        "ppo_lora_zero3": launched(ppo(learning_rate=1e-2), "zero3"),  # the reference = the adapter switched off
     }
+    stages["ppo_lora_zero3"]["lora"] = {"r": 4, "alpha": 8}
     for stage in ("sft_ddp", "sft_zero3"):
         stages[stage]["data"]["max_length"] = 64
     path = write_pipeline(directory / "p.yaml", stages)
@@ -120,6 +122,14 @@ def test_ppo_gives_the_same_policy_under_ddp_zero2_and_zero3(mixed_run):
     scores = {s: read_manifest(StageDirs(mixed_run / s))["metrics"]["train/last_score"]
               for s in ("ppo_ddp", "ppo_zero2", "ppo_zero3")}
     assert max(scores.values()) - min(scores.values()) < 1e-4, scores
+
+
+def test_lora_ppo_under_zero3_saves_the_merged_policy_and_its_adapter(mixed_run):
+    artifact = mixed_run / "ppo_lora_zero3" / "artifact"
+    assert (artifact / "adapter" / "adapter_config.json").is_file()  # the adapter, for peft users
+    merged = weights(artifact)  # plain transformers: the adapter merged into full weights
+    assert 1e-3 < largest_difference(merged, weights(mixed_run / "sft_ddp" / "artifact"))
+    assert read_manifest(StageDirs(mixed_run / "ppo_lora_zero3"))["world_size"] == 2
 
 
 def test_a_killed_zero3_ppo_stage_resumes_with_the_uninterrupted_weights(mixed_run):
