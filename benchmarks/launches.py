@@ -26,6 +26,11 @@ from pipeline.history import read_history
 LAUNCHES = {"1 process": None, "DDP": "ddp", "ZeRO-2": "zero2", "ZeRO-3": "zero3"}
 
 
+def stage_name(kind: str, label: str) -> str:
+    """The benchmark pipeline's stage of `kind` ("pre" or "ppo") under the launch `label`: pre_zero3, ..."""
+    return f"{kind}_{label.lower().replace(' ', '_').replace('-', '')}"
+
+
 def pipeline_file(workdir: Path) -> Path:
     """pretrain (upstream: a single-process pre/sft/rm chain feeds PPO) and one stage per launch setting."""
     train = lambda steps, batch, **more: {"max_steps": steps, "batch_size": batch, "learning_rate": 1e-3,  # noqa: E731
@@ -44,9 +49,8 @@ def pipeline_file(workdir: Path) -> Path:
                      "train": train(10, 8)}}
     for label, config in LAUNCHES.items():
         launch = {"accelerate_config": str(REPO / "configs" / "accelerate" / (f"{config}_cpu.yaml" if config else "cpu.yaml"))}
-        key = label.lower().replace(" ", "_").replace("-", "")
-        stages[f"pre_{key}"] = {**pretrain, "launch": launch}
-        stages[f"ppo_{key}"] = {"kind": "ppo", "inputs": {"policy": "sft", "reward": "rm"}, "launch": launch,
+        stages[stage_name("pre", label)] = {**pretrain, "launch": launch}
+        stages[stage_name("ppo", label)] = {"kind": "ppo", "inputs": {"policy": "sft", "reward": "rm"}, "launch": launch,
                                 "data": {"train": chat, "max_length": 64}, "generation": {"max_new_tokens": 32},
                                 "ppo": {"rollout_batch_size": 16, "mini_batch_size": 8, "epochs": 2},
                                 "evaluation": {"prompts": 8, "samples": 0},
@@ -64,8 +68,7 @@ def rows(path: Path) -> list[dict]:
     for kind in ("pre", "ppo"):
         base = None
         for label in LAUNCHES:
-            name = f"{kind}_{label.lower().replace(' ', '_').replace('-', '')}"
-            dirs = StageDirs.of(run_dir, name)
+            dirs = StageDirs.of(run_dir, stage_name(kind, label))
             manifest = read_manifest(dirs) or {}
             metrics = manifest.get("metrics") or {}
             training = metrics.get("train/runtime_s")

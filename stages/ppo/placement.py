@@ -128,14 +128,10 @@ def reference_for_generation(reference: nn.Module, trained: nn.Module, accelerat
         yield _module(reference)
 
 
-def generation_kwargs(model: nn.Module, accelerator) -> dict:
-    """`synced_gpus` for a model whose forward passes are collective (ZeRO-3 shards, several processes)."""
-    return {"synced_gpus": True} if accelerator.num_processes > 1 and is_sharded(model) else {}
-
-
-def full_state_dict(trained: nn.Module, accelerator) -> dict[str, torch.Tensor]:
-    """The trained pair's full weights (on every process' call; meaningful on the main one)."""
-    return accelerator.get_state_dict(trained)
+def needs_synced_generation(model: nn.Module, accelerator) -> bool:
+    """Whether `generate` needs `synced_gpus`: the model's forward passes are collective (ZeRO-3 shards, several
+    processes)."""
+    return accelerator.num_processes > 1 and is_sharded(model)
 
 
 def part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

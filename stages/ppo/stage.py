@@ -34,9 +34,8 @@ from stages.ppo.models import PolicyAndValue, Roles, load_roles
 from stages.ppo.placement import (
     configure_engine,
     frozen_context,
-    full_state_dict,
-    generation_kwargs,
     is_deepspeed,
+    needs_synced_generation,
     no_zero3_init,
     place_frozen,
     policy_for_generation,
@@ -173,7 +172,7 @@ def train(ctx: StageContext) -> dict:
                                gen.temperature, gen.top_p, sample)
         return HFGenerator(lambda: reference_for_generation(roles.reference, trained, accelerator), tokenizer,
                            gen.max_new_tokens, gen.temperature, gen.top_p, sample,
-                           synced_gpus=bool(generation_kwargs(roles.reference, accelerator)))
+                           synced_gpus=needs_synced_generation(roles.reference, accelerator))
 
     generator = make_generator("policy")
     accelerator.init_trackers("tensorboard", config={"stage": name, "fingerprint": ctx.fingerprint})
@@ -221,7 +220,7 @@ def train(ctx: StageContext) -> dict:
 
     # artifact: the policy as an HF causal LM with the tokenizer; the critic beside it. The full weights are
     # gathered on every process (ZeRO-3 shards), then written into freshly loaded models by the main one.
-    state = full_state_dict(trained, accelerator)
+    state = accelerator.get_state_dict(trained)
     if accelerator.is_main_process:
         with no_zero3_init(accelerator):
             write_artifact(state, ctx.inputs["policy"], ctx.inputs["reward"], lora, tokenizer, ctx.staged_artifact)
