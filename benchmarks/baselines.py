@@ -52,8 +52,8 @@ def hf_trainer_pretrain(manifest: dict, artifact: Path) -> Measured:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
     from transformers import default_data_collator
 
-    from pipeline.kinds import PretrainStage
-    from stages.pretrain import packed_blocks, split_documents
+    from stages.pretrain.config import PretrainStage
+    from stages.pretrain.stage import packed_blocks, split_documents
 
     cfg = PretrainStage.model_validate(manifest["config"])
     tokenizer = AutoTokenizer.from_pretrained(artifact)
@@ -74,9 +74,9 @@ def trl_sft(manifest: dict, model_dir: Path, packing: bool) -> Measured:
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.kinds import SftStage
+    from stages.sft.config import SftStage
     from stages.common.chat import load_chat_tokenizer, load_rows
-    from stages.common.records import sft_row
+    from core.records import sft_row
 
     cfg = SftStage.model_validate(manifest["config"])
     rows = load_rows(cfg.data, sft_row, cfg.train.seed)
@@ -107,9 +107,9 @@ def trl_reward_on_pairs(manifest: dict, model_dir: Path) -> tuple[Measured, floa
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from pipeline.kinds import RewardStage
+    from stages.reward.config import RewardStage
     from stages.common.chat import load_chat_tokenizer, load_rows
-    from stages.common.records import ranking_row
+    from core.records import ranking_row
 
     cfg = RewardStage.model_validate(manifest["config"])
     rankings = load_rows(cfg.data, ranking_row, cfg.train.seed).train

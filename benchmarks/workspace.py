@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.artifacts import StageDirs, read_manifest
-from pipeline.history import read_history
+from core.layout import StageDirs
+from core.manifest import read_manifest
+from core.history import read_history
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"

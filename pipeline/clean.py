@@ -16,9 +16,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.artifacts import complete_checkpoints, incomplete_checkpoint_dirs, read_manifest
+from core.checkpoints import complete_checkpoints, incomplete_checkpoint_dirs
+from core.manifest import read_manifest
 from pipeline.config import Pipeline
-from pipeline.plan import stage_statuses
+from pipeline.plan import stage_states
 
 
 @dataclass
@@ -47,7 +48,7 @@ def clean_plan(pipeline: Pipeline, keep_artifacts: bool) -> tuple[list[Removal],
         if path.exists():
             removals.append(Removal(stage, path, tree_size(path), why))
 
-    for name, status in stage_statuses(pipeline).items():
+    for name, status in stage_states(pipeline).items():
         dirs = status.dirs
         for leftover in ("artifact.previous", "artifact.staging"):
             remove(name, dirs.root / leftover, "half-written artifact")

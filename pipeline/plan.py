@@ -13,23 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import dag
-from pipeline.artifacts import (
-    FileHasher,
-    StageDirs,
-    fingerprint,
-    fingerprint_payload,
-    input_files,
-    output_problems,
-    payload_changes,
-    read_manifest,
-    resume_point,
-)
+from core.checkpoints import resume_point
+from core.fingerprint import fingerprint, fingerprint_payload, input_files, payload_changes
+from core.hashing import FileHasher
+from core.layout import StageDirs
+from core.manifest import output_problems, read_manifest
 from pipeline.config import Pipeline
-from pipeline.errors import InputError
+from core.errors import InputError
 
 
 @dataclass
-class StageStatus:
+class StageState:
     """One stage's state relative to the pipeline file as it is now."""
 
     name: str
@@ -49,25 +43,25 @@ def hasher_for(pipeline: Pipeline) -> FileHasher:
     return FileHasher(pipeline.run_dir / ".cache" / "file-hashes.json")
 
 
-def stage_statuses(pipeline: Pipeline, hasher: FileHasher | None = None) -> dict[str, StageStatus]:
+def stage_states(pipeline: Pipeline, hasher: FileHasher | None = None) -> dict[str, StageState]:
     """Every stage's status, in topological order."""
     hasher = hasher or hasher_for(pipeline)
-    statuses: dict[str, StageStatus] = {}
+    statuses: dict[str, StageState] = {}
     for name in dag.topological_order(pipeline.stages):
         stage = pipeline.stages[name]
         upstream = {role: statuses[source].fingerprint for role, source in stage.inputs.items()}
         payload = fingerprint_payload(stage, upstream, hasher)
-        statuses[name] = stage_status(name, stage.kind, StageDirs.of(pipeline.run_dir, name), payload, dict(stage.inputs))
+        statuses[name] = stage_state(name, stage.kind, StageDirs.of(pipeline.run_dir, name), payload, dict(stage.inputs))
     hasher.save()
     return statuses
 
 
-def stage_status(name: str, kind: str, dirs: StageDirs, payload: dict, inputs: dict[str, str]) -> StageStatus:
+def stage_state(name: str, kind: str, dirs: StageDirs, payload: dict, inputs: dict[str, str]) -> StageState:
     """The state of one stage whose fingerprint payload is `payload`, from its files on disk."""
     fp = fingerprint(payload)
     manifest = read_manifest(dirs)
     point = resume_point(dirs, fp)
-    status = StageStatus(name, kind, dirs, fp, payload, "missing", "never run", manifest=manifest, inputs=inputs)
+    status = StageState(name, kind, dirs, fp, payload, "missing", "never run", manifest=manifest, inputs=inputs)
     if manifest is not None and manifest.get("fingerprint") == fp:
         broken = output_problems(dirs, manifest)
         if not broken:
@@ -113,7 +107,7 @@ def _why_changed(old: dict, new: dict) -> str:
 class RunPlan:
     """Which stages run, in order, and what happens to the others."""
 
-    statuses: dict[str, StageStatus]
+    statuses: dict[str, StageState]
     to_run: list[str]
     skipped: dict[str, str]  # name -> why it does not run
 
@@ -126,7 +120,7 @@ def make_plan(pipeline: Pipeline, only: list[str] | None = None, start: str | No
         for name in names:
             if name not in pipeline.stages:
                 raise InputError(f"{flag} {name}: no such stage in {pipeline.path} (stages: {', '.join(pipeline.stages)})")
-    statuses = stage_statuses(pipeline, hasher)
+    statuses = stage_states(pipeline, hasher)
     selected = set(pipeline.stages)
     if only:
         selected &= set(only) | set(restart)
@@ -153,7 +147,7 @@ def make_plan(pipeline: Pipeline, only: list[str] | None = None, start: str | No
     return RunPlan(statuses, to_run, skipped)
 
 
-def stage_spec(pipeline: Pipeline, name: str, statuses: dict[str, StageStatus], hasher: FileHasher,
+def stage_spec(pipeline: Pipeline, name: str, statuses: dict[str, StageState], hasher: FileHasher,
                restart: bool = False) -> dict:
     """What a stage process needs: its resolved config, fingerprint, input artifacts and directories."""
     status = statuses[name]
@@ -183,4 +177,6 @@ def stage_spec(pipeline: Pipeline, name: str, statuses: dict[str, StageStatus], 
         "stage_dir": str(status.dirs.root),
         "data_files": data_files,
         "restart": restart,
+        "state": status.state,
+        "reason": status.reason,
     }

@@ -15,11 +15,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.artifacts import RunLock, StageDirs, atomic_write_json
+from core.atomic import atomic_write_json
+from core.layout import StageDirs
+from core.lock import RunLock
 from pipeline.config import Pipeline
-from pipeline.errors import InputError, StageFailed
-from pipeline.progress import bar_fields, new_attempt, progress_bar, read_progress, write_progress
-from pipeline.plan import RunPlan, StageStatus, hasher_for, make_plan, stage_spec, stage_status
+from core.errors import InputError, StageFailed
+from core.progress import bar_fields, new_attempt, progress_bar, read_progress, write_progress
+from pipeline.plan import RunPlan, StageState, hasher_for, make_plan, stage_spec, stage_state
+from pipeline.report import is_current, write_report
 from pipeline.status import STATE_STYLE
 
 
@@ -29,7 +32,7 @@ def make_console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 
 
-def status_table(statuses: dict[str, StageStatus], plan: RunPlan | None = None) -> Table:
+def status_table(statuses: dict[str, StageState], plan: RunPlan | None = None) -> Table:
     """A table of stages: kind, state, short fingerprint, why, and (with a plan) what happens now."""
     table = Table(show_edge=False, pad_edge=False)
     for column in ("stage", "kind", "state", "fingerprint"):
@@ -92,7 +95,7 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
             log = _next_log(dirs.logs)
             code = _stream(launch_command(pipeline, name, dirs.spec), log, dirs if console.is_terminal else None, name)
             timings[name] = time.monotonic() - started
-            done = stage_status(name, statuses[name].kind, dirs, statuses[name].payload, statuses[name].inputs)
+            done = stage_state(name, statuses[name].kind, dirs, statuses[name].payload, statuses[name].inputs)
             if code != 0:
                 record_failure(dirs, statuses[name].fingerprint, code, log)
             if code != 0 or done.state != "fresh":
@@ -108,8 +111,6 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
 
 def _write_report(pipeline: Pipeline, console: Console, only_if_outdated: bool = False) -> None:
     """RUN_DIR/report/ after a run (a fully fresh run rewrites it only if it is missing or outdated)."""
-    from pipeline.report import is_current, write_report
-
     if only_if_outdated and is_current(pipeline):
         return
     console.print(f"report: {write_report(pipeline)}")

@@ -10,20 +10,22 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from rich.console import Group
+from rich.live import Live
 from rich.table import Table
 
-from pipeline.artifacts import RunLock
+from core.lock import RunLock
 from pipeline.config import Pipeline
-from pipeline.history import read_history
-from pipeline.plan import StageStatus, stage_statuses
-from pipeline.progress import eta_seconds, format_duration, is_alive, read_progress, shown_metrics
+from core.history import read_history
+from pipeline.plan import StageState, stage_states
+from core.progress import eta_seconds, format_duration, is_alive, read_progress, shown_metrics
 
 STATE_STYLE = {"fresh": "green", "stale": "yellow", "missing": "yellow", "running": "bold blue",
                "interrupted": "cyan", "failed": "bold red", "conflict": "red"}
 
 
 @dataclass
-class StageView:
+class StatusRow:
     """One row of `rlhf status`."""
 
     name: str
@@ -38,12 +40,12 @@ class StageView:
         return STATE_STYLE.get(self.state.split()[0], "white")
 
 
-def stage_view(pipeline: Pipeline, status: StageStatus) -> StageView:
+def status_row(pipeline: Pipeline, status: StageState) -> StatusRow:
     """The row of one stage: its plan state, refined by what its latest attempt recorded."""
     stage = pipeline.stages[status.name]
     progress = read_progress(status.dirs)
     mine = progress is not None and progress.get("fingerprint") == status.fingerprint
-    view = StageView(status.name, status.kind, status.state, status.reason, {}, None)
+    view = StatusRow(status.name, status.kind, status.state, status.reason, {}, None)
     if status.state == "interrupted":
         view.state = f"interrupted at step {status.resume_step}"
         view.detail = "resumes from its checkpoint"
@@ -80,7 +82,7 @@ def stage_view(pipeline: Pipeline, status: StageStatus) -> StageView:
     return view
 
 
-def _last_live(status: StageStatus, keys: tuple[str, ...]) -> dict:
+def _last_live(status: StageState, keys: tuple[str, ...]) -> dict:
     """The latest logged value of each of `keys` in the stage's metrics.jsonl."""
     found: dict = {}
     for record in reversed(read_history(status.dirs.logs / "metrics.jsonl")):
@@ -92,12 +94,12 @@ def _last_live(status: StageStatus, keys: tuple[str, ...]) -> dict:
     return {k: found[k] for k in keys if k in found}
 
 
-def stage_views(pipeline: Pipeline) -> list[StageView]:
+def status_rows(pipeline: Pipeline) -> list[StatusRow]:
     """Every stage's row, in topological order."""
-    return [stage_view(pipeline, status) for status in stage_statuses(pipeline).values()]
+    return [status_row(pipeline, status) for status in stage_states(pipeline).values()]
 
 
-def views_table(views: list[StageView]) -> Table:
+def rows_table(views: list[StatusRow]) -> Table:
     """The rich table of `rlhf status`."""
     table = Table(show_edge=False, pad_edge=False)
     for column in ("stage", "kind", "state"):
@@ -116,16 +118,13 @@ def show_status(pipeline: Pipeline, console, watch: float | None = None) -> None
     header = f"run directory: {pipeline.run_dir}  (pipeline: {pipeline.path})"
     if not watch:
         console.print(header)
-        console.print(views_table(stage_views(pipeline)))
+        console.print(rows_table(status_rows(pipeline)))
         return
-    from rich.console import Group
-    from rich.live import Live
-
     def frame() -> tuple[Group, bool]:
-        views = stage_views(pipeline)
+        views = status_rows(pipeline)
         running = RunLock.is_held(pipeline.run_dir) or any(v.state == "running" for v in views)
         footer = f"refreshing every {watch:g}s (Ctrl-C to stop)" if running else "no run is going"
-        return Group(header, views_table(views), f"{datetime.now():%H:%M:%S}  {footer}"), running
+        return Group(header, rows_table(views), f"{datetime.now():%H:%M:%S}  {footer}"), running
 
     with Live(frame()[0], console=console, auto_refresh=False) as live:
         while True:

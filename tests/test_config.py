@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_pipeline
-from pipeline.errors import InputError
+from core.errors import InputError
 from tests.conftest import REPO, pretrain_stage, rlhf, write_pipeline
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.artifacts import StageDirs, read_manifest
+from core.layout import StageDirs
+from core.manifest import read_manifest
 from pipeline.config import load_pipeline
 from tests.conftest import REPO, rlhf, small_corpus, write_pipeline
 
@@ -39,7 +40,7 @@ def test_import_keeps_the_gguf_model_exactly():
 
 def resolved(reference: str) -> str:
     """The file a `package:file` reference resolves to, as the pipeline loader resolves it."""
-    from pipeline.kinds import ModelSource
+    from core.sections import ModelSource
 
     return ModelSource.model_validate({"gguf": reference}).gguf
 

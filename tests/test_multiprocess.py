@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import StageDirs, read_manifest
+from core.layout import StageDirs
+from core.manifest import read_manifest
 from tests.conftest import (
     REPO,
     ppo_stage,

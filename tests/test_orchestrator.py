@@ -13,20 +13,14 @@ from pathlib import Path
 import pytest
 
 from pipeline import dag
-from pipeline.artifacts import (
-    CHECKPOINT_MARKER,
-    FileHasher,
-    RunLock,
-    StageDirs,
-    checkpoint_dir,
-    commit_artifact,
-    complete_checkpoints,
-    read_manifest,
-    resume_point,
-)
+from core.checkpoints import CHECKPOINT_MARKER, checkpoint_dir, complete_checkpoints, resume_point
+from core.hashing import FileHasher
+from core.layout import StageDirs
+from core.lock import RunLock
+from core.manifest import commit_artifact, read_manifest
 from pipeline.config import load_pipeline
-from pipeline.errors import InputError
-from pipeline.plan import make_plan, stage_statuses
+from core.errors import InputError
+from pipeline.plan import make_plan, stage_states
 from tests.conftest import REPO, pretrain_stage, rlhf, small_corpus, write_pipeline
 
 
@@ -48,7 +42,7 @@ def test_topological_order_and_downstream(tmp_path, corpus):
 
 def fingerprints(tmp_path: Path, stages: dict) -> dict[str, str]:
     pipeline = load_pipeline(write_pipeline(tmp_path / "p.yaml", stages))
-    return {name: s.fingerprint for name, s in stage_statuses(pipeline, FileHasher()).items()}
+    return {name: s.fingerprint for name, s in stage_states(pipeline, FileHasher()).items()}
 
 
 def test_fingerprint_changes_exactly_with_semantic_inputs(tmp_path, corpus):
@@ -63,8 +57,8 @@ def test_fingerprint_changes_exactly_with_semantic_inputs(tmp_path, corpus):
 
     # an unset optional setting is left out: adding one to a kind does not invalidate existing runs, and
     # setting it explicitly to its default of None is the same as leaving it out
-    from pipeline.artifacts import semantic_config
-    from pipeline.kinds import PretrainStage
+    from core.fingerprint import semantic_config
+    from stages.pretrain.config import PretrainStage
 
     section = semantic_config(PretrainStage.model_validate(stages["a"]))
     assert "hub" not in section["model"] and "gguf" not in section["model"] and "init" in section["model"]
@@ -130,14 +124,14 @@ def test_commit_artifact_replaces_atomically_and_lists_outputs(tmp_path):
 
 def test_plan_states_from_files_on_disk(tmp_path, corpus):
     pipeline = load_pipeline(write_pipeline(tmp_path / "p.yaml", three_stages(corpus)))
-    statuses = stage_statuses(pipeline)
+    statuses = stage_states(pipeline)
     assert {s.state for s in statuses.values()} == {"missing"}
 
     # a: interrupted (checkpoint of its own fingerprint); b: a conflicting checkpoint
     a, b = statuses["a"], statuses["b"]
     fake_checkpoint(a.dirs, 10, a.fingerprint)
     fake_checkpoint(b.dirs, 10, "another config")
-    statuses = stage_statuses(pipeline)
+    statuses = stage_states(pipeline)
     assert statuses["a"].state == "interrupted" and statuses["a"].resume_step == 10
     assert statuses["b"].state == "conflict" and "--restart b" in statuses["b"].reason
     with pytest.raises(InputError, match="stage b: interrupted at step 10 under a different config"):
@@ -151,9 +145,9 @@ def test_plan_states_from_files_on_disk(tmp_path, corpus):
     commit_artifact(a.dirs, staged, {"schema_version": 1, "fingerprint": a.fingerprint,
                                      "fingerprint_payload": a.payload, "artifact": "artifact"})
     shutil.rmtree(a.dirs.checkpoints)
-    assert stage_statuses(pipeline)["a"].state == "fresh"
+    assert stage_states(pipeline)["a"].state == "fresh"
     (a.dirs.artifact / "w").write_text("changed")
-    assert stage_statuses(pipeline)["a"].reason == "outputs changed: artifact/w changed size"
+    assert stage_states(pipeline)["a"].reason == "outputs changed: artifact/w changed size"
 
     # --only c with its inputs not fresh is refused with the reason
     (a.dirs.artifact / "w").write_text("w")
@@ -168,16 +162,16 @@ def test_plan_states_from_files_on_disk(tmp_path, corpus):
 def test_stale_reason_names_the_changed_key(tmp_path, corpus):
     stages = {"a": pretrain_stage(corpus)}
     path = write_pipeline(tmp_path / "p.yaml", stages)
-    a = stage_statuses(load_pipeline(path))["a"]
+    a = stage_states(load_pipeline(path))["a"]
     staged = a.dirs.root / "artifact.staging"
     staged.mkdir(parents=True)
     commit_artifact(a.dirs, staged, {"schema_version": 1, "fingerprint": a.fingerprint,
                                      "fingerprint_payload": a.payload, "artifact": "artifact"})
     stages["a"]["train"]["learning_rate"] = 0.01
     write_pipeline(path, stages)
-    assert stage_statuses(load_pipeline(path))["a"].reason == "config changed: train.learning_rate"
+    assert stage_states(load_pipeline(path))["a"].reason == "config changed: train.learning_rate"
     corpus.write_text("New text.\n")
-    assert stage_statuses(load_pipeline(path))["a"].reason == ("config changed: train.learning_rate; "
+    assert stage_states(load_pipeline(path))["a"].reason == ("config changed: train.learning_rate; "
                                                                "data changed: data.train.0")
 
 
@@ -209,7 +203,7 @@ def test_lock_refuses_a_second_run(tmp_path, corpus):
 
 
 def test_orchestrator_does_not_import_torch_and_is_fast(tmp_path, corpus):
-    code = ("import sys, pipeline.cli, pipeline.runner, pipeline.plan, pipeline.kinds, stages.common.corpus, stages.common.records; "
+    code = ("import sys, pipeline.cli, pipeline.runner, pipeline.plan, pipeline.registry, core.corpus, core.records; "
             "sys.exit(1 if {'torch', 'transformers', 'accelerate'} & set(sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus)})

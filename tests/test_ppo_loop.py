@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from pipeline.kinds import PpoSettings
+from stages.ppo.config import PpoSettings
 from stages.common.chat import DEFAULT_CHAT_TEMPLATE
 from stages.ppo.losses import KLController, logprobs_of
 from stages.ppo.models import PolicyAndValue, Roles, ScalarPerToken, freeze
@@ -26,7 +26,7 @@ def tiny(tmp_path_factory):
     """A 512-token BPE with our chat template, a random causal LM and a random scalar model on it."""
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from stages.pretrain import train_tokenizer
+    from stages.pretrain.stage import train_tokenizer
 
     corpus = small_corpus(tmp_path_factory.mktemp("corpus")).read_text().split("\n\n")
     tokenizer = train_tokenizer(corpus, 512, 2)

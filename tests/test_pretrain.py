@@ -16,8 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.artifacts import CHECKPOINT_MARKER, StageDirs, complete_checkpoints, read_manifest
-from pipeline.progress import is_alive, read_progress
+from core.checkpoints import CHECKPOINT_MARKER, complete_checkpoints
+from core.layout import StageDirs
+from core.manifest import read_manifest
+from core.progress import is_alive, read_progress
 from tests.conftest import launch_stage, pretrain_stage, rlhf, small_corpus, status_row, write_pipeline
 
 pytestmark = pytest.mark.slow

@@ -87,7 +87,7 @@ def test_kendall_tau_b_matches_the_definition():
 def test_the_k_answers_of_each_prompt_are_scored_in_one_forward():
     from transformers import LlamaConfig, LlamaForSequenceClassification, TrainingArguments
 
-    from stages.reward import RankingCollator, RankingTrainer
+    from stages.reward.stage import RankingCollator, RankingTrainer
 
     torch.manual_seed(0)
     model = LlamaForSequenceClassification(LlamaConfig(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import InputError
-from stages.common.records import ranking_row, read_rows, sft_row
+from core.errors import InputError
+from core.records import ranking_row, read_rows, sft_row
 from tests.conftest import rlhf, write_pipeline
 
 USER = {"role": "user", "content": "What is a rose?"}

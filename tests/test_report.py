@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import StageDirs, complete_checkpoints, read_manifest
-from pipeline.history import append_record, attempt_marker, read_history, series
+from core.checkpoints import complete_checkpoints
+from core.layout import StageDirs
+from core.manifest import read_manifest
+from core.history import append_record, attempt_marker, read_history, series
 from tests.conftest import pretrain_stage, rlhf, status_row, write_pipeline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -196,14 +198,14 @@ def test_progress_bar_on_a_terminal_not_in_the_log_then_clean(tmp_path, corpus):
 
 def test_status_reads_running_killed_and_failed_attempts_from_progress(tmp_path, corpus):
     from pipeline.config import load_pipeline
-    from pipeline.plan import stage_statuses
-    from pipeline.progress import new_attempt, write_progress
-    from pipeline.status import stage_views
+    from pipeline.plan import stage_states
+    from core.progress import new_attempt, write_progress
+    from pipeline.status import status_rows
 
     path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus)})
     pipeline = load_pipeline(path)
-    status = stage_statuses(pipeline)["pre"]
-    view = lambda: stage_views(pipeline)[0]  # noqa: E731
+    status = stage_states(pipeline)["pre"]
+    view = lambda: status_rows(pipeline)[0]  # noqa: E731
     assert (view().state, view().detail) == ("missing", "never run")
 
     running = dict(new_attempt(status.fingerprint), total=40, step=5, first_step=0, training_since=time.time() - 10,
@@ -223,7 +225,7 @@ def test_status_reads_running_killed_and_failed_attempts_from_progress(tmp_path,
 
 
 def test_status_watch_redraws_while_a_run_holds_the_directory(tmp_path, corpus):
-    from pipeline.artifacts import RunLock
+    from core.lock import RunLock
 
     path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus)})
     watch = [sys.executable, "-m", "pipeline.cli", "status", str(path), "--watch", "0.2"]

@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.artifacts import StageDirs, complete_checkpoints, read_manifest
+from core.checkpoints import complete_checkpoints
+from core.layout import StageDirs
+from core.manifest import read_manifest
 from stages.common.ranking import ranking_metrics
 from tests.conftest import DATA, chat_pipeline, rlhf
 from tests.test_pretrain import wait_for_checkpoint

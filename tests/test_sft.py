@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.artifacts import StageDirs, read_manifest
-from pipeline.kinds import SftStage
+from core.layout import StageDirs
+from core.manifest import read_manifest
+from stages.sft.config import SftStage
 from stages.common.chat import DEFAULT_CHAT_TEMPLATE, ChatRows
 from stages.common.entry import StageContext
-from stages.common.progress import StageProgress
-from stages.common.records import sft_row
+from core.progress import StageProgress
+from core.records import sft_row
 from tests.conftest import REPO, small_corpus
 
 SFT_DATA = REPO / "data" / "sft"
@@ -24,7 +25,7 @@ def tiny_causal_lm(tmp_path: Path):
     """A random 2-layer Llama with a 512-token BPE trained on a small corpus (no training needed here)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from stages.pretrain import train_tokenizer
+    from stages.pretrain.stage import train_tokenizer
 
     corpus = small_corpus(tmp_path).read_text().split("\n\n")
     tokenizer = train_tokenizer(corpus, 512, 2)
@@ -40,13 +41,12 @@ def sft_context(tmp_path: Path, **overrides) -> StageContext:
     cfg = SftStage.model_validate(config)
     dirs = StageDirs(tmp_path / "stage")
     return StageContext(spec={"stage": "sft", "fingerprint": "test"}, config=cfg, dirs=dirs, inputs={}, resume_from=None,
-                        staged_artifact=tmp_path / "stage" / "artifact.staging",
                         progress=StageProgress(dirs, "sft", "test", is_main=False))
 
 
 @pytest.mark.parametrize("loss_on", ["completion", "all"])
 def test_labels_mask_exactly_the_prompt_tokens(tmp_path, loss_on):
-    from stages.sft import build_trainer
+    from stages.sft.stage import build_trainer
 
     model, tokenizer = tiny_causal_lm(tmp_path)
     rows = ChatRows(train=ROWS, validation=ROWS[:2], validation_by_source={"faq": ROWS[:2]}, skipped=0)
@@ -115,7 +115,7 @@ def test_sft_run_plain_and_lora(tmp_path, tiny_chat_run):
 
 
 def test_packing_puts_several_examples_in_one_sequence_and_trains(tmp_path):
-    from stages.sft import build_trainer
+    from stages.sft.stage import build_trainer
 
     model, tokenizer = tiny_causal_lm(tmp_path)
     short = [sft_row(json.loads(line)) for line in
@@ -149,7 +149,7 @@ def test_packing_puts_several_examples_in_one_sequence_and_trains(tmp_path):
 def test_row_packed_batches_keep_packed_answers_apart_and_count_real_tokens(tmp_path):
     """Packing without flash attention: each bin is a row, and a packed answer's logits are exactly those it
     gets alone (the block-diagonal mask from position ids), so packing changes speed, not the loss."""
-    from stages.sft import RowPackedCollator, build_trainer, real_tokens
+    from stages.sft.stage import RowPackedCollator, build_trainer, real_tokens
 
     model, tokenizer = tiny_causal_lm(tmp_path)
     rows = ChatRows(train=ROWS, validation=ROWS[:2], validation_by_source={"faq": ROWS[:2]}, skipped=0)
@@ -191,7 +191,7 @@ def test_sft_from_a_hub_model_loads_it_by_revision_from_the_hf_cache(tmp_path, m
     from transformers import AutoModelForCausalLM
 
     from pipeline.config import load_pipeline
-    from pipeline.errors import InputError
+    from core.errors import InputError
     from tests.conftest import rlhf, write_pipeline
 
     commit = "0123456789abcdef0123456789abcdef01234567"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stages.common.corpus import read_documents
+from core.corpus import read_documents
 from tests.conftest import REPO
 
 DATA = REPO / "data"

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.artifacts import atomic_write_json, atomic_write_text
+from core.atomic import atomic_write_json, atomic_write_text
+from core.numbers import fmt
+from core.schema import StageConfig
 from pipeline.config import Pipeline
-from pipeline.history import read_history, series
-from pipeline.plan import stage_statuses
-from pipeline.progress import format_duration
+from core.history import read_history, series
+from pipeline.plan import stage_states
+from core.progress import format_duration
 from pipeline.report import plots
 from pipeline.report.document import Document, Heading, Image, Paragraph, Table, to_html, to_markdown
-from pipeline.status import StageView, stage_view
+from pipeline.status import StatusRow, status_row
 
 REPORT_DIR = "report"
 
@@ -26,7 +28,8 @@ class StageRecord:
 
     name: str
     kind: str
-    view: StageView
+    config_class: type[StageConfig]  # the kind's config: its explanation, plots and findings
+    view: StatusRow
     manifest: dict | None  # the latest completed run (may be stale)
     history: list[dict]
 
@@ -35,30 +38,13 @@ class StageRecord:
         return (self.manifest or {}).get("metrics") or {}
 
 
-def fmt(value) -> str:
-    """Numbers as the report prints them: 4 significant digits, integers with thousands separators."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def percent(value) -> str:
-    """A share as a whole percentage ('67%')."""
-    return "–" if value is None else f"{100 * value:.0f}%"
-
-
-def collect(pipeline: Pipeline, histories: bool = True) -> list[StageRecord]:
+def stage_records(pipeline: Pipeline, histories: bool = True) -> list[StageRecord]:
     """Every stage of the pipeline, in topological order (without metric histories if not asked)."""
     records = []
-    for name, status in stage_statuses(pipeline).items():
-        history = read_history(status.dirs.logs / "metrics.jsonl") if histories else []
-        records.append(StageRecord(name, status.kind, stage_view(pipeline, status), status.manifest, history))
+    for name, status in stage_states(pipeline).items():
+        history = read_history(status.dirs.metrics) if histories else []
+        records.append(StageRecord(name, status.kind, type(pipeline.stages[name]), status_row(pipeline, status),
+                                   status.manifest, history))
     return records
 
 
@@ -73,13 +59,13 @@ def is_current(pipeline: Pipeline) -> bool:
         saved = json.loads((pipeline.run_dir / REPORT_DIR / "report.json").read_text())
     except (OSError, ValueError):
         return False
-    return saved.get("built_from") == report_state(collect(pipeline, histories=False))
+    return saved.get("built_from") == report_state(stage_records(pipeline, histories=False))
 
 
 def write_report(pipeline: Pipeline) -> Path:
     """Write RUN_DIR/report/{report.md, report.html, report.json, plots/*.png}; return report.html's path."""
     out = pipeline.run_dir / REPORT_DIR
-    records = collect(pipeline)
+    records = stage_records(pipeline)
     plots_cache = _PlotCache(out)
     doc = Document(f"Run report: {pipeline.path.stem}")
     doc.add(Paragraph(f"Pipeline `{pipeline.path}` · run directory `{pipeline.run_dir}` · written "
@@ -166,64 +152,22 @@ def _training_seconds(record: StageRecord) -> float | None:
     return sum(times) if times else None
 
 
-_EXPLAIN = {
-    "pretrain": "Causal language modelling on packed blocks of the corpus. Lower is better; the validation "
-                "loss is measured on held-out blocks.",
-    "sft": "Supervised fine-tuning on instruction data; the loss counts the answer tokens only (unless "
-           "`loss_on: all`). Validation is on held-out instructions.",
-    "reward": "A scalar reward model trained on ranked answers (all pairs of a prompt at once). Pairwise "
-              "accuracy is the share of held-out answer pairs it orders like the humans did; 0.5 is chance.",
-    "ppo": "PPO against the frozen reward model with a KL penalty to the SFT policy. The score should rise "
-           "while the KL stays moderate; a score that climbs while the KL runs away is reward hacking.",
-}
-
-
 def _stage_section(doc: Document, r: StageRecord, plots_cache: _PlotCache) -> None:
     doc.add(Heading(2, f"{r.name} ({r.kind})"))
-    if r.kind in _EXPLAIN:
-        doc.add(Paragraph(_EXPLAIN[r.kind]))
+    if r.config_class.about:
+        doc.add(Paragraph(r.config_class.about))
     doc.add(Paragraph(f"State: {r.view.state}" + (f" — {r.view.detail}." if r.view.detail else ".")))
-    sentence = _findings(r)
+    sentence = r.config_class.findings(r.metrics) if r.metrics else ""
     if sentence:
         doc.add(Paragraph(sentence))
     title = f"{r.name} ({r.kind})"
-    draw = {"pretrain": plots.loss_plot, "sft": plots.loss_plot, "reward": plots.reward_plot,
-            "ppo": plots.ppo_plot}.get(r.kind)
-    if r.history and draw is not None:
-        path = plots_cache.get(r.name, _history_key(r), lambda p: draw(r.history, title, p))
+    if r.history and r.config_class.panels:
+        path = plots_cache.get(r.name, _history_key(r),
+                               lambda p: plots.panels_plot(r.history, r.config_class.panels, title, p))
         doc.add(Image(path, title))
     scalars = [(k, v) for k, v in r.metrics.items() if not isinstance(v, (list, dict))]
     if scalars:
         doc.add(Table(["metric", "value"], [[k, fmt(v)] for k, v in scalars]))
-
-
-def _findings(r: StageRecord) -> str:
-    """One sentence of what the numbers say, per kind."""
-    m = r.metrics
-    if not m:
-        return ""
-    if r.kind in ("pretrain", "sft") and m.get("eval/loss") is not None:
-        text = f"Validation loss {fmt(m['eval/loss'])} (perplexity {fmt(m.get('eval/perplexity'))})"
-        if m.get("eval/base_loss") is not None:
-            text += f", down from {fmt(m['eval/base_loss'])} for the input model"
-        return text + f", after {fmt(m.get('train/steps'))} steps."
-    if r.kind == "reward" and m.get("eval/pairwise_accuracy") is not None:
-        text = f"Held-out pairwise accuracy {fmt(m['eval/pairwise_accuracy'])}"
-        if m.get("eval/base_pairwise_accuracy") is not None:
-            text += f" (untrained head: {fmt(m['eval/base_pairwise_accuracy'])})"
-        sources = sorted({k.split("/")[1] for k in m if k.count("/") == 2 and k.endswith("/pairwise_accuracy")})
-        if sources:
-            text += "; per source: " + ", ".join(f"{s} {fmt(m[f'eval/{s}/pairwise_accuracy'])}" for s in sources)
-        return text + "."
-    if r.kind == "ppo" and m.get("eval/ppo_score") is not None:
-        text = (f"On {fmt(m.get('eval/prompts'))} held-out prompts the reward model scores PPO's answers "
-                f"{fmt(m['eval/ppo_score'])} against {fmt(m.get('eval/sft_score'))} for the SFT policy; PPO's answer "
-                f"wins on {percent(m.get('eval/win_rate'))} of them, at a KL of {fmt(m.get('eval/kl'))} nats per answer")
-        if m.get("eval/gold_win_rate") is not None:
-            text += (f". Judged by word overlap with the human-preferred answer ({fmt(m.get('eval/gold_prompts'))} "
-                     f"prompts carry one), PPO's answer is closer on {percent(m['eval/gold_win_rate'])}")
-        return text + "."
-    return ""
 
 
 def _samples(doc: Document, records: list[StageRecord]) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
-from pipeline.history import series
+from core.history import series
+from core.schema import Panel
 
 
 def _pyplot():
+    # matplotlib takes ~0.5 s to import: only when a plot is drawn, never for `rlhf plan/status`
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,8 +59,6 @@ def _panel(ax, history: list[dict], lines: list[tuple[str, str]], title: str, yl
 
 
 def _save(fig, path: Path) -> Path:
-    import warnings
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # a legend below the axes: bbox_inches="tight" makes room for it
         warnings.simplefilter("ignore", UserWarning)
@@ -66,37 +68,22 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def loss_plot(history: list[dict], title: str, path: Path) -> Path:
-    """Training and held-out loss per step (pretrain, SFT)."""
+def panels_plot(history: list[dict], panels: tuple[Panel, ...], title: str, path: Path) -> Path:
+    """A stage's panels (its kind's `panels`) side by side, or two by two for four; a single panel without a
+    title of its own takes the stage's."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    _panel(ax, history, [("loss", "train"), ("eval_loss", "validation")], title, "loss (nats per token)")
-    return _save(fig, path)
-
-
-def reward_plot(history: list[dict], title: str, path: Path) -> Path:
-    """Reward model: training loss, held-out pairwise accuracy and margin per step."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    _panel(axes[0], history, [("loss", "train")], "training loss", "ranking loss")
-    _panel(axes[1], history, [("eval_pairwise_accuracy", "held-out")], "pairwise accuracy (held-out)", "accuracy")
-    axes[1].axhline(0.5, color="grey", linestyle=":", linewidth=1)
-    _panel(axes[2], history, [("eval_margin", "held-out")], "margin r(better) - r(worse)", "margin")
-    fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
-
-
-def ppo_plot(history: list[dict], title: str, path: Path) -> Path:
-    """PPO per iteration: reward-model score, KL to the reference, policy entropy, clip fraction."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6))
-    _panel(axes[0][0], history, [("score/mean", "score")], "reward-model score of the rollouts", "score", "iteration")
-    _panel(axes[0][1], history, [("kl/mean", "KL")], "KL to the SFT policy (nats per answer)", "KL", "iteration")
-    _panel(axes[1][0], history, [("policy/entropy", "entropy")], "policy entropy (nats per token)", "entropy",
-           "iteration")
-    _panel(axes[1][1], history, [("policy/clip_fraction", "clip fraction")], "PPO clip fraction", "fraction",
-           "iteration")
-    fig.suptitle(title, fontsize=11)
+    columns = 2 if len(panels) in (2, 4) else min(len(panels), 3)
+    rows = math.ceil(len(panels) / columns)
+    width = {1: 7, 2: 10, 3: 11}[columns]
+    fig, axes = plt.subplots(rows, columns, figsize=(width, 3.4 if rows == 1 else 3 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        _panel(ax, history, list(panel.lines), panel.title or title, panel.ylabel, panel.xlabel)
+        if panel.reference is not None:
+            ax.axhline(panel.reference, color="grey", linestyle=":", linewidth=1)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if len(panels) > 1 or panels[0].title:
+        fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
 

@@ -12,9 +12,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import InputError
+from core.errors import InputError
 from stages.common.entry import StageContext
-from stages.common.records import read_rows
+from core.records import read_rows
 
 DEFAULT_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"

@@ -1,42 +1,40 @@
 """The stage entry protocol, shared by every `stages.<kind>` module.
 
 A stage is launched either by `rlhf run` (`--spec RUN_DIR/<stage>/spec.json`, written by the runner) or by
-hand (`--config PIPELINE.yaml --stage NAME`, which builds the same spec here and takes the run lock). Then,
-on every process: checkpoints are sorted out (resume, clean, or refuse a changed config), the stage's
-`train(ctx)` runs and writes its artifact to `ctx.staged_artifact`, and the main process commits the
-artifact and the manifest atomically.
+hand (`--config PIPELINE.yaml --stage NAME`: the orchestrator builds the same spec in a subprocess, `rlhf spec`,
+and this process takes the run lock). A stage that is already fresh says so and exits 0, touching nothing,
+unless `--restart`. Then, on every process: checkpoints are sorted out (resume, clean, or refuse a changed
+config), the stage's `train(ctx)` runs and writes its artifact to `ctx.staged_artifact`, and the main process
+commits the artifact and the manifest atomically.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
-from pipeline.artifacts import (
-    MANIFEST_SCHEMA,
-    Checkpoint,
-    RunLock,
-    StageDirs,
-    commit_artifact,
-    discard_checkpoints,
-    incomplete_checkpoint_dirs,
-    read_manifest,
-    resume_point,
-)
-from pipeline.config import StageConfig
-from pipeline.errors import InputError
-from stages.common.progress import StageProgress
+import torch
+from accelerate import PartialState
 
-LIBRARIES = ("torch", "transformers", "trl", "accelerate", "deepspeed", "peft", "datasets", "tokenizers")
+from core.checkpoints import Checkpoint, discard_checkpoints, incomplete_checkpoint_dirs, resume_point
+from core.errors import InputError
+from core.layout import StageDirs
+from core.lock import RunLock
+from core.manifest import commit_artifact, read_manifest, stage_manifest
+from core.progress import StageProgress
+from core.schema import StageConfig
 
 
 @dataclass
@@ -48,12 +46,21 @@ class StageContext:
     dirs: StageDirs
     inputs: dict[str, Path]  # input role -> artifact directory of the upstream stage
     resume_from: Checkpoint | None
-    staged_artifact: Path  # write the artifact here; it becomes dirs.artifact when the stage commits
     progress: StageProgress  # report steps and metrics here (progress.json, terminal bar)
+
+    @property
+    def name(self) -> str:
+        """The stage's name in the pipeline file."""
+        return self.spec["stage"]
 
     @property
     def fingerprint(self) -> str:
         return self.spec["fingerprint"]
+
+    @property
+    def staged_artifact(self) -> Path:
+        """Write the artifact here; it becomes `dirs.artifact` when the stage commits."""
+        return self.dirs.staged_artifact
 
     def input_manifest(self, role: str) -> dict | None:
         """The manifest of the stage that produced input `role` (e.g. its samples), if it is readable."""
@@ -65,7 +72,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spec", type=Path, help="spec.json written by `rlhf run`")
     parser.add_argument("--config", type=Path, help="pipeline file (by-hand launch)")
     parser.add_argument("--stage", help="stage name in the pipeline file (by-hand launch)")
-    parser.add_argument("--restart", action="store_true", help="discard this stage's checkpoints first")
+    parser.add_argument("--restart", action="store_true", help="discard this stage's checkpoints first "
+                                                               "(and train a fresh stage again)")
     args = parser.parse_args(argv)
     if bool(args.spec) == bool(args.config):
         parser.error("give either --spec, or --config and --stage")
@@ -74,21 +82,15 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _spec_by_hand(config: Path, stage: str, restart: bool) -> dict:
-    from pipeline.config import load_pipeline
-    from pipeline.plan import hasher_for, stage_spec, stage_statuses
-
-    pipeline = load_pipeline(config)
-    if stage not in pipeline.stages:
-        raise InputError(f"--stage {stage}: no such stage in {config} (stages: {', '.join(pipeline.stages)})")
-    hasher = hasher_for(pipeline)
-    return stage_spec(pipeline, stage, stage_statuses(pipeline, hasher), hasher, restart=restart)
-
-
-def _load_config(spec: dict) -> StageConfig:
-    from pipeline.kinds import KINDS
-
-    return KINDS[spec["kind"]].model_validate(spec["config"], context={"base_dir": Path(spec["pipeline"]).parent})
+def spec_by_hand(config: Path, stage: str, restart: bool) -> dict:
+    """The spec `rlhf run` would write for `stage`, asked of the orchestrator (`rlhf spec`) in a subprocess:
+    stage code never imports the orchestrator. Its bad-input messages are passed on as they are."""
+    command = [sys.executable, "-m", "pipeline.cli", "spec", str(config), "--stage", stage]
+    result = subprocess.run(command + (["--restart"] if restart else []), capture_output=True, text=True)
+    if result.returncode != 0:
+        problems = [line.removeprefix("error: ") for line in result.stderr.strip().splitlines()]
+        raise InputError(problems or f"rlhf spec {config} --stage {stage} exited with code {result.returncode}")
+    return json.loads(result.stdout)
 
 
 def _prepare_checkpoints(dirs: StageDirs, fingerprint: str, restart: bool, name: str) -> None:
@@ -106,42 +108,21 @@ def _prepare_checkpoints(dirs: StageDirs, fingerprint: str, restart: bool, name:
         shutil.rmtree(torn, ignore_errors=True)
 
 
-def versions() -> dict[str, str | None]:
-    """Installed versions of the libraries that shape a stage's result (None when not installed)."""
-    out: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def cpu_launch() -> str | None:
     """How several processes without CUDA were launched: "deepspeed", "ddp", or None (one process, or GPUs).
 
     accelerate does not infer this itself: without `cpu=True` or a backend it treats such a process as
     alone. Both cases run over gloo.
     """
-    import os
-
-    import torch
-
     if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return None
     return "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" else "ddp"
 
 
-def process_state():
+def process_state() -> PartialState:
     """accelerate's process state, also for several processes on CPU (see cpu_launch)."""
-    import os
-
-    import torch
-    from accelerate import PartialState
-
     if not torch.cuda.is_available():  # tell DeepSpeed, which otherwise warns in every log that it guessed
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
     launch = cpu_launch()
     if launch == "deepspeed":
         return PartialState(backend="gloo")
@@ -154,36 +135,38 @@ def die_with_launcher() -> None:
     """On Linux, end this stage process when the process that launched it dies. torchrun starts each worker
     in a session of its own, so a SIGKILL to `rlhf run`'s process group (or a killed launcher) would leave
     the workers training on, writing checkpoints while a re-run starts beside them."""
-    import os
-    import signal
-    import sys
-
     if not sys.platform.startswith("linux") or "LOCAL_RANK" not in os.environ:  # not under torchrun
         return
-    import ctypes
-
     parent = os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the launcher was gone before the request took effect
         os._exit(1)
 
 
-def run_stage(train: Callable[[StageContext], dict], argv: list[str] | None = None) -> None:
-    """Parse the command line, run `train`, commit its artifact and manifest; exit 2 on bad input."""
+def run_stage(train: Callable[[StageContext], dict], config_class: type[StageConfig],
+              argv: list[str] | None = None) -> None:
+    """Parse the command line, run `train` on a `config_class` config, commit its artifact and manifest;
+    exit 2 on bad input, 0 without training when a by-hand launch finds the stage fresh."""
     die_with_launcher()
     args = _arguments(argv)
     state = process_state()
     started_at = datetime.now(timezone.utc)
     t0 = time.monotonic()
     try:
-        spec = json.loads(args.spec.read_text()) if args.spec else _spec_by_hand(args.config, args.stage, args.restart)
+        spec = json.loads(args.spec.read_text()) if args.spec else spec_by_hand(args.config, args.stage, args.restart)
+        if spec.get("state") == "fresh" and not spec.get("restart"):
+            if state.is_main_process:
+                print(f"[{spec['stage']}] fresh: {spec.get('reason', 'up to date')}; nothing to do "
+                      "(--restart trains it again)", flush=True)
+            return
         dirs = StageDirs(Path(spec["stage_dir"]))
-        config = _load_config(spec)
+        config = config_class.model_validate(spec["config"], context={"base_dir": Path(spec["pipeline"]).parent})
         lock = RunLock(Path(spec["run_dir"])) if (args.config and state.is_main_process) else contextlib.nullcontext()
         with lock:
             progress = StageProgress(dirs, spec["stage"], spec["fingerprint"], state.is_main_process)
             try:
-                _run_attempt(train, spec, config, dirs, state, progress, started_at, t0)
+                _run_attempt(train, spec=spec, config=config, dirs=dirs, state=state, progress=progress,
+                             started_at=started_at, t0=t0)
             except (KeyboardInterrupt, BrokenPipeError):  # stopped, or the launcher that read our output died
                 progress.finish("interrupted")
                 raise
@@ -199,50 +182,31 @@ def run_stage(train: Callable[[StageContext], dict], argv: list[str] | None = No
 
 def _one_line(error: Exception) -> str:
     """An exception as one line for progress.json: type and first line of the message."""
-    problems = getattr(error, "problems", None)
+    problems = error.problems if isinstance(error, InputError) else None
     text = "; ".join(problems) if problems else (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {text}"[:500]
 
 
-def _run_attempt(train: Callable[[StageContext], dict], spec: dict, config: StageConfig, dirs: StageDirs, state,
-                 progress: StageProgress, started_at: datetime, t0: float) -> None:
+def _run_attempt(train: Callable[[StageContext], dict], *, spec: dict, config: StageConfig, dirs: StageDirs,
+                 state: PartialState, progress: StageProgress, started_at: datetime, t0: float) -> None:
     """Sort out checkpoints, train, and commit the artifact and manifest (main process)."""
     if state.is_main_process:
         dirs.root.mkdir(parents=True, exist_ok=True)
         _prepare_checkpoints(dirs, spec["fingerprint"], spec.get("restart", False), spec["stage"])
-        shutil.rmtree(dirs.root / "artifact.staging", ignore_errors=True)
+        shutil.rmtree(dirs.staged_artifact, ignore_errors=True)
     state.wait_for_everyone()
     point = resume_point(dirs, spec["fingerprint"])
-    ctx = StageContext(
-        spec=spec, config=config, dirs=dirs,
-        inputs={role: Path(i["artifact"]) for role, i in spec["inputs"].items()},
-        resume_from=point.resume, staged_artifact=dirs.root / "artifact.staging", progress=progress,
-    )
+    ctx = StageContext(spec=spec, config=config, dirs=dirs,
+                       inputs={role: Path(i["artifact"]) for role, i in spec["inputs"].items()},
+                       resume_from=point.resume, progress=progress)
     if ctx.resume_from and state.is_main_process:
-        print(f"[{spec['stage']}] resuming from {ctx.resume_from.path.name} (step {ctx.resume_from.step})",
-              flush=True)
+        print(f"[{ctx.name}] resuming from {ctx.resume_from.path.name} (step {ctx.resume_from.step})", flush=True)
     metrics = train(ctx)
     state.wait_for_everyone()
     if state.is_main_process:
-        manifest = {
-            "schema_version": MANIFEST_SCHEMA,
-            "stage": spec["stage"],
-            "kind": spec["kind"],
-            "fingerprint": spec["fingerprint"],
-            "fingerprint_payload": spec["fingerprint_payload"],
-            "pipeline": spec["pipeline"],
-            "inputs": spec["inputs"],
-            "config": spec["config"],
-            "data_files": spec["data_files"],
-            "artifact": "artifact",
-            "metrics": metrics,
-            "resumed_from_step": ctx.resume_from.step if ctx.resume_from else None,
-            "started_at": started_at.isoformat(timespec="seconds"),
-            "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "wall_time_s": round(time.monotonic() - t0, 2),
-            "world_size": state.num_processes,
-            "versions": versions(),
-        }
+        manifest = stage_manifest(spec, metrics=metrics, resumed_from=ctx.resume_from.step if ctx.resume_from else None,
+                                  started_at=started_at, wall_time_s=time.monotonic() - t0,
+                                  world_size=state.num_processes)
         commit_artifact(dirs, ctx.staged_artifact, manifest)
-        print(f"[{spec['stage']}] committed {dirs.artifact} and {dirs.manifest.name}", flush=True)
+        print(f"[{ctx.name}] committed {dirs.artifact} and {dirs.manifest.name}", flush=True)
     state.wait_for_everyone()

@@ -17,10 +17,10 @@ import torch
 from accelerate import PartialState
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from pipeline.artifacts import commit_checkpoint
-from pipeline.errors import InputError
-from pipeline.history import append_record, attempt_marker
-from pipeline.kinds import TrainSettings
+from core.checkpoints import commit_checkpoint
+from core.errors import InputError
+from core.history import append_record, attempt_marker
+from core.sections import TrainSettings
 from stages.common.entry import StageContext, cpu_launch
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from pipeline.kinds import LoraSettings
+from core.sections import LoraSettings
 
 
 def lora_config(settings: LoraSettings | None):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import InputError
+from core.errors import InputError
 
 
 def is_deepspeed(accelerator) -> bool:

@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from stages.common.corpus import read_documents
+from core.corpus import read_documents
 
 
 class PtxBatches:
@@ -24,7 +24,7 @@ class PtxBatches:
                 stream += tokenizer(document, add_special_tokens=False)["input_ids"] + [eos]
         usable = len(stream) - len(stream) % block_size
         if usable == 0:
-            from pipeline.errors import InputError
+            from core.errors import InputError
 
             raise InputError(f"ppo.ptx.data: fewer than block_size ({block_size}) tokens of text")
         self.blocks = torch.tensor(stream[:usable]).view(-1, block_size)

@@ -20,14 +20,14 @@ import time
 
 import torch
 
-from pipeline.artifacts import commit_checkpoint
-from pipeline.errors import InputError
-from pipeline.history import append_record, attempt_marker, read_history
-from pipeline.kinds import PpoStage
+from core.checkpoints import commit_checkpoint
+from core.errors import InputError
+from core.history import append_record, attempt_marker, read_history
+from stages.ppo.config import PpoStage
 from stages.common.chat import check_context_length, interleaved, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.lora import lora_config
-from stages.common.records import prompt_row
+from core.records import prompt_row
 from stages.ppo.evaluate import compare_policies, sample_prompts_for_table, sample_table
 from stages.ppo.losses import KLController
 from stages.ppo.models import PolicyAndValue, Roles, load_roles

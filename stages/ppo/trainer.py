@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.kinds import PpoSettings
+from stages.ppo.config import PpoSettings
 from stages.ppo.losses import (
     KLController,
     clipped_policy_loss,

@@ -1,9 +1,10 @@
 """`RUN_DIR/<stage>/progress.json`: what the stage's latest attempt is doing, for `rlhf status` and the runner.
 
-Written by the stage's main process (running with step, total, ETA and last metrics; failed with the
-error; done at commit) and by the runner when a stage process exits non-zero. A record that says
-"running" but whose process is gone means the attempt was killed: `rlhf status` shows it as interrupted.
-Torch-free.
+Written by the stage's main process through StageProgress (running with step, total, ETA and last metrics;
+failed with the error; done at commit) and by the runner when a stage process exits non-zero. A record that
+says "running" but whose process is gone means the attempt was killed: `rlhf status` shows it as
+interrupted. The log files get the stage's periodic log lines, never a bar: a stage draws one only when
+stdout is a terminal (launched by hand), and `rlhf run` draws its own from progress.json.
 """
 
 from __future__ import annotations
@@ -11,19 +12,21 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
-from pipeline.artifacts import StageDirs
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-PROGRESS_FILE = "progress.json"
+from core.layout import StageDirs
+
 #: a running record from another host counts as alive while it was updated this recently
 REMOTE_ALIVE_S = 300
 
 
 def progress_path(dirs: StageDirs) -> Path:
     """Where a stage's progress record lives."""
-    return dirs.root / PROGRESS_FILE
+    return dirs.progress
 
 
 def write_progress(dirs: StageDirs, record: dict) -> None:
@@ -96,9 +99,65 @@ def bar_fields(record: dict) -> dict:
 
 def progress_bar(console=None):
     """The rich progress bar that both a stage on a terminal and `rlhf run` draw: steps, metrics, ETA."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     # the ETA is ours (pace of this attempt's training since it started), not rich's short-window estimate
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
                     console=console, transient=True, refresh_per_second=4)
+
+
+#: seconds between two writes of progress.json while training
+WRITE_EVERY_S = 1.0
+
+
+class StageProgress:
+    """The latest attempt of one stage: started, training at step N of M, failed, or done."""
+
+    def __init__(self, dirs: StageDirs, name: str, fingerprint: str, is_main: bool):
+        self.dirs, self.name, self.is_main = dirs, name, is_main
+        self.record = new_attempt(fingerprint)
+        self._written = 0.0
+        self._bar = self._task = None
+        if is_main:
+            write_progress(dirs, self.record)
+
+    def start(self, total: int, first_step: int) -> None:
+        """Training begins (or resumes) at `first_step` of `total`."""
+        if not self.is_main:
+            return
+        self.record.update(total=total, first_step=first_step, step=first_step, training_since=round(time.time(), 3))
+        write_progress(self.dirs, self.record)
+        self._written = time.monotonic()
+        if sys.stdout.isatty() and self._bar is None:
+            self._bar = progress_bar()
+            self._task = self._bar.add_task(self.name, total=total, completed=first_step, metrics="", eta="?")
+            self._bar.start()
+
+    def update(self, step: int, metrics: dict | None = None) -> None:
+        """After an optimizer step (and with the latest logged metrics, when there are new ones)."""
+        if not self.is_main:
+            return
+        self.record["step"] = step
+        if metrics:
+            self.record["metrics"] = dict(self.record.get("metrics") or {}, **metrics)
+        now = time.monotonic()
+        if now - self._written >= WRITE_EVERY_S or step == self.record.get("total"):
+            write_progress(self.dirs, self.record)
+            self._written = now
+        if self._bar is not None:
+            self._bar.update(self._task, **bar_fields(dict(self.record, updated_at=time.time())))
+
+    def close(self) -> None:
+        """Remove the bar (training is over; the log lines stay)."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def finish(self, state: str, error: str | None = None) -> None:
+        """The attempt ended: "done" (artifact committed), "failed" (with the error) or "interrupted"."""
+        self.close()
+        if not self.is_main:
+            return
+        self.record.update(state=state, ended_at=round(time.time(), 3))
+        if error:
+            self.record["error"] = error
+        write_progress(self.dirs, self.record)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from pipeline.kinds import PretrainStage
-from stages.common.corpus import read_documents
-from stages.common.entry import StageContext, run_stage
+from stages.pretrain.config import PretrainStage
+from core.corpus import read_documents
+from stages.common.entry import StageContext
 
 BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
 
@@ -136,7 +136,7 @@ def train(ctx: StageContext) -> dict:
     train_blocks = packed_blocks(train_docs, tokenizer, cfg.data.block_size)
     val_blocks = packed_blocks(val_docs, tokenizer, cfg.data.block_size)
     if len(train_blocks) == 0 or len(val_blocks) == 0:
-        from pipeline.errors import InputError
+        from core.errors import InputError
 
         raise InputError(f"stage {ctx.spec['stage']}: data.block_size {cfg.data.block_size} leaves "
                          f"{len(train_blocks)} training and {len(val_blocks)} validation blocks; use more text "
@@ -175,6 +175,3 @@ def train(ctx: StageContext) -> dict:
         "data/validation_blocks": len(val_blocks),
     }
 
-
-if __name__ == "__main__":
-    run_stage(train)

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pipeline.errors import InputError
-from stages.common.textfiles import BadRow, jsonl_objects, read_utf8
+from core.errors import InputError
+from core.textfiles import BadRow, jsonl_objects, read_utf8
 
 ROLES = ("system", "user", "assistant")
 SHOWN_PER_FILE = 10  # bad rows listed per file; the rest are counted

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.errors import InputError
-from stages.common.textfiles import BadRow, jsonl_objects, read_utf8
+from core.errors import InputError
+from core.textfiles import BadRow, jsonl_objects, read_utf8
 
 _BLANK_LINES = re.compile(r"\n\s*\n")
 _WHITESPACE = re.compile(r"\s+")

@@ -18,12 +18,12 @@ import math
 import torch
 from transformers import Trainer
 
-from pipeline.kinds import RewardStage
+from stages.reward.config import RewardStage
 from stages.common.chat import check_context_length, input_model, load_chat_tokenizer, load_rows
-from stages.common.entry import StageContext, run_stage
+from stages.common.entry import StageContext
 from stages.common.hf_models import locate
 from stages.common.ranking import kwise_ranking_loss, ranking_metrics, scores_by_prompt
-from stages.common.records import ranking_row
+from core.records import ranking_row
 
 
 def tokenize_rankings(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
@@ -195,6 +195,3 @@ def train(ctx: StageContext) -> dict:
         "data/skipped_rows": rows.skipped,
     }
 
-
-if __name__ == "__main__":
-    run_stage(train)

@@ -17,7 +17,7 @@ import torch
 from transformers import Trainer
 from trl import SFTTrainer
 
-from pipeline.kinds import SftStage
+from stages.sft.config import SftStage
 from stages.common.chat import (
     check_context_length,
     generate_answers,
@@ -27,9 +27,9 @@ from stages.common.chat import (
     prompt_text,
     sample_prompts,
 )
-from stages.common.entry import StageContext, run_stage
+from stages.common.entry import StageContext
 from stages.common.lora import lora_config, save_merged
-from stages.common.records import sft_row
+from core.records import sft_row
 
 
 class AnswerOnlySFTTrainer(SFTTrainer):
@@ -203,6 +203,3 @@ def train(ctx: StageContext) -> dict:
                     for p, b, s in zip(prompts, base_answers, sft_answers)],
     }
 
-
-if __name__ == "__main__":
-    run_stage(train)

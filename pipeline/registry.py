@@ -1,0 +1,19 @@
+"""The stage kinds the orchestrator knows: one torch-free config module per kind, `stages/<kind>/config.py`.
+
+Adding a kind is a folder `stages/<kind>/` (config.py, stage.py, __main__.py) and one entry here.
+"""
+
+from __future__ import annotations
+
+from core.schema import StageConfig
+from stages.ppo.config import PpoStage
+from stages.pretrain.config import PretrainStage
+from stages.reward.config import RewardStage
+from stages.sft.config import SftStage
+
+KINDS: dict[str, type[StageConfig]] = {
+    "pretrain": PretrainStage,
+    "sft": SftStage,
+    "reward": RewardStage,
+    "ppo": PpoStage,
+}

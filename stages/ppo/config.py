@@ -1,0 +1,178 @@
+"""The `ppo` kind's config: PPO against a frozen reward model with a KL penalty to the SFT policy, and the
+batch arithmetic of its rollouts (torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
+
+from core.corpus import corpus_problems
+from core.errors import InputError
+from core.numbers import fmt, percent
+from core.records import prompt_problems
+from core.schema import FilePath, Panel, StageConfig, StrictModel, volatile
+from core.sections import ChatData, LoraSettings, Problems, TrainSettings, too_long
+
+
+class PromptData(ChatData):
+    """Prompts, from any SFT or ranking row shape (`prompt` or `messages`); answers are not trained on.
+    Held-out rows that carry ranked answers also give the gold win rate."""
+
+    max_length: int = Field(256, ge=8, description="prompt tokens; longer prompts keep their end")
+
+
+class GenerationSettings(StrictModel):
+    """How the policy samples answers during rollouts and the final evaluation."""
+
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    missing_eos_penalty: float | None = Field(None, description="subtracted from the score of an answer cut at max_new_tokens")
+
+
+class KLSettings(StrictModel):
+    """The KL penalty to the reference (SFT) policy: fixed beta, or adapted towards `target`."""
+
+    beta: float = Field(0.02, ge=0, description="InstructGPT: 0.02")
+    target: float | None = Field(None, gt=0, description="adaptive: target KL per answer (nats)")
+    horizon: int = Field(10000, ge=1, description="adaptive: samples over which beta may change by ~20 %")
+
+
+class PtxSettings(StrictModel):
+    """PPO-ptx (InstructGPT): a pretraining-loss term on a text corpus, added to the policy loss."""
+
+    data: list[FilePath] = Field(min_length=1, description=".txt / .jsonl corpus, as for pretrain")
+    coef: float = Field(1.0, gt=0, description="weight of the language-modelling loss")
+    block_size: int = Field(128, ge=8)
+    batch_size: int = Field(4, ge=1, description="blocks per PPO mini-batch step")
+
+
+class PpoSettings(StrictModel):
+    """The PPO algorithm."""
+
+    rollout_batch_size: int = Field(16, ge=1, description="prompts per iteration (global)")
+    mini_batch_size: int = Field(8, ge=1, description="answers per optimizer step (global)")
+    micro_batch_size: int | None = Field(None, ge=1, description="answers per forward (per process); default: mini_batch_size")
+    epochs: int = Field(4, ge=1, description="passes over each rollout")
+    clip_range: float = Field(0.2, gt=0)
+    value_clip_range: float = Field(0.2, gt=0)
+    value_coef: float = Field(0.1, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    whiten_advantages: bool = True
+    score_clip: float | None = Field(None, gt=0, description="clip reward-model scores to [-c, c]")
+    whiten_scores: bool = Field(False, description="normalise scores to mean 0, std 1 within each rollout")
+    critic_learning_rate: float | None = Field(None, gt=0, description="default: train.learning_rate")
+    kl: KLSettings = KLSettings()
+    ptx: PtxSettings | None = None
+    frozen_models: Literal["auto", "shard", "replicate"] = volatile(
+        "auto", description="under DeepSpeed, the frozen reference and reward models: ZeRO-3 inference shards "
+        "(shard) or a whole copy per process (replicate); auto = shard under ZeRO-3, else replicate")
+
+
+class PpoEvaluation(StrictModel):
+    """The final comparison of the SFT policy and the PPO policy on held-out prompts."""
+
+    prompts: int = Field(64, ge=1, description="held-out prompts answered by both policies")
+    samples: int = Field(8, ge=0, description="rows of the sample table kept in the manifest")
+    seed: int = 1234
+
+
+class PpoStage(StageConfig):
+    """PPO against a frozen reward model, with a KL penalty to the frozen SFT policy (our own trainer)."""
+
+    kind: Literal["ppo"]
+    data: PromptData
+    generation: GenerationSettings = GenerationSettings()
+    ppo: PpoSettings = PpoSettings()
+    evaluation: PpoEvaluation = PpoEvaluation()
+    lora: LoraSettings | None = Field(None, description="train an adapter; the reference is the adapter switched off")
+    train: TrainSettings = Field(description="max_steps = PPO iterations; batch_size is unused (see ppo.*)")
+
+    module = "stages.ppo"
+    headline = ("eval/ppo_score", "eval/win_rate", "eval/kl")
+    live = ("score/mean", "kl/mean")
+    # 2: the sample table holds greedy base, SFT and PPO answers, all scored
+    # 3: policy and value in one module with one optimiser (one DeepSpeed engine); checkpoints of 2 do not load
+    version = 3
+    input_roles = {"policy": True, "reward": True}
+    about = ("PPO against the frozen reward model with a KL penalty to the SFT policy. The score should rise while "
+             "the KL stays moderate; a score that climbs while the KL runs away is reward hacking.")
+    panels = (Panel("reward-model score of the rollouts", "score", (("score/mean", "score"),), xlabel="iteration"),
+              Panel("KL to the SFT policy (nats per answer)", "KL", (("kl/mean", "KL"),), xlabel="iteration"),
+              Panel("policy entropy (nats per token)", "entropy", (("policy/entropy", "entropy"),), xlabel="iteration"),
+              Panel("PPO clip fraction", "fraction", (("policy/clip_fraction", "clip fraction"),), xlabel="iteration"))
+
+    def input_problems(self) -> Problems:
+        """Mini-batches that divide the rollout, micro-batches that divide the mini-batch."""
+        return batch_problems(rollout=self.ppo.rollout_batch_size, mini=self.ppo.mini_batch_size,
+                              micro=self.ppo.micro_batch_size, world=1)
+
+    def data_problems(self) -> list[str]:
+        """Unreadable prompt files or rows, and an unreadable ptx corpus."""
+        return prompt_problems(self.data.files()) + (corpus_problems(self.ppo.ptx.data) if self.ppo.ptx else [])
+
+    def output_positions(self, upstream: dict[str, int | None]) -> int | None:
+        """The policy's positions: PPO keeps its architecture."""
+        return upstream.get("policy")
+
+    def length_problems(self, upstream: dict[str, int | None]) -> Problems:
+        """Prompt plus answer longer than the policy's or the reward model's positions."""
+        needed = self.data.max_length + self.generation.max_new_tokens
+        limits = [limit for limit in (upstream.get("policy"), upstream.get("reward")) if limit is not None]
+        return too_long(("data", "max_length"), needed, min(limits, default=None),
+                        "data.max_length + generation.max_new_tokens")
+
+    @classmethod
+    def findings(cls, metrics: dict) -> str:
+        """The held-out comparison of SFT and PPO, as the reward model and the word-overlap gold judge see it."""
+        if metrics.get("eval/ppo_score") is None:
+            return ""
+        text = (f"On {fmt(metrics.get('eval/prompts'))} held-out prompts the reward model scores PPO's answers "
+                f"{fmt(metrics['eval/ppo_score'])} against {fmt(metrics.get('eval/sft_score'))} for the SFT policy; "
+                f"PPO's answer wins on {percent(metrics.get('eval/win_rate'))} of them, at a KL of "
+                f"{fmt(metrics.get('eval/kl'))} nats per answer")
+        if metrics.get("eval/gold_win_rate") is not None:
+            text += (f". Judged by word overlap with the human-preferred answer ({fmt(metrics.get('eval/gold_prompts'))} "
+                     f"prompts carry one), PPO's answer is closer on {percent(metrics['eval/gold_win_rate'])}")
+        return text + "."
+
+
+@dataclass(frozen=True)
+class PpoBatches:
+    """How one PPO iteration splits into work per process."""
+
+    prompts: int       # rollout prompts (and answers) per process
+    mini: int          # answers per optimizer step, per process
+    micro: int         # answers per forward pass (scoring and training)
+    accumulation: int  # micro-batches per optimizer step
+
+
+def batch_problems(*, rollout: int, mini: int, micro: int | None, world: int) -> Problems:
+    """Why a rollout of `rollout` answers cannot split into mini-batches of `mini` (global) and micro-batches of
+    `micro` (per process; default the whole mini-batch) over `world` processes."""
+    micro = micro or mini
+    problems = []
+    if rollout % mini:
+        problems.append((("ppo", "mini_batch_size"), f"must divide ppo.rollout_batch_size ({rollout})"))
+    if mini % micro:
+        problems.append((("ppo", "micro_batch_size"), f"must divide ppo.mini_batch_size ({mini})"))
+    if rollout % world or mini % world:
+        problems.append((("ppo",), f"rollout_batch_size ({rollout}) and mini_batch_size ({mini}) must be multiples "
+                                   f"of the process count ({world})"))
+    elif (mini // world) % min(micro, mini // world):
+        problems.append((("ppo", "micro_batch_size"), f"must divide the mini-batch per process ({mini // world} = "
+                                                      f"ppo.mini_batch_size / {world} processes)"))
+    return problems
+
+
+def ppo_batches(*, rollout: int, mini: int, micro: int | None, world: int) -> PpoBatches:
+    """The per-process batch sizes of PPO on `world` processes; InputError when they do not divide."""
+    problems = batch_problems(rollout=rollout, mini=mini, micro=micro, world=world)
+    if problems:
+        raise InputError([f"{'.'.join(loc)}: {message}" for loc, message in problems])
+    per_process = mini // world
+    micro = min(micro or mini, per_process)
+    return PpoBatches(prompts=rollout // world, mini=per_process, micro=micro, accumulation=per_process // micro)
