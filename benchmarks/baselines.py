@@ -49,8 +49,15 @@ NO_RECOMPUTE = {"gradient_checkpointing": None, "activation_checkpointing": Fals
 
 def hf_trainer_pretrain(manifest: dict, artifact: Path) -> Measured:
     """`Trainer` on the same packed blocks, a fresh model of the same architecture, the same tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
-    from transformers import default_data_collator
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
 
     from stages.pretrain.config import PretrainStage
     from stages.pretrain.stage import packed_blocks, split_documents
@@ -74,9 +81,9 @@ def trl_sft(manifest: dict, model_dir: Path, packing: bool) -> Measured:
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from stages.sft.config import SftStage
-    from stages.common.chat import load_chat_tokenizer, load_rows
     from core.records import sft_row
+    from stages.common.chat import load_chat_tokenizer, load_rows
+    from stages.sft.config import SftStage
 
     cfg = SftStage.model_validate(manifest["config"])
     rows = load_rows(cfg.data, sft_row, cfg.train.seed)
@@ -85,12 +92,12 @@ def trl_sft(manifest: dict, model_dir: Path, packing: bool) -> Measured:
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(**_common_args(manifest["config"], out), max_length=cfg.data.max_length, packing=packing,
-                         completion_only_loss=True, **NO_RECOMPUTE)
+                         completion_only_loss=True, include_num_input_tokens_seen="non_padding", **NO_RECOMPUTE)
         trainer = _quiet(SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows.train),
                                     processing_class=tokenizer))
         result = trainer.train()
-    # real tokens, counted by TRL as our stage counts them (its `num_tokens` log)
-    return Measured(result.metrics["train_runtime"], trainer._total_train_tokens, trainer.state.global_step)
+    # real tokens, counted by the Trainer as our stage counts them
+    return Measured(result.metrics["train_runtime"], trainer.state.num_input_tokens_seen, trainer.state.global_step)
 
 
 def pairs_of(ranking: dict) -> list[tuple[str, str]]:
@@ -107,9 +114,9 @@ def trl_reward_on_pairs(manifest: dict, model_dir: Path) -> tuple[Measured, floa
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from stages.reward.config import RewardStage
-    from stages.common.chat import load_chat_tokenizer, load_rows
     from core.records import ranking_row
+    from stages.common.chat import load_chat_tokenizer, load_rows
+    from stages.reward.config import RewardStage
 
     cfg = RewardStage.model_validate(manifest["config"])
     rankings = load_rows(cfg.data, ranking_row, cfg.train.seed).train

@@ -20,9 +20,9 @@ import yaml
 
 from benchmarks.markdown import dict_table
 from benchmarks.workspace import DATA, REPO
+from core.history import read_history
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from core.history import read_history
 
 LAUNCHES = {"1 process": None, "DDP": "ddp", "ZeRO-2": "zero2", "ZeRO-3": "zero3"}
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import yaml
 
 from benchmarks.markdown import dict_table
+from core.history import read_history
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from core.history import read_history
 
 
 def _absolute(node, base: Path):

@@ -3,15 +3,18 @@ numbers read back from manifests and metric histories (the same files the report
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from core.history import read_history
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from core.history import read_history
+from pipeline.config import load_pipeline
+from stages.common.entry import run_stage
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
@@ -101,28 +104,18 @@ def pipeline_file(workdir: Path, size: Size) -> Path:
 def run_stage_here(pipeline: Path, stage: str) -> dict:
     """Run one stage in this process (as `accelerate launch -m stages.<kind>` would, from step 0); return its
     manifest."""
-    import importlib
-
-    from pipeline.config import load_pipeline
-
     config = load_pipeline(pipeline)
-    module = importlib.import_module(config.stages[stage].module)
-    train = module.train if hasattr(module, "train") else importlib.import_module(f"{module.__name__}.stage").train
-    from stages.common.entry import run_stage
-
-    run_stage(train, ["--config", str(pipeline), "--stage", stage, "--restart"])
+    stage_config = config.stages[stage]
+    train = importlib.import_module(f"{stage_config.module}.stage").train
+    run_stage(train, type(stage_config), ["--config", str(pipeline), "--stage", stage, "--restart"])
     return read_manifest(StageDirs(config.run_dir / stage))
 
 
 def stage_history(pipeline: Path, stage: str) -> list[dict]:
     """The stage's metrics.jsonl records."""
-    from pipeline.config import load_pipeline
-
     return read_history(load_pipeline(pipeline).run_dir / stage / "logs" / "metrics.jsonl")
 
 
 def artifact(pipeline: Path, stage: str) -> Path:
     """A completed stage's artifact directory."""
-    from pipeline.config import load_pipeline
-
     return load_pipeline(pipeline).run_dir / stage / "artifact"

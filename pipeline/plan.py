@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import dag
 from core.checkpoints import resume_point
+from core.errors import InputError
 from core.fingerprint import fingerprint, fingerprint_payload, input_files, payload_changes
 from core.hashing import FileHasher
 from core.layout import StageDirs
 from core.manifest import output_problems, read_manifest
+from pipeline import dag
 from pipeline.config import Pipeline
-from core.errors import InputError
 
 
 @dataclass

@@ -16,15 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from core.atomic import atomic_write_json
+from core.errors import InputError, StageFailed
 from core.layout import StageDirs
 from core.lock import RunLock
-from pipeline.config import Pipeline
-from core.errors import InputError, StageFailed
 from core.progress import bar_fields, new_attempt, progress_bar, read_progress, write_progress
+from pipeline.config import Pipeline
 from pipeline.plan import RunPlan, StageState, hasher_for, make_plan, stage_spec, stage_state
 from pipeline.report import is_current, write_report
 from pipeline.status import STATE_STYLE
-
 
 
 def make_console() -> Console:

@@ -14,11 +14,11 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from core.lock import RunLock
-from pipeline.config import Pipeline
 from core.history import read_history
-from pipeline.plan import StageState, stage_states
+from core.lock import RunLock
 from core.progress import eta_seconds, format_duration, is_alive, read_progress, shown_metrics
+from pipeline.config import Pipeline
+from pipeline.plan import StageState, stage_states
 
 STATE_STYLE = {"fresh": "green", "stale": "yellow", "missing": "yellow", "running": "bold blue",
                "interrupted": "cyan", "failed": "bold red", "conflict": "red"}

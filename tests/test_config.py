@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_pipeline
 from core.errors import InputError
+from pipeline.config import load_pipeline
 from tests.conftest import REPO, pretrain_stage, rlhf, write_pipeline
 
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import dag
 from core.checkpoints import CHECKPOINT_MARKER, checkpoint_dir, complete_checkpoints, resume_point
+from core.errors import InputError
 from core.hashing import FileHasher
 from core.layout import StageDirs
 from core.lock import RunLock
 from core.manifest import commit_artifact, read_manifest
+from pipeline import dag
 from pipeline.config import load_pipeline
-from core.errors import InputError
 from pipeline.plan import make_plan, stage_states
 from tests.conftest import REPO, pretrain_stage, rlhf, small_corpus, write_pipeline
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from core.history import read_history
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from core.history import read_history
 from tests.conftest import PPO_ITERATIONS, chat_pipeline, rlhf
 from tests.test_reward import kill_during
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from core.checkpoints import complete_checkpoints
+from core.history import append_record, attempt_marker, read_history, series
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from core.history import append_record, attempt_marker, read_history, series
 from tests.conftest import pretrain_stage, rlhf, status_row, write_pipeline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -197,9 +197,9 @@ def test_progress_bar_on_a_terminal_not_in_the_log_then_clean(tmp_path, corpus):
 
 
 def test_status_reads_running_killed_and_failed_attempts_from_progress(tmp_path, corpus):
+    from core.progress import new_attempt, write_progress
     from pipeline.config import load_pipeline
     from pipeline.plan import stage_states
-    from core.progress import new_attempt, write_progress
     from pipeline.status import status_rows
 
     path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus)})

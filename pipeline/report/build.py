@@ -9,12 +9,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.atomic import atomic_write_json, atomic_write_text
+from core.history import read_history, series
 from core.numbers import fmt
+from core.progress import format_duration
 from core.schema import StageConfig
 from pipeline.config import Pipeline
-from core.history import read_history, series
 from pipeline.plan import stage_states
-from core.progress import format_duration
 from pipeline.report import plots
 from pipeline.report.document import Document, Heading, Image, Paragraph, Table, to_html, to_markdown
 from pipeline.status import StatusRow, status_row

@@ -12,9 +12,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from core.errors import InputError
-from stages.common.entry import StageContext
 from core.records import read_rows
+from stages.common.entry import StageContext
+from stages.common.hf_models import load_config, load_tokenizer, model_ref
 
 DEFAULT_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -31,15 +34,11 @@ DEFAULT_CHAT_TEMPLATE = (
 def input_model(ctx: StageContext):
     """The model the stage starts from: the upstream stage's artifact, `model.path`, `model.gguf` or
     `model.hub` (see stages.common.hf_models.ModelRef)."""
-    from stages.common.hf_models import model_ref
-
     return ctx.inputs.get("model") or model_ref(ctx.config.model.source())
 
 
 def load_chat_tokenizer(source: Path, chat_template: str):
     """The tokenizer at `source` with a pad token and the chat template the config asks for."""
-    from stages.common.hf_models import load_tokenizer
-
     tokenizer = load_tokenizer(source)
     if tokenizer.eos_token is None:
         raise InputError(f"{source}: the tokenizer has no eos_token; a chat model needs one to end its answers")
@@ -124,8 +123,6 @@ def interleaved(by_source: dict[str, list[dict]]) -> list[dict]:
 
 def check_context_length(model_dir: Path, needed: int, what: str) -> None:
     """Refuse sequences longer than the model's position range (`what` names the settings that add up)."""
-    from stages.common.hf_models import load_config
-
     limit = getattr(load_config(model_dir).get_text_config(), "max_position_embeddings", None)
     if limit is not None and needed > limit:
         raise InputError(f"{what} = {needed} tokens exceeds the model's max_position_embeddings ({limit}) of {model_dir}")
@@ -146,8 +143,6 @@ def sample_prompts(rows: ChatRows, count: int) -> list[list[dict]]:
 
 def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
     """Greedy answers to chat prompts (left-padded batches, KV cache, stop at EOS)."""
-    import torch
-
     was_training = model.training
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"

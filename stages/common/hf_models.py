@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 ModelRef = Path | str  # a directory or .gguf file, or a Hub model "owner/name@revision"
 
@@ -42,24 +42,18 @@ def locate(source: ModelRef) -> tuple[Path | str, dict]:
 
 def load_config(source: ModelRef):
     """The model's transformers config."""
-    from transformers import AutoConfig
-
     directory, kwargs = locate(source)
     return AutoConfig.from_pretrained(directory, **kwargs)
 
 
 def load_tokenizer(source: ModelRef):
     """The tokenizer of an HF directory, or the one stored in a GGUF file."""
-    from transformers import AutoTokenizer
-
     directory, kwargs = locate(source)
     return AutoTokenizer.from_pretrained(directory, **kwargs)
 
 
 def load_causal_lm(source: ModelRef):
     """A float32 causal LM from an HF directory or the Hub, or imported from a GGUF file."""
-    from transformers import AutoModelForCausalLM
-
     directory, kwargs = locate(source)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kwargs)
     if not is_gguf(source):

@@ -13,7 +13,9 @@ import os
 import time
 from pathlib import Path
 
+import datasets
 import torch
+import transformers
 from accelerate import PartialState
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
@@ -69,9 +71,8 @@ def training_arguments(ctx: StageContext, train: TrainSettings, config_class: ty
         disable_tqdm=True,
         dataloader_num_workers=0,
         activation_checkpointing=train.activation_checkpointing,
+        gradient_checkpointing=None,  # the old name of activation_checkpointing: TRL's configs default it to True
     )
-    if hasattr(config_class, "gradient_checkpointing"):  # the old name: TRL's configs default it to True
-        kwargs["gradient_checkpointing"] = None
     launch = cpu_launch()  # TrainingArguments sets up its own process state: tell it about CPU processes
     if launch is not None:
         kwargs.update(ddp_backend="gloo", use_cpu=launch == "ddp")
@@ -81,9 +82,6 @@ def training_arguments(ctx: StageContext, train: TrainSettings, config_class: ty
 
 def quiet_libraries() -> None:
     """No per-batch progress bars from datasets/transformers in the logs: LogLines reports progress."""
-    import datasets
-    import transformers
-
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from peft import LoraConfig
+
 from core.sections import LoraSettings
 
 
@@ -13,8 +15,6 @@ def lora_config(settings: LoraSettings | None):
     """The peft LoraConfig for a causal LM (None without LoRA)."""
     if settings is None:
         return None
-    from peft import LoraConfig
-
     return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=settings.target_modules, task_type="CAUSAL_LM")
 

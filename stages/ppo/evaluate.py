@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from stages.common.chat import prompt_text
-from stages.ppo.models import Roles
+from stages.ppo.models import PpoModels
 from stages.ppo.rollout import Generator, encode_prompts, score_answers
 
 _WORD = re.compile(r"\w+")
@@ -42,18 +42,19 @@ def win_rate(first: list[float], second: list[float]) -> float:
 
 
 @torch.no_grad()
-def answers_and_scores(roles: Roles, generator: Generator, tokenizer, prompts, max_prompt_length: int,
-                       temperature: float, batch_size: int, seed: int, device,
+def answers_and_scores(models: PpoModels, generator: Generator, tokenizer, *, prompts: list[list[dict]],
+                       max_prompt_length: int, temperature: float, batch_size: int, seed: int, device,
                        of_policy: bool = True) -> tuple[list[str], list[float], list[float]]:
     """(answers, reward-model scores, sequence KL to the reference) of `generator`'s model, seeded: the trained
     policy, or (not `of_policy`) the reference itself, whose KL is 0."""
     torch.manual_seed(seed)
     answers, scores, kls = [], [], []
     for start in range(0, len(prompts), batch_size):
-        queries, query_mask = encode_prompts(tokenizer, prompts[start : start + batch_size], max_prompt_length, device)
+        queries, query_mask = encode_prompts(tokenizer, prompts[start : start + batch_size],
+                                             max_length=max_prompt_length, device=device)
         responses = generator.generate(queries, query_mask)
-        scored = score_answers(roles, queries, query_mask, responses, tokenizer.eos_token_id, temperature, batch_size,
-                               with_policy=of_policy)
+        scored = score_answers(models, queries, query_mask, responses=responses, eos_token_id=tokenizer.eos_token_id,
+                               temperature=temperature, micro_batch_size=batch_size, with_policy=of_policy)
         mask = scored["response_mask"]
         kls += ((scored["logprobs"] - scored["ref_logprobs"]) * mask).sum(1).tolist() if of_policy else [0.0] * len(mask)
         scores += scored["scores"].tolist()
@@ -67,18 +68,17 @@ def decode_answers(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> li
     return [t.strip() for t in texts]
 
 
-def compare_policies(roles: Roles, make_generator: Callable[..., Generator], tokenizer,
-                     rows: list[dict], max_prompt_length: int, temperature: float, batch_size: int, seed: int,
-                     device) -> dict:
+def compare_policies(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, rows: list[dict],
+                     max_prompt_length: int, temperature: float, batch_size: int, seed: int, device) -> dict:
     """The manifest metrics of the final evaluation (see the module docstring).
     The SFT policy is the frozen reference: the weights PPO started from. `make_generator(role)` samples from
     "policy" or "reference"."""
     prompts = [row["prompt"] for row in rows]
-    sft_answers, sft_scores, _ = answers_and_scores(roles, make_generator("reference"), tokenizer, prompts,
-                                                    max_prompt_length, temperature, batch_size, seed, device,
-                                                    of_policy=False)
-    ppo_answers, ppo_scores, ppo_kls = answers_and_scores(roles, make_generator("policy"), tokenizer, prompts,
-                                                          max_prompt_length, temperature, batch_size, seed, device)
+    settings = dict(prompts=prompts, max_prompt_length=max_prompt_length, temperature=temperature,
+                    batch_size=batch_size, seed=seed, device=device)
+    sft_answers, sft_scores, _ = answers_and_scores(models, make_generator("reference"), tokenizer, of_policy=False,
+                                                    **settings)
+    ppo_answers, ppo_scores, ppo_kls = answers_and_scores(models, make_generator("policy"), tokenizer, **settings)
     gold = [(token_f1(s, row["best_answer"]), token_f1(p, row["best_answer"]))
             for row, s, p in zip(rows, sft_answers, ppo_answers) if row.get("best_answer")]
     return {
@@ -108,25 +108,27 @@ def sample_prompts_for_table(upstream: dict | None, rows: list[dict], count: int
 
 
 @torch.no_grad()
-def sample_table(roles: Roles, make_generator: Callable[..., Generator], tokenizer, prompts: list[list[dict]],
+def sample_table(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, prompts: list[list[dict]],
                  base_answers: list[str | None], max_prompt_length: int, temperature: float, batch_size: int,
                  device) -> list[dict]:
     """Greedy answers of the SFT and PPO policies to `prompts`, beside the base model's (when known), each
     scored by the reward model: what the report shows as base -> SFT -> PPO."""
     rows = [{"prompt": prompt_text(p)} for p in prompts]
     for name, role in (("sft", "reference"), ("ppo", "policy")):
-        answers, scores, _ = answers_and_scores(roles, make_generator(role, sample=False), tokenizer, prompts,
-                                                max_prompt_length, temperature, batch_size, 0, device,
+        answers, scores, _ = answers_and_scores(models, make_generator(role, sample=False), tokenizer, prompts=prompts,
+                                                max_prompt_length=max_prompt_length, temperature=temperature,
+                                                batch_size=batch_size, seed=0, device=device,
                                                 of_policy=role == "policy")
         for row, answer, score in zip(rows, answers, scores):
             row[name], row[f"{name}_score"] = answer, round(score, 4)
     known = [i for i, answer in enumerate(base_answers) if answer is not None]
     for start in range(0, len(known), batch_size):
         part = known[start : start + batch_size]
-        queries, query_mask = encode_prompts(tokenizer, [prompts[i] for i in part], max_prompt_length, device)
+        queries, query_mask = encode_prompts(tokenizer, [prompts[i] for i in part], max_length=max_prompt_length,
+                                             device=device)
         responses = answer_ids(tokenizer, [base_answers[i] for i in part], device)
-        scored = score_answers(roles, queries, query_mask, responses, tokenizer.eos_token_id, temperature, batch_size,
-                               with_policy=False)
+        scored = score_answers(models, queries, query_mask, responses=responses, eos_token_id=tokenizer.eos_token_id,
+                               temperature=temperature, micro_batch_size=batch_size, with_policy=False)
         texts = decode_answers(tokenizer, responses, scored["response_mask"])
         for i, text, score in zip(part, texts, scored["scores"].tolist()):
             rows[i]["base"], rows[i]["base_score"] = text, round(score, 4)

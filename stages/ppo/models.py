@@ -14,15 +14,18 @@ token, as `generate` does, so every forward sees the positions the model was tra
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from peft import get_peft_model
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 
-class RoleModels(NamedTuple):
-    """The four roles as loaded, before accelerate places them."""
+class LoadedRoles(NamedTuple):
+    """The four roles as loaded, before they are placed for this launch (placement.build_models)."""
 
     policy: nn.Module
     reference: nn.Module
@@ -30,9 +33,10 @@ class RoleModels(NamedTuple):
     value: nn.Module
 
 
-class Roles(NamedTuple):
-    """The roles as training uses them: `trained` is the prepared PolicyAndValue (plain, DDP or a DeepSpeed
-    engine); `reference` and `reward` are frozen (plain modules or DeepSpeed inference engines)."""
+class PpoModels(NamedTuple):
+    """The four roles as training uses them: `trained` holds the policy and the value (the prepared
+    PolicyAndValue: plain, DDP or a DeepSpeed engine); `reference` and `reward` are frozen (plain modules or
+    DeepSpeed inference engines)."""
 
     trained: nn.Module
     reference: nn.Module
@@ -69,7 +73,7 @@ class ScalarPerToken(nn.Module):
         self.classifier = classifier
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        backbone = getattr(self.classifier, self.classifier.base_model_prefix)
+        backbone = self.classifier.base_model
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                           position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
         return self.classifier.score(hidden).squeeze(-1).float()
@@ -100,18 +104,12 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_roles(policy_dir: Path, reward_dir: Path, lora=None, frozen_context=None) -> RoleModels:
+def load_roles(policy_dir: Path, reward_dir: Path, *, lora=None, frozen_context=None) -> LoadedRoles:
     """The four roles from the SFT and reward artifacts (float32 master weights; autocast does the rest).
     With `lora` (a peft LoraConfig) the policy trains an adapter and the reference is the adapter switched off.
     The frozen models are loaded inside `frozen_context` (see placement.frozen_context)."""
-    import contextlib
-
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
     policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
     if lora is not None:
-        from peft import get_peft_model
-
         policy = get_peft_model(policy, lora)
     with frozen_context or contextlib.nullcontext():
         if lora is not None:
@@ -122,7 +120,7 @@ def load_roles(policy_dir: Path, reward_dir: Path, lora=None, frozen_context=Non
                                                                                            dtype=torch.float32)))
     value = ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=torch.float32))
     policy.config.use_cache = False  # training forwards; generate() asks for the cache explicitly
-    return RoleModels(policy, reference, reward, value)
+    return LoadedRoles(policy, reference, reward, value)
 
 
 def answer_logits(logits: torch.Tensor, prompt_length: int, temperature: float) -> torch.Tensor:
@@ -130,7 +128,7 @@ def answer_logits(logits: torch.Tensor, prompt_length: int, temperature: float) 
     return logits[:, prompt_length - 1 : -1].float() / temperature
 
 
-def policy_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
+def policy_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, prompt_length: int,
                   temperature: float) -> torch.Tensor:
     """answer_logits of a causal LM (the frozen reference)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
@@ -138,7 +136,7 @@ def policy_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     return answer_logits(logits, prompt_length, temperature)
 
 
-def trained_outputs(trained: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
+def trained_outputs(trained: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, prompt_length: int,
                     temperature: float, ptx_input_ids: torch.Tensor | None = None):
     """(answer logits [B, R, V], values before each answer token [B, R], ptx loss or None) of the trained pair."""
     logits, values, ptx_loss = trained(input_ids, attention_mask, ptx_input_ids)

@@ -1,9 +1,10 @@
-"""Where PPO's models live under each launch: one process, DDP, or DeepSpeed ZeRO-2/3.
+"""Where PPO's models live under each launch: one process, DDP, or DeepSpeed ZeRO-2/3. `make_accelerator` and
+`build_models` are the stage's two calls; everything DeepSpeed-specific stays in this file.
 
-- The trained pair (PolicyAndValue) goes through `accelerator.prepare` with its one optimiser; under
+- The trained pair (PolicyAndValue) goes through `accelerator.prepare` with its one optimizer; under
   DeepSpeed the engine's micro-batch, accumulation and clipping come from the `ppo:` and `train:` sections.
 - The frozen reference and reward models are moved to the device, or under DeepSpeed become inference
-  engines (no optimiser): ZeRO-3 shards or a whole copy per process (`ppo.frozen_models`).
+  engines (no optimizer): ZeRO-3 shards or a whole copy per process (`ppo.frozen_models`).
 - Generation gathers a ZeRO-3-sharded policy whole for the duration of `generate` (TRL's
   `unwrap_model_for_generation`); a sharded frozen model generates with `synced_gpus`, so every process
   runs as many forward passes as the slowest one (each pass gathers the layers collectively).
@@ -17,29 +18,108 @@ import contextlib
 import copy
 from pathlib import Path
 
+import deepspeed
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from deepspeed.runtime.zero.utils import is_zero_param
+from peft import get_peft_model
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, get_scheduler
+from transformers.integrations import unset_hf_deepspeed_config
+from trl.models.utils import unwrap_model_for_generation
 
 from core.errors import InputError
+from stages.common.lora import save_merged
+from stages.ppo.config import PpoBatches
+from stages.ppo.models import AdapterDisabled, PolicyAndValue, PpoModels, load_roles
+from stages.ppo.rollout import HFGenerator
+from stages.ppo.update import Optimization
+
+PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
-def is_deepspeed(accelerator) -> bool:
+def make_accelerator(*, precision: str, batches: PpoBatches, max_grad_norm: float, trackers: list[str],
+                     logs: Path, stage: str) -> Accelerator:
+    """The stage's accelerator: one optimizer step per mini-batch of `batches.accumulation` micro-batches, the
+    scheduler stepped by hand once per update, trackers writing under `logs`; under DeepSpeed the engine's
+    micro-batch, accumulation and clipping filled in from the PPO settings."""
+    accelerator = Accelerator(mixed_precision=PRECISION[precision], gradient_accumulation_steps=batches.accumulation,
+                              step_scheduler_with_optimizer=False, log_with=trackers, project_dir=str(logs))
+    if is_deepspeed(accelerator):
+        configure_engine(accelerator, micro_batch_size=batches.micro, accumulation=batches.accumulation,
+                         max_grad_norm=max_grad_norm, stage=stage)
+    return accelerator
+
+
+def build_models(accelerator: Accelerator, *, policy_dir: Path, reward_dir: Path, lora, frozen_models: str,
+                 learning_rate: float, critic_learning_rate: float, betas: tuple[float, float], weight_decay: float,
+                 lr_scheduler: str, warmup_steps: int, updates: int,
+                 max_grad_norm: float) -> tuple[PpoModels, Optimization]:
+    """The four roles, placed for this launch, and the one optimizer over the policy and the critic.
+
+    The policy (the adapter alone with LoRA) and the critic go through `accelerator.prepare` as one module;
+    the reference (the adapter switched off, with LoRA) and the reward model are frozen and placed by
+    `place_frozen` (`frozen_models`: auto, shard or replicate)."""
+    loaded = load_roles(policy_dir, reward_dir, lora=lora, frozen_context=frozen_context(accelerator, frozen_models))
+    groups = [{"params": [p for p in loaded.policy.parameters() if p.requires_grad]},
+              {"params": list(loaded.value.parameters()), "lr": critic_learning_rate}]
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, weight_decay=weight_decay)
+    scheduler = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=updates)
+    trained, optimizer, scheduler = accelerator.prepare(PolicyAndValue(loaded.policy, loaded.value), optimizer,
+                                                        scheduler)
+    if lora is None:
+        reference = place_frozen(loaded.reference, accelerator, frozen_models,
+                                 hidden_size=loaded.reference.config.get_text_config().hidden_size)
+    else:
+        reference = loaded.reference
+    reward = place_frozen(loaded.reward, accelerator, frozen_models,
+                          hidden_size=loaded.reward.classifier.config.get_text_config().hidden_size)
+    models = PpoModels(trained, reference, reward)
+    return models, Optimization(accelerator, optimizer, scheduler, max_grad_norm, deepspeed=is_deepspeed(accelerator))
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Parameters of a model, counting ZeRO-3 partitions whole."""
+    return sum(p.ds_numel if is_zero_param(p) else p.numel() for p in model.parameters())
+
+
+class Generators:
+    """Samplers for the trained policy and the frozen SFT policy (the reference), under any launch: with ZeRO-3
+    the policy is gathered whole for each `generate`, a sharded reference generates with `synced_gpus`."""
+
+    def __init__(self, models: PpoModels, accelerator: Accelerator, tokenizer, *, max_new_tokens: int,
+                 temperature: float, top_p: float):
+        self.models, self.accelerator, self.tokenizer = models, accelerator, tokenizer
+        self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+
+    def of(self, role: str, sample: bool = True) -> HFGenerator:
+        """A generator for "policy" (the trained one) or "reference"; greedy unless `sample`."""
+        if role == "policy":
+            return HFGenerator(lambda: policy_for_generation(self.models.trained, self.accelerator), self.tokenizer,
+                               sample=sample, **self.settings)
+        return HFGenerator(lambda: reference_for_generation(self.models.reference, self.models.trained,
+                                                            self.accelerator),
+                           self.tokenizer, sample=sample, **self.settings,
+                           synced_gpus=needs_synced_generation(self.models.reference, self.accelerator))
+
+
+def is_deepspeed(accelerator: Accelerator) -> bool:
     """Whether this launch runs DeepSpeed."""
-    from accelerate.utils import DistributedType
-
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
-def zero_stage(accelerator) -> int:
+def zero_stage(accelerator: Accelerator) -> int:
     """The ZeRO stage of this launch (0 without DeepSpeed)."""
     if not is_deepspeed(accelerator):
         return 0
     return int(accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"])
 
 
-def configure_engine(accelerator, micro_batch_size: int, accumulation: int, max_grad_norm: float, stage: str) -> None:
+def configure_engine(accelerator: Accelerator, *, micro_batch_size: int, accumulation: int, max_grad_norm: float,
+                     stage: str) -> None:
     """Fill the DeepSpeed config from the PPO settings before `prepare` (no DataLoader is prepared, so accelerate
-    cannot infer the micro-batch): answers per forward, forwards per optimiser step, gradient clipping.
+    cannot infer the micro-batch): answers per forward, forwards per optimizer step, gradient clipping.
     ZeRO-3 must be able to gather 16-bit weights, or no artifact could be written at the end."""
     plugin = accelerator.state.deepspeed_plugin
     config = plugin.deepspeed_config
@@ -63,69 +143,50 @@ def frozen_context(accelerator, mode: str):
     return contextlib.nullcontext() if shards_frozen(accelerator, mode) else no_zero3_init(accelerator)
 
 
-def place_frozen(model: nn.Module, accelerator, mode: str) -> nn.Module:
+def place_frozen(model: nn.Module, accelerator: Accelerator, mode: str, *, hidden_size: int) -> nn.Module:
     """A frozen role on this process: on the device, or a DeepSpeed inference engine, sharded with ZeRO-3
     (`mode` shard, or auto under ZeRO-3) or replicated (stage 0: whole, in the engine's precision).
     Adapted from TRL's `prepare_deepspeed`, which offers only the automatic choice."""
     if not is_deepspeed(accelerator):
         return model.to(accelerator.device)
-    import deepspeed
-
     config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
     shard = shards_frozen(accelerator, mode)
-    for training_only in ("optimizer", "scheduler"):  # no optimiser: DeepSpeed would build one from these
+    for training_only in ("optimizer", "scheduler"):  # no optimizer: DeepSpeed would build one from these
         config.pop(training_only, None)
     config["zero_optimization"].pop("offload_optimizer", None)
     config["zero_optimization"]["stage"] = 3 if shard else 0
-    hidden = getattr(_hf_config(model), "hidden_size", None)
-    if shard and hidden:
-        config["zero_optimization"].update(reduce_bucket_size=hidden * hidden,
-                                           stage3_param_persistence_threshold=10 * hidden,
-                                           stage3_prefetch_bucket_size=int(0.9 * hidden * hidden))
+    if shard:
+        config["zero_optimization"].update(reduce_bucket_size=hidden_size * hidden_size,
+                                           stage3_param_persistence_threshold=10 * hidden_size,
+                                           stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size))
     engine, *_ = deepspeed.initialize(model=model, config=config)
     engine.eval()
     return engine
 
 
-def _hf_config(model: nn.Module):
-    for module in model.modules():
-        if hasattr(module, "config"):
-            return module.config
-    return None
-
-
 def is_sharded(model: nn.Module) -> bool:
     """Whether a module's weights are ZeRO-3 partitions (a forward pass then gathers them collectively)."""
-    return any(hasattr(p, "ds_id") for p in model.parameters())
-
-
-def _module(model: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper or a DeepSpeed engine."""
-    return getattr(model, "module", model)
+    return any(is_zero_param(p) for p in model.parameters())
 
 
 @contextlib.contextmanager
 def policy_for_generation(trained: nn.Module, accelerator):
     """The policy as a plain causal LM for `generate`: with ZeRO-3, its weights gathered whole meanwhile."""
     if zero_stage(accelerator) == 3:
-        from trl.models.utils import unwrap_model_for_generation
-
         with unwrap_model_for_generation(trained, accelerator) as pair:
             yield pair.policy
     else:
-        yield _module(trained).policy
+        yield accelerator.unwrap_model(trained).policy
 
 
 @contextlib.contextmanager
 def reference_for_generation(reference: nn.Module, trained: nn.Module, accelerator):
     """The frozen reference as a causal LM for `generate`. With LoRA it is the policy with its adapter off."""
-    from stages.ppo.models import AdapterDisabled
-
     if isinstance(reference, AdapterDisabled):
         with policy_for_generation(trained, accelerator) as policy, policy.disable_adapter():
             yield policy
     else:
-        yield _module(reference)
+        yield accelerator.unwrap_model(reference)
 
 
 def needs_synced_generation(model: nn.Module, accelerator) -> bool:
@@ -158,18 +219,16 @@ def _is_tied(model: nn.Module, key: str, state: dict) -> bool:
 def no_zero3_init(accelerator):
     """A context in which transformers builds models whole, not as ZeRO-3 partitions (frozen replicas, and the
     models artifacts are written from). accelerate's `zero3_init_context_manager` does not do it when
-    `zero3_init_flag` is already off, yet transformers still partitions while a ZeRO-3 config is registered."""
+    `zero3_init_flag` is already off, yet transformers still partitions while a ZeRO-3 config is registered
+    (accelerate registers it whatever the flag)."""
     if not is_deepspeed(accelerator):
         yield
         return
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
-    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    unset_hf_deepspeed_config()
     try:
         yield
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+    finally:  # accelerate registers the config again, as it did when the plugin was set up
+        accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
 
 
 def dtype_of(state: dict[str, torch.Tensor]) -> torch.dtype:
@@ -177,19 +236,13 @@ def dtype_of(state: dict[str, torch.Tensor]) -> torch.dtype:
     return next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
 
 
-def write_artifact(state: dict[str, torch.Tensor], policy_dir: Path, reward_dir: Path, lora, tokenizer,
+def write_artifact(state: dict[str, torch.Tensor], *, policy_dir: Path, reward_dir: Path, lora, tokenizer,
                    directory: Path) -> None:
     """The policy (LoRA merged, adapter kept in adapter/) and the critic (critic/) as HF checkpoints, built from
     the full state dict of the trained pair. Main process only."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from stages.common.lora import save_merged
-
     dtype = dtype_of(state)
     policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
     if lora is not None:
-        from peft import get_peft_model
-
         policy = get_peft_model(policy, lora)
     load_weights(policy, part(state, "policy"), "policy")
     if lora is not None:

@@ -8,6 +8,7 @@ import random
 import torch
 
 from core.corpus import read_documents
+from core.errors import InputError
 
 
 class PtxBatches:
@@ -16,7 +17,7 @@ class PtxBatches:
     The position is checkpointed (state_dict), so a resumed run continues with the same blocks.
     """
 
-    def __init__(self, paths: list[str], tokenizer, block_size: int, batch_size: int, seed: int, device):
+    def __init__(self, paths: list[str], tokenizer, *, block_size: int, batch_size: int, seed: int, device):
         eos = tokenizer.eos_token_id
         stream: list[int] = []
         for path in paths:
@@ -24,8 +25,6 @@ class PtxBatches:
                 stream += tokenizer(document, add_special_tokens=False)["input_ids"] + [eos]
         usable = len(stream) - len(stream) % block_size
         if usable == 0:
-            from core.errors import InputError
-
             raise InputError(f"ppo.ptx.data: fewer than block_size ({block_size}) tokens of text")
         self.blocks = torch.tensor(stream[:usable]).view(-1, block_size)
         self.batch_size = batch_size

@@ -1,4 +1,4 @@
-"""Rollouts: sample answers with the policy, then score them with all four roles.
+"""Rollouts: sample answers with the policy (a Generator), then score them with all four roles (a Trajectory).
 
 Generation sits behind `Generator` so that a faster engine (e.g. vLLM on GPU) can replace the Hugging Face
 `generate` loop without touching the rest; it only has to return the answer token ids.
@@ -12,7 +12,7 @@ from typing import Callable, ContextManager, Protocol
 import torch
 
 from stages.ppo.losses import entropy_from_logits, last_token_index, logprobs_of, response_mask
-from stages.ppo.models import Roles, policy_logits, trained_outputs
+from stages.ppo.models import PpoModels, policy_logits, trained_outputs
 
 
 @dataclass
@@ -54,7 +54,7 @@ class HFGenerator:
     `open_model()` gives the causal LM for one call (a context: ZeRO-3 gathers the weights meanwhile);
     `synced_gpus` keeps processes stepping together when the model's forward passes are collective."""
 
-    def __init__(self, open_model: Callable[[], ContextManager], tokenizer, max_new_tokens: int, temperature: float,
+    def __init__(self, open_model: Callable[[], ContextManager], tokenizer, *, max_new_tokens: int, temperature: float,
                  top_p: float, sample: bool = True, synced_gpus: bool = False):
         self.open_model = open_model
         self.kwargs = dict(max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
@@ -78,7 +78,7 @@ class HFGenerator:
         return out[:, queries.shape[1]:]
 
 
-def encode_prompts(tokenizer, prompts: list[list[dict]], max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(tokenizer, prompts: list[list[dict]], *, max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Chat-template the prompts (ending in the assistant header) and left-pad them: (ids, mask) [B, P]."""
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     padding, truncation = tokenizer.padding_side, tokenizer.truncation_side
@@ -92,8 +92,9 @@ def encode_prompts(tokenizer, prompts: list[list[dict]], max_length: int, device
 
 
 @torch.no_grad()
-def score_answers(roles: Roles, queries, query_mask, responses, eos_token_id: int, temperature: float,
-                  micro_batch_size: int, with_policy: bool = True) -> dict[str, torch.Tensor]:
+def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Tensor, *, responses: torch.Tensor,
+                  eos_token_id: int, temperature: float, micro_batch_size: int,
+                  with_policy: bool = True) -> dict[str, torch.Tensor]:
     """Old and reference log-probs, entropies, values and reward-model scores of sampled answers, in
     micro-batches (one forward per role per micro-batch). Without `with_policy` (answers of the reference
     itself), only the reference log-probs and the scores."""
@@ -106,30 +107,26 @@ def score_answers(roles: Roles, queries, query_mask, responses, eos_token_id: in
         ids = torch.cat([queries[part], responses[part]], 1)
         attention = torch.cat([query_mask[part], mask[part]], 1)
         if with_policy:
-            logits, values, _ = trained_outputs(roles.trained, ids, attention, prompt_length, temperature)
+            logits, values, _ = trained_outputs(models.trained, ids, attention, prompt_length=prompt_length,
+                                                temperature=temperature)
             out["logprobs"].append(logprobs_of(logits, responses[part]))
             out["entropy"].append(entropy_from_logits(logits))
             out["values"].append(values)
-        ref_logits = policy_logits(roles.reference, ids, attention, prompt_length, temperature)
+        ref_logits = policy_logits(models.reference, ids, attention, prompt_length=prompt_length, temperature=temperature)
         out["ref_logprobs"].append(logprobs_of(ref_logits, responses[part]))
-        rewards = roles.reward(ids, attention)
+        rewards = models.reward(ids, attention)
         last = prompt_length + last_token_index(mask[part])
         out["scores"].append(rewards[torch.arange(len(last), device=last.device), last])
     return {"response_mask": mask, **{k: torch.cat(v) for k, v in out.items()}}
 
 
-def collect(roles: Roles, generator: Generator, queries, query_mask, eos_token_id: int, temperature: float,
-            micro_batch_size: int, missing_eos_penalty: float | None, score_clip: float | None,
-            timings: dict[str, float], whiten_scores: bool = False) -> Trajectory:
-    """Generate answers for the prompts and score them: one rollout."""
-    import time
-
-    start = time.perf_counter()
-    responses = generator.generate(queries, query_mask)
-    timings["generate"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    scored = score_answers(roles, queries, query_mask, responses, eos_token_id, temperature, micro_batch_size)
+def score_rollout(models: PpoModels, queries: torch.Tensor, query_mask: torch.Tensor, *, responses: torch.Tensor,
+                  eos_token_id: int, temperature: float, micro_batch_size: int, missing_eos_penalty: float | None = None,
+                  score_clip: float | None = None, whiten_scores: bool = False) -> Trajectory:
+    """Score sampled answers with all four roles and shape the reward-model scores (a penalty for answers cut
+    before EOS, whitening, clipping): one rollout, ready for advantages."""
+    scored = score_answers(models, queries, query_mask, responses=responses, eos_token_id=eos_token_id,
+                           temperature=temperature, micro_batch_size=micro_batch_size)
     raw = scored.pop("scores")
     scores = raw.clone()
     if missing_eos_penalty is not None:
@@ -138,6 +135,5 @@ def collect(roles: Roles, generator: Generator, queries, query_mask, eos_token_i
         scores = (scores - scores.mean()) / (scores.std() + 1e-8)
     if score_clip is not None:
         scores = scores.clamp(-score_clip, score_clip)
-    timings["score"] = time.perf_counter() - start
     return Trajectory(queries=queries, query_mask=query_mask, responses=responses, scores=scores, raw_scores=raw,
                       **scored)

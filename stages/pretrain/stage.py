@@ -11,20 +11,33 @@ documents (no padding); validation documents are held out before packing and giv
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
-from stages.pretrain.config import PretrainStage
+from datasets import Dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Trainer,
+    default_data_collator,
+    set_seed,
+)
+
 from core.corpus import read_documents
+from core.errors import InputError
+from stages.common import hf_models
 from stages.common.entry import StageContext
+from stages.common.hf_models import load_causal_lm, model_ref
+from stages.common.hf_trainer import attach, quiet_libraries, save_artifact, training_arguments
+from stages.pretrain.config import PretrainStage
 
 BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
 
 
 def train_tokenizer(documents: list[str], vocab_size: int, min_frequency: int):
     """A byte-level BPE (GPT-2 style) trained on `documents`, wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -36,10 +49,8 @@ def train_tokenizer(documents: list[str], vocab_size: int, min_frequency: int):
                                    unk_token=None, model_max_length=1_000_000)
 
 
-def load_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str]):
+def stage_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str]):
     """The tokenizer: the checkpoint's when resuming, else the input model's, the given one, or a new one."""
-    from stages.common.hf_models import load_tokenizer, model_ref
-
     if ctx.resume_from is not None:
         source = ctx.resume_from.path
     elif "model" in ctx.inputs:
@@ -50,7 +61,7 @@ def load_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str]):
         source = Path(cfg.model.tokenizer_path)
     else:
         return train_tokenizer(documents, cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.min_frequency)
-    tokenizer = load_tokenizer(source)
+    tokenizer = hf_models.load_tokenizer(source)
     if tokenizer.eos_token is None:
         tokenizer.add_special_tokens({"eos_token": EOS})
     return tokenizer
@@ -58,10 +69,6 @@ def load_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str]):
 
 def build_model(ctx: StageContext, cfg: PretrainStage, tokenizer):
     """A new Llama-style model from `model.init`, or the pretrained one to continue from."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from stages.common.hf_models import load_causal_lm, model_ref
-
     if cfg.model.init is None:
         model = load_causal_lm(ctx.inputs.get("model") or model_ref(cfg.model.source()))
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -87,8 +94,6 @@ def build_model(ctx: StageContext, cfg: PretrainStage, tokenizer):
 
 def packed_blocks(documents: list[str], tokenizer, block_size: int):
     """A datasets.Dataset of `block_size` token blocks: documents joined by EOS, the remainder dropped."""
-    from datasets import Dataset
-
     eos = tokenizer.eos_token_id
 
     def tokenize(batch):
@@ -109,8 +114,6 @@ def packed_blocks(documents: list[str], tokenizer, block_size: int):
 
 def split_documents(cfg: PretrainStage) -> tuple[list[str], list[str]]:
     """(train, validation) documents: the validation files, or a seeded fraction held out by document."""
-    import random
-
     train = [d for path in cfg.data.train for d in read_documents(path)]
     if cfg.data.validation:
         return train, [d for path in cfg.data.validation for d in read_documents(path)]
@@ -122,22 +125,16 @@ def split_documents(cfg: PretrainStage) -> tuple[list[str], list[str]]:
 
 def train(ctx: StageContext) -> dict:
     """Train, evaluate and save the artifact; return the manifest metrics."""
-    from transformers import Trainer, default_data_collator, set_seed
-
-    from stages.common.hf_trainer import attach, quiet_libraries, save_artifact, training_arguments
-
     cfg: PretrainStage = ctx.config
     quiet_libraries()
     set_seed(cfg.train.seed)
 
     # data and tokenizer
     train_docs, val_docs = split_documents(cfg)
-    tokenizer = load_tokenizer(ctx, cfg, train_docs)
+    tokenizer = stage_tokenizer(ctx, cfg, train_docs)
     train_blocks = packed_blocks(train_docs, tokenizer, cfg.data.block_size)
     val_blocks = packed_blocks(val_docs, tokenizer, cfg.data.block_size)
     if len(train_blocks) == 0 or len(val_blocks) == 0:
-        from core.errors import InputError
-
         raise InputError(f"stage {ctx.spec['stage']}: data.block_size {cfg.data.block_size} leaves "
                          f"{len(train_blocks)} training and {len(val_blocks)} validation blocks; use more text "
                          "or a smaller block_size")

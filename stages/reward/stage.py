@@ -16,14 +16,24 @@ import contextlib
 import math
 
 import torch
-from transformers import Trainer
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, Trainer, set_seed
+from transformers.utils import logging
 
-from stages.reward.config import RewardStage
+from core.records import ranking_row
 from stages.common.chat import check_context_length, input_model, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.hf_models import locate
+from stages.common.hf_trainer import (
+    attach,
+    evaluate_before_training,
+    gradient_accumulation,
+    quiet_libraries,
+    save_artifact,
+    training_arguments,
+)
 from stages.common.ranking import kwise_ranking_loss, ranking_metrics, scores_by_prompt
-from core.records import ranking_row
+from stages.reward.config import RewardStage
 
 
 def tokenize_rankings(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
@@ -101,8 +111,6 @@ def _number(value: float) -> float | None:
 @contextlib.contextmanager
 def new_head_expected():
     """Silence transformers' load report while it adds the new scalar head (and drops the LM head)."""
-    from transformers.utils import logging
-
     level = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
@@ -113,18 +121,6 @@ def new_head_expected():
 
 def train(ctx: StageContext) -> dict:
     """Train the reward model, evaluate it on held-out rankings and save it; return the manifest metrics."""
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, set_seed
-
-    from stages.common.hf_trainer import (
-        attach,
-        evaluate_before_training,
-        gradient_accumulation,
-        quiet_libraries,
-        save_artifact,
-        training_arguments,
-    )
-
     cfg: RewardStage = ctx.config
     name = ctx.spec["stage"]
     quiet_libraries()

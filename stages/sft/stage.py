@@ -14,10 +14,13 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import Trainer
-from trl import SFTTrainer
+from accelerate import PartialState
+from datasets import Dataset
+from peft import PeftModel
+from transformers import Trainer, set_seed
+from trl import SFTConfig, SFTTrainer
 
-from stages.sft.config import SftStage
+from core.records import sft_row
 from stages.common.chat import (
     check_context_length,
     generate_answers,
@@ -28,8 +31,17 @@ from stages.common.chat import (
     sample_prompts,
 )
 from stages.common.entry import StageContext
+from stages.common.hf_models import load_causal_lm
+from stages.common.hf_trainer import (
+    attach,
+    evaluate_before_training,
+    gradient_accumulation,
+    quiet_libraries,
+    save_artifact,
+    training_arguments,
+)
 from stages.common.lora import lora_config, save_merged
-from core.records import sft_row
+from stages.sft.config import SftStage
 
 
 class AnswerOnlySFTTrainer(SFTTrainer):
@@ -38,34 +50,16 @@ class AnswerOnlySFTTrainer(SFTTrainer):
     TRL computes the loss through a fused LM head (tiled log-probs, no full logits). Its torch fallback for
     CPU measured 2.6x slower per step here than the model's own loss, with identical losses. The labels
     (prompt masked) are the same either way; only TRL's token-accuracy and entropy logs are lost on CPU.
-    TRL's `num_tokens` log (real tokens trained on) is kept on both paths, and is right for row-packed
-    batches (RowPackedCollator), which TRL would count as one row.
+    Real tokens trained on are the Trainer's own count (`include_num_input_tokens_seen="non_padding"`), which
+    is right for row-packed batches too (RowPackedCollator pads only outside the packed sequences).
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        counted = self._total_train_tokens
         if torch.cuda.is_available():
-            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        else:
-            # no KV cache (as TRL does): with one, transformers ignores the position_ids that keep packed examples
-            # apart, and they would attend to each other
-            result = Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
-        if model.training:
-            real = real_tokens(inputs, self.processing_class.pad_token_id)
-            self._total_train_tokens = counted + self.accelerator.gather_for_metrics(real).sum().item()
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-        return result
-
-
-def real_tokens(inputs: dict, pad_token_id: int) -> torch.Tensor:
-    """Non-padding tokens of a batch: its attention mask; for a padding-free batch (one flattened row) its
-    length; for row-packed rows the tokens that are not padding."""
-    if "attention_mask" in inputs:
-        return inputs["attention_mask"].sum()
-    ids = inputs["input_ids"]
-    if ids.shape[0] == 1:
-        return torch.tensor(ids.shape[1], device=ids.device)
-    return (ids != pad_token_id).sum()
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # no KV cache (as TRL does): with one, transformers ignores the position_ids that keep packed examples
+        # apart, and they would attend to each other
+        return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
 
 
 class RowPackedCollator:
@@ -101,12 +95,8 @@ class RowPackedCollator:
 
 def save_sft_artifact(trainer, tokenizer, directory) -> None:
     """Full weights + tokenizer; with LoRA, the weights merged and the adapter in `adapter/`."""
-    from accelerate import PartialState
-
-    from stages.common.hf_trainer import save_artifact
-
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if not hasattr(model, "merge_and_unload"):
+    if not isinstance(model, PeftModel):
         save_artifact(trainer, directory)
     elif PartialState().is_main_process:
         save_merged(model, tokenizer, directory)
@@ -114,11 +104,6 @@ def save_sft_artifact(trainer, tokenizer, directory) -> None:
 
 def build_trainer(ctx: StageContext, model, tokenizer, rows) -> AnswerOnlySFTTrainer:
     """The SFTTrainer for this stage's config: chat-formatted rows, answer-only labels, our checkpoints."""
-    from datasets import Dataset
-    from trl import SFTConfig
-
-    from stages.common.hf_trainer import attach, training_arguments
-
     cfg: SftStage = ctx.config
     args = training_arguments(
         ctx, cfg.train, config_class=SFTConfig,
@@ -127,6 +112,7 @@ def build_trainer(ctx: StageContext, model, tokenizer, rows) -> AnswerOnlySFTTra
         completion_only_loss=cfg.loss_on == "completion",
         dataset_num_proc=None,
         eval_packing=False,  # validation loss per example, comparable with and without packing
+        include_num_input_tokens_seen="non_padding",
     )
     trainer = AnswerOnlySFTTrainer(
         model=model,
@@ -143,12 +129,6 @@ def build_trainer(ctx: StageContext, model, tokenizer, rows) -> AnswerOnlySFTTra
 
 def train(ctx: StageContext) -> dict:
     """Fine-tune, evaluate, sample and save; return the manifest metrics."""
-    from transformers import set_seed
-
-    from stages.common.hf_models import load_causal_lm
-
-    from stages.common.hf_trainer import evaluate_before_training, gradient_accumulation, quiet_libraries
-
     cfg: SftStage = ctx.config
     name = ctx.spec["stage"]
     quiet_libraries()
@@ -190,8 +170,7 @@ def train(ctx: StageContext) -> dict:
         "train/loss": result.training_loss,
         "train/steps": trainer.state.global_step,
         "train/runtime_s": result.metrics.get("train_runtime"),
-        # real (non-padding) tokens trained on, TRL's `num_tokens` count (this attempt's only, after a resume)
-        "train/tokens": getattr(trainer, "_total_train_tokens", None),
+        "train/tokens": trainer.state.num_input_tokens_seen,  # real (non-padding) tokens, across resumes
         "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
         "model/parameters": n_params,
         "model/trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),

@@ -1,0 +1,145 @@
+"""The PPO update of one rollout: per-token rewards with the KL penalty and GAE advantages, then epochs of
+clipped policy and value updates over shuffled mini-batches (gradient accumulation over micro-batches)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+
+from stages.ppo.losses import (
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    gae,
+    kl_penalised_rewards,
+    logprobs_of,
+    masked_mean,
+    masked_whiten,
+)
+from stages.ppo.models import trained_outputs
+from stages.ppo.ptx import PtxBatches
+from stages.ppo.rollout import Trajectory
+
+
+@dataclass
+class Optimization:
+    """What updates the trained pair: one optimizer with a policy and a critic parameter group.
+
+    The accelerator is built with `gradient_accumulation_steps` = micro-batches per mini-batch, so
+    `accelerator.accumulate` marks the last micro-batch of each mini-batch (DeepSpeed steps its engine there)."""
+
+    accelerator: Accelerator
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    max_grad_norm: float
+    deepspeed: bool = False  # the engine clips and steps inside backward()
+
+
+@dataclass
+class Targets:
+    """What the update learns towards, per answer token [B, R] (and the KL per answer [B])."""
+
+    rewards: torch.Tensor      # score on the last token, -beta * KL on every token
+    advantages: torch.Tensor   # GAE, whitened when asked
+    returns: torch.Tensor      # value targets
+    kl: torch.Tensor           # [B] sum over the answer of log pi_old - log pi_ref
+
+
+def advantages_and_returns(trajectory: Trajectory, *, beta: float, gamma: float, lam: float,
+                           whiten: bool) -> Targets:
+    """KL-penalised per-token rewards, GAE advantages (whitened if `whiten`) and value targets."""
+    mask = trajectory.response_mask
+    rewards, token_kl = kl_penalised_rewards(trajectory.scores, trajectory.logprobs, trajectory.ref_logprobs, mask,
+                                             beta)
+    advantages, returns = gae(rewards, trajectory.values, mask, gamma, lam)
+    if whiten:
+        advantages = masked_whiten(advantages, mask)
+    return Targets(rewards=rewards, advantages=advantages, returns=returns, kl=token_kl.sum(1))
+
+
+def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory: Trajectory, targets: Targets, *,
+               epochs: int, mini_batch_size: int, micro_batch_size: int, clip_range: float, value_clip_range: float,
+               value_coef: float, temperature: float, ptx_batches: PtxBatches | None = None,
+               ptx_coef: float = 0.0) -> dict[str, float]:
+    """`epochs` passes over this process's rollout in mini-batches of `mini_batch_size` answers, each split
+    into micro-batches of `micro_batch_size` (both per process; ppo_batches() makes them divide). Returns the
+    mean of each logged quantity."""
+    accelerator = optimization.accelerator
+    prompt_length = trajectory.queries.shape[1]
+    stats: dict[str, list[float]] = {}
+
+    def log(name: str, value: torch.Tensor | float) -> None:
+        stats.setdefault(name, []).append(float(value))
+
+    for _ in range(epochs):
+        order = torch.randperm(len(trajectory), device=trajectory.queries.device)
+        for start in range(0, len(trajectory), mini_batch_size):
+            for part in order[start : start + mini_batch_size].split(micro_batch_size):
+                with accelerator.accumulate(trained):
+                    sample = trajectory.select(part)
+                    mask = sample.response_mask
+                    ids, attention = sample.sequences()
+                    ptx_ids = ptx_batches.next_batch() if ptx_batches is not None else None
+
+                    logits, values, ptx_loss = trained_outputs(trained, ids, attention, prompt_length=prompt_length,
+                                                               temperature=temperature, ptx_input_ids=ptx_ids)
+                    logprobs = logprobs_of(logits, sample.responses)
+                    policy = clipped_policy_loss(logprobs, sample.logprobs, targets.advantages[part], mask, clip_range)
+                    value_loss, value_clip = clipped_value_loss(values, sample.values, targets.returns[part], mask,
+                                                                value_clip_range)
+                    loss = policy.loss + value_coef * value_loss
+                    if ptx_loss is not None:
+                        loss = loss + ptx_coef * ptx_loss
+                        log("ptx/loss", ptx_loss.detach())
+                    # accelerate divides by the accumulation steps: the mini-batch loss is the micro-batches' mean
+                    accelerator.backward(loss)
+
+                    log("policy/loss", policy.loss.detach())
+                    log("policy/clip_fraction", policy.clip_fraction)
+                    log("policy/approx_kl", policy.approx_kl)
+                    log("value/loss", value_loss.detach())
+                    log("value/clip_fraction", value_clip)
+                    with torch.no_grad():
+                        log("policy/entropy", masked_mean(entropy_from_logits(logits), mask))
+            for name, value in optimizer_step(trained, optimization).items():
+                log(name, value)
+    return {name: sum(values) / len(values) for name, values in stats.items()}
+
+
+def optimizer_step(trained: torch.nn.Module, optimization: Optimization) -> dict[str, float]:
+    """Clip and step after a mini-batch's micro-batches; the scheduler steps once per update. Returns what to log.
+
+    One gradient norm over policy and critic, clipped together: what a DeepSpeed engine does, so a run gives
+    the same weights whatever its launch settings. A non-finite gradient (an overflowing ratio, a NaN loss)
+    would poison the weights: its step is skipped, as mixed-precision loss scalers do, and counted."""
+    norm = optimization.accelerator.clip_grad_norm_(trained.parameters(), optimization.max_grad_norm)
+    logged = {}
+    if optimization.deepspeed:  # the engine stepped at the last micro-batch (and skips overflowing fp16 steps)
+        if norm is not None:
+            logged["train/grad_norm"] = float(norm)
+        optimization.scheduler.step()
+        return logged
+    finite = bool(torch.isfinite(torch.as_tensor(norm)))
+    logged["train/skipped_step_fraction"] = 0.0 if finite else 1.0
+    if finite:
+        logged["train/grad_norm"] = float(norm)
+        optimization.optimizer.step()
+    optimization.scheduler.step()
+    optimization.optimizer.zero_grad(set_to_none=True)
+    return logged
+
+
+def rollout_stats(accelerator: Accelerator, trajectory: Trajectory, targets: Targets, *, eos_token_id: int) -> dict[str, float]:
+    """What the rollout looked like, over all processes: scores, KL, rewards, lengths, stop rate, entropy."""
+    scores = accelerator.gather(trajectory.raw_scores)
+    return {
+        "score/mean": scores.mean().item(),
+        "score/std": scores.std().item() if len(scores) > 1 else 0.0,
+        "kl/mean": accelerator.gather(targets.kl).mean().item(),
+        "reward/mean_total": accelerator.gather(targets.rewards.sum(1)).mean().item(),
+        "response/length": accelerator.gather(trajectory.response_mask.sum(1).float()).mean().item(),
+        "response/stopped": accelerator.gather((trajectory.responses == eos_token_id).any(1).float()).mean().item(),
+        "rollout/entropy": masked_mean(trajectory.entropy, trajectory.response_mask).item(),
+    }
