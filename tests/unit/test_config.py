@@ -9,7 +9,7 @@ import yaml
 
 from core.errors import InputError
 from pipeline.config import load_pipeline
-from tests.conftest import REPO, pretrain_stage, rlhf, write_pipeline
+from tests.helpers import REPO, pretrain_stage, rlhf, write_pipeline
 
 
 def problems(path: Path) -> list[str]:
@@ -145,7 +145,7 @@ def test_every_shipped_config_validates():
 
 def test_the_8b_hub_example_validates_and_plans_offline():
     """configs/pipelines/qwen3-8b-hub.yaml cannot run here (no Hub, no GPU), but it must stay valid."""
-    from tests.conftest import rlhf
+    from tests.helpers import rlhf
 
     path = REPO / "configs" / "pipelines" / "qwen3-8b-hub.yaml"
     pipeline = load_pipeline(path)

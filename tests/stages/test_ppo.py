@@ -12,8 +12,7 @@ from safetensors.torch import load_file
 from core.history import read_history
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from tests.conftest import PPO_ITERATIONS, chat_pipeline, rlhf
-from tests.test_reward import kill_during
+from tests.helpers import PPO_ITERATIONS, chat_pipeline, kill_during, rlhf
 
 pytestmark = pytest.mark.slow
 

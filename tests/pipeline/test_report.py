@@ -18,7 +18,7 @@ from core.checkpoints import complete_checkpoints
 from core.history import append_record, attempt_marker, read_history, series
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from tests.conftest import pretrain_stage, rlhf, status_row, write_pipeline
+from tests.helpers import pretrain_stage, rlhf, status_row, write_pipeline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,8 +10,9 @@ import pytest
 
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from tests.conftest import (
+from tests.helpers import (
     REPO,
+    kill_during,
     ppo_stage,
     pretrain_stage,
     ranking_subset,
@@ -21,7 +22,6 @@ from tests.conftest import (
     small_corpus,
     write_pipeline,
 )
-from tests.test_reward import kill_during
 
 pytestmark = pytest.mark.slow
 

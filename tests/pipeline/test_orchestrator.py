@@ -21,7 +21,7 @@ from core.manifest import commit_artifact, read_manifest
 from pipeline import dag
 from pipeline.config import load_pipeline
 from pipeline.plan import make_plan, stage_states
-from tests.conftest import REPO, pretrain_stage, rlhf, small_corpus, write_pipeline
+from tests.helpers import REPO, pretrain_stage, rlhf, small_corpus, write_pipeline
 
 
 def three_stages(corpus: Path) -> dict:

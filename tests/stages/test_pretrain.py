@@ -19,8 +19,16 @@ from safetensors.torch import load_file
 from core.checkpoints import CHECKPOINT_MARKER, complete_checkpoints
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from core.progress import is_alive, read_progress
-from tests.conftest import launch_stage, pretrain_stage, rlhf, small_corpus, status_row, write_pipeline
+from tests.helpers import (
+    launch_stage,
+    pretrain_stage,
+    rlhf,
+    small_corpus,
+    status_row,
+    wait_for_checkpoint,
+    wait_until_stage_exits,
+    write_pipeline,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -98,28 +106,6 @@ def test_run_writes_a_loadable_artifact_then_caches_and_reruns_on_data_change(tm
     assert read_manifest(StageDirs(stage))["fingerprint"] == manifest["fingerprint"]
 
 
-def wait_for_checkpoint(stage: Path, proc: subprocess.Popen, timeout: float = 300) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = complete_checkpoints(StageDirs(stage))
-        if found:
-            return found[-1].step
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        time.sleep(0.02)
-    raise TimeoutError("no checkpoint appeared")
-
-
-def wait_until_stage_exits(stage: Path, timeout: float = 60) -> None:
-    """Wait for the stage process named in progress.json to end."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = read_progress(StageDirs(stage))
-        if record is None or not is_alive(record):
-            return
-        time.sleep(0.1)
-    raise TimeoutError("the stage process outlived its launcher")
-
-
 def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_weights(tmp_path, corpus):
     settings = {"max_steps": 120, "save_every": 20}
     # reference: uninterrupted, launched by hand with accelerate launch
@@ -127,6 +113,13 @@ def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_weights(tmp_pa
                                run_dir="reference-run")
     done = launch_stage("stages.pretrain", "--config", reference, "--stage", "pre")
     assert done.returncode == 0, done.stdout + done.stderr
+
+    # launched by hand again, the fresh stage says so and touches nothing
+    files = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in (tmp_path / "reference-run").rglob("*")}
+    again = launch_stage("stages.pretrain", "--config", reference, "--stage", "pre")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "[pre] fresh: up to date; nothing to do" in again.stdout and "step" not in again.stdout
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in (tmp_path / "reference-run").rglob("*")} == files
 
     # interrupted: SIGKILL the whole `rlhf run` process group right after a checkpoint is committed
     path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus, **settings)})

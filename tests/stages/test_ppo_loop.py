@@ -14,7 +14,7 @@ from stages.ppo.losses import KLController, logprobs_of
 from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
 from stages.ppo.rollout import HFGenerator, encode_prompts, score_answers, score_rollout
 from stages.ppo.update import Optimization, advantages_and_returns, ppo_epochs, rollout_stats
-from tests.conftest import small_corpus
+from tests.helpers import small_corpus
 
 PROMPTS = [[{"role": "user", "content": text}] for text in
            ("What is a rose?", "Who wrote Persuasion, and when was it published?", "Why?", "Tell me about Bath.")]

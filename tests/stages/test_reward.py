@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.checkpoints import complete_checkpoints
 from core.layout import StageDirs
 from core.manifest import read_manifest
 from stages.common.ranking import ranking_metrics
-from tests.conftest import DATA, chat_pipeline, rlhf
-from tests.test_pretrain import wait_for_checkpoint
+from tests.helpers import DATA, chat_pipeline, kill_during, rlhf
 
 pytestmark = pytest.mark.slow
 
@@ -62,17 +55,6 @@ def test_reward_model_learns_the_easy_rankings_and_reloads_as_a_scorer(tiny_chat
 def test_fresh_chat_stages_are_skipped(tiny_chat_run):
     again = rlhf("run", tiny_chat_run.parent / "chat.yaml")
     assert again.returncode == 0 and "nothing to run" in again.stdout, again.stdout + again.stderr
-
-
-def kill_during(stage: Path, path: Path, *args: str) -> int:
-    """Start `rlhf run`, SIGKILL its process group once `stage` has a checkpoint; return that step."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(path), *args], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_checkpoint(stage, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert read_manifest(StageDirs(stage)) is None
-    return complete_checkpoints(StageDirs(stage))[-1].step
 
 
 def test_sft_and_reward_resume_after_sigkill_with_the_uninterrupted_weights(tmp_path, tiny_chat_run):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from core.corpus import read_documents
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DATA = REPO / "data"
 

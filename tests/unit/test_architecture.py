@@ -1,0 +1,126 @@
+"""The import graph, read from the source (AST), holds the architecture's promises:
+
+- no import cycle between modules;
+- `core` imports neither `pipeline` nor `stages`; stage code never imports `pipeline`;
+- the orchestrator and the core reach into `stages` only through the kinds' torch-free `config.py`;
+- nothing `rlhf plan` can import reaches torch or the libraries built on it.
+"""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+PACKAGES = ("core", "pipeline", "stages")
+HEAVY = {"torch", "transformers", "accelerate", "trl", "peft", "deepspeed", "datasets", "tokenizers", "safetensors"}
+
+
+def module_name(path: Path) -> str:
+    """core/layout.py -> core.layout; stages/ppo/__init__.py -> stages.ppo."""
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(internal module -> internal modules it imports, internal module -> top-level external packages it
+    imports), counting imports anywhere in a module, inside functions too."""
+    files = {module_name(p): p for package in PACKAGES for p in (REPO / package).rglob("*.py")}
+    internal: dict[str, set[str]] = {name: set() for name in files}
+    external: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                # `from pkg import mod` imports the module pkg.mod when there is one
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                if target.split(".")[0] in PACKAGES:
+                    if target in files and target != name:
+                        internal[name].add(target)
+                else:
+                    external[name].add(target.split(".")[0])
+    return internal, external
+
+
+INTERNAL, EXTERNAL = import_graph()
+
+
+def is_kind_config(module: str) -> bool:
+    """stages.<kind>.config, or the packages above it (imported on the way)."""
+    parts = module.split(".")
+    return module == "stages" or (parts[0] == "stages" and parts[1] != "common"
+                                  and (len(parts) == 2 or parts[2:] == ["config"]))
+
+
+def test_the_graph_is_read():
+    assert "pipeline.cli" in INTERNAL and "stages.ppo.stage" in INTERNAL and "core.schema" in INTERNAL
+    assert "stages.ppo.placement" in INTERNAL["stages.ppo.stage"]
+    assert "torch" in EXTERNAL["stages.ppo.placement"] and "accelerate" in EXTERNAL["stages.ppo.stage"]
+    assert "stages.ppo.losses" in reachable("stages.ppo.stage")  # the walk that the torch check below relies on
+
+
+def test_no_import_cycles():
+    try:
+        graphlib.TopologicalSorter(INTERNAL).prepare()
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
+
+
+def test_core_imports_neither_the_orchestrator_nor_the_stages():
+    wrong = {m: sorted(t for t in targets if not t.startswith("core"))
+             for m, targets in INTERNAL.items() if m.startswith("core")}
+    assert not {m: t for m, t in wrong.items() if t}
+
+
+def test_stage_code_never_imports_the_orchestrator():
+    wrong = {m: sorted(t for t in targets if t.startswith("pipeline"))
+             for m, targets in INTERNAL.items() if m.startswith("stages")}
+    assert not {m: t for m, t in wrong.items() if t}
+
+
+def test_the_orchestrator_reaches_stages_only_through_the_kinds_config_modules():
+    wrong = {m: sorted(t for t in targets if t.startswith("stages") and not is_kind_config(t))
+             for m, targets in INTERNAL.items() if m.startswith(("pipeline", "core")) or is_kind_config(m)}
+    assert not {m: t for m, t in wrong.items() if t}
+
+
+def reachable(start: str) -> set[str]:
+    """Every internal module `start` may import, directly or not (with the packages above each)."""
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # a module's packages run first
+        todo += INTERNAL.get(module, ())
+    return seen & set(INTERNAL)
+
+
+def test_nothing_rlhf_plan_can_import_reaches_torch():
+    modules = reachable("pipeline.cli")
+    assert {"pipeline.registry", "stages.ppo.config", "core.records"} <= modules
+    heavy = {m: sorted(EXTERNAL[m] & HEAVY) for m in modules if EXTERNAL[m] & HEAVY}
+    assert not heavy, f"modules reachable from `rlhf plan` import {heavy}"
+
+
+def test_every_kind_is_a_folder_with_config_stage_and_main():
+    from pipeline.registry import KINDS
+
+    for kind, config in KINDS.items():
+        folder = REPO / "stages" / kind
+        assert {"config.py", "stage.py", "__main__.py"} <= {p.name for p in folder.iterdir()}, kind
+        assert config.module == f"stages.{kind}" and config.__module__ == f"stages.{kind}.config"
