@@ -18,7 +18,7 @@ Problems = list[tuple[tuple, str]]
 
 
 class TrainSettings(StrictModel):
-    """Optimisation settings shared by the Trainer-based stages."""
+    """Optimization settings shared by the Trainer-based stages."""
 
     max_steps: int = Field(ge=1)
     batch_size: int = Field(16, ge=1, description="global batch in sequences, whatever the process count")

@@ -95,7 +95,7 @@ class PpoStage(StageConfig):
     headline = ("eval/ppo_score", "eval/win_rate", "eval/kl")
     live = ("score/mean", "kl/mean")
     # 2: the sample table holds greedy base, SFT and PPO answers, all scored
-    # 3: policy and value in one module with one optimiser (one DeepSpeed engine); checkpoints of 2 do not load
+    # 3: policy and value in one module with one optimizer (one DeepSpeed engine); checkpoints of 2 do not load
     version = 3
     input_roles = {"policy": True, "reward": True}
     about = ("PPO against the frozen reward model with a KL penalty to the SFT policy. The score should rise while "

@@ -5,7 +5,7 @@
 - reward (frozen): the reward stage's scalar model, read at the last answer token;
 - value (trained): initialised from the reward model (InstructGPT), read at every answer token.
 
-The two trained roles live in one module (`PolicyAndValue`) with one optimiser: accelerate gives DeepSpeed
+The two trained roles live in one module (`PolicyAndValue`) with one optimizer: accelerate gives DeepSpeed
 one model per engine, and DDP wants one forward per backward (the PPO-ptx term included).
 
 Sequences are [left-padded prompt | right-padded answer]; position ids are counted from the first real

@@ -1,4 +1,4 @@
-"""PPO: the SFT policy is optimised against the frozen reward model, with a KL penalty to its own start.
+"""PPO: the SFT policy is optimized against the frozen reward model, with a KL penalty to its own start.
 
     accelerate launch -m stages.ppo --config configs/pipelines/tiny.yaml --stage ppo
 

@@ -93,7 +93,7 @@ def test_every_stage_kind_runs_on_two_processes_and_reloads(mixed_run):
 
 
 def test_the_global_batch_holds_across_process_counts_and_engines(mixed_run):
-    # batch 8 = 1 process x 2 sequences x 4 accumulation steps = 2 processes x 2 x 2: the same optimisation
+    # batch 8 = 1 process x 2 sequences x 4 accumulation steps = 2 processes x 2 x 2: the same optimization
     losses = {s: read_manifest(StageDirs(mixed_run / s))["metrics"]["eval/loss"]
               for s in ("pre_single", "pre_ddp", "pre_zero2", "pre_zero3")}
     for stage, loss in losses.items():

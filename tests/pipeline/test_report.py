@@ -70,25 +70,31 @@ def _png_pixels(path: Path):
     return matplotlib.image.imread(path)
 
 
-@pytest.mark.slow
-def test_report_of_a_real_run_matches_the_manifests_and_renders(tiny_chat_run, tmp_path):
+@pytest.fixture(scope="module")
+def report(tiny_chat_run):
+    """(report dir, report.md text, report.json, manifests by stage) of the tiny chat run, rewritten by `rlhf report`."""
     out = tiny_chat_run / "report"
     assert (out / "report.html").is_file()  # written by `rlhf run` itself
     result = rlhf("report", str(tiny_chat_run))
     assert result.returncode == 0, result.stdout + result.stderr
-    md = (out / "report.md").read_text()
-    summary = json.loads((out / "report.json").read_text())
-
-    # a plot per stage (by kind) and the time plot, each a real, non-blank PNG
     stages = {p.parent.name: read_manifest(StageDirs(p.parent)) for p in tiny_chat_run.glob("*/manifest.json")}
     assert set(stages) == {"pre", "sft", "sft_lora", "rm", "ppo", "ppo_lora"}
+    return out, (out / "report.md").read_text(), json.loads((out / "report.json").read_text()), stages
+
+
+@pytest.mark.slow
+def test_report_has_a_real_plot_per_stage_and_for_time(report):
+    out, md, summary, stages = report
     assert set(summary["plots"]) == {f"plots/{name}.png" for name in stages} | {"plots/time.png"}
     for plot in summary["plots"]:
         pixels = _png_pixels(out / plot)
         assert pixels.shape[0] > 100 and pixels.shape[1] > 300 and pixels.std() > 0.05, plot
         assert f"]({plot})" in md
 
-    # numbers: every stage's headline metrics as the manifest has them, in the summary table
+
+@pytest.mark.slow
+def test_report_summary_shows_each_stage_headline_metrics_as_the_manifest_has_them(report):
+    _, md, summary, stages = report
     for name, manifest in stages.items():
         assert summary["stages"][name]["metrics"] == {k: v for k, v in manifest["metrics"].items() if k != "samples"}
         row = next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
@@ -98,20 +104,34 @@ def test_report_of_a_real_run_matches_the_manifests_and_renders(tiny_chat_run, t
         for key in headline:
             assert f"{key} {manifest['metrics'][key]:.4g}" in row, (key, row)
 
-    # the sample table: base -> SFT -> PPO answers and scores as PPO's manifest holds them
+
+@pytest.mark.slow
+def test_report_sample_table_holds_the_scores_of_ppo_manifest(report):
+    _, md, _, stages = report
     for sample in stages["ppo"]["metrics"]["samples"]:
         row = next(line for line in md.splitlines() if line.startswith(f"| {sample['prompt'].replace('|', chr(92) + '|')} |"))
         for column in ("sft_score", "ppo_score"):
             assert f"| {sample[column]:.4g} |" in row
-    # tensorboard: every stage's events under its logs, so `tensorboard --logdir RUN_DIR` shows them all
-    for name in stages:
+
+
+@pytest.mark.slow
+def test_every_stage_writes_tensorboard_events_under_its_logs(tiny_chat_run, report):
+    for name in report[3]:  # so `tensorboard --logdir RUN_DIR` shows them all
         assert list((tiny_chat_run / name / "logs" / "tensorboard").rglob("events.out.tfevents.*")), name
-    # the lineage: fingerprints and data-file hashes of every stage
+
+
+@pytest.mark.slow
+def test_report_lineage_names_every_fingerprint_and_data_file_hash(report):
+    _, md, _, stages = report
     for manifest in stages.values():
         assert manifest["fingerprint"] in md
         for data_file in manifest["data_files"]:
             assert data_file["sha256"][:16] in md
 
+
+@pytest.mark.slow
+def test_report_html_renders_every_image_in_a_browser(report, tmp_path):
+    out, _, summary, _ = report
     chromium = _chromium()
     if chromium is None:
         pytest.skip("no chromium to render report.html (CI installs it)")

@@ -127,8 +127,8 @@ def test_iterations_train_policy_and_value_and_leave_frozen_roles_untouched(tiny
         assert all(torch.equal(a, b) for a, b in zip(before, getattr(roles, name).parameters())), name
     for name, before in trained.items():
         assert any(not torch.equal(a, b) for a, b in zip(before, getattr(roles.trained, name).parameters())), name
-    optimised = {id(p) for group in opt.optimizer.param_groups for p in group["params"]}
-    assert not optimised & {id(p) for name in frozen for p in getattr(roles, name).parameters()}
+    optimized = {id(p) for group in opt.optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for name in frozen for p in getattr(roles, name).parameters()}
 
 
 def test_with_lora_the_reference_is_the_policy_with_its_adapter_off(tiny):

@@ -165,17 +165,45 @@ def test_the_8b_hub_example_validates_and_plans_offline():
     assert all(name in planned.stdout for name in pipeline.stages)
 
 
-def test_readme_pipeline_example_validates(tmp_path):
+def test_every_pipeline_in_the_readme_validates_and_plans(tmp_path):
+    """Each ```yaml block of the README that declares stages is a pipeline file beside configs/pipelines/:
+    it loads, and `rlhf plan` (which also checks sequence lengths against the models' positions) accepts it."""
     readme = (REPO / "README.md").read_text()
-    example = next(block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:] if "run_dir:" in block)
+    examples = [block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:] if "stages:" in block]
+    assert examples
     configs = tmp_path / "configs"
     (configs / "pipelines").mkdir(parents=True)
     (tmp_path / "data").symlink_to(REPO / "data")
     (configs / "accelerate").symlink_to(REPO / "configs" / "accelerate")
-    (configs / "pipelines" / "readme.yaml").write_text(example)
-    pipeline = load_pipeline(configs / "pipelines" / "readme.yaml")
-    assert pipeline.stages["more-austen"].inputs == {"model": "pretrain"}
-    assert pipeline.launch_for("more-austen").accelerate_config == str(REPO / "configs" / "accelerate" / "cpu.yaml")
+    for i, example in enumerate(examples):
+        path = configs / "pipelines" / f"readme-{i}.yaml"
+        path.write_text(example)
+        load_pipeline(path)
+        planned = rlhf("plan", path)
+        assert planned.returncode == 0, f"README pipeline {i}: {planned.stderr}"
+    first = load_pipeline(configs / "pipelines" / "readme-0.yaml")
+    assert first.stages["more-austen"].inputs == {"model": "pretrain"}
+    assert first.launch_for("more-austen").accelerate_config == str(REPO / "configs" / "accelerate" / "cpu.yaml")
+
+
+def test_plan_refuses_lengths_beyond_the_model_positions_down_the_dag(tmp_path, corpus):
+    pre = pretrain_stage(corpus)  # block_size 64: the new model has 64 positions
+    sft = {"kind": "sft", "inputs": {"model": "pre"}, "data": {"train": [str(REPO / "data" / "sft" / "chatterbot" / "train.jsonl")],
+                                                                "max_length": 96}, "train": {"max_steps": 1}}
+    ppo = {"kind": "ppo", "inputs": {"policy": "sft", "reward": "sft"},
+           "data": {"train": [str(REPO / "data" / "sft" / "chatterbot" / "train.jsonl")], "max_length": 40},
+           "generation": {"max_new_tokens": 32}, "train": {"max_steps": 1}}
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pre, "sft": sft, "ppo": ppo})
+    found = problems(path)
+    assert any(p.endswith("stages.sft.data.max_length: data.max_length = 96 tokens is more than the model's 64 "
+                          "positions (max_position_embeddings)") for p in found), found
+    assert any("stages.ppo.data.max_length: data.max_length + generation.max_new_tokens = 72 tokens" in p
+               for p in found), found
+    planned = rlhf("plan", path)
+    assert planned.returncode == 2 and "stages.sft.data.max_length" in planned.stderr
+    pre["model"]["init"]["max_position_embeddings"] = 128
+    write_pipeline(path, {"pre": pre, "sft": sft, "ppo": ppo})
+    assert load_pipeline(path).stages["sft"].data.max_length == 96
 
 
 def test_chat_stages_check_their_model_source_template_and_keys(tmp_path, corpus):
