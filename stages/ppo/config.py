@@ -148,6 +148,7 @@ class PpoBatches:
     mini: int          # answers per optimizer step, per process
     micro: int         # answers per forward pass (scoring and training)
     accumulation: int  # micro-batches per optimizer step
+    updates: int       # optimizer steps per iteration: epochs x mini-batches of the rollout
 
 
 def batch_problems(*, rollout: int, mini: int, micro: int | None, world: int) -> Problems:
@@ -159,6 +160,8 @@ def batch_problems(*, rollout: int, mini: int, micro: int | None, world: int) ->
         problems.append((("ppo", "mini_batch_size"), f"must divide ppo.rollout_batch_size ({rollout})"))
     if mini % micro:
         problems.append((("ppo", "micro_batch_size"), f"must divide ppo.mini_batch_size ({mini})"))
+    if problems:
+        return problems
     if rollout % world or mini % world:
         problems.append((("ppo",), f"rollout_batch_size ({rollout}) and mini_batch_size ({mini}) must be multiples "
                                    f"of the process count ({world})"))
@@ -168,11 +171,13 @@ def batch_problems(*, rollout: int, mini: int, micro: int | None, world: int) ->
     return problems
 
 
-def ppo_batches(*, rollout: int, mini: int, micro: int | None, world: int) -> PpoBatches:
-    """The per-process batch sizes of PPO on `world` processes; InputError when they do not divide."""
+def ppo_batches(*, rollout: int, mini: int, micro: int | None, epochs: int, world: int) -> PpoBatches:
+    """The per-process batch sizes of PPO on `world` processes, and the optimizer steps of one iteration of
+    `epochs` passes; InputError when they do not divide."""
     problems = batch_problems(rollout=rollout, mini=mini, micro=micro, world=world)
     if problems:
         raise InputError([f"{'.'.join(loc)}: {message}" for loc, message in problems])
     per_process = mini // world
     micro = min(micro or mini, per_process)
-    return PpoBatches(prompts=rollout // world, mini=per_process, micro=micro, accumulation=per_process // micro)
+    return PpoBatches(prompts=rollout // world, mini=per_process, micro=micro, accumulation=per_process // micro,
+                      updates=epochs * (rollout // mini))

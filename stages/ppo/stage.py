@@ -61,7 +61,7 @@ def train(ctx: StageContext) -> dict:
     ppo, gen = cfg.ppo, cfg.generation
     quiet_libraries()
     batches = ppo_batches(rollout=ppo.rollout_batch_size, mini=ppo.mini_batch_size, micro=ppo.micro_batch_size,
-                          world=PartialState().num_processes)
+                          epochs=ppo.epochs, world=PartialState().num_processes)
     accelerator = make_accelerator(precision=cfg.train.precision, batches=batches, max_grad_norm=cfg.train.max_grad_norm,
                                    trackers=["tensorboard", *cfg.train.report_to], logs=ctx.dirs.logs, stage=ctx.name)
     set_seed(cfg.train.seed)
@@ -83,7 +83,7 @@ def train(ctx: StageContext) -> dict:
         critic_learning_rate=ppo.critic_learning_rate or cfg.train.learning_rate,
         betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), weight_decay=cfg.train.weight_decay,
         lr_scheduler=cfg.train.lr_scheduler, warmup_steps=cfg.train.warmup_steps,
-        updates=cfg.train.max_steps * ppo.epochs * (ppo.rollout_batch_size // ppo.mini_batch_size),
+        updates=cfg.train.max_steps * batches.updates,
         max_grad_norm=cfg.train.max_grad_norm)
     generators = Generators(models, accelerator, tokenizer, max_new_tokens=gen.max_new_tokens,
                             temperature=gen.temperature, top_p=gen.top_p)
@@ -170,7 +170,8 @@ def train(ctx: StageContext) -> dict:
             write_artifact(state, policy_dir=ctx.inputs["policy"], reward_dir=ctx.inputs["reward"], lora=lora,
                            tokenizer=tokenizer, directory=ctx.staged_artifact)
     accelerator.wait_for_everyone()
-    return {**evaluation, **summary(history, cfg)}
+    return {**evaluation, **summary(history, iterations=cfg.train.max_steps, rollout_batch=ppo.rollout_batch_size,
+                                    mini_batch=ppo.mini_batch_size)}
 
 
 class PromptOrder:
@@ -253,16 +254,16 @@ def log_iteration(ctx: StageContext, accelerator: Accelerator, *, step: int, tot
           f"| {elapsed:.0f}s, eta {eta:.0f}s", flush=True)
 
 
-def summary(history: list[dict], cfg: PpoStage) -> dict:
+def summary(history: list[dict], *, iterations: int, rollout_batch: int, mini_batch: int) -> dict:
     """Training metrics for the manifest: first and last scores and KL, and where the time went."""
     if not history:
-        return {"train/iterations": cfg.train.max_steps}
+        return {"train/iterations": iterations}
     mean = lambda key: sum(h[key] for h in history) / len(history)  # noqa: E731
     total = mean("time/iteration")
     return {
-        "train/iterations": cfg.train.max_steps,
-        "train/rollout_batch": cfg.ppo.rollout_batch_size,
-        "train/mini_batch": cfg.ppo.mini_batch_size,
+        "train/iterations": iterations,
+        "train/rollout_batch": rollout_batch,
+        "train/mini_batch": mini_batch,
         "train/first_score": history[0]["score/mean"],
         "train/last_score": history[-1]["score/mean"],
         "train/last_kl": history[-1]["kl/mean"],
