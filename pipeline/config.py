@@ -55,19 +55,7 @@ class _PipelineFile(StrictModel):
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read and validate a pipeline file; raise InputError listing every problem, one line each."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: pipeline file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise InputError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: expected a mapping with keys run_dir and stages, got {type(raw).__name__}")
-
+    raw, lines = _read_yaml(path)
     context = {"base_dir": path.resolve().parent}
     problems: list[str] = []
 
@@ -82,39 +70,13 @@ def load_pipeline(path: str | Path) -> Pipeline:
         for loc, message in _describe(e, _PipelineFile):
             report(loc, message)
         raise InputError(problems) from None
-
     stages: dict[str, StageConfig] = {}
     for name, raw_stage in top.stages.items():
-        loc = ("stages", name)
-        if not STAGE_NAME.match(name):
-            report(loc, "stage names may use letters, digits, '_', '-' and '.' only")
-            continue
-        kind = raw_stage.get("kind")
-        if kind not in KINDS:
-            report(loc + ("kind",), f"unknown stage kind {kind!r} (expected one of: {', '.join(sorted(KINDS))})")
-            continue
-        cls = KINDS[kind]
-        try:
-            stage = cls.model_validate(raw_stage, context=context)
-        except ValidationError as e:
-            for sub, message in _describe(e, cls):
-                report(loc + sub, message)
-            continue
-        for sub, message in stage.input_problems():
-            report(loc + sub, message)
-        for role, required in cls.input_roles.items():
-            if required and role not in stage.inputs:
-                report(loc + ("inputs",), f"missing input {role!r} (kind {kind} needs: {', '.join(cls.input_roles)})")
-        for role, source in stage.inputs.items():
-            if role not in cls.input_roles:
-                expected = ", ".join(cls.input_roles) or "none"
-                report(loc + ("inputs", role), f"unknown input role for kind {kind} (expected: {expected})")
-            elif source == name:
-                report(loc + ("inputs", role), "a stage cannot be its own input")
-            elif source not in top.stages:
-                report(loc + ("inputs", role), f"no stage named {source!r} (stages: {', '.join(top.stages)})")
-        stages[name] = stage
-
+        stage, found = _stage(name, raw_stage, stage_names=list(top.stages), context=context)
+        for loc, message in found:
+            report(("stages", name) + loc, message)
+        if stage is not None:
+            stages[name] = stage
     if not problems:
         cycle = dag.find_cycle(stages)
         if cycle:
@@ -125,6 +87,50 @@ def load_pipeline(path: str | Path) -> Pipeline:
     if problems:
         raise InputError(problems)
     return Pipeline(path=path.resolve(), run_dir=Path(top.run_dir), stages=stages, launch=top.launch)
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
+    """The file's top-level mapping and the line of every key path in it."""
+    if not path.is_file():
+        raise InputError(f"{path}: pipeline file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise InputError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping with keys run_dir and stages, got {type(raw).__name__}")
+    return raw, lines
+
+
+def _stage(name: str, raw: dict, *, stage_names: list[str], context: dict) -> tuple[StageConfig | None, list]:
+    """One stage of the file validated by its kind: (the config or None, [(key path, problem)])."""
+    if not STAGE_NAME.match(name):
+        return None, [((), "stage names may use letters, digits, '_', '-' and '.' only")]
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        return None, [(("kind",), f"unknown stage kind {kind!r} (expected one of: {', '.join(sorted(KINDS))})")]
+    cls = KINDS[kind]
+    try:
+        stage = cls.model_validate(raw, context=context)
+    except ValidationError as e:
+        return None, _describe(e, cls)
+    problems = list(stage.input_problems())
+    for role, required in cls.input_roles.items():
+        if required and role not in stage.inputs:
+            problems.append((("inputs",), f"missing input {role!r} (kind {kind} needs: {', '.join(cls.input_roles)})"))
+    for role, source in stage.inputs.items():
+        if role not in cls.input_roles:
+            expected = ", ".join(cls.input_roles) or "none"
+            problems.append((("inputs", role), f"unknown input role for kind {kind} (expected: {expected})"))
+        elif source == name:
+            problems.append((("inputs", role), "a stage cannot be its own input"))
+        elif source not in stage_names:
+            problems.append((("inputs", role), f"no stage named {source!r} (stages: {', '.join(stage_names)})"))
+    return stage, problems
 
 
 def length_problems(stages: dict[str, StageConfig]) -> list[tuple[str, tuple, str]]:

@@ -140,3 +140,17 @@ def answer_ids(tokenizer, answers: list[str], device) -> torch.Tensor:
     ids = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in answers]
     width = max(len(i) for i in ids)
     return torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids], device=device)
+
+
+def evaluate_policies(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, held_out: list[dict],
+                      sft_manifest: dict | None, prompts: int, samples: int, seed: int, max_prompt_length: int,
+                      temperature: float, batch_size: int, device) -> dict:
+    """The end-of-stage metrics: compare_policies on the first `prompts` held-out rows, and `samples` rows of
+    the sample table (the prompts the SFT stage recorded in its manifest first)."""
+    settings = dict(max_prompt_length=max_prompt_length, temperature=temperature, batch_size=batch_size, device=device)
+    rows = held_out[:prompts]
+    metrics = compare_policies(models, make_generator, tokenizer, rows=rows, seed=seed, **settings)
+    table_prompts, base_answers = sample_prompts_for_table(sft_manifest, rows, samples)
+    metrics["samples"] = sample_table(models, make_generator, tokenizer, prompts=table_prompts,
+                                      base_answers=base_answers, **settings)
+    return metrics

@@ -38,7 +38,7 @@ from stages.common.entry import StageContext
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.lora import lora_config
 from stages.ppo.config import PpoStage, ppo_batches
-from stages.ppo.evaluate import compare_policies, sample_prompts_for_table, sample_table
+from stages.ppo.evaluate import evaluate_policies
 from stages.ppo.losses import KLController
 from stages.ppo.placement import (
     Generators,
@@ -150,17 +150,14 @@ def train(ctx: StageContext) -> dict:
     for tracker in accelerator.trackers:  # not end_training(): it would also tear down the process group
         tracker.finish()
 
-    # evaluate: SFT (the frozen reference) and PPO answer the same held-out prompts, seeded alike
+    # evaluate: SFT (the frozen reference) and PPO answer the same held-out prompts, seeded alike; then the
+    # sample table, greedy base -> SFT -> PPO answers to the prompts the SFT stage sampled, all scored
     accelerator.wait_for_everyone()
-    held_out = interleaved(rows.validation_by_source)[: cfg.evaluation.prompts]
-    evaluation = compare_policies(models, generators.of, tokenizer, rows=held_out, max_prompt_length=cfg.data.max_length,
-                                  temperature=gen.temperature, batch_size=batches.micro, seed=cfg.evaluation.seed,
-                                  device=accelerator.device)
-    # the sample table: greedy base -> SFT -> PPO answers on the prompts the SFT stage sampled, all scored
-    prompts, base_answers = sample_prompts_for_table(ctx.input_manifest("policy"), held_out, cfg.evaluation.samples)
-    evaluation["samples"] = sample_table(models, generators.of, tokenizer, prompts=prompts, base_answers=base_answers,
-                                         max_prompt_length=cfg.data.max_length, temperature=gen.temperature,
-                                         batch_size=batches.micro, device=accelerator.device)
+    evaluation = evaluate_policies(models, generators.of, tokenizer, held_out=interleaved(rows.validation_by_source),
+                                   sft_manifest=ctx.input_manifest("policy"), prompts=cfg.evaluation.prompts,
+                                   samples=cfg.evaluation.samples, seed=cfg.evaluation.seed,
+                                   max_prompt_length=cfg.data.max_length, temperature=gen.temperature,
+                                   batch_size=batches.micro, device=accelerator.device)
 
     # save: the policy as an HF causal LM with the tokenizer, the critic beside it. The full weights are
     # gathered on every process (ZeRO-3 shards), then written into freshly loaded models by the main one.

@@ -119,6 +119,21 @@ def new_head_expected():
         logging.set_verbosity(level)
 
 
+def evaluate_by_source(trainer: Trainer, by_source: dict[str, list[dict]], *, tokenizer, max_length: int) -> dict:
+    """Ranking metrics per held-out source when there are several (a mix can hide one it does not learn):
+    `eval/<source>/pairwise_accuracy`, ... in the manifest, `eval_<source>_...` in metrics.jsonl."""
+    if len(by_source) < 2:
+        return {}
+    metrics = {}
+    for label, source_rows in by_source.items():
+        dataset = Dataset.from_list(tokenize_rankings(source_rows, tokenizer, max_length))
+        prefix = f"eval_{label}"
+        result = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
+        metrics.update({f"eval/{label}/{key}": _number(result[f"{prefix}_{key}"]) for key in
+                        ("pairwise_accuracy", "margin", "ranking_accuracy", "kendall_tau")})
+    return metrics
+
+
 def train(ctx: StageContext) -> dict:
     """Train the reward model, evaluate it on held-out rankings and save it; return the manifest metrics."""
     cfg: RewardStage = ctx.config
@@ -163,14 +178,8 @@ def train(ctx: StageContext) -> dict:
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
     evaluation = trainer.evaluate()
 
-    by_source = {}
-    if len(rows.validation_by_source) > 1:  # also per held-out source: a mix can hide one it does not learn
-        for label, source_rows in rows.validation_by_source.items():
-            dataset = Dataset.from_list(tokenize_rankings(source_rows, tokenizer, cfg.data.max_length))
-            prefix = f"eval_{label}"  # also the metrics.jsonl / tensorboard names: eval_wordnet_margin, ...
-            result_s = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
-            by_source.update({f"eval/{label}/{key}": _number(result_s[f"{prefix}_{key}"]) for key in
-                              ("pairwise_accuracy", "margin", "ranking_accuracy", "kendall_tau")})
+    by_source = evaluate_by_source(trainer, rows.validation_by_source, tokenizer=tokenizer,
+                                   max_length=cfg.data.max_length)
 
     # artifact: sequence classifier (one scalar) + tokenizer with the chat template
     save_artifact(trainer, ctx.staged_artifact)
