@@ -96,7 +96,8 @@ class PpoStage(StageConfig):
     live = ("score/mean", "kl/mean")
     # 2: the sample table holds greedy base, SFT and PPO answers, all scored
     # 3: policy and value in one module with one optimizer (one DeepSpeed engine); checkpoints of 2 do not load
-    version = 3
+    # 4: the reward model scores the rendered chat with its own pooling, as the reward stage trains it
+    version = 4
     input_roles = {"policy": True, "reward": True}
     about = ("PPO against the frozen reward model with a KL penalty to the SFT policy. The score should rise while "
              "the KL stays moderate; a score that climbs while the KL runs away is reward hacking.")

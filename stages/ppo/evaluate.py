@@ -20,7 +20,7 @@ import torch
 
 from stages.common.chat import prompt_text
 from stages.ppo.models import PpoModels
-from stages.ppo.rollout import Generator, encode_prompts, score_answers
+from stages.ppo.rollout import Generator, decode_answers, encode_prompts, score_answers
 
 _WORD = re.compile(r"\w+")
 
@@ -43,7 +43,8 @@ def win_rate(first: list[float], second: list[float]) -> float:
 
 @torch.no_grad()
 def answers_and_scores(models: PpoModels, generator: Generator, tokenizer, *, prompts: list[list[dict]],
-                       max_prompt_length: int, temperature: float, batch_size: int, seed: int, device,
+                       max_prompt_length: int, max_chat_length: int, temperature: float, batch_size: int, seed: int,
+                       device,
                        of_policy: bool = True) -> tuple[list[str], list[float], list[float]]:
     """(answers, reward-model scores, sequence KL to the reference) of `generator`'s model, seeded: the trained
     policy, or (not `of_policy`) the reference itself, whose KL is 0."""
@@ -53,8 +54,9 @@ def answers_and_scores(models: PpoModels, generator: Generator, tokenizer, *, pr
         queries, query_mask = encode_prompts(tokenizer, prompts[start : start + batch_size],
                                              max_length=max_prompt_length, device=device)
         responses = generator.generate(queries, query_mask)
-        scored = score_answers(models, queries, query_mask, responses=responses, eos_token_id=tokenizer.eos_token_id,
-                               temperature=temperature, micro_batch_size=batch_size, with_policy=of_policy)
+        scored = score_answers(models, queries, query_mask, tokenizer=tokenizer, prompts=prompts[start : start + batch_size],
+                               responses=responses, temperature=temperature, micro_batch_size=batch_size,
+                               max_length=max_chat_length, with_policy=of_policy)
         mask = scored["response_mask"]
         kls += ((scored["logprobs"] - scored["ref_logprobs"]) * mask).sum(1).tolist() if of_policy else [0.0] * len(mask)
         scores += scored["scores"].tolist()
@@ -62,19 +64,15 @@ def answers_and_scores(models: PpoModels, generator: Generator, tokenizer, *, pr
     return answers, scores, kls
 
 
-def decode_answers(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    """Answer texts up to their EOS, without special tokens."""
-    texts = tokenizer.batch_decode(responses * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
-    return [t.strip() for t in texts]
-
-
 def compare_policies(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, rows: list[dict],
-                     max_prompt_length: int, temperature: float, batch_size: int, seed: int, device) -> dict:
+                     max_prompt_length: int, max_chat_length: int, temperature: float, batch_size: int, seed: int,
+                     device) -> dict:
     """The manifest metrics of the final evaluation (see the module docstring).
     The SFT policy is the frozen reference: the weights PPO started from. `make_generator(role)` samples from
     "policy" or "reference"."""
     prompts = [row["prompt"] for row in rows]
-    settings = dict(prompts=prompts, max_prompt_length=max_prompt_length, temperature=temperature,
+    settings = dict(prompts=prompts, max_prompt_length=max_prompt_length, max_chat_length=max_chat_length,
+                    temperature=temperature,
                     batch_size=batch_size, seed=seed, device=device)
     sft_answers, sft_scores, _ = answers_and_scores(models, make_generator("reference"), tokenizer, of_policy=False,
                                                     **settings)
@@ -109,14 +107,16 @@ def sample_prompts_for_table(upstream: dict | None, rows: list[dict], count: int
 
 @torch.no_grad()
 def sample_table(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, prompts: list[list[dict]],
-                 base_answers: list[str | None], max_prompt_length: int, temperature: float, batch_size: int,
+                 base_answers: list[str | None], max_prompt_length: int, max_chat_length: int, temperature: float,
+                 batch_size: int,
                  device) -> list[dict]:
     """Greedy answers of the SFT and PPO policies to `prompts`, beside the base model's (when known), each
     scored by the reward model: what the report shows as base -> SFT -> PPO."""
     rows = [{"prompt": prompt_text(p)} for p in prompts]
     for name, role in (("sft", "reference"), ("ppo", "policy")):
         answers, scores, _ = answers_and_scores(models, make_generator(role, sample=False), tokenizer, prompts=prompts,
-                                                max_prompt_length=max_prompt_length, temperature=temperature,
+                                                max_prompt_length=max_prompt_length,
+                                                max_chat_length=max_chat_length, temperature=temperature,
                                                 batch_size=batch_size, seed=0, device=device,
                                                 of_policy=role == "policy")
         for row, answer, score in zip(rows, answers, scores):
@@ -127,8 +127,9 @@ def sample_table(models: PpoModels, make_generator: Callable[..., Generator], to
         queries, query_mask = encode_prompts(tokenizer, [prompts[i] for i in part], max_length=max_prompt_length,
                                              device=device)
         responses = answer_ids(tokenizer, [base_answers[i] for i in part], device)
-        scored = score_answers(models, queries, query_mask, responses=responses, eos_token_id=tokenizer.eos_token_id,
-                               temperature=temperature, micro_batch_size=batch_size, with_policy=False)
+        scored = score_answers(models, queries, query_mask, tokenizer=tokenizer, prompts=[prompts[i] for i in part],
+                               responses=responses, temperature=temperature, micro_batch_size=batch_size,
+                               max_length=max_chat_length, with_policy=False)
         texts = decode_answers(tokenizer, responses, scored["response_mask"])
         for i, text, score in zip(part, texts, scored["scores"].tolist()):
             rows[i]["base"], rows[i]["base_score"] = text, round(score, 4)
@@ -144,10 +145,12 @@ def answer_ids(tokenizer, answers: list[str], device) -> torch.Tensor:
 
 def evaluate_policies(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, held_out: list[dict],
                       sft_manifest: dict | None, prompts: int, samples: int, seed: int, max_prompt_length: int,
+                      max_chat_length: int,
                       temperature: float, batch_size: int, device) -> dict:
     """The end-of-stage metrics: compare_policies on the first `prompts` held-out rows, and `samples` rows of
     the sample table (the prompts the SFT stage recorded in its manifest first)."""
-    settings = dict(max_prompt_length=max_prompt_length, temperature=temperature, batch_size=batch_size, device=device)
+    settings = dict(max_prompt_length=max_prompt_length, max_chat_length=max_chat_length, temperature=temperature,
+                    batch_size=batch_size, device=device)
     rows = held_out[:prompts]
     metrics = compare_policies(models, make_generator, tokenizer, rows=rows, seed=seed, **settings)
     table_prompts, base_answers = sample_prompts_for_table(sft_manifest, rows, samples)

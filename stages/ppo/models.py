@@ -2,7 +2,7 @@
 
 - policy (trained): the SFT causal LM;
 - reference (frozen): a copy of the initial policy, for the KL penalty;
-- reward (frozen): the reward stage's scalar model, read at the last answer token;
+- reward (frozen): the reward stage's sequence classifier, scoring the rendered chat (stages.common.scoring);
 - value (trained): initialised from the reward model (InstructGPT), read at every answer token.
 
 The two trained roles live in one module (`PolicyAndValue`) with one optimizer: accelerate gives DeepSpeed
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, ContextManager, NamedTuple
 
 import torch
 from peft import get_peft_model
@@ -36,11 +36,14 @@ class LoadedRoles(NamedTuple):
 class PpoModels(NamedTuple):
     """The four roles as training uses them: `trained` holds the policy and the value (the prepared
     PolicyAndValue: plain, DDP or a DeepSpeed engine); `reference` and `reward` are frozen (plain modules or
-    DeepSpeed inference engines)."""
+    DeepSpeed inference engines). `autocast` is the mixed precision the frozen roles run under: the one
+    accelerate gives the trained pair's forward, so that with the same weights the reference computes
+    exactly the policy's log-probs (a KL of 0 at the start) in any precision."""
 
     trained: nn.Module
     reference: nn.Module
     reward: nn.Module
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext
 
 
 class PolicyAndValue(nn.Module):
@@ -116,8 +119,7 @@ def load_roles(policy_dir: Path, reward_dir: Path, *, lora=None, frozen_context=
             reference = AdapterDisabled(policy)
         else:
             reference = freeze(AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32))
-        reward = freeze(ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir,
-                                                                                           dtype=torch.float32)))
+        reward = freeze(AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=torch.float32))
     value = ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=torch.float32))
     policy.config.use_cache = False  # training forwards; generate() asks for the cache explicitly
     return LoadedRoles(policy, reference, reward, value)

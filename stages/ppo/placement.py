@@ -74,8 +74,8 @@ def build_models(accelerator: Accelerator, *, policy_dir: Path, reward_dir: Path
     else:
         reference = loaded.reference
     reward = place_frozen(loaded.reward, accelerator, frozen_models,
-                          hidden_size=loaded.reward.classifier.config.get_text_config().hidden_size)
-    models = PpoModels(trained, reference, reward)
+                          hidden_size=loaded.reward.config.get_text_config().hidden_size)
+    models = PpoModels(trained, reference, reward, autocast=accelerator.autocast)
     return models, Optimization(accelerator, optimizer, scheduler, max_grad_norm, deepspeed=is_deepspeed(accelerator))
 
 
@@ -171,12 +171,15 @@ def is_sharded(model: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def policy_for_generation(trained: nn.Module, accelerator):
-    """The policy as a plain causal LM for `generate`: with ZeRO-3, its weights gathered whole meanwhile."""
+    """The policy as a plain causal LM for `generate`, under the training's mixed precision (the unwrapped
+    model's forward is not autocast): it samples from the distribution its log-probs are computed under.
+    With ZeRO-3 its weights are gathered whole meanwhile."""
     if zero_stage(accelerator) == 3:
-        with unwrap_model_for_generation(trained, accelerator) as pair:
+        with unwrap_model_for_generation(trained, accelerator) as pair, accelerator.autocast():
             yield pair.policy
     else:
-        yield accelerator.unwrap_model(trained).policy
+        with accelerator.autocast():
+            yield accelerator.unwrap_model(trained).policy
 
 
 @contextlib.contextmanager
@@ -186,7 +189,8 @@ def reference_for_generation(reference: nn.Module, trained: nn.Module, accelerat
         with policy_for_generation(trained, accelerator) as policy, policy.disable_adapter():
             yield policy
     else:
-        yield accelerator.unwrap_model(reference)
+        with accelerator.autocast():
+            yield accelerator.unwrap_model(reference)
 
 
 def needs_synced_generation(model: nn.Module, accelerator) -> bool:

@@ -11,7 +11,8 @@ from typing import Callable, ContextManager, Protocol
 
 import torch
 
-from stages.ppo.losses import entropy_from_logits, last_token_index, logprobs_of, response_mask
+from stages.common.scoring import score_chats
+from stages.ppo.losses import entropy_from_logits, logprobs_of, response_mask
 from stages.ppo.models import PpoModels, policy_logits, trained_outputs
 
 
@@ -26,7 +27,7 @@ class Trajectory:
     logprobs: torch.Tensor       # [B, R] log pi_old(token), temperature-scaled
     ref_logprobs: torch.Tensor   # [B, R] log pi_ref(token)
     values: torch.Tensor         # [B, R] critic's value before each token
-    scores: torch.Tensor         # [B] reward-model score (after penalty / clipping)
+    scores: torch.Tensor         # [B] reward-model score of the rendered chat (after penalty / clipping)
     raw_scores: torch.Tensor     # [B] reward-model score as the model gave it
     entropy: torch.Tensor        # [B, R] policy entropy at each answer token
 
@@ -91,17 +92,26 @@ def encode_prompts(tokenizer, prompts: list[list[dict]], *, max_length: int, dev
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
+def decode_answers(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Answer texts up to their EOS, without special tokens."""
+    texts = tokenizer.batch_decode(responses * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
+    return [t.strip() for t in texts]
+
+
 @torch.no_grad()
-def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Tensor, *, responses: torch.Tensor,
-                  eos_token_id: int, temperature: float, micro_batch_size: int,
-                  with_policy: bool = True) -> dict[str, torch.Tensor]:
+def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Tensor, *, tokenizer,
+                  prompts: list[list[dict]], responses: torch.Tensor, temperature: float, micro_batch_size: int,
+                  max_length: int, with_policy: bool = True) -> dict[str, torch.Tensor]:
     """Old and reference log-probs, entropies, values and reward-model scores of sampled answers, in
     micro-batches (one forward per role per micro-batch). Without `with_policy` (answers of the reference
-    itself), only the reference log-probs and the scores."""
-    mask = response_mask(responses, eos_token_id)
+    itself), only the reference log-probs and the scores.
+
+    The reward model scores each answer as stages.common.scoring does for every stage: the decoded answer
+    in the rendered chat (at most `max_length` tokens), read by the classifier's own pooling."""
+    mask = response_mask(responses, tokenizer.eos_token_id)
     prompt_length = queries.shape[1]
     keys = ("logprobs", "entropy", "values") if with_policy else ()
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, "ref_logprobs", "scores")}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, "ref_logprobs")}
     for start in range(0, len(queries), micro_batch_size):
         part = slice(start, start + micro_batch_size)
         ids = torch.cat([queries[part], responses[part]], 1)
@@ -112,21 +122,25 @@ def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Te
             out["logprobs"].append(logprobs_of(logits, responses[part]))
             out["entropy"].append(entropy_from_logits(logits))
             out["values"].append(values)
-        ref_logits = policy_logits(models.reference, ids, attention, prompt_length=prompt_length, temperature=temperature)
+        with models.autocast():
+            ref_logits = policy_logits(models.reference, ids, attention, prompt_length=prompt_length,
+                                       temperature=temperature)
         out["ref_logprobs"].append(logprobs_of(ref_logits, responses[part]))
-        rewards = models.reward(ids, attention)
-        last = prompt_length + last_token_index(mask[part])
-        out["scores"].append(rewards[torch.arange(len(last), device=last.device), last])
-    return {"response_mask": mask, **{k: torch.cat(v) for k, v in out.items()}}
+    with models.autocast():
+        scores = score_chats(models.reward, tokenizer, prompts, decode_answers(tokenizer, responses, mask),
+                             max_length=max_length, batch_size=micro_batch_size, device=queries.device)
+    return {"response_mask": mask, "scores": scores, **{k: torch.cat(v) for k, v in out.items()}}
 
 
-def score_rollout(models: PpoModels, queries: torch.Tensor, query_mask: torch.Tensor, *, responses: torch.Tensor,
-                  eos_token_id: int, temperature: float, micro_batch_size: int, missing_eos_penalty: float | None = None,
-                  score_clip: float | None = None, whiten_scores: bool = False) -> Trajectory:
+def score_rollout(models: PpoModels, queries: torch.Tensor, query_mask: torch.Tensor, *, tokenizer,
+                  prompts: list[list[dict]], responses: torch.Tensor, temperature: float, micro_batch_size: int,
+                  max_length: int, missing_eos_penalty: float | None = None, score_clip: float | None = None,
+                  whiten_scores: bool = False) -> Trajectory:
     """Score sampled answers with all four roles and shape the reward-model scores (a penalty for answers cut
     before EOS, whitening, clipping): one rollout, ready for advantages."""
-    scored = score_answers(models, queries, query_mask, responses=responses, eos_token_id=eos_token_id,
-                           temperature=temperature, micro_batch_size=micro_batch_size)
+    eos_token_id = tokenizer.eos_token_id
+    scored = score_answers(models, queries, query_mask, tokenizer=tokenizer, prompts=prompts, responses=responses,
+                           temperature=temperature, micro_batch_size=micro_batch_size, max_length=max_length)
     raw = scored.pop("scores")
     scores = raw.clone()
     if missing_eos_penalty is not None:

@@ -72,8 +72,9 @@ def train(ctx: StageContext) -> dict:
                         rank=accelerator.process_index, world_size=accelerator.num_processes)
 
     # models: the four roles, placed for this launch, with one optimizer over the policy and the critic
-    check_context_length(ctx.inputs["policy"], cfg.data.max_length + gen.max_new_tokens,
-                         "data.max_length + generation.max_new_tokens")
+    chat_length = cfg.data.max_length + gen.max_new_tokens  # prompt and answer: what the roles read
+    for role in ("policy", "reward"):
+        check_context_length(ctx.inputs[role], chat_length, "data.max_length + generation.max_new_tokens")
     tokenizer = load_chat_tokenizer(ctx.inputs["policy"], "auto")
     check_same_tokenizer(tokenizer, ctx.inputs["reward"])
     lora = lora_config(cfg.lora)
@@ -116,14 +117,15 @@ def train(ctx: StageContext) -> dict:
         timer = PhaseTimer()
         # rollout: the policy answers this iteration's prompts
         with timer("generate"):
-            queries, query_mask = encode_prompts(tokenizer, order.prompts(i), max_length=cfg.data.max_length,
+            prompts = order.prompts(i)
+            queries, query_mask = encode_prompts(tokenizer, prompts, max_length=cfg.data.max_length,
                                                  device=accelerator.device)
             responses = sampler.generate(queries, query_mask)
         # score: log-probs of the policy and the reference, values, reward-model scores
         with timer("score"):
-            trajectory = score_rollout(models, queries, query_mask, responses=responses,
-                                       eos_token_id=tokenizer.eos_token_id, temperature=gen.temperature,
-                                       micro_batch_size=batches.micro, missing_eos_penalty=gen.missing_eos_penalty,
+            trajectory = score_rollout(models, queries, query_mask, tokenizer=tokenizer, prompts=prompts,
+                                       responses=responses, temperature=gen.temperature, micro_batch_size=batches.micro,
+                                       max_length=chat_length, missing_eos_penalty=gen.missing_eos_penalty,
                                        score_clip=ppo.score_clip, whiten_scores=ppo.whiten_scores)
         with timer("train"):
             # advantages: KL-penalised rewards, GAE, value targets
@@ -156,7 +158,8 @@ def train(ctx: StageContext) -> dict:
     evaluation = evaluate_policies(models, generators.of, tokenizer, held_out=interleaved(rows.validation_by_source),
                                    sft_manifest=ctx.input_manifest("policy"), prompts=cfg.evaluation.prompts,
                                    samples=cfg.evaluation.samples, seed=cfg.evaluation.seed,
-                                   max_prompt_length=cfg.data.max_length, temperature=gen.temperature,
+                                   max_prompt_length=cfg.data.max_length, max_chat_length=chat_length,
+                                   temperature=gen.temperature,
                                    batch_size=batches.micro, device=accelerator.device)
 
     # save: the policy as an HF causal LM with the tokenizer, the critic beside it. The full weights are

@@ -113,8 +113,10 @@ def optimizer_step(trained: torch.nn.Module, optimization: Optimization) -> dict
 
     One gradient norm over policy and critic, clipped together: what a DeepSpeed engine does, so a run gives
     the same weights whatever its launch settings. A non-finite gradient (an overflowing ratio, a NaN loss)
-    would poison the weights: its step is skipped, as mixed-precision loss scalers do, and counted."""
-    norm = optimization.accelerator.clip_grad_norm_(trained.parameters(), optimization.max_grad_norm)
+    would poison the weights: its step is skipped and counted. Under fp16 loss scaling (accelerate's
+    GradScaler) the scaler does that itself, and must see every step to lower its scale."""
+    accelerator = optimization.accelerator
+    norm = accelerator.clip_grad_norm_(trained.parameters(), optimization.max_grad_norm)
     logged = {}
     if optimization.deepspeed:  # the engine stepped at the last micro-batch (and skips overflowing fp16 steps)
         if norm is not None:
@@ -122,10 +124,16 @@ def optimizer_step(trained: torch.nn.Module, optimization: Optimization) -> dict
         optimization.scheduler.step()
         return logged
     finite = bool(torch.isfinite(torch.as_tensor(norm)))
-    logged["train/skipped_step_fraction"] = 0.0 if finite else 1.0
+    if accelerator.scaler is not None:
+        optimization.optimizer.step()
+        skipped = accelerator.optimizer_step_was_skipped
+    else:
+        skipped = not finite
+        if finite:
+            optimization.optimizer.step()
+    logged["train/skipped_step_fraction"] = 1.0 if skipped else 0.0
     if finite:
         logged["train/grad_norm"] = float(norm)
-        optimization.optimizer.step()
     optimization.scheduler.step()
     optimization.optimizer.zero_grad(set_to_none=True)
     return logged

@@ -33,27 +33,17 @@ from stages.common.hf_trainer import (
     training_arguments,
 )
 from stages.common.ranking import kwise_ranking_loss, ranking_metrics, scores_by_prompt
+from stages.common.scoring import encode_chats, pad_right
 from stages.reward.config import RewardStage
 
 
 def tokenize_rankings(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
-    """Each row as {"input_ids": [ids of prompt + answer, per answer], "ranks": [...]}, chat template applied.
-
-    Truncation keeps the end of each sequence, where the answer (and the scored last token) is.
-    """
-    texts, owners = [], []
-    for i, row in enumerate(rows):
-        for answer in row["answers"]:
-            texts.append(tokenizer.apply_chat_template(row["prompt"] + [{"role": "assistant", "content": answer}],
-                                                       tokenize=False))
-            owners.append(i)
-    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
-    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
-    tokenizer.truncation_side = side
-    out = [{"input_ids": [], "ranks": row["ranks"]} for row in rows]
-    for owner, sequence in zip(owners, ids):
-        out[owner]["input_ids"].append(sequence)
-    return out
+    """Each row as {"input_ids": [ids of the rendered chat, per answer], "ranks": [...]}: the sequences that
+    stages.common.scoring scores, so training, PPO and plain transformers read the same token."""
+    prompts = [row["prompt"] for row in rows for _ in row["answers"]]
+    answers = [answer for row in rows for answer in row["answers"]]
+    ids = iter(encode_chats(tokenizer, prompts, answers, max_length=max_length))
+    return [{"input_ids": [next(ids) for _ in row["answers"]], "ranks": row["ranks"]} for row in rows]
 
 
 class RankingCollator:
@@ -63,13 +53,7 @@ class RankingCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        sequences = [seq for ex in examples for seq in ex["input_ids"]]
-        width = max(map(len, sequences))
-        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            attention_mask[row, : len(seq)] = 1
+        input_ids, attention_mask = pad_right([seq for ex in examples for seq in ex["input_ids"]], self.pad_token_id)
         k_max = max(len(ex["ranks"]) for ex in examples)
         ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
         for row, ex in enumerate(examples):

@@ -3,77 +3,24 @@ trained roles change, the frozen ones never do."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from stages.common.chat import DEFAULT_CHAT_TEMPLATE
 from stages.ppo.losses import KLController, logprobs_of
 from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
-from stages.ppo.rollout import HFGenerator, encode_prompts, score_answers, score_rollout
-from stages.ppo.update import Optimization, advantages_and_returns, ppo_epochs, rollout_stats
-from tests.helpers import small_corpus
-
-PROMPTS = [[{"role": "user", "content": text}] for text in
-           ("What is a rose?", "Who wrote Persuasion, and when was it published?", "Why?", "Tell me about Bath.")]
+from stages.ppo.rollout import encode_prompts, score_answers
+from tests.helpers import REPO
+from tests.stages.ppo_helpers import PROMPTS, generator, iteration, optimization, roles_of, rollout, tiny_models
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 512-token BPE with our chat template, a random causal LM and a random scalar model on it."""
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
-
-    from stages.pretrain.stage import train_tokenizer
-
-    corpus = small_corpus(tmp_path_factory.mktemp("corpus")).read_text().split("\n\n")
-    tokenizer = train_tokenizer(corpus, 512, 2)
-    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    config = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    policy = LlamaForCausalLM(LlamaConfig(**config))
-    scorer = LlamaForSequenceClassification(LlamaConfig(num_labels=1, **config))
-    return tokenizer, policy, scorer
-
-
-def roles_of(policy, scorer) -> PpoModels:
-    return PpoModels(PolicyAndValue(copy.deepcopy(policy), ScalarPerToken(copy.deepcopy(scorer))),
-                 freeze(copy.deepcopy(policy)), freeze(ScalarPerToken(copy.deepcopy(scorer))))
-
-
-def optimization(roles: PpoModels, policy_lr: float = 1e-3) -> Optimization:
-    """AdamW on the trainable policy weights and on the value model, constant rates, CPU accelerator."""
-    from accelerate import Accelerator
-
-    pair = roles.trained
-    optimizer = torch.optim.AdamW([{"params": [p for p in pair.policy.parameters() if p.requires_grad], "lr": policy_lr},
-                                   {"params": list(pair.value.parameters()), "lr": 1e-3}])
-    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return Optimization(Accelerator(cpu=True), optimizer, constant, max_grad_norm=1.0)
-
-
-def generator(model, tokenizer, max_new_tokens: int) -> HFGenerator:
-    return HFGenerator(lambda: contextlib.nullcontext(model), tokenizer, max_new_tokens=max_new_tokens,
-                       temperature=1.0, top_p=1.0)
-
-
-def rollout(roles: PpoModels, sampler: HFGenerator, tokenizer):
-    """One rollout of the four test prompts: sampled, then scored by every role."""
-    queries, query_mask = encode_prompts(tokenizer, PROMPTS, max_length=64, device="cpu")
-    responses = sampler.generate(queries, query_mask)
-    return score_rollout(roles, queries, query_mask, responses=responses, eos_token_id=tokenizer.eos_token_id,
-                         temperature=1.0, micro_batch_size=2)
-
-
-def iteration(roles: PpoModels, opt: Optimization, trajectory, kl: KLController, epochs: int = 4) -> dict:
-    """The stage's update of one rollout: advantages, `epochs` passes in mini-batches of 2, rollout stats."""
-    targets = advantages_and_returns(trajectory, beta=kl.value, gamma=1.0, lam=0.95, whiten=True)
-    stats = ppo_epochs(roles.trained, opt, trajectory, targets, epochs=epochs, mini_batch_size=2, micro_batch_size=2,
-                       clip_range=0.2, value_clip_range=0.2, value_coef=0.1, temperature=1.0)
-    return {**stats, **rollout_stats(opt.accelerator, trajectory, targets, eos_token_id=0)}
+    return tiny_models(tmp_path_factory.mktemp("corpus"))
 
 
 def test_padded_batch_scores_equal_each_answer_scored_alone(tiny):
@@ -86,8 +33,8 @@ def test_padded_batch_scores_equal_each_answer_scored_alone(tiny):
     eos = tokenizer.eos_token_id
     responses[0, 3:] = tokenizer.pad_token_id  # force one short answer ending in EOS, then padding
     responses[0, 2] = eos
-    out = score_answers(roles, queries, query_mask, responses=responses, eos_token_id=eos, temperature=0.7,
-                        micro_batch_size=3)
+    out = score_answers(roles, queries, query_mask, tokenizer=tokenizer, prompts=PROMPTS, responses=responses,
+                        temperature=0.7, micro_batch_size=3, max_length=128)
     assert out["response_mask"][0].tolist()[:4] == [1, 1, 1, 0]
 
     scorer.eval()
@@ -95,9 +42,12 @@ def test_padded_batch_scores_equal_each_answer_scored_alone(tiny):
         prompt = queries[row][query_mask[row].bool()]
         answer = responses[row][out["response_mask"][row].bool()]
         ids = torch.cat([prompt, answer]).unsqueeze(0)
+        text = tokenizer.decode(answer, skip_special_tokens=True).strip()
+        chat = tokenizer.apply_chat_template(PROMPTS[row] + [{"role": "assistant", "content": text}], tokenize=False,
+                                             return_tensors=None)
         with torch.no_grad():
-            # the reward model's own head at the last token, as transformers scores an unpadded sequence
-            alone = scorer(input_ids=ids).logits[0, 0]
+            # the reward model as plain transformers scores the rendered chat, unpadded
+            alone = scorer(**tokenizer(chat, return_tensors="pt", add_special_tokens=False)).logits[0, 0]
             logits = policy(input_ids=ids).logits[0, len(prompt) - 1 : -1] / 0.7
         assert out["scores"][row].item() == pytest.approx(alone.item(), abs=1e-5)
         n = len(answer)
@@ -140,7 +90,7 @@ def test_with_lora_the_reference_is_the_policy_with_its_adapter_off(tiny):
     peft_policy = get_peft_model(copy.deepcopy(policy), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
                                                                    task_type="CAUSAL_LM"))
     roles = PpoModels(PolicyAndValue(peft_policy, ScalarPerToken(copy.deepcopy(scorer))), AdapterDisabled(peft_policy),
-                  freeze(ScalarPerToken(copy.deepcopy(scorer))))
+                  freeze(copy.deepcopy(scorer)))
     assert not list(roles.reference.parameters())  # no second copy of the weights
     trainable = [p for p in peft_policy.parameters() if p.requires_grad]
     assert 0 < sum(p.numel() for p in trainable) < sum(p.numel() for p in policy.parameters()) / 4
@@ -168,3 +118,13 @@ def test_a_non_finite_gradient_skips_the_step_instead_of_poisoning_the_weights(t
     assert stats["train/skipped_step_fraction"] == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, roles.trained.policy.parameters()))
     assert all(torch.isfinite(p).all() for p in roles.trained.value.parameters())
+
+
+@pytest.mark.parametrize("check", ["fp16_loss_scaling", "bf16_roles"])
+def test_mixed_precision(check, tmp_path):
+    """tests/stages/precision_checks.py, in a fresh process each: accelerate's state (its mixed precision) is
+    set once per process."""
+    result = subprocess.run([sys.executable, "-m", "tests.stages.precision_checks", check, str(tmp_path)],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{check}: ok" in result.stdout

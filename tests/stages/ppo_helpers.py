@@ -1,0 +1,76 @@
+"""What the PPO loop tests share: tiny random models on a real tokenizer, the four roles built from them, and
+one rollout and update as the stage runs them."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+from stages.common.chat import DEFAULT_CHAT_TEMPLATE
+from stages.ppo.losses import KLController
+from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
+from stages.ppo.rollout import HFGenerator, encode_prompts, score_rollout
+from stages.ppo.update import Optimization, advantages_and_returns, ppo_epochs, rollout_stats
+from stages.pretrain.stage import train_tokenizer
+from tests.helpers import small_corpus
+
+PROMPTS = [[{"role": "user", "content": text}] for text in
+           ("What is a rose?", "Who wrote Persuasion, and when was it published?", "Why?", "Tell me about Bath.")]
+
+
+def tiny_models(directory: Path):
+    """A 512-token BPE with our chat template, a random causal LM and a random scalar model on it."""
+    corpus = small_corpus(directory).read_text().split("\n\n")
+    tokenizer = train_tokenizer(corpus, 512, 2)
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    config = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(LlamaConfig(**config))
+    scorer = LlamaForSequenceClassification(LlamaConfig(num_labels=1, **config))
+    return tokenizer, policy, scorer
+
+
+def roles_of(policy, scorer) -> PpoModels:
+    """The four roles from copies of the tiny models: the policy and critic trained, reference and reward frozen."""
+    return PpoModels(PolicyAndValue(copy.deepcopy(policy), ScalarPerToken(copy.deepcopy(scorer))),
+                     freeze(copy.deepcopy(policy)), freeze(copy.deepcopy(scorer)))
+
+
+def optimization(roles: PpoModels, policy_lr: float = 1e-3) -> Optimization:
+    """AdamW on the trainable policy weights and on the value model, constant rates, CPU accelerator."""
+    pair = roles.trained
+    optimizer = torch.optim.AdamW([{"params": [p for p in pair.policy.parameters() if p.requires_grad], "lr": policy_lr},
+                                   {"params": list(pair.value.parameters()), "lr": 1e-3}])
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return Optimization(Accelerator(cpu=True), optimizer, constant, max_grad_norm=1.0)
+
+
+def generator(model, tokenizer, max_new_tokens: int) -> HFGenerator:
+    """Sampling at temperature 1 from `model` as it is."""
+    return HFGenerator(lambda: contextlib.nullcontext(model), tokenizer, max_new_tokens=max_new_tokens,
+                       temperature=1.0, top_p=1.0)
+
+
+def rollout(roles: PpoModels, sampler: HFGenerator, tokenizer):
+    """One rollout of the four test prompts: sampled, then scored by every role."""
+    queries, query_mask = encode_prompts(tokenizer, PROMPTS, max_length=64, device="cpu")
+    responses = sampler.generate(queries, query_mask)
+    return score_rollout(roles, queries, query_mask, tokenizer=tokenizer, prompts=PROMPTS, responses=responses,
+                         temperature=1.0, micro_batch_size=2, max_length=128)
+
+
+def iteration(roles: PpoModels, opt: Optimization, trajectory, kl: KLController, epochs: int = 4) -> dict:
+    """The stage's update of one rollout: advantages, `epochs` passes in mini-batches of 2, rollout stats."""
+    targets = advantages_and_returns(trajectory, beta=kl.value, gamma=1.0, lam=0.95, whiten=True)
+    stats = ppo_epochs(roles.trained, opt, trajectory, targets, epochs=epochs, mini_batch_size=2, micro_batch_size=2,
+                       clip_range=0.2, value_clip_range=0.2, value_coef=0.1, temperature=1.0)
+    return {**stats, **rollout_stats(opt.accelerator, trajectory, targets, eos_token_id=0)}
+
+
