@@ -46,7 +46,7 @@ class PtxSettings(StrictModel):
     data: list[FilePath] = Field(min_length=1, description=".txt / .jsonl corpus, as for pretrain")
     coef: float = Field(1.0, gt=0, description="weight of the language-modelling loss")
     block_size: int = Field(128, ge=8)
-    batch_size: int = Field(4, ge=1, description="blocks per PPO mini-batch step")
+    batch_size: int = Field(4, ge=1, description="blocks per optimizer step (one PPO mini-batch), over all processes")
 
 
 class PpoSettings(StrictModel):

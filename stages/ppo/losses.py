@@ -4,14 +4,17 @@ Each is tested against a straightforward loop written in tests/test_ppo_math.py.
 Ziegler et al. 2019, InstructGPT and TRL's former PPOTrainer):
 - the per-token reward is -beta * (log pi - log pi_ref), and the reward model's score is added on the last
   real response token;
-- advantages are GAE(gamma, lambda) over the real tokens, whitened over the batch's real tokens;
+- advantages are GAE(gamma, lambda) over the real tokens, whitened over the rollout's real tokens on all
+  processes (`reduce_sum` sums a statistic over them);
 - the policy loss is the clipped surrogate, the value loss the clipped squared error, both averaged over
-  real tokens.
+  the real tokens of a mini-batch: a micro-batch contributes its token sum divided by the mini-batch's
+  token count (`normalizer`), so short micro-batches weigh what their tokens weigh.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,11 +25,20 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(values - mean) / std over the masked entries (unbiased variance); masked-out entries become 0."""
-    mean = masked_mean(values, mask)
-    count = mask.sum()
-    variance = (((values - mean) ** 2) * mask).sum() / (count - 1).clamp(min=1)
+def no_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """One process: a sum over processes is the tensor itself."""
+    return tensor
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
+                  reduce_sum: Callable[[torch.Tensor], torch.Tensor] = no_reduce) -> torch.Tensor:
+    """(values - mean) / std over the masked entries (unbiased variance); masked-out entries become 0.
+    `reduce_sum` sums a tensor over processes (e.g. accelerator.reduce(t, "sum")): the statistics are then
+    those of every process's entries, so the result does not depend on how a batch is split."""
+    mask = mask.to(values.dtype)
+    total, count = reduce_sum(torch.stack([(values * mask).sum(), mask.sum()]))
+    mean = total / count.clamp(min=1)
+    variance = reduce_sum((((values - mean) ** 2) * mask).sum()) / (count - 1).clamp(min=1)
     whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -83,14 +95,24 @@ class PolicyLoss:
     approx_kl: torch.Tensor
 
 
+def token_average(values: torch.Tensor, mask: torch.Tensor, normalizer: torch.Tensor | float | None) -> torch.Tensor:
+    """Sum of `values` over real tokens divided by `normalizer` (the token count of the whole mini-batch this
+    micro-batch belongs to); without one, the mean over this batch's real tokens."""
+    if normalizer is None:
+        return masked_mean(values, mask)
+    return (values * mask).sum() / normalizer
+
+
 def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, clip_range: float) -> PolicyLoss:
-    """PPO's clipped surrogate: mean over real tokens of max(-A r, -A clip(r, 1-eps, 1+eps)), r = pi/pi_old."""
+                        mask: torch.Tensor, clip_range: float, *,
+                        normalizer: torch.Tensor | float | None = None) -> PolicyLoss:
+    """PPO's clipped surrogate: max(-A r, -A clip(r, 1-eps, 1+eps)), r = pi/pi_old, averaged over real tokens
+    (token_average). The clip fraction and approximate KL are this batch's own means."""
     log_ratio = (logprobs - old_logprobs) * mask
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = token_average(torch.maximum(unclipped, clipped), mask, normalizer)
     with torch.no_grad():
         clip_fraction = masked_mean((clipped > unclipped).float(), mask)
         approx_kl = masked_mean((ratio - 1) - log_ratio, mask)  # k3 estimator of KL(old || new)
@@ -98,13 +120,13 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                       clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, clip fraction): 0.5 * mean over real tokens of max((V - R)^2, (V_clipped - R)^2), where V_clipped
-    stays within clip_range of the rollout's value."""
+                       clip_range: float, *, normalizer: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, clip fraction): 0.5 * max((V - R)^2, (V_clipped - R)^2) averaged over real tokens (token_average),
+    where V_clipped stays within clip_range of the rollout's value."""
     clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     unclipped_error = (values - returns) ** 2
     clipped_error = (clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    loss = 0.5 * token_average(torch.maximum(unclipped_error, clipped_error), mask, normalizer)
     with torch.no_grad():
         clip_fraction = masked_mean((clipped_error > unclipped_error).float(), mask)
     return loss, clip_fraction

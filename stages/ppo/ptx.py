@@ -12,12 +12,15 @@ from core.errors import InputError
 
 
 class PtxBatches:
-    """Packed `block_size` blocks of a corpus in a seeded order; `loss(policy)` takes the next batch.
+    """Packed `block_size` blocks of a corpus in one seeded order that every process shares: each optimizer step
+    takes the next `batch_size` blocks of it, dealt out over the processes (rank r takes every world-th one),
+    so no two processes train on the same block.
 
     The position is checkpointed (state_dict), so a resumed run continues with the same blocks.
     """
 
-    def __init__(self, paths: list[str], tokenizer, *, block_size: int, batch_size: int, seed: int, device):
+    def __init__(self, paths: list[str], tokenizer, *, block_size: int, batch_size: int, seed: int, rank: int,
+                 world_size: int, device):
         eos = tokenizer.eos_token_id
         stream: list[int] = []
         for path in paths:
@@ -29,14 +32,16 @@ class PtxBatches:
         self.blocks = torch.tensor(stream[:usable]).view(-1, block_size)
         self.batch_size = batch_size
         self.seed = seed
+        self.rank, self.world_size = rank, world_size
         self.device = device
         self.position = 0
         self._order: tuple[int, list[int]] = (-1, [])  # (epoch, its shuffled block order)
 
     def _indices(self) -> list[int]:
+        """This process's share of the next `batch_size` blocks of the shared order."""
         count = len(self.blocks)
         out = []
-        for k in range(self.position, self.position + self.batch_size):
+        for k in range(self.position + self.rank, self.position + self.batch_size, self.world_size):
             epoch, offset = divmod(k, count)
             if self._order[0] != epoch:
                 order = list(range(count))
@@ -46,9 +51,11 @@ class PtxBatches:
         self.position += self.batch_size
         return out
 
-    def next_batch(self) -> torch.Tensor:
-        """The next [batch_size, block_size] token ids (their language-modelling loss joins the PPO loss)."""
-        return self.blocks[self._indices()].to(self.device)
+    def next_step(self, parts: int) -> list[torch.Tensor | None]:
+        """This process's blocks of the next optimizer step, split into `parts` micro-batches ([n, block_size]
+        token ids each; None for a micro-batch left without one)."""
+        blocks = self._indices()
+        return [self.blocks[blocks[j::parts]].to(self.device) if blocks[j::parts] else None for j in range(parts)]
 
     def state_dict(self) -> dict:
         """For accelerate's checkpointing."""

@@ -12,7 +12,7 @@ from typing import Callable, ContextManager, Protocol
 import torch
 
 from stages.common.scoring import score_chats
-from stages.ppo.losses import entropy_from_logits, logprobs_of, response_mask
+from stages.ppo.losses import entropy_from_logits, logprobs_of, masked_whiten, no_reduce, response_mask
 from stages.ppo.models import PpoModels, policy_logits, trained_outputs
 
 
@@ -135,7 +135,8 @@ def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Te
 def score_rollout(models: PpoModels, queries: torch.Tensor, query_mask: torch.Tensor, *, tokenizer,
                   prompts: list[list[dict]], responses: torch.Tensor, temperature: float, micro_batch_size: int,
                   max_length: int, missing_eos_penalty: float | None = None, score_clip: float | None = None,
-                  whiten_scores: bool = False) -> Trajectory:
+                  whiten_scores: bool = False,
+                  reduce_sum: Callable[[torch.Tensor], torch.Tensor] = no_reduce) -> Trajectory:
     """Score sampled answers with all four roles and shape the reward-model scores (a penalty for answers cut
     before EOS, whitening, clipping): one rollout, ready for advantages."""
     eos_token_id = tokenizer.eos_token_id
@@ -145,8 +146,8 @@ def score_rollout(models: PpoModels, queries: torch.Tensor, query_mask: torch.Te
     scores = raw.clone()
     if missing_eos_penalty is not None:
         scores -= missing_eos_penalty * (~(responses == eos_token_id).any(dim=1)).float()
-    if whiten_scores and len(scores) > 1:
-        scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+    if whiten_scores:  # over every process's rollout (`reduce_sum` sums over processes)
+        scores = masked_whiten(scores, torch.ones_like(scores), reduce_sum=reduce_sum)
     if score_clip is not None:
         scores = scores.clamp(-score_clip, score_clip)
     return Trajectory(queries=queries, query_mask=query_mask, responses=responses, scores=scores, raw_scores=raw,

@@ -19,6 +19,7 @@ the optimizer, the scheduler, RNG, the KL coefficient and the PPO-ptx position.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -93,7 +94,8 @@ def train(ctx: StageContext) -> dict:
     ptx = None
     if ppo.ptx is not None:
         ptx = PtxBatches(ppo.ptx.data, tokenizer, block_size=ppo.ptx.block_size, batch_size=ppo.ptx.batch_size,
-                         seed=cfg.train.seed, device=accelerator.device)
+                         seed=cfg.train.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
+                         device=accelerator.device)
         accelerator.register_for_checkpointing(ptx)
     if accelerator.is_main_process:
         placement = f"; ZeRO-{zero_stage(accelerator)}, frozen models {ppo.frozen_models}" if is_deepspeed(accelerator) else ""
@@ -113,6 +115,7 @@ def train(ctx: StageContext) -> dict:
     accelerator.init_trackers("tensorboard", config={"stage": ctx.name, "fingerprint": ctx.fingerprint})
     ctx.progress.start(cfg.train.max_steps, first)
     sampler, started = generators.of("policy"), time.monotonic()
+    reduce_sum = functools.partial(accelerator.reduce, reduction="sum")  # rollout statistics over all processes
     for i in range(first, cfg.train.max_steps):
         timer = PhaseTimer()
         # rollout: the policy answers this iteration's prompts
@@ -126,11 +129,12 @@ def train(ctx: StageContext) -> dict:
             trajectory = score_rollout(models, queries, query_mask, tokenizer=tokenizer, prompts=prompts,
                                        responses=responses, temperature=gen.temperature, micro_batch_size=batches.micro,
                                        max_length=chat_length, missing_eos_penalty=gen.missing_eos_penalty,
-                                       score_clip=ppo.score_clip, whiten_scores=ppo.whiten_scores)
+                                       score_clip=ppo.score_clip, whiten_scores=ppo.whiten_scores,
+                                       reduce_sum=reduce_sum)
         with timer("train"):
             # advantages: KL-penalised rewards, GAE, value targets
             targets = advantages_and_returns(trajectory, beta=kl.value, gamma=ppo.gamma, lam=ppo.lam,
-                                             whiten=ppo.whiten_advantages)
+                                             whiten=ppo.whiten_advantages, reduce_sum=reduce_sum)
             # update: epochs of clipped policy and value updates over mini-batches
             stats = ppo_epochs(models.trained, optimization, trajectory, targets, epochs=ppo.epochs,
                                mini_batch_size=batches.mini, micro_batch_size=batches.micro,

@@ -3,6 +3,7 @@ clipped policy and value updates over shuffled mini-batches (gradient accumulati
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from stages.ppo.losses import (
     logprobs_of,
     masked_mean,
     masked_whiten,
+    no_reduce,
 )
 from stages.ppo.models import trained_outputs
 from stages.ppo.ptx import PtxBatches
@@ -47,15 +49,16 @@ class Targets:
     kl: torch.Tensor           # [B] sum over the answer of log pi_old - log pi_ref
 
 
-def advantages_and_returns(trajectory: Trajectory, *, beta: float, gamma: float, lam: float,
-                           whiten: bool) -> Targets:
-    """KL-penalised per-token rewards, GAE advantages (whitened if `whiten`) and value targets."""
+def advantages_and_returns(trajectory: Trajectory, *, beta: float, gamma: float, lam: float, whiten: bool,
+                           reduce_sum: Callable[[torch.Tensor], torch.Tensor] = no_reduce) -> Targets:
+    """KL-penalised per-token rewards, GAE advantages (whitened over every process's rollout if `whiten`;
+    `reduce_sum` sums over processes) and value targets."""
     mask = trajectory.response_mask
     rewards, token_kl = kl_penalised_rewards(trajectory.scores, trajectory.logprobs, trajectory.ref_logprobs, mask,
                                              beta)
     advantages, returns = gae(rewards, trajectory.values, mask, gamma, lam)
     if whiten:
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, reduce_sum=reduce_sum)
     return Targets(rewards=rewards, advantages=advantages, returns=returns, kl=token_kl.sum(1))
 
 
@@ -65,9 +68,15 @@ def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory:
                ptx_coef: float = 0.0) -> dict[str, float]:
     """`epochs` passes over this process's rollout in mini-batches of `mini_batch_size` answers, each split
     into micro-batches of `micro_batch_size` (both per process; ppo_batches() makes them divide). Returns the
-    mean of each logged quantity."""
+    mean of each logged quantity.
+
+    Each optimizer step minimises the token mean of the policy and value losses over the whole mini-batch
+    (every process's share of it) and the mean PPO-ptx loss over the step's blocks: a micro-batch's loss is its
+    token sum over the mini-batch's token count, times what accelerate divides by (the accumulation steps)
+    and averages over (the processes)."""
     accelerator = optimization.accelerator
     prompt_length = trajectory.queries.shape[1]
+    accumulation = mini_batch_size // micro_batch_size
     stats: dict[str, list[float]] = {}
 
     def log(name: str, value: torch.Tensor | float) -> None:
@@ -76,30 +85,35 @@ def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory:
     for _ in range(epochs):
         order = torch.randperm(len(trajectory), device=trajectory.queries.device)
         for start in range(0, len(trajectory), mini_batch_size):
-            for part in order[start : start + mini_batch_size].split(micro_batch_size):
+            mini = order[start : start + mini_batch_size]
+            tokens = accelerator.reduce(trajectory.response_mask[mini].sum().float(), "sum")
+            normalizer = tokens.clamp(min=1) / (accumulation * accelerator.num_processes)
+            ptx_parts = ptx_batches.next_step(accumulation) if ptx_batches is not None else [None] * accumulation
+            ptx_blocks = sum(len(p) for p in ptx_parts if p is not None)
+            for part, ptx_ids in zip(mini.split(micro_batch_size), ptx_parts):
                 with accelerator.accumulate(trained):
                     sample = trajectory.select(part)
                     mask = sample.response_mask
                     ids, attention = sample.sequences()
-                    ptx_ids = ptx_batches.next_batch() if ptx_batches is not None else None
-
                     logits, values, ptx_loss = trained_outputs(trained, ids, attention, prompt_length=prompt_length,
                                                                temperature=temperature, ptx_input_ids=ptx_ids)
                     logprobs = logprobs_of(logits, sample.responses)
-                    policy = clipped_policy_loss(logprobs, sample.logprobs, targets.advantages[part], mask, clip_range)
+                    policy = clipped_policy_loss(logprobs, sample.logprobs, targets.advantages[part], mask, clip_range,
+                                                 normalizer=normalizer)
                     value_loss, value_clip = clipped_value_loss(values, sample.values, targets.returns[part], mask,
-                                                                value_clip_range)
+                                                                value_clip_range, normalizer=normalizer)
                     loss = policy.loss + value_coef * value_loss
                     if ptx_loss is not None:
-                        loss = loss + ptx_coef * ptx_loss
+                        # the mean over the step's blocks: this micro-batch's share of them
+                        loss = loss + ptx_coef * ptx_loss * (len(ptx_ids) / ptx_blocks) * accumulation
                         log("ptx/loss", ptx_loss.detach())
-                    # accelerate divides by the accumulation steps: the mini-batch loss is the micro-batches' mean
                     accelerator.backward(loss)
 
-                    log("policy/loss", policy.loss.detach())
+                    own_tokens = mask.sum().clamp(min=1)  # logged: this micro-batch's own token means
+                    log("policy/loss", policy.loss.detach() * normalizer / own_tokens)
                     log("policy/clip_fraction", policy.clip_fraction)
                     log("policy/approx_kl", policy.approx_kl)
-                    log("value/loss", value_loss.detach())
+                    log("value/loss", value_loss.detach() * normalizer / own_tokens)
                     log("value/clip_fraction", value_clip)
                     with torch.no_grad():
                         log("policy/entropy", masked_mean(entropy_from_logits(logits), mask))

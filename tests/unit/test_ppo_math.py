@@ -128,3 +128,43 @@ def test_adaptive_kl_controller_moves_beta_towards_the_target():
     restored = KLController(0.5, target=6.0)
     restored.load_state_dict(adaptive.state_dict())
     assert restored.value == adaptive.value
+
+
+def test_whitening_over_processes_equals_whitening_the_whole_batch():
+    torch.manual_seed(0)
+    values, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).long()
+    whole = masked_whiten(values, mask)
+    shares = [(slice(0, 2), values[:2], mask[:2]), (slice(2, 6), values[2:], mask[2:])]  # two processes, unequal
+    total = (values * mask).sum()
+    mean = total / mask.sum()
+
+    def reduce_sum(own):
+        """What accelerator.reduce(own, "sum") gives: the first statistic is (sum, count), the second the squared
+        deviations; both summed over the two shares."""
+        if own.dim() == 1:
+            return torch.stack([total, mask.sum().float()])
+        return sum((((v - mean) ** 2) * m).sum() for _, v, m in shares)
+
+    for rows, v, m in shares:
+        assert torch.allclose(masked_whiten(v, m, reduce_sum=reduce_sum), whole[rows], atol=1e-6)
+    alone = masked_whiten(values[:2], mask[:2])  # a process whitening its own share alone differs
+    assert not torch.allclose(alone, whole[:2], atol=1e-3)
+
+
+def test_micro_batch_losses_add_up_to_the_token_mean_of_the_mini_batch():
+    torch.manual_seed(1)
+    old, new, advantages = torch.randn(5, 6), torch.randn(5, 6), torch.randn(5, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0],
+                         [1, 1, 1, 1, 1, 1]])
+    whole = clipped_policy_loss(new, old, advantages, mask, 0.2).loss
+    parts = [slice(0, 2), slice(2, 5)]  # 7 and 12 tokens
+    summed = sum(clipped_policy_loss(new[p], old[p], advantages[p], mask[p], 0.2, normalizer=mask.sum()).loss
+                 for p in parts)
+    assert summed.item() == pytest.approx(whole.item(), abs=1e-6)
+    means = sum(clipped_policy_loss(new[p], old[p], advantages[p], mask[p], 0.2).loss for p in parts) / 2
+    assert means.item() != pytest.approx(whole.item(), abs=1e-3)  # the mean of micro-batch means weighs rows unevenly
+    values, returns = torch.randn(5, 6), torch.randn(5, 6)
+    whole_value, _ = clipped_value_loss(values, old, returns, mask, 0.5)
+    summed_value = sum(clipped_value_loss(values[p], old[p], returns[p], mask[p], 0.5, normalizer=mask.sum())[0]
+                       for p in parts)
+    assert summed_value.item() == pytest.approx(whole_value.item(), abs=1e-6)
