@@ -44,7 +44,7 @@ def win_rate(first: list[float], second: list[float]) -> float:
 @torch.no_grad()
 def answers_and_scores(models: PpoModels, generator: Generator, tokenizer, *, prompts: list[list[dict]],
                        max_prompt_length: int, max_chat_length: int, temperature: float, batch_size: int, seed: int,
-                       device,
+                       device, top_p: float = 1.0,
                        of_policy: bool = True) -> tuple[list[str], list[float], list[float]]:
     """(answers, reward-model scores, sequence KL to the reference) of `generator`'s model, seeded: the trained
     policy, or (not `of_policy`) the reference itself, whose KL is 0."""
@@ -56,7 +56,7 @@ def answers_and_scores(models: PpoModels, generator: Generator, tokenizer, *, pr
         responses = generator.generate(queries, query_mask)
         scored = score_answers(models, queries, query_mask, tokenizer=tokenizer, prompts=prompts[start : start + batch_size],
                                responses=responses, temperature=temperature, micro_batch_size=batch_size,
-                               max_length=max_chat_length, with_policy=of_policy)
+                               max_length=max_chat_length, top_p=top_p, with_policy=of_policy)
         mask = scored["response_mask"]
         kls += ((scored["logprobs"] - scored["ref_logprobs"]) * mask).sum(1).tolist() if of_policy else [0.0] * len(mask)
         scores += scored["scores"].tolist()
@@ -66,14 +66,13 @@ def answers_and_scores(models: PpoModels, generator: Generator, tokenizer, *, pr
 
 def compare_policies(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, rows: list[dict],
                      max_prompt_length: int, max_chat_length: int, temperature: float, batch_size: int, seed: int,
-                     device) -> dict:
+                     device, top_p: float = 1.0) -> dict:
     """The manifest metrics of the final evaluation (see the module docstring).
     The SFT policy is the frozen reference: the weights PPO started from. `make_generator(role)` samples from
     "policy" or "reference"."""
     prompts = [row["prompt"] for row in rows]
     settings = dict(prompts=prompts, max_prompt_length=max_prompt_length, max_chat_length=max_chat_length,
-                    temperature=temperature,
-                    batch_size=batch_size, seed=seed, device=device)
+                    temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, device=device)
     sft_answers, sft_scores, _ = answers_and_scores(models, make_generator("reference"), tokenizer, of_policy=False,
                                                     **settings)
     ppo_answers, ppo_scores, ppo_kls = answers_and_scores(models, make_generator("policy"), tokenizer, **settings)
@@ -145,14 +144,13 @@ def answer_ids(tokenizer, answers: list[str], device) -> torch.Tensor:
 
 def evaluate_policies(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, held_out: list[dict],
                       sft_manifest: dict | None, prompts: int, samples: int, seed: int, max_prompt_length: int,
-                      max_chat_length: int,
-                      temperature: float, batch_size: int, device) -> dict:
+                      max_chat_length: int, temperature: float, top_p: float, batch_size: int, device) -> dict:
     """The end-of-stage metrics: compare_policies on the first `prompts` held-out rows, and `samples` rows of
     the sample table (the prompts the SFT stage recorded in its manifest first)."""
     settings = dict(max_prompt_length=max_prompt_length, max_chat_length=max_chat_length, temperature=temperature,
                     batch_size=batch_size, device=device)
     rows = held_out[:prompts]
-    metrics = compare_policies(models, make_generator, tokenizer, rows=rows, seed=seed, **settings)
+    metrics = compare_policies(models, make_generator, tokenizer, rows=rows, seed=seed, top_p=top_p, **settings)
     table_prompts, base_answers = sample_prompts_for_table(sft_manifest, rows, samples)
     metrics["samples"] = sample_table(models, make_generator, tokenizer, prompts=table_prompts,
                                       base_answers=base_answers, **settings)

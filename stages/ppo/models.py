@@ -21,7 +21,7 @@ from typing import Callable, ContextManager, NamedTuple
 import torch
 from peft import get_peft_model
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TopPLogitsWarper
 
 
 class LoadedRoles(NamedTuple):
@@ -125,21 +125,34 @@ def load_roles(policy_dir: Path, reward_dir: Path, *, lora=None, frozen_context=
     return LoadedRoles(policy, reference, reward, value)
 
 
-def answer_logits(logits: torch.Tensor, prompt_length: int, temperature: float) -> torch.Tensor:
-    """[B, R, V] the logits that predicted each answer token, scaled by the sampling temperature."""
-    return logits[:, prompt_length - 1 : -1].float() / temperature
+#: the logit of a token that top-p truncation removes: finite, so that masked sums over padding stay finite,
+#: and low enough that its probability is exactly 0
+REMOVED_LOGIT = -1e9
+
+
+def answer_logits(logits: torch.Tensor, prompt_length: int, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """[B, R, V] the logits of the distribution each answer token was sampled from: the ones that predicted it,
+    scaled by the sampling temperature and, with `top_p` < 1, truncated to the nucleus by transformers' own
+    TopPLogitsWarper (what `generate` applies after the temperature)."""
+    scaled = logits[:, prompt_length - 1 : -1].float() / temperature
+    if top_p >= 1.0:
+        return scaled
+    flat = scaled.reshape(-1, scaled.shape[-1])
+    return TopPLogitsWarper(top_p, filter_value=REMOVED_LOGIT)(None, flat).view_as(scaled)
 
 
 def policy_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, prompt_length: int,
                   temperature: float) -> torch.Tensor:
-    """answer_logits of a causal LM (the frozen reference)."""
+    """answer_logits of a causal LM (the frozen reference), untruncated: the KL penalty compares the sampling
+    policy with the whole reference distribution, so it stays finite for any sampled token."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                    use_cache=False).logits
     return answer_logits(logits, prompt_length, temperature)
 
 
 def trained_outputs(trained: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, prompt_length: int,
-                    temperature: float, ptx_input_ids: torch.Tensor | None = None):
-    """(answer logits [B, R, V], values before each answer token [B, R], ptx loss or None) of the trained pair."""
+                    temperature: float, top_p: float = 1.0, ptx_input_ids: torch.Tensor | None = None):
+    """(answer logits [B, R, V] of the sampling distribution, values before each answer token [B, R], ptx loss
+    or None) of the trained pair."""
     logits, values, ptx_loss = trained(input_ids, attention_mask, ptx_input_ids)
-    return answer_logits(logits, prompt_length, temperature), values[:, prompt_length - 1 : -1], ptx_loss
+    return answer_logits(logits, prompt_length, temperature, top_p), values[:, prompt_length - 1 : -1], ptx_loss

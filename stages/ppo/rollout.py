@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Protocol
 
 import torch
+from transformers import GenerationConfig
 
 from stages.common.scoring import score_chats
 from stages.ppo.losses import entropy_from_logits, logprobs_of, masked_whiten, no_reduce, response_mask
@@ -52,30 +53,33 @@ class Generator(Protocol):
 class HFGenerator:
     """Hugging Face `generate` with the KV cache: temperature / top-p sampling (or greedy), stop at EOS.
 
+    The generation config is built whole here and stands in for the one saved with the model while `generate`
+    runs (transformers fills every setting a passed config leaves unset from the model's): a repetition
+    penalty, top-k or length settings shipped with a checkpoint would otherwise change the sampling policy
+    behind the log-probs PPO computes (models.answer_logits applies exactly temperature and top-p).
     `open_model()` gives the causal LM for one call (a context: ZeRO-3 gathers the weights meanwhile);
     `synced_gpus` keeps processes stepping together when the model's forward passes are collective."""
 
     def __init__(self, open_model: Callable[[], ContextManager], tokenizer, *, max_new_tokens: int, temperature: float,
                  top_p: float, sample: bool = True, synced_gpus: bool = False):
         self.open_model = open_model
-        self.kwargs = dict(max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                           eos_token_id=tokenizer.eos_token_id)
-        if synced_gpus:
-            self.kwargs["synced_gpus"] = True
-        if sample:
-            self.kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        else:
-            self.kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        self.synced_gpus = synced_gpus
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if sample else \
+            dict(do_sample=False)
+        self.config = GenerationConfig(max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                                       eos_token_id=tokenizer.eos_token_id, **sampling)
 
     @torch.no_grad()
     def generate(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
         with self.open_model() as model:
-            was_training = model.training
+            was_training, saved = model.training, model.generation_config
             model.eval()
+            model.generation_config = self.config
             try:
-                out = model.generate(input_ids=queries, attention_mask=query_mask, **self.kwargs)
+                out = model.generate(input_ids=queries, attention_mask=query_mask, synced_gpus=self.synced_gpus)
             finally:
                 model.train(was_training)
+                model.generation_config = saved
         return out[:, queries.shape[1]:]
 
 
@@ -101,7 +105,7 @@ def decode_answers(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> li
 @torch.no_grad()
 def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Tensor, *, tokenizer,
                   prompts: list[list[dict]], responses: torch.Tensor, temperature: float, micro_batch_size: int,
-                  max_length: int, with_policy: bool = True) -> dict[str, torch.Tensor]:
+                  max_length: int, top_p: float = 1.0, with_policy: bool = True) -> dict[str, torch.Tensor]:
     """Old and reference log-probs, entropies, values and reward-model scores of sampled answers, in
     micro-batches (one forward per role per micro-batch). Without `with_policy` (answers of the reference
     itself), only the reference log-probs and the scores.
@@ -118,7 +122,7 @@ def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Te
         attention = torch.cat([query_mask[part], mask[part]], 1)
         if with_policy:
             logits, values, _ = trained_outputs(models.trained, ids, attention, prompt_length=prompt_length,
-                                                temperature=temperature)
+                                                temperature=temperature, top_p=top_p)
             out["logprobs"].append(logprobs_of(logits, responses[part]))
             out["entropy"].append(entropy_from_logits(logits))
             out["values"].append(values)
@@ -134,14 +138,16 @@ def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Te
 
 def score_rollout(models: PpoModels, queries: torch.Tensor, query_mask: torch.Tensor, *, tokenizer,
                   prompts: list[list[dict]], responses: torch.Tensor, temperature: float, micro_batch_size: int,
-                  max_length: int, missing_eos_penalty: float | None = None, score_clip: float | None = None,
+                  max_length: int, top_p: float = 1.0, missing_eos_penalty: float | None = None,
+                  score_clip: float | None = None,
                   whiten_scores: bool = False,
                   reduce_sum: Callable[[torch.Tensor], torch.Tensor] = no_reduce) -> Trajectory:
     """Score sampled answers with all four roles and shape the reward-model scores (a penalty for answers cut
     before EOS, whitening, clipping): one rollout, ready for advantages."""
     eos_token_id = tokenizer.eos_token_id
     scored = score_answers(models, queries, query_mask, tokenizer=tokenizer, prompts=prompts, responses=responses,
-                           temperature=temperature, micro_batch_size=micro_batch_size, max_length=max_length)
+                           temperature=temperature, micro_batch_size=micro_batch_size, max_length=max_length,
+                           top_p=top_p)
     raw = scored.pop("scores")
     scores = raw.clone()
     if missing_eos_penalty is not None:

@@ -127,8 +127,9 @@ def train(ctx: StageContext) -> dict:
         # score: log-probs of the policy and the reference, values, reward-model scores
         with timer("score"):
             trajectory = score_rollout(models, queries, query_mask, tokenizer=tokenizer, prompts=prompts,
-                                       responses=responses, temperature=gen.temperature, micro_batch_size=batches.micro,
-                                       max_length=chat_length, missing_eos_penalty=gen.missing_eos_penalty,
+                                       responses=responses, temperature=gen.temperature, top_p=gen.top_p,
+                                       micro_batch_size=batches.micro, max_length=chat_length,
+                                       missing_eos_penalty=gen.missing_eos_penalty,
                                        score_clip=ppo.score_clip, whiten_scores=ppo.whiten_scores,
                                        reduce_sum=reduce_sum)
         with timer("train"):
@@ -139,7 +140,8 @@ def train(ctx: StageContext) -> dict:
             stats = ppo_epochs(models.trained, optimization, trajectory, targets, epochs=ppo.epochs,
                                mini_batch_size=batches.mini, micro_batch_size=batches.micro,
                                clip_range=ppo.clip_range, value_clip_range=ppo.value_clip_range,
-                               value_coef=ppo.value_coef, temperature=gen.temperature, ptx_batches=ptx,
+                               value_coef=ppo.value_coef, temperature=gen.temperature, top_p=gen.top_p,
+                               ptx_batches=ptx,
                                ptx_coef=ppo.ptx.coef if ppo.ptx else 0.0)
             stats.update(rollout_stats(accelerator, trajectory, targets, eos_token_id=tokenizer.eos_token_id),
                          **{"kl/beta": kl.value, "learning_rate": optimization.scheduler.get_last_lr()[0]})
@@ -162,7 +164,7 @@ def train(ctx: StageContext) -> dict:
     evaluation = evaluate_policies(models, generators.of, tokenizer, held_out=interleaved(rows.validation_by_source),
                                    sft_manifest=ctx.input_manifest("policy"), prompts=cfg.evaluation.prompts,
                                    samples=cfg.evaluation.samples, seed=cfg.evaluation.seed,
-                                   max_prompt_length=cfg.data.max_length, max_chat_length=chat_length,
+                                   max_prompt_length=cfg.data.max_length, max_chat_length=chat_length, top_p=gen.top_p,
                                    temperature=gen.temperature,
                                    batch_size=batches.micro, device=accelerator.device)
 

@@ -64,7 +64,7 @@ def advantages_and_returns(trajectory: Trajectory, *, beta: float, gamma: float,
 
 def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory: Trajectory, targets: Targets, *,
                epochs: int, mini_batch_size: int, micro_batch_size: int, clip_range: float, value_clip_range: float,
-               value_coef: float, temperature: float, ptx_batches: PtxBatches | None = None,
+               value_coef: float, temperature: float, top_p: float = 1.0, ptx_batches: PtxBatches | None = None,
                ptx_coef: float = 0.0) -> dict[str, float]:
     """`epochs` passes over this process's rollout in mini-batches of `mini_batch_size` answers, each split
     into micro-batches of `micro_batch_size` (both per process; ppo_batches() makes them divide). Returns the
@@ -96,7 +96,8 @@ def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory:
                     mask = sample.response_mask
                     ids, attention = sample.sequences()
                     logits, values, ptx_loss = trained_outputs(trained, ids, attention, prompt_length=prompt_length,
-                                                               temperature=temperature, ptx_input_ids=ptx_ids)
+                                                               temperature=temperature, top_p=top_p,
+                                                               ptx_input_ids=ptx_ids)
                     logprobs = logprobs_of(logits, sample.responses)
                     policy = clipped_policy_loss(logprobs, sample.logprobs, targets.advantages[part], mask, clip_range,
                                                  normalizer=normalizer)

@@ -3,6 +3,7 @@ trained roles change, the frozen ones never do."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 
 from stages.ppo.losses import KLController, logprobs_of
 from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
-from stages.ppo.rollout import encode_prompts, score_answers
+from stages.ppo.rollout import HFGenerator, encode_prompts, score_answers
 from tests.helpers import REPO
 from tests.stages.ppo_helpers import PROMPTS, generator, iteration, optimization, roles_of, rollout, tiny_models
 
@@ -128,3 +129,47 @@ def test_mixed_precision(check, tmp_path):
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{check}: ok" in result.stdout
+
+
+def test_sampling_ignores_generation_settings_saved_with_the_model(tiny):
+    """A repetition penalty or top-k saved in a checkpoint's generation config would change the sampling policy
+    behind PPO's log-probs: the generator builds its whole config from the stage's own settings."""
+    tokenizer, policy, _ = tiny
+    queries, query_mask = encode_prompts(tokenizer, PROMPTS, max_length=64, device="cpu")
+    plain = copy.deepcopy(policy)
+    shipped = copy.deepcopy(policy)
+    shipped.generation_config.repetition_penalty = 5.0
+    shipped.generation_config.top_k = 2
+    shipped.generation_config.no_repeat_ngram_size = 1
+    samples = []
+    for model in (plain, shipped):
+        torch.manual_seed(3)
+        samples.append(generator(model, tokenizer, 12).generate(queries, query_mask))
+    assert torch.equal(samples[0], samples[1])
+
+
+def test_with_top_p_the_log_probs_are_those_of_the_truncated_distribution_that_was_sampled(tiny):
+    from transformers import TopPLogitsWarper
+
+    tokenizer, policy, scorer = tiny
+    roles = roles_of(policy, scorer)
+    queries, query_mask = encode_prompts(tokenizer, PROMPTS, max_length=64, device="cpu")
+    sampler = HFGenerator(lambda: contextlib.nullcontext(roles.trained.policy), tokenizer, max_new_tokens=10,
+                          temperature=0.8, top_p=0.5)
+    torch.manual_seed(0)
+    responses = sampler.generate(queries, query_mask)
+    out = score_answers(roles, queries, query_mask, tokenizer=tokenizer, prompts=PROMPTS, responses=responses,
+                        temperature=0.8, top_p=0.5, micro_batch_size=4, max_length=128)
+    mask = out["response_mask"].bool()
+    ids = torch.cat([queries, responses], 1)
+    with torch.no_grad():
+        logits = policy(input_ids=ids, attention_mask=torch.cat([query_mask, out["response_mask"]], 1),
+                        position_ids=(torch.cat([query_mask, out["response_mask"]], 1).cumsum(-1) - 1).clamp(min=0)
+                        ).logits[:, queries.shape[1] - 1 : -1] / 0.8
+    full = logprobs_of(logits, responses)
+    nucleus = TopPLogitsWarper(0.5)(None, logits.reshape(-1, logits.shape[-1])).view_as(logits)
+    truncated = logprobs_of(nucleus, responses)
+    assert torch.isfinite(truncated[mask]).all()  # every sampled token is inside its nucleus
+    assert torch.allclose(out["logprobs"][mask], truncated[mask], atol=1e-5)
+    assert (out["logprobs"][mask] > full[mask] + 1e-4).any()  # renormalised over the nucleus: not the full log-prob
+    assert torch.allclose(out["ref_logprobs"][mask], full[mask], atol=1e-5)  # the reference stays untruncated
