@@ -119,6 +119,13 @@ def cpu_launch() -> str | None:
     return "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" else "ddp"
 
 
+def check_precision(precision: str) -> None:
+    """Refuse a precision this machine cannot train in: fp16 needs CUDA (its loss scaling runs there); bf16
+    and fp32 train on CPUs too."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise InputError("train.precision: fp16 needs a CUDA GPU (loss scaling runs there); on a CPU use bf16 or fp32")
+
+
 def process_state() -> PartialState:
     """accelerate's process state, also for several processes on CPU (see cpu_launch)."""
     if not torch.cuda.is_available():  # tell DeepSpeed, which otherwise warns in every log that it guessed

@@ -23,7 +23,7 @@ from core.checkpoints import commit_checkpoint
 from core.errors import InputError
 from core.history import append_record, attempt_marker
 from core.sections import TrainSettings
-from stages.common.entry import StageContext, cpu_launch
+from stages.common.entry import StageContext, check_precision, cpu_launch
 
 
 def gradient_accumulation(train: TrainSettings, world_size: int) -> tuple[int, int]:
@@ -73,9 +73,12 @@ def training_arguments(ctx: StageContext, train: TrainSettings, config_class: ty
         activation_checkpointing=train.activation_checkpointing,
         gradient_checkpointing=None,  # the old name of activation_checkpointing: TRL's configs default it to True
     )
+    check_precision(train.precision)
     launch = cpu_launch()  # TrainingArguments sets up its own process state: tell it about CPU processes
     if launch is not None:
         kwargs.update(ddp_backend="gloo", use_cpu=launch == "ddp")
+    elif not torch.cuda.is_available():  # one process on a CPU: say so, or bf16 is refused as "no GPU"
+        kwargs["use_cpu"] = True
     kwargs.update(overrides)
     return config_class(**kwargs)
 

@@ -30,6 +30,7 @@ from transformers.integrations import unset_hf_deepspeed_config
 from trl.models.utils import unwrap_model_for_generation
 
 from core.errors import InputError
+from stages.common.entry import check_precision
 from stages.common.lora import save_merged
 from stages.ppo.config import PpoBatches
 from stages.ppo.models import AdapterDisabled, PolicyAndValue, PpoModels, load_roles
@@ -44,6 +45,7 @@ def make_accelerator(*, precision: str, batches: PpoBatches, max_grad_norm: floa
     """The stage's accelerator: one optimizer step per mini-batch of `batches.accumulation` micro-batches, the
     scheduler stepped by hand once per update, trackers writing under `logs`; under DeepSpeed the engine's
     micro-batch, accumulation and clipping filled in from the PPO settings."""
+    check_precision(precision)
     accelerator = Accelerator(mixed_precision=PRECISION[precision], gradient_accumulation_steps=batches.accumulation,
                               step_scheduler_with_optimizer=False, log_with=trackers, project_dir=str(logs))
     if is_deepspeed(accelerator):

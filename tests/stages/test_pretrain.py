@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -197,3 +198,20 @@ def test_a_failing_stage_exits_1_naming_the_stage_its_log_and_the_resume_command
     row = status_row(path, "pre")  # the error, what happens next, where the log is
     assert re.search(r"pre\s.*failed.*leaves 0 training.*restarts from step 0", row), row
     assert json.loads((tmp_path / "run" / "pre" / "progress.json").read_text())["log"] == str(log)
+
+
+def test_bf16_trains_on_a_cpu_and_fp16_is_refused_in_one_line(tmp_path, corpus):
+    bf16 = write_pipeline(tmp_path / "bf16.yaml", {"pre": pretrain_stage(corpus, max_steps=4, precision="bf16")},
+                          run_dir="bf16-run")
+    done = rlhf("run", bf16)
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = read_manifest(StageDirs(tmp_path / "bf16-run" / "pre"))
+    assert manifest["metrics"]["train/steps"] == 4 and math.isfinite(manifest["metrics"]["eval/loss"])
+
+    fp16 = write_pipeline(tmp_path / "fp16.yaml", {"pre": pretrain_stage(corpus, max_steps=4, precision="fp16")},
+                          run_dir="fp16-run")
+    refused = subprocess.run([sys.executable, "-m", "stages.pretrain", "--config", str(fp16), "--stage", "pre"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert "error: train.precision: fp16 needs a CUDA GPU" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "fp16-run" / "pre" / "artifact").exists()
