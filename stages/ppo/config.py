@@ -100,7 +100,9 @@ class PpoStage(StageConfig):
     version = 4
     input_roles = {"policy": True, "reward": True}
     about = ("PPO against the frozen reward model with a KL penalty to the SFT policy. The score should rise while "
-             "the KL stays moderate; a score that climbs while the KL runs away is reward hacking.")
+             "the KL stays moderate; a score that climbs while the KL runs away, the stop rate falls and distinct-2 "
+             "drops is reward hacking. The win rate below is the optimized reward model's own verdict, not an "
+             "independent judge's.")
     panels = (Panel("reward-model score of the rollouts", "score", (("score/mean", "score"),), xlabel="iteration"),
               Panel("KL to the SFT policy (nats per answer)", "KL", (("kl/mean", "KL"),), xlabel="iteration"),
               Panel("policy entropy (nats per token)", "entropy", (("policy/entropy", "entropy"),), xlabel="iteration"),
@@ -128,16 +130,28 @@ class PpoStage(StageConfig):
 
     @classmethod
     def findings(cls, metrics: dict) -> str:
-        """The held-out comparison of SFT and PPO, as the reward model and the word-overlap gold judge see it."""
+        """The held-out comparison of SFT and PPO: the reward model's verdict, said to be its own, beside the KL,
+        stop rates, lengths, repetition and the word-overlap gold judge."""
         if metrics.get("eval/ppo_score") is None:
             return ""
-        text = (f"On {fmt(metrics.get('eval/prompts'))} held-out prompts the reward model scores PPO's answers "
-                f"{fmt(metrics['eval/ppo_score'])} against {fmt(metrics.get('eval/sft_score'))} for the SFT policy; "
-                f"PPO's answer wins on {percent(metrics.get('eval/win_rate'))} of them, at a KL of "
-                f"{fmt(metrics.get('eval/kl'))} nats per answer")
+        text = (f"On {fmt(metrics.get('eval/prompts'))} held-out prompts the reward model PPO optimized scores PPO's "
+                f"answers {fmt(metrics['eval/ppo_score'])} against {fmt(metrics.get('eval/sft_score'))} for the SFT "
+                f"policy, and prefers PPO's answer on {percent(metrics.get('eval/win_rate'))}")
+        if metrics.get("eval/win_rate_low") is not None:
+            text += f" (95% interval {percent(metrics['eval/win_rate_low'])}–{percent(metrics['eval/win_rate_high'])})"
+        text += (f" of them; that judge is the one PPO was trained to please, so this flatters PPO. The KL to the SFT "
+                 f"policy is {fmt(metrics.get('eval/kl'))} nats per answer")
+        if metrics.get("eval/ppo_stop_rate") is not None:
+            text += (f"; answers that end (EOS): SFT {percent(metrics.get('eval/sft_stop_rate'))}, PPO "
+                     f"{percent(metrics['eval/ppo_stop_rate'])}; mean length SFT {fmt(metrics.get('eval/sft_length'))}, "
+                     f"PPO {fmt(metrics.get('eval/ppo_length'))} tokens; distinct-2 SFT "
+                     f"{fmt(metrics.get('eval/sft_distinct_2'))}, PPO {fmt(metrics.get('eval/ppo_distinct_2'))}")
         if metrics.get("eval/gold_win_rate") is not None:
             text += (f". Judged by word overlap with the human-preferred answer ({fmt(metrics.get('eval/gold_prompts'))} "
                      f"prompts carry one), PPO's answer is closer on {percent(metrics['eval/gold_win_rate'])}")
+            if metrics.get("eval/gold_win_rate_low") is not None:
+                text += (f" (95% interval {percent(metrics['eval/gold_win_rate_low'])}–"
+                         f"{percent(metrics['eval/gold_win_rate_high'])})")
         return text + "."
 
 

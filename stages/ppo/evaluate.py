@@ -5,9 +5,14 @@ every answer. Metrics (names the report and users' scripts rely on):
 - eval/sft_score, eval/ppo_score: mean reward-model score of each policy's answers;
 - eval/kl: mean over PPO's answers of sum_t log pi(token) - log pi_ref(token) (a sample estimate of
   KL(pi || pi_ref) per answer, in nats);
-- eval/win_rate: share of prompts where the reward model scores PPO's answer above SFT's (ties count half);
-- eval/gold_win_rate: on prompts that carry a human ranking, share where PPO's answer is closer than SFT's
-  to the human-preferred answer by token F1 (ties count half); null when no prompt carries one.
+- eval/win_rate: share of prompts where the reward model scores PPO's answer above SFT's (ties count half),
+  with a 95% bootstrap interval (eval/win_rate_low, _high). It is judged by the very reward model PPO
+  optimised, so it flatters PPO: read it beside the rest;
+- eval/gold_win_rate (and _low, _high): on prompts that carry a human ranking, share where PPO's answer is
+  closer than SFT's to the human-preferred answer by token F1 (ties count half); null when none carries one;
+- eval/{sft,ppo}_stop_rate, _length, _distinct_2: per policy, the share of answers that end with EOS, their
+  mean length in tokens, and distinct word bigrams over all bigrams (reward hacking by repetition drives
+  the stop rate and distinct-2 down while the reward model's score climbs).
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from core.stats import bootstrap_interval, distinct_n, mean, paired_wins
 from stages.common.chat import prompt_text
 from stages.ppo.models import PpoModels
 from stages.ppo.rollout import Generator, decode_answers, encode_prompts, score_answers
@@ -35,33 +42,40 @@ def token_f1(answer: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def win_rate(first: list[float], second: list[float]) -> float:
-    """Share of pairs where `second` beats `first` (ties count half)."""
-    wins = sum(1.0 if s > f else 0.5 if s == f else 0.0 for f, s in zip(first, second))
-    return wins / len(first)
+@dataclass
+class PolicyAnswers:
+    """One policy's answers to the held-out prompts, as the evaluation reads them."""
+
+    answers: list[str]
+    scores: list[float]   # reward-model scores
+    kls: list[float]      # sum over the answer of log pi - log pi_ref (0 for the reference itself)
+    lengths: list[int]    # answer tokens, EOS included
+    stopped: list[bool]   # ended with EOS (not cut at max_new_tokens)
 
 
 @torch.no_grad()
 def answers_and_scores(models: PpoModels, generator: Generator, tokenizer, *, prompts: list[list[dict]],
                        max_prompt_length: int, max_chat_length: int, temperature: float, batch_size: int, seed: int,
-                       device, top_p: float = 1.0,
-                       of_policy: bool = True) -> tuple[list[str], list[float], list[float]]:
-    """(answers, reward-model scores, sequence KL to the reference) of `generator`'s model, seeded: the trained
+                       device, top_p: float = 1.0, of_policy: bool = True) -> PolicyAnswers:
+    """The answers of `generator`'s model, seeded, with their scores, KL, lengths and stops: the trained
     policy, or (not `of_policy`) the reference itself, whose KL is 0."""
     torch.manual_seed(seed)
-    answers, scores, kls = [], [], []
+    out = PolicyAnswers([], [], [], [], [])
     for start in range(0, len(prompts), batch_size):
-        queries, query_mask = encode_prompts(tokenizer, prompts[start : start + batch_size],
-                                             max_length=max_prompt_length, device=device)
+        batch = prompts[start : start + batch_size]
+        queries, query_mask = encode_prompts(tokenizer, batch, max_length=max_prompt_length, device=device)
         responses = generator.generate(queries, query_mask)
-        scored = score_answers(models, queries, query_mask, tokenizer=tokenizer, prompts=prompts[start : start + batch_size],
-                               responses=responses, temperature=temperature, micro_batch_size=batch_size,
-                               max_length=max_chat_length, top_p=top_p, with_policy=of_policy)
+        scored = score_answers(models, queries, query_mask, tokenizer=tokenizer, prompts=batch, responses=responses,
+                               temperature=temperature, micro_batch_size=batch_size, max_length=max_chat_length,
+                               top_p=top_p, with_policy=of_policy)
         mask = scored["response_mask"]
-        kls += ((scored["logprobs"] - scored["ref_logprobs"]) * mask).sum(1).tolist() if of_policy else [0.0] * len(mask)
-        scores += scored["scores"].tolist()
-        answers += decode_answers(tokenizer, responses, mask)
-    return answers, scores, kls
+        out.kls += ((scored["logprobs"] - scored["ref_logprobs"]) * mask).sum(1).tolist() if of_policy \
+            else [0.0] * len(mask)
+        out.scores += scored["scores"].tolist()
+        out.answers += decode_answers(tokenizer, responses, mask)
+        out.lengths += mask.sum(1).tolist()
+        out.stopped += (responses == tokenizer.eos_token_id).any(1).tolist()
+    return out
 
 
 def compare_policies(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, rows: list[dict],
@@ -73,20 +87,28 @@ def compare_policies(models: PpoModels, make_generator: Callable[..., Generator]
     prompts = [row["prompt"] for row in rows]
     settings = dict(prompts=prompts, max_prompt_length=max_prompt_length, max_chat_length=max_chat_length,
                     temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, device=device)
-    sft_answers, sft_scores, _ = answers_and_scores(models, make_generator("reference"), tokenizer, of_policy=False,
-                                                    **settings)
-    ppo_answers, ppo_scores, ppo_kls = answers_and_scores(models, make_generator("policy"), tokenizer, **settings)
+    sft = answers_and_scores(models, make_generator("reference"), tokenizer, of_policy=False, **settings)
+    ppo = answers_and_scores(models, make_generator("policy"), tokenizer, **settings)
     gold = [(token_f1(s, row["best_answer"]), token_f1(p, row["best_answer"]))
-            for row, s, p in zip(rows, sft_answers, ppo_answers) if row.get("best_answer")]
-    return {
-        "eval/sft_score": sum(sft_scores) / len(sft_scores),
-        "eval/ppo_score": sum(ppo_scores) / len(ppo_scores),
-        "eval/kl": sum(ppo_kls) / len(ppo_kls),
-        "eval/win_rate": win_rate(sft_scores, ppo_scores),
-        "eval/gold_win_rate": win_rate([g[0] for g in gold], [g[1] for g in gold]) if gold else None,
+            for row, s, p in zip(rows, sft.answers, ppo.answers) if row.get("best_answer")]
+    wins = paired_wins(sft.scores, ppo.scores)
+    gold_wins = paired_wins([g[0] for g in gold], [g[1] for g in gold])
+    metrics = {
+        "eval/sft_score": mean(sft.scores),
+        "eval/ppo_score": mean(ppo.scores),
+        "eval/kl": mean(ppo.kls),
+        "eval/win_rate": mean(wins),
+        "eval/gold_win_rate": mean(gold_wins),
         "eval/prompts": len(prompts),
         "eval/gold_prompts": len(gold),
     }
+    metrics["eval/win_rate_low"], metrics["eval/win_rate_high"] = bootstrap_interval(wins, seed=seed)
+    metrics["eval/gold_win_rate_low"], metrics["eval/gold_win_rate_high"] = bootstrap_interval(gold_wins, seed=seed)
+    for name, policy in (("sft", sft), ("ppo", ppo)):
+        metrics[f"eval/{name}_stop_rate"] = mean([float(s) for s in policy.stopped])
+        metrics[f"eval/{name}_length"] = mean([float(n) for n in policy.lengths])
+        metrics[f"eval/{name}_distinct_2"] = distinct_n(policy.answers, 2)
+    return metrics
 
 
 def sample_prompts_for_table(upstream: dict | None, rows: list[dict], count: int) -> tuple[list[list[dict]], list[str | None]]:
@@ -107,18 +129,16 @@ def sample_prompts_for_table(upstream: dict | None, rows: list[dict], count: int
 @torch.no_grad()
 def sample_table(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, prompts: list[list[dict]],
                  base_answers: list[str | None], max_prompt_length: int, max_chat_length: int, temperature: float,
-                 batch_size: int,
-                 device) -> list[dict]:
+                 batch_size: int, device) -> list[dict]:
     """Greedy answers of the SFT and PPO policies to `prompts`, beside the base model's (when known), each
     scored by the reward model: what the report shows as base -> SFT -> PPO."""
     rows = [{"prompt": prompt_text(p)} for p in prompts]
     for name, role in (("sft", "reference"), ("ppo", "policy")):
-        answers, scores, _ = answers_and_scores(models, make_generator(role, sample=False), tokenizer, prompts=prompts,
-                                                max_prompt_length=max_prompt_length,
-                                                max_chat_length=max_chat_length, temperature=temperature,
-                                                batch_size=batch_size, seed=0, device=device,
-                                                of_policy=role == "policy")
-        for row, answer, score in zip(rows, answers, scores):
+        greedy = answers_and_scores(models, make_generator(role, sample=False), tokenizer, prompts=prompts,
+                                    max_prompt_length=max_prompt_length, max_chat_length=max_chat_length,
+                                    temperature=temperature, batch_size=batch_size, seed=0, device=device,
+                                    of_policy=role == "policy")
+        for row, answer, score in zip(rows, greedy.answers, greedy.scores):
             row[name], row[f"{name}_score"] = answer, round(score, 4)
     known = [i for i, answer in enumerate(base_answers) if answer is not None]
     for start in range(0, len(known), batch_size):

@@ -106,6 +106,16 @@ def test_report_summary_shows_each_stage_headline_metrics_as_the_manifest_has_th
 
 
 @pytest.mark.slow
+def test_report_says_whose_verdict_the_ppo_win_rate_is_and_shows_what_does_not_flatter(report):
+    _, md, _, stages = report
+    section = md.split("## ppo (ppo)")[1].split("\n## ")[0]
+    assert "the reward model PPO optimized" in section and "flatters PPO" in section
+    metrics = stages["ppo"]["metrics"]
+    assert f"95% interval {100 * metrics['eval/win_rate_low']:.0f}%" in section
+    assert f"distinct-2 SFT {metrics['eval/sft_distinct_2']:.4g}" in section
+
+
+@pytest.mark.slow
 def test_report_sample_table_holds_the_scores_of_ppo_manifest(report):
     _, md, _, stages = report
     for sample in stages["ppo"]["metrics"]["samples"]:

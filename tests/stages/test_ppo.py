@@ -28,6 +28,12 @@ def test_ppo_raises_the_held_out_reward_and_stays_near_the_sft_policy(tiny_chat_
     assert 0 <= metrics["eval/kl"] < KL_BOUND
     assert metrics["eval/prompts"] == 32 and metrics["eval/gold_prompts"] == 16  # prompts interleaved by source
     assert 0 <= metrics["eval/gold_win_rate"] <= 1
+    # the numbers that do not flatter, per policy, and intervals on both win rates
+    assert metrics["eval/win_rate_low"] <= metrics["eval/win_rate"] <= metrics["eval/win_rate_high"]
+    assert metrics["eval/gold_win_rate_low"] <= metrics["eval/gold_win_rate"] <= metrics["eval/gold_win_rate_high"]
+    for policy in ("sft", "ppo"):
+        assert 0 <= metrics[f"eval/{policy}_stop_rate"] <= 1 and 0 < metrics[f"eval/{policy}_distinct_2"] <= 1
+        assert 1 <= metrics[f"eval/{policy}_length"] <= 16  # generation.max_new_tokens
     # the sample table: greedy answers to the SFT stage's sample prompts (with its base answers), topped up
     samples, sft_samples = metrics["samples"], read_manifest(StageDirs(tiny_chat_run / "sft"))["metrics"]["samples"]
     assert len(samples) == 4 and [s["prompt"] for s in samples[:3]] == [s["prompt"] for s in sft_samples]

@@ -1,0 +1,39 @@
+"""Small statistics the evaluations report beside every number (torch-free, pure Python)."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+
+_WORD = re.compile(r"\w+")
+
+
+def mean(values: Sequence[float]) -> float | None:
+    """The arithmetic mean; None for no values."""
+    return sum(values) / len(values) if values else None
+
+
+def bootstrap_interval(values: Sequence[float], *, confidence: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float] | tuple[None, None]:
+    """A percentile bootstrap interval of the mean of `values` (seeded, so a report is reproducible)."""
+    if not values:
+        return None, None
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    tail = (1 - confidence) / 2
+    return means[int(tail * (resamples - 1))], means[int(round((1 - tail) * (resamples - 1)))]
+
+
+def paired_wins(first: Sequence[float], second: Sequence[float]) -> list[float]:
+    """Per pair: 1 where `second` beats `first`, 0.5 for a tie, 0 where it loses."""
+    return [1.0 if s > f else 0.5 if s == f else 0.0 for f, s in zip(first, second)]
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float | None:
+    """Distinct word n-grams over all n-grams of the texts (Li et al., 2016): 1 is no repetition at all, near
+    0 is degenerate repetition. None when the texts hold no n-gram."""
+    grams = [tuple(words[i : i + n]) for words in (_WORD.findall(t.lower()) for t in texts)
+             for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
