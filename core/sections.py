@@ -5,6 +5,7 @@ Torch-free, like every config: the orchestrator validates a whole pipeline with 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Literal
@@ -40,18 +41,39 @@ class TrainSettings(StrictModel):
     keep_last: int = volatile(2, ge=1, description="complete checkpoints kept")
     report_to: list[Literal["wandb", "mlflow", "comet_ml", "clearml", "trackio"]] = volatile(
         [], description="trackers besides tensorboard (which always writes to logs/tensorboard)")
+    liger_kernel: bool | None = Field(None, description="Liger's fused kernels in the Trainer (pip install liger-kernel)")
 
     def batch_problems(self) -> Problems:
-        """A micro-batch that does not divide the global batch."""
+        """A micro-batch that does not divide the global batch; Liger asked for but not installed."""
         micro = self.micro_batch_size or self.batch_size
+        problems = []
         if self.batch_size % micro:
-            return [(("train", "micro_batch_size"), f"must divide train.batch_size ({self.batch_size})")]
+            problems.append((("train", "micro_batch_size"), f"must divide train.batch_size ({self.batch_size})"))
+        if self.liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+            problems.append((("train", "liger_kernel"), "needs the liger-kernel package (pip install liger-kernel)"))
+        return problems
+
+
+class LoadingSettings(StrictModel):
+    """How a stage loads its models with transformers (every setting off, or transformers' default, unless set)."""
+
+    dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
+        None, description="the weights as loaded; default fp32 (master weights: train.precision sets the compute)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
+        None, description="default: transformers' choice (sdpa where it can)")
+    trust_remote_code: bool | None = Field(None, description="run the model repository's own code (off unless true)")
+
+    def loading_problems(self, loc: tuple = ("model",)) -> Problems:
+        """An attention implementation whose package is not installed here."""
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            return [(loc + ("attn_implementation",), "flash_attention_2 needs the flash-attn package "
+                                                      "(pip install flash-attn, on a CUDA machine)")]
         return []
 
 
-class ModelSource(StrictModel):
-    """An existing HF model directory, .gguf file or Hub model; leave them out when the model comes from
-    `inputs.model`."""
+class ModelSource(LoadingSettings):
+    """An existing HF model directory, .gguf file or Hub model (leave them out when the model comes from
+    `inputs.model`), and how to load it."""
 
     path: DirPath | None = None
     gguf: GgufPath | None = Field(None, description="a .gguf file (or package:file), imported to full-precision HF weights")
@@ -154,7 +176,7 @@ class ChatStage(StageConfig):
 
     def input_problems(self) -> Problems:
         """Exactly one model source; micro batches that divide the batch; a usable template."""
-        problems = one_model_source(self, self.model) + self.train.batch_problems()
+        problems = one_model_source(self, self.model) + self.train.batch_problems() + self.model.loading_problems()
         if isinstance(self.chat_template, str) and self.chat_template not in ("auto", "default") \
                 and not self.chat_template.endswith((".jinja", ".j2")):
             problems.append((("chat_template",), "expected auto, default or a .jinja / .j2 file"))

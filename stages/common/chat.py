@@ -17,7 +17,7 @@ import torch
 from core.errors import InputError
 from core.records import read_rows
 from stages.common.entry import StageContext
-from stages.common.hf_models import load_config, load_tokenizer, model_ref
+from stages.common.hf_models import DEFAULT_LOADING, Loading, load_config, load_tokenizer, model_ref, resolve_hub
 
 DEFAULT_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -33,13 +33,13 @@ DEFAULT_CHAT_TEMPLATE = (
 
 def input_model(ctx: StageContext):
     """The model the stage starts from: the upstream stage's artifact, `model.path`, `model.gguf` or
-    `model.hub` (see stages.common.hf_models.ModelRef)."""
-    return ctx.inputs.get("model") or model_ref(ctx.config.model.source())
+    `model.hub` pinned to its commit (see stages.common.hf_models.ModelRef)."""
+    return ctx.inputs.get("model") or resolve_hub(model_ref(ctx.config.model.source()))
 
 
-def load_chat_tokenizer(source: Path, chat_template: str):
+def load_chat_tokenizer(source: Path, chat_template: str, loading: Loading = DEFAULT_LOADING):
     """The tokenizer at `source` with a pad token and the chat template the config asks for."""
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer(source, loading)
     if tokenizer.eos_token is None:
         raise InputError(f"{source}: the tokenizer has no eos_token; a chat model needs one to end its answers")
     if tokenizer.pad_token is None:
@@ -121,9 +121,9 @@ def interleaved(by_source: dict[str, list[dict]]) -> list[dict]:
     return out
 
 
-def check_context_length(model_dir: Path, needed: int, what: str) -> None:
+def check_context_length(model_dir: Path, needed: int, what: str, loading: Loading = DEFAULT_LOADING) -> None:
     """Refuse sequences longer than the model's position range (`what` names the settings that add up)."""
-    limit = getattr(load_config(model_dir).get_text_config(), "max_position_embeddings", None)
+    limit = getattr(load_config(model_dir, loading).get_text_config(), "max_position_embeddings", None)
     if limit is not None and needed > limit:
         raise InputError(f"{what} = {needed} tokens exceeds the model's max_position_embeddings ({limit}) of {model_dir}")
 

@@ -7,12 +7,48 @@ the next stage (and plain transformers) loads like any other.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from core.sections import LoadingSettings
+
 ModelRef = Path | str  # a directory or .gguf file, or a Hub model "owner/name@revision"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How models are loaded: `from_pretrained` arguments beside the source."""
+
+    dtype: torch.dtype = torch.float32
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+
+    @classmethod
+    def of(cls, settings: LoadingSettings | None) -> "Loading":
+        """The loading of a config's `model:` section (fp32, transformers' attention, no remote code by default)."""
+        if settings is None:
+            return cls()
+        return cls(dtype=DTYPES[settings.dtype or "fp32"], attn_implementation=settings.attn_implementation,
+                   trust_remote_code=bool(settings.trust_remote_code))
+
+    def model_kwargs(self) -> dict:
+        """For a model's `from_pretrained` (and `from_config`)."""
+        kwargs = {"dtype": self.dtype}
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        return kwargs | self.code_kwargs()
+
+    def code_kwargs(self) -> dict:
+        """For any `from_pretrained`: remote code only when asked for."""
+        return {"trust_remote_code": True} if self.trust_remote_code else {}
+
+
+DEFAULT_LOADING = Loading()
 
 
 def is_gguf(source: ModelRef) -> bool:
@@ -40,28 +76,44 @@ def locate(source: ModelRef) -> tuple[Path | str, dict]:
     return (source.parent, {"gguf_file": source.name}) if is_gguf(source) else (source, {})
 
 
-def load_config(source: ModelRef):
+def resolve_hub(source: ModelRef) -> ModelRef:
+    """A Hub model `owner/name@revision` pinned to the commit its revision names now (from the network, or the
+    HF cache offline), so that one stage loads config, tokenizer and weights of one commit and the manifest can
+    record it; any other source as it is."""
+    if not is_hub_id(source):
+        return source
+    repo, _, revision = source.rpartition("@")
+    config_file = Path(hf_hub_download(repo, "config.json", revision=revision))
+    return f"{repo}@{config_file.parent.name}"  # the cache keeps every file under snapshots/<commit>/
+
+
+def hub_commit_of(source: ModelRef | None) -> dict[str, str]:
+    """`{"model/hub_commit": commit}` for a resolved Hub source, {} for any other: the manifest records it."""
+    return {"model/hub_commit": source.rpartition("@")[2]} if source is not None and is_hub_id(source) else {}
+
+
+def load_config(source: ModelRef, loading: Loading = DEFAULT_LOADING):
     """The model's transformers config."""
     directory, kwargs = locate(source)
-    return AutoConfig.from_pretrained(directory, **kwargs)
+    return AutoConfig.from_pretrained(directory, **kwargs, **loading.code_kwargs())
 
 
-def load_tokenizer(source: ModelRef):
+def load_tokenizer(source: ModelRef, loading: Loading = DEFAULT_LOADING):
     """The tokenizer of an HF directory, or the one stored in a GGUF file."""
     directory, kwargs = locate(source)
-    return AutoTokenizer.from_pretrained(directory, **kwargs)
+    return AutoTokenizer.from_pretrained(directory, **kwargs, **loading.code_kwargs())
 
 
-def load_causal_lm(source: ModelRef):
-    """A float32 causal LM from an HF directory or the Hub, or imported from a GGUF file."""
+def load_causal_lm(source: ModelRef, loading: Loading = DEFAULT_LOADING):
+    """A causal LM from an HF directory or the Hub, or imported from a GGUF file (fp32 unless `loading` says)."""
     directory, kwargs = locate(source)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(directory, **kwargs, **loading.model_kwargs())
     if not is_gguf(source):
         return model
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # de-quantized already; save_pretrained refuses a "quantized" model
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh = AutoModelForCausalLM.from_config(config, **loading.model_kwargs())
     fresh.load_state_dict(model.state_dict())
     fresh.generation_config = model.generation_config
     return fresh

@@ -72,6 +72,7 @@ def training_arguments(ctx: StageContext, train: TrainSettings, config_class: ty
         dataloader_num_workers=0,
         activation_checkpointing=train.activation_checkpointing,
         gradient_checkpointing=None,  # the old name of activation_checkpointing: TRL's configs default it to True
+        use_liger_kernel=bool(train.liger_kernel),
     )
     check_precision(train.precision)
     launch = cpu_launch()  # TrainingArguments sets up its own process state: tell it about CPU processes

@@ -13,7 +13,7 @@ from core.errors import InputError
 from core.numbers import fmt, percent
 from core.records import prompt_problems
 from core.schema import FilePath, Panel, StageConfig, StrictModel, volatile
-from core.sections import ChatData, LoraSettings, Problems, TrainSettings, too_long
+from core.sections import ChatData, LoadingSettings, LoraSettings, Problems, TrainSettings, too_long
 
 
 class PromptData(ChatData):
@@ -89,6 +89,7 @@ class PpoStage(StageConfig):
     ppo: PpoSettings = PpoSettings()
     evaluation: PpoEvaluation = PpoEvaluation()
     lora: LoraSettings | None = Field(None, description="train an adapter; the reference is the adapter switched off")
+    model: LoadingSettings | None = Field(None, description="how the four roles are loaded from the inputs' artifacts")
     train: TrainSettings = Field(description="max_steps = PPO iterations; batch_size is unused (see ppo.*)")
 
     module = "stages.ppo"
@@ -110,8 +111,9 @@ class PpoStage(StageConfig):
 
     def input_problems(self) -> Problems:
         """Mini-batches that divide the rollout, micro-batches that divide the mini-batch."""
-        return batch_problems(rollout=self.ppo.rollout_batch_size, mini=self.ppo.mini_batch_size,
-                              micro=self.ppo.micro_batch_size, world=1)
+        problems = batch_problems(rollout=self.ppo.rollout_batch_size, mini=self.ppo.mini_batch_size,
+                                  micro=self.ppo.micro_batch_size, world=1)
+        return problems + (self.model.loading_problems() if self.model else [])
 
     def data_problems(self) -> list[str]:
         """Unreadable prompt files or rows, and an unreadable ptx corpus."""

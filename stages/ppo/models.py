@@ -23,6 +23,8 @@ from peft import get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TopPLogitsWarper
 
+from stages.common.hf_models import DEFAULT_LOADING, Loading
+
 
 class LoadedRoles(NamedTuple):
     """The four roles as loaded, before they are placed for this launch (placement.build_models)."""
@@ -107,20 +109,21 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_roles(policy_dir: Path, reward_dir: Path, *, lora=None, frozen_context=None) -> LoadedRoles:
+def load_roles(policy_dir: Path, reward_dir: Path, *, lora=None, frozen_context=None,
+               loading: Loading = DEFAULT_LOADING) -> LoadedRoles:
     """The four roles from the SFT and reward artifacts (float32 master weights; autocast does the rest).
     With `lora` (a peft LoraConfig) the policy trains an adapter and the reference is the adapter switched off.
     The frozen models are loaded inside `frozen_context` (see placement.frozen_context)."""
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir, **loading.model_kwargs())
     if lora is not None:
         policy = get_peft_model(policy, lora)
     with frozen_context or contextlib.nullcontext():
         if lora is not None:
             reference = AdapterDisabled(policy)
         else:
-            reference = freeze(AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32))
-        reward = freeze(AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=torch.float32))
-    value = ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=torch.float32))
+            reference = freeze(AutoModelForCausalLM.from_pretrained(policy_dir, **loading.model_kwargs()))
+        reward = freeze(AutoModelForSequenceClassification.from_pretrained(reward_dir, **loading.model_kwargs()))
+    value = ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir, **loading.model_kwargs()))
     policy.config.use_cache = False  # training forwards; generate() asks for the cache explicitly
     return LoadedRoles(policy, reference, reward, value)
 

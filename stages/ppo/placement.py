@@ -31,6 +31,7 @@ from trl.models.utils import unwrap_model_for_generation
 
 from core.errors import InputError
 from stages.common.entry import check_precision
+from stages.common.hf_models import DEFAULT_LOADING, Loading
 from stages.common.lora import save_merged
 from stages.ppo.config import PpoBatches
 from stages.ppo.models import AdapterDisabled, PolicyAndValue, PpoModels, load_roles
@@ -56,14 +57,15 @@ def make_accelerator(*, precision: str, batches: PpoBatches, max_grad_norm: floa
 
 def build_models(accelerator: Accelerator, *, policy_dir: Path, reward_dir: Path, lora, frozen_models: str,
                  learning_rate: float, critic_learning_rate: float, betas: tuple[float, float], weight_decay: float,
-                 lr_scheduler: str, warmup_steps: int, updates: int,
-                 max_grad_norm: float) -> tuple[PpoModels, Optimization]:
+                 lr_scheduler: str, warmup_steps: int, updates: int, max_grad_norm: float,
+                 loading: Loading = DEFAULT_LOADING) -> tuple[PpoModels, Optimization]:
     """The four roles, placed for this launch, and the one optimizer over the policy and the critic.
 
     The policy (the adapter alone with LoRA) and the critic go through `accelerator.prepare` as one module;
     the reference (the adapter switched off, with LoRA) and the reward model are frozen and placed by
     `place_frozen` (`frozen_models`: auto, shard or replicate)."""
-    loaded = load_roles(policy_dir, reward_dir, lora=lora, frozen_context=frozen_context(accelerator, frozen_models))
+    loaded = load_roles(policy_dir, reward_dir, lora=lora, frozen_context=frozen_context(accelerator, frozen_models),
+                        loading=loading)
     groups = [{"params": [p for p in loaded.policy.parameters() if p.requires_grad]},
               {"params": list(loaded.value.parameters()), "lr": critic_learning_rate}]
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, weight_decay=weight_decay)
@@ -243,11 +245,11 @@ def dtype_of(state: dict[str, torch.Tensor]) -> torch.dtype:
 
 
 def write_artifact(state: dict[str, torch.Tensor], *, policy_dir: Path, reward_dir: Path, lora, tokenizer,
-                   directory: Path) -> None:
+                   directory: Path, loading: Loading = DEFAULT_LOADING) -> None:
     """The policy (LoRA merged, adapter kept in adapter/) and the critic (critic/) as HF checkpoints, built from
     the full state dict of the trained pair. Main process only."""
     dtype = dtype_of(state)
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype, **loading.code_kwargs())
     if lora is not None:
         policy = get_peft_model(policy, lora)
     load_weights(policy, part(state, "policy"), "policy")
@@ -257,7 +259,7 @@ def write_artifact(state: dict[str, torch.Tensor], *, policy_dir: Path, reward_d
         policy.config.use_cache = True
         policy.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
-    critic = AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=dtype)
+    critic = AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=dtype, **loading.code_kwargs())
     load_weights(critic, part(state, "value.classifier"), "critic")
     critic.save_pretrained(directory / "critic")
     tokenizer.save_pretrained(directory / "critic")

@@ -28,7 +28,6 @@ from contextlib import contextmanager
 
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
-from transformers import AutoTokenizer
 
 from core.checkpoints import commit_checkpoint
 from core.errors import InputError
@@ -36,6 +35,7 @@ from core.history import append_record, attempt_marker, read_history
 from core.records import prompt_row
 from stages.common.chat import check_context_length, interleaved, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
+from stages.common.hf_models import Loading, load_tokenizer
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.lora import lora_config
 from stages.ppo.config import PpoStage, ppo_batches
@@ -73,11 +73,12 @@ def train(ctx: StageContext) -> dict:
                         rank=accelerator.process_index, world_size=accelerator.num_processes)
 
     # models: the four roles, placed for this launch, with one optimizer over the policy and the critic
+    loading = Loading.of(cfg.model)
     chat_length = cfg.data.max_length + gen.max_new_tokens  # prompt and answer: what the roles read
     for role in ("policy", "reward"):
-        check_context_length(ctx.inputs[role], chat_length, "data.max_length + generation.max_new_tokens")
-    tokenizer = load_chat_tokenizer(ctx.inputs["policy"], "auto")
-    check_same_tokenizer(tokenizer, ctx.inputs["reward"])
+        check_context_length(ctx.inputs[role], chat_length, "data.max_length + generation.max_new_tokens", loading)
+    tokenizer = load_chat_tokenizer(ctx.inputs["policy"], "auto", loading)
+    check_same_tokenizer(tokenizer, ctx.inputs["reward"], loading)
     lora = lora_config(cfg.lora)
     models, optimization = build_models(
         accelerator, policy_dir=ctx.inputs["policy"], reward_dir=ctx.inputs["reward"], lora=lora,
@@ -86,7 +87,7 @@ def train(ctx: StageContext) -> dict:
         betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), weight_decay=cfg.train.weight_decay,
         lr_scheduler=cfg.train.lr_scheduler, warmup_steps=cfg.train.warmup_steps,
         updates=cfg.train.max_steps * batches.updates,
-        max_grad_norm=cfg.train.max_grad_norm)
+        max_grad_norm=cfg.train.max_grad_norm, loading=loading)
     generators = Generators(models, accelerator, tokenizer, max_new_tokens=gen.max_new_tokens,
                             temperature=gen.temperature, top_p=gen.top_p)
     kl = KLController(ppo.kl.beta, ppo.kl.target, ppo.kl.horizon)
@@ -174,7 +175,7 @@ def train(ctx: StageContext) -> dict:
     if accelerator.is_main_process:
         with no_zero3_init(accelerator):
             write_artifact(state, policy_dir=ctx.inputs["policy"], reward_dir=ctx.inputs["reward"], lora=lora,
-                           tokenizer=tokenizer, directory=ctx.staged_artifact)
+                           tokenizer=tokenizer, directory=ctx.staged_artifact, loading=loading)
     accelerator.wait_for_everyone()
     return {**evaluation, **summary(history, iterations=cfg.train.max_steps, rollout_batch=ppo.rollout_batch_size,
                                     mini_batch=ppo.mini_batch_size)}
@@ -224,9 +225,9 @@ class PhaseTimer:
                 "time/iteration": time.perf_counter() - self.started}
 
 
-def check_same_tokenizer(tokenizer, reward_dir) -> None:
-    """The reward model reads the policy's token ids directly, so both must share one vocabulary."""
-    if AutoTokenizer.from_pretrained(reward_dir).get_vocab() != tokenizer.get_vocab():
+def check_same_tokenizer(tokenizer, reward_dir, loading: Loading) -> None:
+    """The reward model reads the policy's chats in the policy's tokens, so both must share one vocabulary."""
+    if load_tokenizer(reward_dir, loading).get_vocab() != tokenizer.get_vocab():
         raise InputError(f"inputs.reward ({reward_dir}): its tokenizer differs from the policy's; train the reward "
                          "model from the same base (e.g. from the SFT stage)")
 

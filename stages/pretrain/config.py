@@ -93,7 +93,7 @@ class PretrainStage(StageConfig):
             problems.append((("model",), "model.tokenizer / model.tokenizer_path apply only to a new model (model.init)"))
         if not self.data.validation and self.data.validation_fraction == 0:
             problems.append((("data", "validation_fraction"), "must be > 0 when data.validation is empty"))
-        return problems + self.train.batch_problems()
+        return problems + self.train.batch_problems() + self.model.loading_problems()
 
     def data_problems(self) -> list[str]:
         """Unreadable, non-UTF-8 or empty corpus files."""

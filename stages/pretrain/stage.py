@@ -27,9 +27,16 @@ from transformers import (
 
 from core.corpus import read_documents
 from core.errors import InputError
-from stages.common import hf_models
 from stages.common.entry import StageContext
-from stages.common.hf_models import load_causal_lm, model_ref
+from stages.common.hf_models import (
+    Loading,
+    ModelRef,
+    hub_commit_of,
+    load_causal_lm,
+    load_tokenizer,
+    model_ref,
+    resolve_hub,
+)
 from stages.common.hf_trainer import attach, quiet_libraries, save_artifact, training_arguments
 from stages.pretrain.config import PretrainStage
 
@@ -49,28 +56,33 @@ def train_tokenizer(documents: list[str], vocab_size: int, min_frequency: int):
                                    unk_token=None, model_max_length=1_000_000)
 
 
-def stage_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str]):
-    """The tokenizer: the checkpoint's when resuming, else the input model's, the given one, or a new one."""
+def continued_model(ctx: StageContext, cfg: PretrainStage) -> ModelRef | None:
+    """The model pretraining continues from (the input stage's artifact, or model.path / gguf / hub pinned to
+    its commit); None for a new model."""
+    if "model" in ctx.inputs:
+        return ctx.inputs["model"]
+    return resolve_hub(model_ref(cfg.model.source())) if cfg.model.source() else None
+
+
+def stage_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str], source: ModelRef | None):
+    """The tokenizer: the checkpoint's when resuming, else the continued model's, the given one, or a new one."""
     if ctx.resume_from is not None:
         source = ctx.resume_from.path
-    elif "model" in ctx.inputs:
-        source = ctx.inputs["model"]
-    elif cfg.model.source():
-        source = model_ref(cfg.model.source())
-    elif cfg.model.tokenizer_path:
+    elif source is None and cfg.model.tokenizer_path:
         source = Path(cfg.model.tokenizer_path)
-    else:
+    elif source is None:
         return train_tokenizer(documents, cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.min_frequency)
-    tokenizer = hf_models.load_tokenizer(source)
+    tokenizer = load_tokenizer(source, Loading.of(cfg.model))
     if tokenizer.eos_token is None:
         tokenizer.add_special_tokens({"eos_token": EOS})
     return tokenizer
 
 
-def build_model(ctx: StageContext, cfg: PretrainStage, tokenizer):
+def build_model(cfg: PretrainStage, tokenizer, source: ModelRef | None):
     """A new Llama-style model from `model.init`, or the pretrained one to continue from."""
+    loading = Loading.of(cfg.model)
     if cfg.model.init is None:
-        model = load_causal_lm(ctx.inputs.get("model") or model_ref(cfg.model.source()))
+        model = load_causal_lm(source, loading)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         return model
@@ -88,8 +100,9 @@ def build_model(ctx: StageContext, cfg: PretrainStage, tokenizer):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **({"attn_implementation": loading.attn_implementation} if loading.attn_implementation else {}),
     )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(config).to(loading.dtype)
 
 
 def packed_blocks(documents: list[str], tokenizer, block_size: int):
@@ -131,7 +144,8 @@ def train(ctx: StageContext) -> dict:
 
     # data and tokenizer
     train_docs, val_docs = split_documents(cfg)
-    tokenizer = stage_tokenizer(ctx, cfg, train_docs)
+    source = continued_model(ctx, cfg)
+    tokenizer = stage_tokenizer(ctx, cfg, train_docs, source)
     train_blocks = packed_blocks(train_docs, tokenizer, cfg.data.block_size)
     val_blocks = packed_blocks(val_docs, tokenizer, cfg.data.block_size)
     if len(train_blocks) == 0 or len(val_blocks) == 0:
@@ -140,7 +154,7 @@ def train(ctx: StageContext) -> dict:
                          "or a smaller block_size")
 
     # model
-    model = build_model(ctx, cfg, tokenizer)
+    model = build_model(cfg, tokenizer, source)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[{ctx.spec['stage']}] {n_params / 1e6:.2f} M parameters, vocab {len(tokenizer)}, "
           f"{len(train_blocks)} train / {len(val_blocks)} validation blocks of {cfg.data.block_size} tokens", flush=True)
@@ -160,7 +174,7 @@ def train(ctx: StageContext) -> dict:
     # artifact: weights + config + tokenizer, loadable by AutoModelForCausalLM / AutoTokenizer alone
     save_artifact(trainer, ctx.staged_artifact)
     tokens_per_step = cfg.train.batch_size * cfg.data.block_size
-    return {
+    return hub_commit_of(source) | {
         "eval/loss": evaluation["eval_loss"],
         "eval/perplexity": math.exp(evaluation["eval_loss"]),
         "train/loss": result.training_loss,

@@ -23,7 +23,7 @@ from transformers.utils import logging
 from core.records import ranking_row
 from stages.common.chat import check_context_length, input_model, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
-from stages.common.hf_models import locate
+from stages.common.hf_models import Loading, hub_commit_of, locate
 from stages.common.hf_trainer import (
     attach,
     evaluate_before_training,
@@ -132,12 +132,13 @@ def train(ctx: StageContext) -> dict:
         print(f"[{name}] skipped {rows.skipped} bad rows (data.skip_bad_rows)", flush=True)
 
     # model: the input causal LM with a new scalar head, and its tokenizer with the chat template
-    source = input_model(ctx)
-    check_context_length(source, cfg.data.max_length, "data.max_length")
-    tokenizer = load_chat_tokenizer(source, cfg.chat_template)
+    source, loading = input_model(ctx), Loading.of(cfg.model)
+    check_context_length(source, cfg.data.max_length, "data.max_length", loading)
+    tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
     with new_head_expected():
         where, kwargs = locate(source)
-        model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=1, dtype=torch.float32, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=1, **kwargs,
+                                                                   **loading.model_kwargs())
     model.config.pad_token_id = tokenizer.pad_token_id
     train_set = Dataset.from_list(tokenize_rankings(train_rows, tokenizer, cfg.data.max_length))
     val_set = Dataset.from_list(tokenize_rankings(val_rows, tokenizer, cfg.data.max_length))
@@ -168,7 +169,7 @@ def train(ctx: StageContext) -> dict:
     # artifact: sequence classifier (one scalar) + tokenizer with the chat template
     save_artifact(trainer, ctx.staged_artifact)
     micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
-    return {
+    return hub_commit_of(source) | {
         **{f"eval/{key}": _number(evaluation[f"eval_{key}"])
            for key in ("loss", "pairwise_accuracy", "margin", "ranking_accuracy", "kendall_tau")},
         **by_source,

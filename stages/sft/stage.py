@@ -31,7 +31,7 @@ from stages.common.chat import (
     sample_prompts,
 )
 from stages.common.entry import StageContext
-from stages.common.hf_models import load_causal_lm
+from stages.common.hf_models import Loading, hub_commit_of, load_causal_lm
 from stages.common.hf_trainer import (
     attach,
     evaluate_before_training,
@@ -139,10 +139,10 @@ def train(ctx: StageContext) -> dict:
     train_rows, val_rows = rows.train, rows.validation
 
     # model and tokenizer (with a chat template)
-    source = input_model(ctx)
-    check_context_length(source, cfg.data.max_length, "data.max_length")
-    tokenizer = load_chat_tokenizer(source, cfg.chat_template)
-    model = load_causal_lm(source)
+    source, loading = input_model(ctx), Loading.of(cfg.model)
+    check_context_length(source, cfg.data.max_length, "data.max_length", loading)
+    tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
+    model = load_causal_lm(source, loading)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[{name}] {n_params / 1e6:.2f} M parameters from {source}; {len(train_rows)} train / "
@@ -164,7 +164,7 @@ def train(ctx: StageContext) -> dict:
     # artifact: causal LM + tokenizer with the chat template (adapter alongside with LoRA)
     save_sft_artifact(trainer, tokenizer, ctx.staged_artifact)
     micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
-    return {
+    return hub_commit_of(source) | {
         "eval/loss": evaluation["eval_loss"],
         "eval/perplexity": math.exp(evaluation["eval_loss"]),
         "train/loss": result.training_loss,

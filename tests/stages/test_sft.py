@@ -188,7 +188,8 @@ def test_row_packed_batches_keep_packed_answers_apart_and_count_real_tokens(tmp_
 @pytest.mark.slow
 def test_sft_from_a_hub_model_loads_it_by_revision_from_the_hf_cache(tmp_path, monkeypatch):
     """`model.hub: owner/name@revision` through `rlhf run`, served offline from a Hugging Face cache laid out
-    as the Hub client writes it (no network here): the artifact is a plain HF model of the same shape."""
+    as the Hub client writes it (no network here): the artifact is a plain HF model of the same shape, and
+    the revision (a branch here) is resolved to its commit."""
     from transformers import AutoModelForCausalLM
 
     from core.errors import InputError
@@ -205,7 +206,7 @@ def test_sft_from_a_hub_model_loads_it_by_revision_from_the_hf_cache(tmp_path, m
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    stage = {"kind": "sft", "model": {"hub": f"tiny-org/tiny-llama@{commit}"},
+    stage = {"kind": "sft", "model": {"hub": "tiny-org/tiny-llama@main", "dtype": "bf16", "attn_implementation": "eager"},
              "data": {"train": [str(SFT_DATA / "chatterbot" / "train.jsonl")], "max_length": 64},
              "samples": {"count": 1, "max_new_tokens": 4}, "train": {"max_steps": 3, "batch_size": 4}}
     path = write_pipeline(tmp_path / "p.yaml", {"sft": stage})
@@ -213,6 +214,9 @@ def test_sft_from_a_hub_model_loads_it_by_revision_from_the_hf_cache(tmp_path, m
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "sft" / "artifact")
     assert tuned.config.hidden_size == model.config.hidden_size and tuned.config.vocab_size == model.config.vocab_size
+    assert tuned.dtype == torch.bfloat16  # model.dtype: loaded, trained and saved in bf16
+    # the branch was resolved to the commit it named, and the manifest records it
+    assert read_manifest(StageDirs(tmp_path / "run" / "sft"))["metrics"]["model/hub_commit"] == commit
 
     # the revision is required: a moving branch would change the model behind a fresh fingerprint
     stage["model"]["hub"] = "tiny-org/tiny-llama"

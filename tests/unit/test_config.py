@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,20 @@ def test_chat_stages_check_their_model_source_template_and_keys(tmp_path, corpus
     assert any("stages.neither.chat_template: expected auto, default or a .jinja / .j2 file" in p for p in found)
     assert any("stages.weightless.data.train.0.weight: input should be greater than 0" in p for p in found), found
     assert any("stages.typo.lora.rank: unknown key" in p for p in found), found
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") or importlib.util.find_spec("liger_kernel"),
+                    reason="flash-attn or liger-kernel is installed here")
+def test_loading_settings_that_need_a_missing_package_are_refused_before_anything_runs(tmp_path, corpus):
+    stage = pretrain_stage(corpus, liger_kernel=True)
+    stage["model"]["attn_implementation"] = "flash_attention_2"
+    stage["model"]["dtype"] = "bf16"
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": stage})
+    found = problems(path)
+    assert any(p.endswith("stages.pre.model.attn_implementation: flash_attention_2 needs the flash-attn package "
+                          "(pip install flash-attn, on a CUDA machine)") for p in found), found
+    assert any(p.endswith("stages.pre.train.liger_kernel: needs the liger-kernel package (pip install liger-kernel)")
+               for p in found), found
+    del stage["model"]["attn_implementation"], stage["train"]["liger_kernel"]
+    write_pipeline(path, {"pre": stage})
+    assert load_pipeline(path).stages["pre"].model.dtype == "bf16"
