@@ -57,9 +57,6 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.value = value
 
-    # read by TRL's unwrap_model_for_generation (ZeRO-3 generation), which expects a transformers model
-    is_gradient_checkpointing = False
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, ptx_input_ids: torch.Tensor | None = None):
         logits = self.policy(input_ids=input_ids, attention_mask=attention_mask,
                              position_ids=position_ids(attention_mask), use_cache=False).logits

@@ -5,9 +5,9 @@
   DeepSpeed the engine's micro-batch, accumulation and clipping come from the `ppo:` and `train:` sections.
 - The frozen reference and reward models are moved to the device, or under DeepSpeed become inference
   engines (no optimizer): ZeRO-3 shards or a whole copy per process (`ppo.frozen_models`).
-- Generation gathers a ZeRO-3-sharded policy whole for the duration of `generate` (TRL's
-  `unwrap_model_for_generation`); a sharded frozen model generates with `synced_gpus`, so every process
-  runs as many forward passes as the slowest one (each pass gathers the layers collectively).
+- Generation gathers a ZeRO-3-sharded policy whole (its weights only, not the critic's) for the duration of
+  `generate`; a sharded frozen model generates with `synced_gpus`, so every process runs as many forward
+  passes as the slowest one (each pass gathers the layers collectively).
 - Artifacts are written from the full state dict (`accelerator.get_state_dict`, gathered from ZeRO-3
   shards as 16-bit weights) into freshly loaded models, so they are ordinary HF checkpoints.
 """
@@ -27,7 +27,7 @@ from peft import get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, get_scheduler
 from transformers.integrations import unset_hf_deepspeed_config
-from trl.models.utils import unwrap_model_for_generation
+from trl.models.utils import add_hooks, remove_hooks
 
 from core.errors import InputError
 from stages.common.entry import check_precision
@@ -177,13 +177,20 @@ def is_sharded(model: nn.Module) -> bool:
 def policy_for_generation(trained: nn.Module, accelerator):
     """The policy as a plain causal LM for `generate`, under the training's mixed precision (the unwrapped
     model's forward is not autocast): it samples from the distribution its log-probs are computed under.
-    With ZeRO-3 its weights are gathered whole meanwhile."""
-    if zero_stage(accelerator) == 3:
-        with unwrap_model_for_generation(trained, accelerator) as pair, accelerator.autocast():
-            yield pair.policy
-    else:
+    With ZeRO-3 the policy's weights alone (not the critic's) are gathered whole meanwhile, and ZeRO-3's
+    per-module hooks are lifted (TRL's remove_hooks / add_hooks, as its own generation does), so the forward
+    passes of `generate` use the gathered weights as they are."""
+    policy = accelerator.unwrap_model(trained).policy
+    if zero_stage(accelerator) != 3:
         with accelerator.autocast():
-            yield accelerator.unwrap_model(trained).policy
+            yield policy
+        return
+    with deepspeed.zero.GatheredParameters(list(policy.parameters())), accelerator.autocast():
+        remove_hooks(trained)
+        try:
+            yield policy
+        finally:
+            add_hooks(trained)
 
 
 @contextlib.contextmanager
