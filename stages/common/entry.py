@@ -36,6 +36,11 @@ from core.manifest import commit_artifact, read_manifest, stage_manifest
 from core.progress import StageProgress
 from core.schema import StageConfig
 
+# before any stage module imports DeepSpeed (each `__main__` imports this module first): without CUDA it would
+# otherwise guess the accelerator and warn about it in every process's log
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 
 @dataclass
 class StageContext:
@@ -128,8 +133,6 @@ def check_precision(precision: str) -> None:
 
 def process_state() -> PartialState:
     """accelerate's process state, also for several processes on CPU (see cpu_launch)."""
-    if not torch.cuda.is_available():  # tell DeepSpeed, which otherwise warns in every log that it guessed
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     launch = cpu_launch()
     if launch == "deepspeed":
         return PartialState(backend="gloo")

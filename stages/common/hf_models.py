@@ -7,13 +7,18 @@ the next stage (and plain transformers) loads like any other.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import deepspeed
 import torch
+from deepspeed.runtime.zero.utils import is_zero_param
 from huggingface_hub import hf_hub_download
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.integrations import is_deepspeed_zero3_enabled
 
+from core.errors import InputError
 from core.sections import LoadingSettings
 
 ModelRef = Path | str  # a directory or .gguf file, or a Hub model "owner/name@revision"
@@ -76,6 +81,32 @@ def locate(source: ModelRef) -> tuple[Path | str, dict]:
     return (source.parent, {"gguf_file": source.name}) if is_gguf(source) else (source, {})
 
 
+def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of a model, counting ZeRO-3 partitions whole."""
+    return sum(p.ds_numel if is_zero_param(p) else p.numel() for p in model.parameters())
+
+
+def is_partitioned(model: torch.nn.Module) -> bool:
+    """Whether a model's weights are ZeRO-3 partitions (loaded under zero.Init)."""
+    return any(is_zero_param(p) for p in model.parameters())
+
+
+def loaded_as(model: torch.nn.Module) -> str:
+    """' (loaded as ZeRO-3 partitions)' for a partitioned model, '' otherwise: for the stage's log line."""
+    return " (loaded as ZeRO-3 partitions)" if is_partitioned(model) else ""
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module):
+    """A ZeRO-3-partitioned model's weights gathered whole for what runs inside (e.g. `generate` before the
+    Trainer wraps it); nothing happens to a model that is whole."""
+    if not is_partitioned(model):
+        yield
+        return
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        yield
+
+
 def resolve_hub(source: ModelRef) -> ModelRef:
     """A Hub model `owner/name@revision` pinned to the commit its revision names now (from the network, or the
     HF cache offline), so that one stage loads config, tokenizer and weights of one commit and the manifest can
@@ -106,6 +137,9 @@ def load_tokenizer(source: ModelRef, loading: Loading = DEFAULT_LOADING):
 
 def load_causal_lm(source: ModelRef, loading: Loading = DEFAULT_LOADING):
     """A causal LM from an HF directory or the Hub, or imported from a GGUF file (fp32 unless `loading` says)."""
+    if is_gguf(source) and is_deepspeed_zero3_enabled():
+        raise InputError(f"{source}: a GGUF model is imported whole, not as ZeRO-3 partitions; import it in a stage "
+                         "launched without ZeRO-3 and train from that stage's artifact under ZeRO-3")
     directory, kwargs = locate(source)
     model = AutoModelForCausalLM.from_pretrained(directory, **kwargs, **loading.model_kwargs())
     if not is_gguf(source):

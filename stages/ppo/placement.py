@@ -83,11 +83,6 @@ def build_models(accelerator: Accelerator, *, policy_dir: Path, reward_dir: Path
     return models, Optimization(accelerator, optimizer, scheduler, max_grad_norm, deepspeed=is_deepspeed(accelerator))
 
 
-def parameter_count(model: nn.Module) -> int:
-    """Parameters of a model, counting ZeRO-3 partitions whole."""
-    return sum(p.ds_numel if is_zero_param(p) else p.numel() for p in model.parameters())
-
-
 class Generators:
     """Samplers for the trained policy and the frozen SFT policy (the reference), under any launch: with ZeRO-3
     the policy is gathered whole for each `generate`, a sharded reference generates with `synced_gpus`."""

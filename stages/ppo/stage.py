@@ -35,7 +35,7 @@ from core.history import append_record, attempt_marker, read_history
 from core.records import prompt_row
 from stages.common.chat import check_context_length, interleaved, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
-from stages.common.hf_models import Loading, load_tokenizer
+from stages.common.hf_models import Loading, load_tokenizer, parameter_count
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.lora import lora_config
 from stages.ppo.config import PpoStage, ppo_batches
@@ -47,7 +47,6 @@ from stages.ppo.placement import (
     is_deepspeed,
     make_accelerator,
     no_zero3_init,
-    parameter_count,
     write_artifact,
     zero_stage,
 )

@@ -17,8 +17,8 @@ from pathlib import Path
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoModelForCausalLM,
     LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedTokenizerFast,
     Trainer,
     default_data_collator,
@@ -34,7 +34,9 @@ from stages.common.hf_models import (
     hub_commit_of,
     load_causal_lm,
     load_tokenizer,
+    loaded_as,
     model_ref,
+    parameter_count,
     resolve_hub,
 )
 from stages.common.hf_trainer import attach, quiet_libraries, save_artifact, training_arguments
@@ -102,7 +104,7 @@ def build_model(cfg: PretrainStage, tokenizer, source: ModelRef | None):
         pad_token_id=tokenizer.pad_token_id,
         **({"attn_implementation": loading.attn_implementation} if loading.attn_implementation else {}),
     )
-    return LlamaForCausalLM(config).to(loading.dtype)
+    return AutoModelForCausalLM.from_config(config, **loading.model_kwargs())
 
 
 def packed_blocks(documents: list[str], tokenizer, block_size: int):
@@ -153,16 +155,17 @@ def train(ctx: StageContext) -> dict:
                          f"{len(train_blocks)} training and {len(val_blocks)} validation blocks; use more text "
                          "or a smaller block_size")
 
-    # model
+    # model (the training arguments first: under ZeRO-3 they make transformers build it as partitions)
+    args = training_arguments(ctx, cfg.train)
     model = build_model(cfg, tokenizer, source)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"[{ctx.spec['stage']}] {n_params / 1e6:.2f} M parameters, vocab {len(tokenizer)}, "
+    n_params = parameter_count(model)
+    print(f"[{ctx.spec['stage']}] {n_params / 1e6:.2f} M parameters{loaded_as(model)}, vocab {len(tokenizer)}, "
           f"{len(train_blocks)} train / {len(val_blocks)} validation blocks of {cfg.data.block_size} tokens", flush=True)
 
     # train (the Trainer restores weights, optimizer, scheduler, RNG and data position when resuming)
     trainer = attach(Trainer(
         model=model,
-        args=training_arguments(ctx, cfg.train),
+        args=args,
         train_dataset=train_blocks,
         eval_dataset=val_blocks,
         data_collator=default_data_collator,

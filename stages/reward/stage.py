@@ -23,7 +23,7 @@ from transformers.utils import logging
 from core.records import ranking_row
 from stages.common.chat import check_context_length, input_model, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
-from stages.common.hf_models import Loading, hub_commit_of, locate
+from stages.common.hf_models import Loading, hub_commit_of, loaded_as, locate, parameter_count
 from stages.common.hf_trainer import (
     attach,
     evaluate_before_training,
@@ -131,7 +131,10 @@ def train(ctx: StageContext) -> dict:
     if rows.skipped:
         print(f"[{name}] skipped {rows.skipped} bad rows (data.skip_bad_rows)", flush=True)
 
-    # model: the input causal LM with a new scalar head, and its tokenizer with the chat template
+    # model: the input causal LM with a new scalar head, and its tokenizer with the chat template (the
+    # training arguments first: under ZeRO-3 they make transformers load the model as partitions)
+    args = training_arguments(ctx, cfg.train, remove_unused_columns=False, label_names=["ranks"],
+                              include_num_input_tokens_seen="non_padding")
     source, loading = input_model(ctx), Loading.of(cfg.model)
     check_context_length(source, cfg.data.max_length, "data.max_length", loading)
     tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
@@ -143,12 +146,10 @@ def train(ctx: StageContext) -> dict:
     train_set = Dataset.from_list(tokenize_rankings(train_rows, tokenizer, cfg.data.max_length))
     val_set = Dataset.from_list(tokenize_rankings(val_rows, tokenizer, cfg.data.max_length))
     n_answers = sum(len(r["answers"]) for r in train_rows)
-    print(f"[{name}] {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters from {source}; "
+    print(f"[{name}] {parameter_count(model) / 1e6:.2f} M parameters from {source}{loaded_as(model)}; "
           f"{len(train_rows)} train prompts ({n_answers} answers) / {len(val_rows)} validation prompts", flush=True)
 
     # train: one example = one prompt with all its answers
-    args = training_arguments(ctx, cfg.train, remove_unused_columns=False, label_names=["ranks"],
-                              include_num_input_tokens_seen="non_padding")
     trainer = attach(RankingTrainer(
         model=model,
         args=args,

@@ -31,7 +31,7 @@ from stages.common.chat import (
     sample_prompts,
 )
 from stages.common.entry import StageContext
-from stages.common.hf_models import Loading, hub_commit_of, load_causal_lm
+from stages.common.hf_models import Loading, gathered, hub_commit_of, load_causal_lm, loaded_as, parameter_count
 from stages.common.hf_trainer import (
     attach,
     evaluate_before_training,
@@ -102,10 +102,11 @@ def save_sft_artifact(trainer, tokenizer, directory) -> None:
         save_merged(model, tokenizer, directory)
 
 
-def build_trainer(ctx: StageContext, model, tokenizer, rows) -> AnswerOnlySFTTrainer:
-    """The SFTTrainer for this stage's config: chat-formatted rows, answer-only labels, our checkpoints."""
+def sft_arguments(ctx: StageContext) -> SFTConfig:
+    """TRL's SFTConfig for this stage. Made before the model is loaded: under ZeRO-3 it registers DeepSpeed's
+    config, so that transformers loads the model as partitions (zero.Init), never whole on every process."""
     cfg: SftStage = ctx.config
-    args = training_arguments(
+    return training_arguments(
         ctx, cfg.train, config_class=SFTConfig,
         max_length=cfg.data.max_length,
         packing=cfg.data.packing,
@@ -114,6 +115,11 @@ def build_trainer(ctx: StageContext, model, tokenizer, rows) -> AnswerOnlySFTTra
         eval_packing=False,  # validation loss per example, comparable with and without packing
         include_num_input_tokens_seen="non_padding",
     )
+
+
+def build_trainer(ctx: StageContext, model, tokenizer, rows, args: SFTConfig) -> AnswerOnlySFTTrainer:
+    """The SFTTrainer for this stage's config: chat-formatted rows, answer-only labels, our checkpoints."""
+    cfg: SftStage = ctx.config
     trainer = AnswerOnlySFTTrainer(
         model=model,
         args=args,
@@ -139,20 +145,22 @@ def train(ctx: StageContext) -> dict:
     train_rows, val_rows = rows.train, rows.validation
 
     # model and tokenizer (with a chat template)
+    args = sft_arguments(ctx)
     source, loading = input_model(ctx), Loading.of(cfg.model)
     check_context_length(source, cfg.data.max_length, "data.max_length", loading)
     tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
     model = load_causal_lm(source, loading)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"[{name}] {n_params / 1e6:.2f} M parameters from {source}; {len(train_rows)} train / "
+    n_params = parameter_count(model)
+    print(f"[{name}] {n_params / 1e6:.2f} M parameters from {source}{loaded_as(model)}; {len(train_rows)} train / "
           f"{len(val_rows)} validation examples{', LoRA r=%d' % cfg.lora.r if cfg.lora else ''}", flush=True)
 
     prompts = sample_prompts(rows, cfg.samples.count)
-    base_answers = generate_answers(model, tokenizer, prompts, cfg.samples.max_new_tokens)
+    with gathered(model):
+        base_answers = generate_answers(model, tokenizer, prompts, cfg.samples.max_new_tokens)
 
     # train (SFTTrainer tokenizes with the template, masks the prompt, pads or packs)
-    trainer = build_trainer(ctx, model, tokenizer, rows)
+    trainer = build_trainer(ctx, model, tokenizer, rows, args)
     base_eval = evaluate_before_training(trainer)  # the input model: a checkpoint is loaded by train()
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
     evaluation = trainer.evaluate()

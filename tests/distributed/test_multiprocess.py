@@ -92,6 +92,16 @@ def test_every_stage_kind_runs_on_two_processes_and_reloads(mixed_run):
         assert sum(p.numel() for p in critic.parameters()) > 100_000
 
 
+def test_under_zero3_the_trainer_stages_load_their_model_as_partitions(mixed_run):
+    """The training arguments come before the model, so transformers builds or loads it under zero.Init: no
+    process ever holds the whole model (the 8B example would otherwise need a full fp32 copy per rank)."""
+    for stage in ("pre_zero3", "sft_zero3", "rm_zero3"):
+        log = (mixed_run / stage / "logs" / "attempt-1.log").read_text()
+        assert "(loaded as ZeRO-3 partitions)" in log, stage
+    for stage in ("pre_ddp", "pre_zero2", "sft_ddp", "rm_ddp"):
+        assert "ZeRO-3 partitions" not in (mixed_run / stage / "logs" / "attempt-1.log").read_text(), stage
+
+
 def test_the_global_batch_holds_across_process_counts_and_engines(mixed_run):
     # batch 8 = 1 process x 2 sequences x 4 accumulation steps = 2 processes x 2 x 2: the same optimization
     losses = {s: read_manifest(StageDirs(mixed_run / s))["metrics"]["eval/loss"]

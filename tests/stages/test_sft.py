@@ -46,11 +46,12 @@ def sft_context(tmp_path: Path, **overrides) -> StageContext:
 
 @pytest.mark.parametrize("loss_on", ["completion", "all"])
 def test_labels_mask_exactly_the_prompt_tokens(tmp_path, loss_on):
-    from stages.sft.stage import build_trainer
+    from stages.sft.stage import build_trainer, sft_arguments
 
     model, tokenizer = tiny_causal_lm(tmp_path)
     rows = ChatRows(train=ROWS, validation=ROWS[:2], validation_by_source={"faq": ROWS[:2]}, skipped=0)
-    trainer = build_trainer(sft_context(tmp_path, loss_on=loss_on), model, tokenizer, rows)
+    ctx = sft_context(tmp_path, loss_on=loss_on)
+    trainer = build_trainer(ctx, model, tokenizer, rows, sft_arguments(ctx))
     by_text = {tokenizer.decode(ex["input_ids"]): ex for ex in trainer.train_dataset}
     assert len(by_text) == len(ROWS)
     for row in ROWS:
@@ -115,7 +116,7 @@ def test_sft_run_plain_and_lora(tmp_path, tiny_chat_run):
 
 
 def test_packing_puts_several_examples_in_one_sequence_and_trains(tmp_path):
-    from stages.sft.stage import build_trainer
+    from stages.sft.stage import build_trainer, sft_arguments
 
     model, tokenizer = tiny_causal_lm(tmp_path)
     short = [sft_row(json.loads(line)) for line in
@@ -123,7 +124,7 @@ def test_packing_puts_several_examples_in_one_sequence_and_trains(tmp_path):
     rows = ChatRows(train=short, validation=short[:4], validation_by_source={"chat": short[:4]}, skipped=0)
     ctx = sft_context(tmp_path, data={"train": [str(SFT_DATA / "chatterbot" / "train.jsonl")], "max_length": 128,
                                       "packing": True})
-    trainer = build_trainer(ctx, model, tokenizer, rows)
+    trainer = build_trainer(ctx, model, tokenizer, rows, sft_arguments(ctx))
     packed = trainer.train_dataset
     assert len(packed) < len(short) / 1.5  # short chats share 128-token sequences
     assert sum(len(row["seq_lengths"]) for row in packed) == len(short)  # every example kept, none split
@@ -149,12 +150,13 @@ def test_packing_puts_several_examples_in_one_sequence_and_trains(tmp_path):
 def test_row_packed_batches_keep_packed_answers_apart_and_count_real_tokens(tmp_path):
     """Packing without flash attention: each bin is a row, and a packed answer's logits are exactly those it
     gets alone (the block-diagonal mask from position ids), so packing changes speed, not the loss."""
-    from stages.sft.stage import RowPackedCollator, build_trainer
+    from stages.sft.stage import RowPackedCollator, build_trainer, sft_arguments
 
     model, tokenizer = tiny_causal_lm(tmp_path)
     rows = ChatRows(train=ROWS, validation=ROWS[:2], validation_by_source={"faq": ROWS[:2]}, skipped=0)
-    trainer = build_trainer(sft_context(tmp_path, data={"train": [str(SFT_DATA / "python-faq" / "train.jsonl")],
-                                                        "max_length": 512, "packing": True}), model, tokenizer, rows)
+    ctx = sft_context(tmp_path, data={"train": [str(SFT_DATA / "python-faq" / "train.jsonl")], "max_length": 512,
+                                      "packing": True})
+    trainer = build_trainer(ctx, model, tokenizer, rows, sft_arguments(ctx))
     assert isinstance(trainer.data_collator, RowPackedCollator)  # SDPA here: no varlen kernel
     bins = sorted(trainer.train_dataset, key=lambda ex: -len(ex["seq_lengths"]))
     examples = [bins[0], bins[-1]]  # one bin holding several conversations, and the emptiest one
