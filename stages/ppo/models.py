@@ -57,9 +57,10 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.value = value
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, ptx_input_ids: torch.Tensor | None = None):
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids(attention_mask), use_cache=False).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, ptx_input_ids: torch.Tensor | None = None,
+                logits_to_keep: int = 0):
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                             use_cache=False, logits_to_keep=logits_to_keep).logits
         values = self.value(input_ids, attention_mask)
         ptx_loss = None
         if ptx_input_ids is not None:
@@ -130,11 +131,12 @@ def load_roles(policy_dir: Path, reward_dir: Path, *, lora=None, frozen_context=
 REMOVED_LOGIT = -1e9
 
 
-def answer_logits(logits: torch.Tensor, prompt_length: int, temperature: float, top_p: float = 1.0) -> torch.Tensor:
-    """[B, R, V] the logits of the distribution each answer token was sampled from: the ones that predicted it,
-    scaled by the sampling temperature and, with `top_p` < 1, truncated to the nucleus by transformers' own
+def answer_logits(tail: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """[B, R, V] the logits of the distribution each answer token was sampled from, from the logits of the last
+    R + 1 positions (the ones that predicted the answer, and the last, which predicts nothing): scaled by the
+    sampling temperature and, with `top_p` < 1, truncated to the nucleus by transformers' own
     TopPLogitsWarper (what `generate` applies after the temperature)."""
-    scaled = logits[:, prompt_length - 1 : -1].float() / temperature
+    scaled = tail[:, :-1].float() / temperature
     if top_p >= 1.0:
         return scaled
     flat = scaled.reshape(-1, scaled.shape[-1])
@@ -144,15 +146,18 @@ def answer_logits(logits: torch.Tensor, prompt_length: int, temperature: float, 
 def policy_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, prompt_length: int,
                   temperature: float) -> torch.Tensor:
     """answer_logits of a causal LM (the frozen reference), untruncated: the KL penalty compares the sampling
-    policy with the whole reference distribution, so it stays finite for any sampled token."""
+    policy with the whole reference distribution, so it stays finite for any sampled token. The LM head runs
+    on the answer positions only (`logits_to_keep`), not on the prompt's."""
+    answer_length = input_ids.shape[1] - prompt_length
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                   use_cache=False).logits
-    return answer_logits(logits, prompt_length, temperature)
+                   use_cache=False, logits_to_keep=answer_length + 1).logits
+    return answer_logits(logits, temperature)
 
 
 def trained_outputs(trained: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, prompt_length: int,
                     temperature: float, top_p: float = 1.0, ptx_input_ids: torch.Tensor | None = None):
     """(answer logits [B, R, V] of the sampling distribution, values before each answer token [B, R], ptx loss
-    or None) of the trained pair."""
-    logits, values, ptx_loss = trained(input_ids, attention_mask, ptx_input_ids)
-    return answer_logits(logits, prompt_length, temperature, top_p), values[:, prompt_length - 1 : -1], ptx_loss
+    or None) of the trained pair. The LM head runs on the answer positions only (`logits_to_keep`)."""
+    answer_length = input_ids.shape[1] - prompt_length
+    logits, values, ptx_loss = trained(input_ids, attention_mask, ptx_input_ids, logits_to_keep=answer_length + 1)
+    return answer_logits(logits, temperature, top_p), values[:, prompt_length - 1 : -1], ptx_loss
