@@ -23,11 +23,14 @@ PROMPTS = [[{"role": "user", "content": text}] for text in
            ("What is a rose?", "Who wrote Persuasion, and when was it published?", "Why?", "Tell me about Bath.")]
 
 
-def tiny_models(directory: Path):
-    """A 512-token BPE with our chat template, a random causal LM and a random scalar model on it."""
+def tiny_models(directory: Path, *, chat_template: str = DEFAULT_CHAT_TEMPLATE, pad_is_eos: bool = False):
+    """A 512-token BPE with a chat template (ours by default), a random causal LM and a random scalar model
+    on it; with `pad_is_eos`, the tokenizer pads with its EOS, as SmolLM2's does."""
     corpus = small_corpus(directory).read_text().split("\n\n")
     tokenizer = train_tokenizer(corpus, 512, 2)
-    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
+    if pad_is_eos:
+        tokenizer.pad_token = tokenizer.eos_token
     config = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=tokenizer.eos_token_id)

@@ -10,16 +10,12 @@ import pytest
 import torch
 from transformers import (
     AutoModelForSequenceClassification,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlamaForSequenceClassification,
 )
 
 from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
 from stages.ppo.rollout import HFGenerator, encode_prompts, score_answers
-from stages.pretrain.stage import train_tokenizer
 from stages.reward.stage import RankingCollator, tokenize_rankings
-from tests.helpers import small_corpus
+from tests.stages.ppo_helpers import tiny_models
 
 # ChatML-like: EOS closes every turn and a newline follows it, as in SmolLM2's template
 CHATML = ("{%- for message in messages -%}{{ '<|bos|>' + message['role'] + '\n' + message['content'] + eos_token + '\n' }}"
@@ -32,15 +28,9 @@ ANSWERS = ["A flower with thorns.", "Jane Austen, in 1817."]
 def pad_is_eos(tmp_path_factory):
     """A tokenizer with pad = EOS and text after EOS, a random causal LM and a saved random reward model."""
     directory = tmp_path_factory.mktemp("pad-is-eos")
-    tokenizer = train_tokenizer(small_corpus(directory).read_text().split("\n\n"), 512, 2)
-    tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.chat_template = CHATML
-    config = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    policy = LlamaForCausalLM(LlamaConfig(**config))
-    LlamaForSequenceClassification(LlamaConfig(num_labels=1, **config)).save_pretrained(directory / "reward")
+    tokenizer, policy, scorer = tiny_models(directory, chat_template=CHATML, pad_is_eos=True)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == policy.config.pad_token_id
+    scorer.save_pretrained(directory / "reward")
     tokenizer.save_pretrained(directory / "reward")
     reward = AutoModelForSequenceClassification.from_pretrained(directory / "reward").eval()
     return tokenizer, policy, reward
