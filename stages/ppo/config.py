@@ -30,6 +30,8 @@ class GenerationSettings(StrictModel):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     missing_eos_penalty: float | None = Field(None, description="subtracted from the score of an answer cut at max_new_tokens")
+    batch_size: int | None = Field(None, ge=1, description="prompts per generate call on each process (the KV cache "
+                                                           "grows with it); default: the whole rollout at once")
 
 
 class KLSettings(StrictModel):

@@ -58,7 +58,8 @@ def make_accelerator(*, precision: str, batches: PpoBatches, max_grad_norm: floa
 def build_models(accelerator: Accelerator, *, policy_dir: Path, reward_dir: Path, lora, frozen_models: str,
                  learning_rate: float, critic_learning_rate: float, betas: tuple[float, float], weight_decay: float,
                  lr_scheduler: str, warmup_steps: int, updates: int, max_grad_norm: float,
-                 loading: Loading = DEFAULT_LOADING) -> tuple[PpoModels, Optimization]:
+                 loading: Loading = DEFAULT_LOADING,
+                 activation_checkpointing: bool = False) -> tuple[PpoModels, Optimization]:
     """The four roles, placed for this launch, and the one optimizer over the policy and the critic.
 
     The policy (the adapter alone with LoRA) and the critic go through `accelerator.prepare` as one module;
@@ -66,6 +67,9 @@ def build_models(accelerator: Accelerator, *, policy_dir: Path, reward_dir: Path
     `place_frozen` (`frozen_models`: auto, shard or replicate)."""
     loaded = load_roles(policy_dir, reward_dir, lora=lora, frozen_context=frozen_context(accelerator, frozen_models),
                         loading=loading)
+    if activation_checkpointing:  # recompute the trained pair's activations in backward: memory for compute
+        loaded.policy.activation_checkpointing_enable()
+        loaded.value.classifier.activation_checkpointing_enable()
     groups = [{"params": [p for p in loaded.policy.parameters() if p.requires_grad]},
               {"params": list(loaded.value.parameters()), "lr": critic_learning_rate}]
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, weight_decay=weight_decay)
@@ -88,9 +92,10 @@ class Generators:
     the policy is gathered whole for each `generate`, a sharded reference generates with `synced_gpus`."""
 
     def __init__(self, models: PpoModels, accelerator: Accelerator, tokenizer, *, max_new_tokens: int,
-                 temperature: float, top_p: float):
+                 temperature: float, top_p: float, batch_size: int | None = None):
         self.models, self.accelerator, self.tokenizer = models, accelerator, tokenizer
-        self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                             batch_size=batch_size)
 
     def of(self, role: str, sample: bool = True) -> HFGenerator:
         """A generator for "policy" (the trained one) or "reference"; greedy unless `sample`."""

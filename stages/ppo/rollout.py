@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Protocol
 
 import torch
+import torch.nn.functional as F
 from transformers import GenerationConfig
 
 from stages.common.scoring import score_chats
@@ -61,9 +62,11 @@ class HFGenerator:
     `synced_gpus` keeps processes stepping together when the model's forward passes are collective."""
 
     def __init__(self, open_model: Callable[[], ContextManager], tokenizer, *, max_new_tokens: int, temperature: float,
-                 top_p: float, sample: bool = True, synced_gpus: bool = False):
+                 top_p: float, sample: bool = True, synced_gpus: bool = False, batch_size: int | None = None):
         self.open_model = open_model
         self.synced_gpus = synced_gpus
+        self.batch_size = batch_size  # prompts per `generate` call (the KV cache grows with it); None: all at once
+        self.pad_token_id = tokenizer.pad_token_id
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if sample else \
             dict(do_sample=False)
         self.config = GenerationConfig(max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
@@ -76,11 +79,18 @@ class HFGenerator:
             model.eval()
             model.generation_config = self.config
             try:
-                out = model.generate(input_ids=queries, attention_mask=query_mask, synced_gpus=self.synced_gpus)
+                answers = [model.generate(input_ids=queries[part], attention_mask=query_mask[part],
+                                          synced_gpus=self.synced_gpus)[:, queries.shape[1]:]
+                           for part in self._parts(len(queries))]
             finally:
                 model.train(was_training)
                 model.generation_config = saved
-        return out[:, queries.shape[1]:]
+        width = max(a.shape[1] for a in answers)
+        return torch.cat([F.pad(a, (0, width - a.shape[1]), value=self.pad_token_id) for a in answers])
+
+    def _parts(self, rows: int) -> list[slice]:
+        size = self.batch_size or rows
+        return [slice(start, start + size) for start in range(0, rows, size)]
 
 
 def encode_prompts(tokenizer, prompts: list[list[dict]], *, max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:

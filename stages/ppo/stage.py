@@ -86,9 +86,10 @@ def train(ctx: StageContext) -> dict:
         betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), weight_decay=cfg.train.weight_decay,
         lr_scheduler=cfg.train.lr_scheduler, warmup_steps=cfg.train.warmup_steps,
         updates=cfg.train.max_steps * batches.updates,
-        max_grad_norm=cfg.train.max_grad_norm, loading=loading)
+        max_grad_norm=cfg.train.max_grad_norm, loading=loading,
+        activation_checkpointing=cfg.train.activation_checkpointing)
     generators = Generators(models, accelerator, tokenizer, max_new_tokens=gen.max_new_tokens,
-                            temperature=gen.temperature, top_p=gen.top_p)
+                            temperature=gen.temperature, top_p=gen.top_p, batch_size=gen.batch_size)
     kl = KLController(ppo.kl.beta, ppo.kl.target, ppo.kl.horizon)
     accelerator.register_for_checkpointing(kl)
     ptx = None

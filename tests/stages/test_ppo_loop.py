@@ -173,3 +173,41 @@ def test_with_top_p_the_log_probs_are_those_of_the_truncated_distribution_that_w
     assert torch.allclose(out["logprobs"][mask], truncated[mask], atol=1e-5)
     assert (out["logprobs"][mask] > full[mask] + 1e-4).any()  # renormalised over the nucleus: not the full log-prob
     assert torch.allclose(out["ref_logprobs"][mask], full[mask], atol=1e-5)  # the reference stays untruncated
+
+
+def test_generation_in_batches_pads_each_batch_of_answers_to_one_width(tiny):
+    tokenizer, policy, _ = tiny
+    queries, query_mask = encode_prompts(tokenizer, PROMPTS, max_length=64, device="cpu")
+    settings = dict(max_new_tokens=10, temperature=1.0, top_p=1.0, sample=False)
+    whole = HFGenerator(lambda: contextlib.nullcontext(policy), tokenizer, **settings)
+    batched = HFGenerator(lambda: contextlib.nullcontext(policy), tokenizer, batch_size=2, **settings)
+    halves = [whole.generate(queries[part], query_mask[part]) for part in (slice(0, 2), slice(2, 4))]
+    out = batched.generate(queries, query_mask)
+    assert out.shape == (4, max(h.shape[1] for h in halves))
+    for rows, half in zip((slice(0, 2), slice(2, 4)), halves):
+        assert torch.equal(out[rows, : half.shape[1]], half)
+        assert (out[rows, half.shape[1]:] == tokenizer.pad_token_id).all()
+
+
+def test_activation_checkpointing_trains_the_pair_to_the_same_weights(tiny, tmp_path):
+    from accelerate import Accelerator
+
+    from stages.ppo.placement import build_models
+
+    tokenizer, policy, scorer = tiny
+    policy.save_pretrained(tmp_path / "policy")
+    scorer.save_pretrained(tmp_path / "reward")
+    torch.manual_seed(5)
+    trajectory = rollout(roles_of(policy, scorer), generator(policy, tokenizer, 8), tokenizer)
+    trained = []
+    for checkpointing in (False, True):
+        models, opt = build_models(Accelerator(cpu=True), policy_dir=tmp_path / "policy", reward_dir=tmp_path / "reward",
+                                   lora=None, frozen_models="auto", learning_rate=1e-3, critic_learning_rate=1e-3,
+                                   betas=(0.9, 0.95), weight_decay=0.0, lr_scheduler="constant", warmup_steps=0,
+                                   updates=4, max_grad_norm=1.0, activation_checkpointing=checkpointing)
+        assert models.trained.policy.is_activation_checkpointing == checkpointing
+        torch.manual_seed(6)
+        iteration(models, opt, trajectory, KLController(0.05), epochs=1)
+        trained.append([p.detach().clone() for p in models.trained.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*trained))
+    assert any(not torch.equal(a, p) for a, p in zip(trained[0], policy.parameters()))  # it did train
