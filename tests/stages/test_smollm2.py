@@ -93,6 +93,16 @@ def test_ppo_scores_a_chat_as_the_reward_model_does_in_plain_transformers(smol_r
         assert sample["sft_score"] == pytest.approx(plain, abs=2e-4), sample
 
 
+def test_the_gguf_import_is_a_plain_hf_model_with_its_chat_template(smol_run):
+    artifact = smol_run / "sft" / "artifact"
+    assert "quantization_config" not in (artifact / "config.json").read_text()
+    tokenizer = AutoTokenizer.from_pretrained(artifact)
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template([{"role": "user", "content": "hi"}],
+                                                                    tokenize=False, add_generation_prompt=True)
+    assert AutoModelForCausalLM.from_pretrained(artifact).config.vocab_size == 49152
+    assert read_manifest(StageDirs(smol_run / "sft"))["metrics"]["eval/perplexity"] < 1000  # a real language model
+
+
 def test_every_artifact_reloads_with_plain_transformers(smol_run):
     for stage in ("sft", "ppo"):
         artifact = smol_run / stage / "artifact"
