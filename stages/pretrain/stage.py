@@ -17,8 +17,8 @@ from pathlib import Path
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
-    AutoModelForCausalLM,
     LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedTokenizerFast,
     Trainer,
     default_data_collator,
@@ -104,7 +104,9 @@ def build_model(cfg: PretrainStage, tokenizer, source: ModelRef | None):
         pad_token_id=tokenizer.pad_token_id,
         **({"attn_implementation": loading.attn_implementation} if loading.attn_implementation else {}),
     )
-    return AutoModelForCausalLM.from_config(config, **loading.model_kwargs())
+    # built whole even under ZeRO-3 (the Trainer partitions it): zero.Init would draw the random weights in
+    # another order, and a new model would not start from the same weights under every launch
+    return LlamaForCausalLM(config).to(loading.dtype)
 
 
 def packed_blocks(documents: list[str], tokenizer, block_size: int):

@@ -93,12 +93,13 @@ def test_every_stage_kind_runs_on_two_processes_and_reloads(mixed_run):
 
 
 def test_under_zero3_the_trainer_stages_load_their_model_as_partitions(mixed_run):
-    """The training arguments come before the model, so transformers builds or loads it under zero.Init: no
-    process ever holds the whole model (the 8B example would otherwise need a full fp32 copy per rank)."""
-    for stage in ("pre_zero3", "sft_zero3", "rm_zero3"):
+    """The training arguments come before the model, so transformers loads a pretrained one under zero.Init: no
+    process ever holds the whole model (the 8B example would otherwise need a full fp32 copy per rank). A new
+    model (pre_zero3) is built whole, so that it starts from the same weights under every launch."""
+    for stage in ("sft_zero3", "rm_zero3"):
         log = (mixed_run / stage / "logs" / "attempt-1.log").read_text()
         assert "(loaded as ZeRO-3 partitions)" in log, stage
-    for stage in ("pre_ddp", "pre_zero2", "sft_ddp", "rm_ddp"):
+    for stage in ("pre_zero3", "pre_ddp", "pre_zero2", "sft_ddp", "rm_ddp"):
         assert "ZeRO-3 partitions" not in (mixed_run / stage / "logs" / "attempt-1.log").read_text(), stage
 
 
