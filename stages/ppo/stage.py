@@ -142,8 +142,7 @@ def train(ctx: StageContext) -> dict:
                                mini_batch_size=batches.mini, micro_batch_size=batches.micro,
                                clip_range=ppo.clip_range, value_clip_range=ppo.value_clip_range,
                                value_coef=ppo.value_coef, temperature=gen.temperature, top_p=gen.top_p,
-                               ptx_batches=ptx,
-                               ptx_coef=ppo.ptx.coef if ppo.ptx else 0.0)
+                               ptx_batches=ptx, ptx_coef=ppo.ptx.coef if ppo.ptx else 0.0)
             stats.update(rollout_stats(accelerator, trajectory, targets, eos_token_id=tokenizer.eos_token_id),
                          **{"kl/beta": kl.value, "learning_rate": optimization.scheduler.get_last_lr()[0]})
             kl.update(stats["kl/mean"], ppo.rollout_batch_size)
@@ -165,9 +164,9 @@ def train(ctx: StageContext) -> dict:
     evaluation = evaluate_policies(models, generators.of, tokenizer, held_out=interleaved(rows.validation_by_source),
                                    sft_manifest=ctx.input_manifest("policy"), prompts=cfg.evaluation.prompts,
                                    samples=cfg.evaluation.samples, seed=cfg.evaluation.seed,
-                                   max_prompt_length=cfg.data.max_length, max_chat_length=chat_length, top_p=gen.top_p,
-                                   temperature=gen.temperature,
-                                   batch_size=batches.micro, device=accelerator.device)
+                                   max_prompt_length=cfg.data.max_length, max_chat_length=chat_length,
+                                   temperature=gen.temperature, top_p=gen.top_p, batch_size=batches.micro,
+                                   device=accelerator.device)
 
     # save: the policy as an HF causal LM with the tokenizer, the critic beside it. The full weights are
     # gathered on every process (ZeRO-3 shards), then written into freshly loaded models by the main one.
