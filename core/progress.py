@@ -14,7 +14,6 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -24,14 +23,9 @@ from core.layout import StageDirs
 REMOTE_ALIVE_S = 300
 
 
-def progress_path(dirs: StageDirs) -> Path:
-    """Where a stage's progress record lives."""
-    return dirs.progress
-
-
 def write_progress(dirs: StageDirs, record: dict) -> None:
     """Replace the record atomically (no fsync: it is rewritten every second or so while training)."""
-    path = progress_path(dirs)
+    path = dirs.progress
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(dict(record, updated_at=round(time.time(), 3))) + "\n", encoding="utf-8")
@@ -41,7 +35,7 @@ def write_progress(dirs: StageDirs, record: dict) -> None:
 def read_progress(dirs: StageDirs) -> dict | None:
     """The record, or None when there is none or it cannot be read."""
     try:
-        record = json.loads(progress_path(dirs).read_text(encoding="utf-8"))
+        record = json.loads(dirs.progress.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None

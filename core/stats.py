@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 _WORD = re.compile(r"\w+")
@@ -37,3 +38,13 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float | None:
     grams = [tuple(words[i : i + n]) for words in (_WORD.findall(t.lower()) for t in texts)
              for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else None
+
+
+def token_f1(answer: str, reference: str) -> float:
+    """SQuAD-style F1 between the lowercased word tokens of two texts (0 when either is empty)."""
+    a, b = _WORD.findall(answer.lower()), _WORD.findall(reference.lower())
+    common = sum((Counter(a) & Counter(b)).values())
+    if not a or not b or common == 0:
+        return 0.0
+    precision, recall = common / len(a), common / len(b)
+    return 2 * precision * recall / (precision + recall)

@@ -17,29 +17,15 @@ every answer. Metrics (names the report and users' scripts rely on):
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from core.stats import bootstrap_interval, distinct_n, mean, paired_wins
+from core.stats import bootstrap_interval, distinct_n, mean, paired_wins, token_f1
 from stages.common.chat import prompt_text
 from stages.ppo.models import PpoModels
 from stages.ppo.rollout import Generator, decode_answers, encode_prompts, score_answers
-
-_WORD = re.compile(r"\w+")
-
-
-def token_f1(answer: str, reference: str) -> float:
-    """SQuAD-style F1 between the lowercased word tokens of two texts (0 when either is empty)."""
-    a, b = _WORD.findall(answer.lower()), _WORD.findall(reference.lower())
-    common = sum((Counter(a) & Counter(b)).values())
-    if not a or not b or common == 0:
-        return 0.0
-    precision, recall = common / len(a), common / len(b)
-    return 2 * precision * recall / (precision + recall)
 
 
 @dataclass

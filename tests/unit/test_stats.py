@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.stats import bootstrap_interval, distinct_n, mean, paired_wins
+from core.stats import bootstrap_interval, distinct_n, mean, paired_wins, token_f1
 
 
 def test_paired_wins_count_ties_as_half():
@@ -27,3 +27,8 @@ def test_the_bootstrap_interval_holds_the_mean_and_narrows_with_more_data():
     assert bootstrap_interval(few) == (low, high)  # seeded: the same report twice
     assert bootstrap_interval([]) == (None, None)
     assert bootstrap_interval([1.0] * 10) == (1.0, 1.0)
+
+
+def test_token_f1_by_hand():
+    assert token_f1("Cat sat", "the cat sat down") == pytest.approx(2 / 3)  # precision 1, recall 1/2
+    assert token_f1("dog", "the cat") == 0.0 and token_f1("", "x") == 0.0
