@@ -184,6 +184,9 @@ def run_stage(train: Callable[[StageContext], dict], config_class: type[StageCon
                 progress.finish("failed", error=_one_line(e))
                 raise
             progress.finish("done")
+        # leave no collective's threads running into interpreter shutdown: under gloo a rank could otherwise
+        # abort there ("terminate called without an active exception") after the stage had committed
+        state.destroy_process_group()
     except InputError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr, flush=True)
