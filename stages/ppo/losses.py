@@ -132,18 +132,6 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     return loss, clip_fraction
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the softmax over the last dimension (tokens of probability 0 add nothing)."""
-    log_p = torch.log_softmax(logits.float(), dim=-1)
-    p = log_p.exp()
-    return -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
-
-
-def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under `logits` [B, T, V] for `tokens` [B, T]."""
-    return torch.gather(torch.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
-
-
 class KLController:
     """The KL coefficient beta: fixed, or adapted towards a target KL (Ziegler et al. 2019, section 2.2):
     beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon) after each batch of n samples."""

@@ -21,7 +21,7 @@ from typing import Callable, ContextManager, NamedTuple
 import torch
 from peft import get_peft_model
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TopPLogitsWarper
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from stages.common.hf_models import DEFAULT_LOADING, Loading
 
@@ -126,38 +126,22 @@ def load_roles(policy_dir: Path, reward_dir: Path, *, lora=None, frozen_context=
     return LoadedRoles(policy, reference, reward, value)
 
 
-#: the logit of a token that top-p truncation removes: finite, so that masked sums over padding stay finite,
-#: and low enough that its probability is exactly 0
-REMOVED_LOGIT = -1e9
-
-
-def answer_logits(tail: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
-    """[B, R, V] the logits of the distribution each answer token was sampled from, from the logits of the last
-    R + 1 positions (the ones that predicted the answer, and the last, which predicts nothing): scaled by the
-    sampling temperature and, with `top_p` < 1, truncated to the nucleus by transformers' own
-    TopPLogitsWarper (what `generate` applies after the temperature)."""
-    scaled = tail[:, :-1].float() / temperature
-    if top_p >= 1.0:
-        return scaled
-    flat = scaled.reshape(-1, scaled.shape[-1])
-    return TopPLogitsWarper(top_p, filter_value=REMOVED_LOGIT)(None, flat).view_as(scaled)
-
-
-def policy_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, prompt_length: int,
-                  temperature: float) -> torch.Tensor:
-    """answer_logits of a causal LM (the frozen reference), untruncated: the KL penalty compares the sampling
-    policy with the whole reference distribution, so it stays finite for any sampled token. The LM head runs
-    on the answer positions only (`logits_to_keep`), not on the prompt's."""
+def policy_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                  prompt_length: int) -> torch.Tensor:
+    """[B, R, V] a causal LM's logits (the frozen reference's) at the positions that predicted the R answer
+    tokens, in the model's dtype (stages.ppo.distribution turns them into log-probs). The LM head runs on
+    those positions only (`logits_to_keep`), not on the prompt's."""
     answer_length = input_ids.shape[1] - prompt_length
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                    use_cache=False, logits_to_keep=answer_length + 1).logits
-    return answer_logits(logits, temperature)
+    return logits[:, :-1]  # the last position predicts nothing
 
 
 def trained_outputs(trained: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, prompt_length: int,
-                    temperature: float, top_p: float = 1.0, ptx_input_ids: torch.Tensor | None = None):
-    """(answer logits [B, R, V] of the sampling distribution, values before each answer token [B, R], ptx loss
-    or None) of the trained pair. The LM head runs on the answer positions only (`logits_to_keep`)."""
+                    ptx_input_ids: torch.Tensor | None = None):
+    """(the policy's logits [B, R, V] at the positions that predicted the answer tokens, in the model's dtype;
+    the values before each answer token [B, R]; the ptx loss or None) of the trained pair. The LM head runs
+    on the answer positions only (`logits_to_keep`)."""
     answer_length = input_ids.shape[1] - prompt_length
     logits, values, ptx_loss = trained(input_ids, attention_mask, ptx_input_ids, logits_to_keep=answer_length + 1)
-    return answer_logits(logits, temperature, top_p), values[:, prompt_length - 1 : -1], ptx_loss
+    return logits[:, :-1], values[:, prompt_length - 1 : -1], ptx_loss

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from transformers import GenerationConfig
 
 from stages.common.scoring import score_chats
-from stages.ppo.losses import entropy_from_logits, logprobs_of, masked_whiten, no_reduce, response_mask
+from stages.ppo.distribution import token_entropy, token_logprobs
+from stages.ppo.losses import masked_whiten, no_reduce, response_mask
 from stages.ppo.models import PpoModels, policy_logits, trained_outputs
 
 
@@ -57,7 +58,7 @@ class HFGenerator:
     The generation config is built whole here and stands in for the one saved with the model while `generate`
     runs (transformers fills every setting a passed config leaves unset from the model's): a repetition
     penalty, top-k or length settings shipped with a checkpoint would otherwise change the sampling policy
-    behind the log-probs PPO computes (models.answer_logits applies exactly temperature and top-p).
+    behind the log-probs PPO computes (stages.ppo.distribution applies exactly temperature and top-p).
     `open_model()` gives the causal LM for one call (a context: ZeRO-3 gathers the weights meanwhile);
     `synced_gpus` keeps processes stepping together when the model's forward passes are collective."""
 
@@ -131,15 +132,16 @@ def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Te
         ids = torch.cat([queries[part], responses[part]], 1)
         attention = torch.cat([query_mask[part], mask[part]], 1)
         if with_policy:
-            logits, values, _ = trained_outputs(models.trained, ids, attention, prompt_length=prompt_length,
-                                                temperature=temperature, top_p=top_p)
-            out["logprobs"].append(logprobs_of(logits, responses[part]))
-            out["entropy"].append(entropy_from_logits(logits))
+            logits, values, _ = trained_outputs(models.trained, ids, attention, prompt_length=prompt_length)
+            out["logprobs"].append(token_logprobs(logits, responses[part], temperature=temperature, top_p=top_p))
+            out["entropy"].append(token_entropy(logits, temperature=temperature, top_p=top_p))
             out["values"].append(values)
+            del logits
         with models.autocast():
-            ref_logits = policy_logits(models.reference, ids, attention, prompt_length=prompt_length,
-                                       temperature=temperature)
-        out["ref_logprobs"].append(logprobs_of(ref_logits, responses[part]))
+            ref_logits = policy_logits(models.reference, ids, attention, prompt_length=prompt_length)
+        # untruncated: the KL penalty compares the sampling policy with the whole reference distribution, so it
+        # stays finite for any sampled token
+        out["ref_logprobs"].append(token_logprobs(ref_logits, responses[part], temperature=temperature))
     with models.autocast():
         scores = score_chats(models.reward, tokenizer, prompts, decode_answers(tokenizer, responses, mask),
                              max_length=max_length, batch_size=micro_batch_size, device=queries.device)

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 
+from stages.ppo.distribution import token_entropy, token_logprobs
 from stages.ppo.losses import (
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     gae,
     kl_penalised_rewards,
-    logprobs_of,
     masked_mean,
     masked_whiten,
     no_reduce,
@@ -96,9 +95,8 @@ def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory:
                     mask = sample.response_mask
                     ids, attention = sample.sequences()
                     logits, values, ptx_loss = trained_outputs(trained, ids, attention, prompt_length=prompt_length,
-                                                               temperature=temperature, top_p=top_p,
                                                                ptx_input_ids=ptx_ids)
-                    logprobs = logprobs_of(logits, sample.responses)
+                    logprobs = token_logprobs(logits, sample.responses, temperature=temperature, top_p=top_p)
                     policy = clipped_policy_loss(logprobs, sample.logprobs, targets.advantages[part], mask, clip_range,
                                                  normalizer=normalizer)
                     value_loss, value_clip = clipped_value_loss(values, sample.values, targets.returns[part], mask,
@@ -116,8 +114,7 @@ def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory:
                     log("policy/approx_kl", policy.approx_kl)
                     log("value/loss", value_loss.detach() * normalizer / own_tokens)
                     log("value/clip_fraction", value_clip)
-                    with torch.no_grad():
-                        log("policy/entropy", masked_mean(entropy_from_logits(logits), mask))
+                    log("policy/entropy", masked_mean(token_entropy(logits, temperature=temperature, top_p=top_p), mask))
             for name, value in optimizer_step(trained, optimization).items():
                 log(name, value)
     return {name: sum(values) / len(values) for name, values in stats.items()}

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from stages.ppo.losses import KLController, logprobs_of
+from stages.ppo.distribution import token_logprobs
+from stages.ppo.losses import KLController
 from stages.ppo.models import policy_logits
 from stages.ppo.placement import Generators, build_models
 from stages.ppo.rollout import encode_prompts, score_answers
@@ -65,8 +66,8 @@ def bf16_roles(tiny, tmp_path: Path) -> None:
     ids = torch.cat([queries, responses], 1)
     attention = torch.cat([query_mask, out["response_mask"]], 1)
     with torch.no_grad():  # the same reference in fp32: close, but not what the bf16 run computed
-        fp32 = policy_logits(models.reference, ids, attention, prompt_length=queries.shape[1], temperature=1.0)
-    fp32_logprobs = logprobs_of(fp32, responses)[mask]
+        fp32 = policy_logits(models.reference, ids, attention, prompt_length=queries.shape[1])
+    fp32_logprobs = token_logprobs(fp32, responses)[mask]
     assert torch.allclose(fp32_logprobs, out["ref_logprobs"][mask], atol=0.5)
     assert not torch.allclose(fp32_logprobs, out["ref_logprobs"][mask], atol=1e-4)
 

@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from stages.ppo.losses import KLController, logprobs_of
+from stages.ppo.distribution import token_logprobs
+from stages.ppo.losses import KLController
 from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
 from stages.ppo.rollout import HFGenerator, encode_prompts, score_answers
 from tests.helpers import REPO
@@ -52,7 +53,7 @@ def test_padded_batch_scores_equal_each_answer_scored_alone(tiny):
             logits = policy(input_ids=ids).logits[0, len(prompt) - 1 : -1] / 0.7
         assert out["scores"][row].item() == pytest.approx(alone.item(), abs=1e-5)
         n = len(answer)
-        expected = logprobs_of(logits.unsqueeze(0), answer.unsqueeze(0))[0]
+        expected = token_logprobs(logits.unsqueeze(0), answer.unsqueeze(0))[0]
         assert torch.allclose(out["logprobs"][row, :n], expected, atol=1e-5)
         assert torch.allclose(out["ref_logprobs"][row, :n], expected, atol=1e-5)  # reference = initial policy
 
@@ -166,9 +167,9 @@ def test_with_top_p_the_log_probs_are_those_of_the_truncated_distribution_that_w
         logits = policy(input_ids=ids, attention_mask=torch.cat([query_mask, out["response_mask"]], 1),
                         position_ids=(torch.cat([query_mask, out["response_mask"]], 1).cumsum(-1) - 1).clamp(min=0)
                         ).logits[:, queries.shape[1] - 1 : -1] / 0.8
-    full = logprobs_of(logits, responses)
+    full = token_logprobs(logits, responses)
     nucleus = TopPLogitsWarper(0.5)(None, logits.reshape(-1, logits.shape[-1])).view_as(logits)
-    truncated = logprobs_of(nucleus, responses)
+    truncated = token_logprobs(nucleus, responses)
     assert torch.isfinite(truncated[mask]).all()  # every sampled token is inside its nucleus
     assert torch.allclose(out["logprobs"][mask], truncated[mask], atol=1e-5)
     assert (out["logprobs"][mask] > full[mask] + 1e-4).any()  # renormalised over the nucleus: not the full log-prob

@@ -1,0 +1,74 @@
+"""The distribution each answer token was sampled from, and its per-token statistics, computed in chunks.
+
+A policy's logits arrive in the model's dtype, [B, R, V] over the answer positions. Turning them into log-probs
+and entropies needs fp32 over the whole vocabulary: with a 150k vocabulary, 4 answers of 512 tokens, one
+such copy is 1.2 GB, and top-p sorting and `log_softmax` make several. Here at most `CHUNK_POSITIONS`
+positions are in fp32 at a time; under autograd each chunk is checkpointed, so backward recomputes its
+fp32 softmax instead of keeping it (only the incoming logits are held, as they are anyway).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from transformers import TopPLogitsWarper
+
+#: positions whose full-vocabulary fp32 rows exist at once: 128 × 150k × 4 B = 77 MB
+CHUNK_POSITIONS = 128
+
+#: the logit top-p gives the tokens outside the nucleus: finite (a masked log-prob stays finite in the loss)
+#: and low enough that its probability is exactly 0
+REMOVED_LOGIT = -1e9
+
+
+def sampling_logits(logits: torch.Tensor, *, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """fp32 logits of the distribution `generate` samples from: scaled by the temperature and, with `top_p` < 1,
+    truncated to the nucleus by transformers' own TopPLogitsWarper (what `generate` applies after the
+    temperature). `logits` is [N, V] or [B, T, V]."""
+    scaled = logits.float() / temperature
+    if top_p >= 1.0:
+        return scaled
+    flat = scaled.reshape(-1, scaled.shape[-1])
+    return TopPLogitsWarper(top_p, filter_value=REMOVED_LOGIT)(None, flat).view_as(scaled)
+
+
+def _chunk_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    log_p = torch.log_softmax(sampling_logits(logits, temperature=temperature, top_p=top_p), dim=-1)
+    return log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _chunk_entropy(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    log_p = torch.log_softmax(sampling_logits(logits, temperature=temperature, top_p=top_p), dim=-1)
+    p = log_p.exp()
+    return -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)  # tokens of probability 0 add nothing
+
+
+def _chunks(length: int, size: int):
+    return (slice(start, start + size) for start in range(0, length, size))
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float = 1.0, top_p: float = 1.0,
+                   chunk_positions: int = CHUNK_POSITIONS) -> torch.Tensor:
+    """[B, T] fp32 log p(token) under the sampling distribution of `logits` [B, T, V] (position t predicts
+    tokens[:, t]; T ≥ 1), differentiable when `logits` is."""
+    differentiable = torch.is_grad_enabled() and logits.requires_grad
+    rows = []
+    for row in range(logits.shape[0]):
+        parts = []
+        for span in _chunks(logits.shape[1], chunk_positions):
+            args = (logits[row, span], tokens[row, span], temperature, top_p)
+            parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if differentiable
+                         else _chunk_logprobs(*args))
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, *, temperature: float = 1.0, top_p: float = 1.0,
+                  chunk_positions: int = CHUNK_POSITIONS) -> torch.Tensor:
+    """[B, T] fp32 entropy (nats) of the sampling distribution at each position of `logits` [B, T, V]; logged,
+    never differentiated."""
+    rows = [torch.cat([_chunk_entropy(logits[row, span], temperature, top_p)
+                       for span in _chunks(logits.shape[1], chunk_positions)])
+            for row in range(logits.shape[0])]
+    return torch.stack(rows)
