@@ -72,6 +72,10 @@ class PpoSettings(StrictModel):
     frozen_models: Literal["auto", "shard", "replicate"] = volatile(
         "auto", description="under DeepSpeed, the frozen reference and reward models: ZeRO-3 inference shards "
         "(shard) or a whole copy per process (replicate); auto = shard under ZeRO-3, else replicate")
+    offload_frozen: bool = volatile(
+        False, description="keep the frozen reference and reward models in host memory: on one process or DDP "
+        "they come to the accelerator only to score each rollout and for the final evaluation; under DeepSpeed "
+        "their ZeRO-3 shards are offloaded (offload_param), so frozen_models must shard")
 
 
 class PpoEvaluation(StrictModel):

@@ -40,12 +40,14 @@ class PpoModels(NamedTuple):
     PolicyAndValue: plain, DDP or a DeepSpeed engine); `reference` and `reward` are frozen (plain modules or
     DeepSpeed inference engines). `autocast` is the mixed precision the frozen roles run under: the one
     accelerate gives the trained pair's forward, so that with the same weights the reference computes
-    exactly the policy's log-probs (a KL of 0 at the start) in any precision."""
+    exactly the policy's log-probs (a KL of 0 at the start) in any precision. The frozen roles are on the
+    device within `frozen_in_use()` (outside it they may be offloaded to host memory)."""
 
     trained: nn.Module
     reference: nn.Module
     reward: nn.Module
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
+    frozen_in_use: Callable[[], ContextManager] = contextlib.nullcontext
 
 
 class PolicyAndValue(nn.Module):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from pathlib import Path
 
 import deepspeed
@@ -56,15 +57,18 @@ def make_accelerator(*, precision: str, batches: PpoBatches, max_grad_norm: floa
 
 
 def build_models(accelerator: Accelerator, *, policy_dir: Path, reward_dir: Path, lora, frozen_models: str,
-                 learning_rate: float, critic_learning_rate: float, betas: tuple[float, float], weight_decay: float,
-                 lr_scheduler: str, warmup_steps: int, updates: int, max_grad_norm: float,
-                 loading: Loading = DEFAULT_LOADING,
+                 offload_frozen: bool = False, learning_rate: float, critic_learning_rate: float,
+                 betas: tuple[float, float], weight_decay: float, lr_scheduler: str, warmup_steps: int,
+                 updates: int, max_grad_norm: float, loading: Loading = DEFAULT_LOADING,
                  activation_checkpointing: bool = False) -> tuple[PpoModels, Optimization]:
     """The four roles, placed for this launch, and the one optimizer over the policy and the critic.
 
     The policy (the adapter alone with LoRA) and the critic go through `accelerator.prepare` as one module;
     the reference (the adapter switched off, with LoRA) and the reward model are frozen and placed by
-    `place_frozen` (`frozen_models`: auto, shard or replicate)."""
+    `place_frozen` (`frozen_models`: auto, shard or replicate; `offload_frozen`: kept in host memory)."""
+    if offload_frozen and is_deepspeed(accelerator) and not shards_frozen(accelerator, frozen_models):
+        raise InputError(f"ppo.offload_frozen under DeepSpeed offloads the frozen models' ZeRO-3 shards, but "
+                         f"ppo.frozen_models is {frozen_models} under ZeRO-{zero_stage(accelerator)}: set it to shard")
     loaded = load_roles(policy_dir, reward_dir, lora=lora, frozen_context=frozen_context(accelerator, frozen_models),
                         loading=loading)
     if activation_checkpointing:  # recompute the trained pair's activations in backward: memory for compute
@@ -76,14 +80,19 @@ def build_models(accelerator: Accelerator, *, policy_dir: Path, reward_dir: Path
     scheduler = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=updates)
     trained, optimizer, scheduler = accelerator.prepare(PolicyAndValue(loaded.policy, loaded.value), optimizer,
                                                         scheduler)
+    placement = dict(mode=frozen_models, offload=offload_frozen)
     if lora is None:
-        reference = place_frozen(loaded.reference, accelerator, frozen_models,
+        reference = place_frozen(loaded.reference, accelerator, **placement,
                                  hidden_size=loaded.reference.config.get_text_config().hidden_size)
     else:
         reference = loaded.reference
-    reward = place_frozen(loaded.reward, accelerator, frozen_models,
+    reward = place_frozen(loaded.reward, accelerator, **placement,
                           hidden_size=loaded.reward.config.get_text_config().hidden_size)
-    models = PpoModels(trained, reference, reward, autocast=accelerator.autocast)
+    in_use = contextlib.nullcontext
+    if offload_frozen and not is_deepspeed(accelerator):
+        offloaded = [reward] if lora is not None else [reference, reward]
+        in_use = functools.partial(on_device, offloaded, accelerator.device)
+    models = PpoModels(trained, reference, reward, autocast=accelerator.autocast, frozen_in_use=in_use)
     return models, Optimization(accelerator, optimizer, scheduler, max_grad_norm, deepspeed=is_deepspeed(accelerator))
 
 
@@ -147,12 +156,14 @@ def frozen_context(accelerator, mode: str):
     return contextlib.nullcontext() if shards_frozen(accelerator, mode) else no_zero3_init(accelerator)
 
 
-def place_frozen(model: nn.Module, accelerator: Accelerator, mode: str, *, hidden_size: int) -> nn.Module:
-    """A frozen role on this process: on the device, or a DeepSpeed inference engine, sharded with ZeRO-3
-    (`mode` shard, or auto under ZeRO-3) or replicated (stage 0: whole, in the engine's precision).
-    Adapted from TRL's `prepare_deepspeed`, which offers only the automatic choice."""
+def place_frozen(model: nn.Module, accelerator: Accelerator, *, mode: str, offload: bool = False,
+                 hidden_size: int) -> nn.Module:
+    """A frozen role on this process: on the device (in host memory with `offload`, until `on_device` brings
+    it), or a DeepSpeed inference engine, sharded with ZeRO-3 (`mode` shard, or auto under ZeRO-3; with
+    `offload` the shards live in host memory, DeepSpeed's offload_param) or replicated (stage 0: whole, in
+    the engine's precision). Adapted from TRL's `prepare_deepspeed`, which offers only the automatic choice."""
     if not is_deepspeed(accelerator):
-        return model.to(accelerator.device)
+        return model if offload else model.to(accelerator.device)
     config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
     shard = shards_frozen(accelerator, mode)
     for training_only in ("optimizer", "scheduler"):  # no optimizer: DeepSpeed would build one from these
@@ -163,9 +174,26 @@ def place_frozen(model: nn.Module, accelerator: Accelerator, mode: str, *, hidde
         config["zero_optimization"].update(reduce_bucket_size=hidden_size * hidden_size,
                                            stage3_param_persistence_threshold=10 * hidden_size,
                                            stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size))
+    if offload:  # otherwise the shards follow the training's own offload_param
+        config["zero_optimization"]["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     engine, *_ = deepspeed.initialize(model=model, config=config)
     engine.eval()
     return engine
+
+
+@contextlib.contextmanager
+def on_device(models: list[nn.Module], device: torch.device):
+    """The offloaded frozen models on `device` meanwhile, back in host memory after (and the accelerator's
+    cache emptied, so the training phase gets the memory back)."""
+    for model in models:
+        model.to(device)
+    try:
+        yield
+    finally:
+        for model in models:
+            model.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def is_sharded(model: nn.Module) -> bool:

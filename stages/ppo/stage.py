@@ -81,7 +81,7 @@ def train(ctx: StageContext) -> dict:
     lora = lora_config(cfg.lora)
     models, optimization = build_models(
         accelerator, policy_dir=ctx.inputs["policy"], reward_dir=ctx.inputs["reward"], lora=lora,
-        frozen_models=ppo.frozen_models, learning_rate=cfg.train.learning_rate,
+        frozen_models=ppo.frozen_models, offload_frozen=ppo.offload_frozen, learning_rate=cfg.train.learning_rate,
         critic_learning_rate=ppo.critic_learning_rate or cfg.train.learning_rate,
         betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), weight_decay=cfg.train.weight_decay,
         lr_scheduler=cfg.train.lr_scheduler, warmup_steps=cfg.train.warmup_steps,
@@ -100,6 +100,7 @@ def train(ctx: StageContext) -> dict:
         accelerator.register_for_checkpointing(ptx)
     if accelerator.is_main_process:
         placement = f"; ZeRO-{zero_stage(accelerator)}, frozen models {ppo.frozen_models}" if is_deepspeed(accelerator) else ""
+        placement += ", frozen models offloaded to host memory" if ppo.offload_frozen else ""
         policy_parameters = parameter_count(accelerator.unwrap_model(models.trained).policy)
         print(f"[{ctx.name}] policy {policy_parameters / 1e6:.2f} M parameters; "
               f"{len(rows.train)} train / {len(rows.validation)} held-out prompts; {cfg.train.max_steps} iterations "
@@ -126,7 +127,7 @@ def train(ctx: StageContext) -> dict:
                                                  device=accelerator.device)
             responses = sampler.generate(queries, query_mask)
         # score: log-probs of the policy and the reference, values, reward-model scores
-        with timer("score"):
+        with timer("score"), models.frozen_in_use():
             trajectory = score_rollout(models, queries, query_mask, tokenizer=tokenizer, prompts=prompts,
                                        responses=responses, temperature=gen.temperature, top_p=gen.top_p,
                                        micro_batch_size=batches.micro, max_length=chat_length,
@@ -161,12 +162,14 @@ def train(ctx: StageContext) -> dict:
     # evaluate: SFT (the frozen reference) and PPO answer the same held-out prompts, seeded alike; then the
     # sample table, greedy base -> SFT -> PPO answers to the prompts the SFT stage sampled, all scored
     accelerator.wait_for_everyone()
-    evaluation = evaluate_policies(models, generators.of, tokenizer, held_out=interleaved(rows.validation_by_source),
-                                   sft_manifest=ctx.input_manifest("policy"), prompts=cfg.evaluation.prompts,
-                                   samples=cfg.evaluation.samples, seed=cfg.evaluation.seed,
-                                   max_prompt_length=cfg.data.max_length, max_chat_length=chat_length,
-                                   temperature=gen.temperature, top_p=gen.top_p, batch_size=batches.micro,
-                                   device=accelerator.device)
+    with models.frozen_in_use():
+        evaluation = evaluate_policies(models, generators.of, tokenizer,
+                                       held_out=interleaved(rows.validation_by_source),
+                                       sft_manifest=ctx.input_manifest("policy"), prompts=cfg.evaluation.prompts,
+                                       samples=cfg.evaluation.samples, seed=cfg.evaluation.seed,
+                                       max_prompt_length=cfg.data.max_length, max_chat_length=chat_length,
+                                       temperature=gen.temperature, top_p=gen.top_p, batch_size=batches.micro,
+                                       device=accelerator.device)
 
     # save: the policy as an HF causal LM with the tokenizer, the critic beside it. The full weights are
     # gathered on every process (ZeRO-3 shards), then written into freshly loaded models by the main one.

@@ -114,7 +114,8 @@ def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory:
                     log("policy/approx_kl", policy.approx_kl)
                     log("value/loss", value_loss.detach() * normalizer / own_tokens)
                     log("value/clip_fraction", value_clip)
-                    log("policy/entropy", masked_mean(token_entropy(logits, temperature=temperature, top_p=top_p), mask))
+                    entropy = token_entropy(logits, temperature=temperature, top_p=top_p)
+                    log("policy/entropy", masked_mean(entropy, mask))
             for name, value in optimizer_step(trained, optimization).items():
                 log(name, value)
     return {name: sum(values) / len(values) for name, values in stats.items()}

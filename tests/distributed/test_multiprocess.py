@@ -51,9 +51,10 @@ def mixed_run(tmp_path_factory) -> Path:
         "pre_zero3": launched(pretrain_stage(corpus, **pre), "zero3"),
         "sft_ddp": sft("ddp"), "sft_zero3": sft("zero3"),
         "rm_ddp": rm("ddp"), "rm_zero3": rm("zero3"),
-        # PPO under each engine, and the frozen models in each placement: ZeRO-3 shards under ZeRO-2 training,
-        # shards under ZeRO-3 (auto), and (ppo_resume) whole replicas under ZeRO-3
-        "ppo_ddp": launched(ppo(), "ddp"), "ppo_zero2": launched(ppo(frozen_models="shard"), "zero2"),
+        # PPO under each engine, and the frozen models in each placement: ZeRO-3 shards offloaded to host memory
+        # under ZeRO-2 training, shards under ZeRO-3 (auto), and (ppo_resume) whole replicas under ZeRO-3
+        "ppo_ddp": launched(ppo(), "ddp"),
+        "ppo_zero2": launched(ppo(frozen_models="shard", offload_frozen=True), "zero2"),
         "ppo_zero3": launched(ppo(), "zero3"),
         "ppo_resume": launched(ppo(frozen_models="replicate", save_every=1), "zero3"),  # run by the resume test
         "ppo_lora_zero3": launched(ppo(learning_rate=1e-2), "zero3"),  # the reference = the adapter switched off
@@ -67,10 +68,10 @@ def mixed_run(tmp_path_factory) -> Path:
     return directory / "run"
 
 
-def ppo_on(corpus: Path, frozen_models: str = "auto", **train) -> dict:
+def ppo_on(corpus: Path, frozen_models: str = "auto", offload_frozen: bool = False, **train) -> dict:
     """A 4-iteration PPO stage on the DDP-trained SFT and reward models (PPO-ptx on `corpus`)."""
     stage = ppo_stage("sft_ddp", "rm_ddp", corpus, **{"max_steps": 4, "save_every": 2, **train})
-    stage["ppo"]["frozen_models"] = frozen_models
+    stage["ppo"].update(frozen_models=frozen_models, offload_frozen=offload_frozen)
     return stage
 
 

@@ -190,7 +190,9 @@ def test_generation_in_batches_pads_each_batch_of_answers_to_one_width(tiny):
         assert (out[rows, half.shape[1]:] == tokenizer.pad_token_id).all()
 
 
-def test_activation_checkpointing_trains_the_pair_to_the_same_weights(tiny, tmp_path):
+def test_activation_checkpointing_and_offloaded_frozen_models_train_the_pair_to_the_same_weights(tiny, tmp_path):
+    """Both trade time for memory and must not change what is learned. (On this CPU-only machine the
+    offloaded models' host memory is the device: it checks the wiring, not the transfers.)"""
     from accelerate import Accelerator
 
     from stages.ppo.placement import build_models
@@ -201,12 +203,17 @@ def test_activation_checkpointing_trains_the_pair_to_the_same_weights(tiny, tmp_
     torch.manual_seed(5)
     trajectory = rollout(roles_of(policy, scorer), generator(policy, tokenizer, 8), tokenizer)
     trained = []
-    for checkpointing in (False, True):
+    for saving in (False, True):
         models, opt = build_models(Accelerator(cpu=True), policy_dir=tmp_path / "policy", reward_dir=tmp_path / "reward",
-                                   lora=None, frozen_models="auto", learning_rate=1e-3, critic_learning_rate=1e-3,
-                                   betas=(0.9, 0.95), weight_decay=0.0, lr_scheduler="constant", warmup_steps=0,
-                                   updates=4, max_grad_norm=1.0, activation_checkpointing=checkpointing)
-        assert models.trained.policy.is_activation_checkpointing == checkpointing
+                                   lora=None, frozen_models="auto", offload_frozen=saving, learning_rate=1e-3,
+                                   critic_learning_rate=1e-3, betas=(0.9, 0.95), weight_decay=0.0,
+                                   lr_scheduler="constant", warmup_steps=0, updates=4, max_grad_norm=1.0,
+                                   activation_checkpointing=saving)
+        assert models.trained.policy.is_activation_checkpointing == saving
+        assert (models.frozen_in_use is not contextlib.nullcontext) == saving
+        with models.frozen_in_use():
+            rescored = rollout(models, generator(models.trained.policy, tokenizer, 8), tokenizer)
+        assert torch.isfinite(rescored.scores).all()
         torch.manual_seed(6)
         iteration(models, opt, trajectory, KLController(0.05), epochs=1)
         trained.append([p.detach().clone() for p in models.trained.parameters()])
