@@ -159,6 +159,25 @@ class SampleSettings(StrictModel):
     max_new_tokens: int = Field(48, ge=1)
 
 
+class SamplingSettings(StrictModel):
+    """How a policy samples answers (temperature, then top-p, as `generate` applies them; stop at EOS)."""
+
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int | None = Field(None, ge=1, description="prompts per generate call on each process (the KV cache "
+                                                           "grows with it); default: the whole rollout at once")
+
+
+class PromptFiles(StrictModel):
+    """Prompts from any SFT or ranking row shape (`prompt` or `messages`); a reference answer is kept when the
+    row has one (an SFT completion, or the best of ranked answers)."""
+
+    prompts: list[FilePath] = Field(min_length=1)
+    max_prompts: int | None = Field(None, ge=1, description="the first N distinct prompts; default: all")
+    max_length: int = Field(256, ge=8, description="prompt tokens; longer prompts keep their end")
+
+
 ChatTemplate = Literal["auto", "default"] | FilePath
 
 

@@ -13,7 +13,7 @@ from core.errors import InputError
 from core.numbers import fmt, percent
 from core.records import prompt_problems
 from core.schema import FilePath, Panel, StageConfig, StrictModel, volatile
-from core.sections import ChatData, LoadingSettings, LoraSettings, Problems, TrainSettings, too_long
+from core.sections import ChatData, LoadingSettings, LoraSettings, Problems, SamplingSettings, TrainSettings, too_long
 
 
 class PromptData(ChatData):
@@ -23,15 +23,10 @@ class PromptData(ChatData):
     max_length: int = Field(256, ge=8, description="prompt tokens; longer prompts keep their end")
 
 
-class GenerationSettings(StrictModel):
+class GenerationSettings(SamplingSettings):
     """How the policy samples answers during rollouts and the final evaluation."""
 
-    max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
     missing_eos_penalty: float | None = Field(None, description="subtracted from the score of an answer cut at max_new_tokens")
-    batch_size: int | None = Field(None, ge=1, description="prompts per generate call on each process (the KV cache "
-                                                           "grows with it); default: the whole rollout at once")
 
 
 class KLSettings(StrictModel):

@@ -24,8 +24,9 @@ import torch
 
 from core.stats import bootstrap_interval, distinct_n, mean, paired_wins, token_f1
 from stages.common.chat import prompt_text
+from stages.common.generation import Generator, decode_answers, encode_prompts
 from stages.ppo.models import PpoModels
-from stages.ppo.rollout import Generator, decode_answers, encode_prompts, score_answers
+from stages.ppo.rollout import score_answers
 
 
 @dataclass

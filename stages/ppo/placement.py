@@ -32,11 +32,11 @@ from trl.models.utils import add_hooks, remove_hooks
 
 from core.errors import InputError
 from stages.common.entry import check_precision
+from stages.common.generation import HFGenerator
 from stages.common.hf_models import DEFAULT_LOADING, Loading
 from stages.common.lora import save_merged
 from stages.ppo.config import PpoBatches
 from stages.ppo.models import AdapterDisabled, PolicyAndValue, PpoModels, load_roles
-from stages.ppo.rollout import HFGenerator
 from stages.ppo.update import Optimization
 
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}

@@ -1,18 +1,14 @@
-"""Rollouts: sample answers with the policy (a Generator), then score them with all four roles (a Trajectory).
-
-Generation sits behind `Generator` so that a faster engine (e.g. vLLM on GPU) can replace the Hugging Face
-`generate` loop without touching the rest; it only has to return the answer token ids.
-"""
+"""Rollouts: sample answers with the policy (stages.common.generation), then score them with all four roles
+(a Trajectory)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Protocol
 
 import torch
-import torch.nn.functional as F
-from transformers import GenerationConfig
 
+from stages.common.generation import decode_answers
 from stages.common.scoring import score_chats
 from stages.ppo.distribution import token_entropy, token_logprobs
 from stages.ppo.losses import masked_whiten, no_reduce, response_mask
@@ -44,73 +40,6 @@ class Trajectory:
     def select(self, index: torch.Tensor) -> "Trajectory":
         """The answers at `index`, as a smaller Trajectory."""
         return Trajectory(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
-
-
-class Generator(Protocol):
-    """Samples answers for left-padded prompts; returns [B, R] answer ids (padding after EOS)."""
-
-    def generate(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor: ...
-
-
-class HFGenerator:
-    """Hugging Face `generate` with the KV cache: temperature / top-p sampling (or greedy), stop at EOS.
-
-    The generation config is built whole here and stands in for the one saved with the model while `generate`
-    runs (transformers fills every setting a passed config leaves unset from the model's): a repetition
-    penalty, top-k or length settings shipped with a checkpoint would otherwise change the sampling policy
-    behind the log-probs PPO computes (stages.ppo.distribution applies exactly temperature and top-p).
-    `open_model()` gives the causal LM for one call (a context: ZeRO-3 gathers the weights meanwhile);
-    `synced_gpus` keeps processes stepping together when the model's forward passes are collective."""
-
-    def __init__(self, open_model: Callable[[], ContextManager], tokenizer, *, max_new_tokens: int, temperature: float,
-                 top_p: float, sample: bool = True, synced_gpus: bool = False, batch_size: int | None = None):
-        self.open_model = open_model
-        self.synced_gpus = synced_gpus
-        self.batch_size = batch_size  # prompts per `generate` call (the KV cache grows with it); None: all at once
-        self.pad_token_id = tokenizer.pad_token_id
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if sample else \
-            dict(do_sample=False)
-        self.config = GenerationConfig(max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                                       eos_token_id=tokenizer.eos_token_id, **sampling)
-
-    @torch.no_grad()
-    def generate(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
-        with self.open_model() as model:
-            was_training, saved = model.training, model.generation_config
-            model.eval()
-            model.generation_config = self.config
-            try:
-                answers = [model.generate(input_ids=queries[part], attention_mask=query_mask[part],
-                                          synced_gpus=self.synced_gpus)[:, queries.shape[1]:]
-                           for part in self._parts(len(queries))]
-            finally:
-                model.train(was_training)
-                model.generation_config = saved
-        width = max(a.shape[1] for a in answers)
-        return torch.cat([F.pad(a, (0, width - a.shape[1]), value=self.pad_token_id) for a in answers])
-
-    def _parts(self, rows: int) -> list[slice]:
-        size = self.batch_size or rows
-        return [slice(start, start + size) for start in range(0, rows, size)]
-
-
-def encode_prompts(tokenizer, prompts: list[list[dict]], *, max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chat-template the prompts (ending in the assistant header) and left-pad them: (ids, mask) [B, P]."""
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    padding, truncation = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    try:
-        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
-                          add_special_tokens=False)
-    finally:
-        tokenizer.padding_side, tokenizer.truncation_side = padding, truncation
-    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
-
-
-def decode_answers(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    """Answer texts up to their EOS, without special tokens."""
-    texts = tokenizer.batch_decode(responses * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
-    return [t.strip() for t in texts]
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from core.history import append_record, attempt_marker, read_history
 from core.records import prompt_row
 from stages.common.chat import check_context_length, interleaved, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
+from stages.common.generation import encode_prompts
 from stages.common.hf_models import Loading, load_tokenizer, parameter_count
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.lora import lora_config
@@ -51,7 +52,7 @@ from stages.ppo.placement import (
     zero_stage,
 )
 from stages.ppo.ptx import PtxBatches
-from stages.ppo.rollout import encode_prompts, score_rollout
+from stages.ppo.rollout import score_rollout
 from stages.ppo.update import advantages_and_returns, ppo_epochs, rollout_stats
 
 

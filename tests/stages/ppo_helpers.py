@@ -12,9 +12,10 @@ from accelerate import Accelerator
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from stages.common.chat import DEFAULT_CHAT_TEMPLATE
+from stages.common.generation import HFGenerator, encode_prompts
 from stages.ppo.losses import KLController
 from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
-from stages.ppo.rollout import HFGenerator, encode_prompts, score_rollout
+from stages.ppo.rollout import score_rollout
 from stages.ppo.update import Optimization, advantages_and_returns, ppo_epochs, rollout_stats
 from stages.pretrain.stage import train_tokenizer
 from tests.helpers import small_corpus

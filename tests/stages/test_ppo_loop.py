@@ -11,10 +11,11 @@ import sys
 import pytest
 import torch
 
+from stages.common.generation import HFGenerator, encode_prompts
 from stages.ppo.distribution import token_logprobs
 from stages.ppo.losses import KLController
 from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
-from stages.ppo.rollout import HFGenerator, encode_prompts, score_answers
+from stages.ppo.rollout import score_answers
 from tests.helpers import REPO
 from tests.stages.ppo_helpers import PROMPTS, generator, iteration, optimization, roles_of, rollout, tiny_models
 

@@ -12,8 +12,9 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
+from stages.common.generation import HFGenerator, encode_prompts
 from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
-from stages.ppo.rollout import HFGenerator, encode_prompts, score_answers
+from stages.ppo.rollout import score_answers
 from stages.reward.stage import RankingCollator, tokenize_rankings
 from tests.stages.ppo_helpers import tiny_models
 
