@@ -139,10 +139,14 @@ def _path_as_data_file(value):
     return {"path": value} if isinstance(value, str) else value
 
 
+#: training files, each a path or {path, weight}
+DataFiles = list[Annotated[DataFile, BeforeValidator(_path_as_data_file)]]
+
+
 class ChatData(StrictModel):
     """JSONL files of chat examples; a plain path is a DataFile with weight 1."""
 
-    train: list[Annotated[DataFile, BeforeValidator(_path_as_data_file)]] = Field(min_length=1)
+    train: DataFiles = Field(min_length=1)
     validation: list[FilePath] = []
     validation_fraction: float = Field(0.05, ge=0, lt=0.5, description="of training rows, when `validation` is empty")
     max_length: int = Field(512, ge=8, description="tokens per example (prompt + answer); longer ones are truncated")

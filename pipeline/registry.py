@@ -8,12 +8,16 @@ from __future__ import annotations
 from core.schema import StageConfig
 from stages.ppo.config import PpoStage
 from stages.pretrain.config import PretrainStage
+from stages.rank.config import RankStage
 from stages.reward.config import RewardStage
+from stages.sample.config import SampleStage
 from stages.sft.config import SftStage
 
 KINDS: dict[str, type[StageConfig]] = {
     "pretrain": PretrainStage,
     "sft": SftStage,
     "reward": RewardStage,
+    "sample": SampleStage,
+    "rank": RankStage,
     "ppo": PpoStage,
 }

@@ -141,17 +141,40 @@ def ppo_stage(policy: str, reward: str, corpus: Path, **train) -> dict:
 PPO_ITERATIONS = 12
 
 
+def sample_stage(policy: str, prompts: int = 32, **settings) -> dict:
+    """A sample stage: K = 4 answers from `policy` to the first `prompts` chatterbot training prompts."""
+    return {"kind": "sample", "inputs": {"policy": policy},
+            "data": {"prompts": [str(DATA / "sft" / "chatterbot" / "train.jsonl")], "max_prompts": prompts,
+                     "max_length": 32},
+            "samples_per_prompt": 4, "generation": {"max_new_tokens": 12}, "save_every": 8, **settings}
+
+
+def rank_stage(samples: str, **labeler) -> dict:
+    """A rank stage: the shipped rule labeler (word overlap with the reference answer) unless `labeler`."""
+    return {"kind": "rank", "inputs": {"samples": samples}, "save_every": 8,
+            "labeler": labeler or {"kind": "rule", "function": "stages.rank.rules:reference_overlap"}}
+
+
 def chat_pipeline(directory: Path, run_dir: str = "run") -> Path:
-    """pre (pretrain) -> sft -> rm (reward) -> ppo, plus sft_lora (LoRA SFT) from pre and ppo_lora."""
+    """pre (pretrain) -> sft -> rm (reward) -> ppo, plus sft_lora (LoRA SFT) from pre and ppo_lora, and
+    sft -> samples (sample) -> ranked (rank, judged by rm) -> rm_own (reward on those rankings)."""
     corpus = small_corpus(directory)
     lora = sft_stage("pre", max_steps=10, learning_rate=1e-2)
     lora["lora"] = {"r": 8, "alpha": 16}
     ppo_lora = ppo_stage("sft", "rm", corpus, max_steps=3, learning_rate=1e-2, save_every=100)
     ppo_lora["lora"] = {"r": 4, "alpha": 8}
     ppo_lora["ppo"].pop("ptx")
+    # the recipe's own loop: the SFT model's answers, ranked by a simulated annotator (the tiny reward model
+    # as judge), train a reward model of their own
+    ranked = rank_stage("samples", kind="judge", max_length=64)
+    ranked["inputs"]["judge"] = "rm"
+    own = reward_stage("sft", ranking_subset(directory / "rankings.jsonl"), max_steps=20, save_every=10)
+    own["inputs"]["rankings"] = "ranked"
+    own["data"].update(train=[], validation=[], validation_fraction=0.25)
     stages = {"pre": pretrain_stage(corpus), "sft": sft_stage("pre"), "sft_lora": lora,
               "rm": reward_stage("sft", ranking_subset(directory / "rankings.jsonl")),
-              "ppo": ppo_stage("sft", "rm", corpus), "ppo_lora": ppo_lora}
+              "ppo": ppo_stage("sft", "rm", corpus), "ppo_lora": ppo_lora,
+              "samples": sample_stage("sft"), "ranked": ranked, "rm_own": own}
     return write_pipeline(directory / "chat.yaml", stages, run_dir=run_dir)
 
 

@@ -69,12 +69,13 @@ class ChatRows:
 
 
 def source_label(path: str, paths: list[str]) -> str:
-    """A short name for a data file: its folder (data/reward/wordnet/heldout.jsonl -> wordnet), or
-    folder/stem when two files share a folder."""
+    """A short name for a data file: its folder (data/reward/wordnet/heldout.jsonl -> wordnet; a stage's
+    artifact file -> the stage), or folder/stem when two files share a folder."""
     p = Path(path)
+    folder = p.parent.parent.name if p.parent.name == "artifact" else p.parent.name  # a stage's artifact: the stage
     if sum(Path(q).parent == p.parent for q in paths) > 1:
-        return f"{p.parent.name}/{p.stem}"
-    return p.parent.name
+        return f"{folder}/{p.stem}"
+    return folder
 
 
 def load_rows(data, parse, seed: int, skip_bad_rows: bool = False) -> ChatRows:

@@ -79,3 +79,11 @@ def decode_answers(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> li
     """Answer texts up to their EOS, without special tokens."""
     texts = tokenizer.batch_decode(responses * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
     return [t.strip() for t in texts]
+
+
+def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS of each response, 0 after it (padding or tokens past EOS).
+    A response without EOS (cut at max_new_tokens) is all 1."""
+    is_eos = responses == eos_token_id
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after_eos).long()

@@ -45,14 +45,6 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool 
     return whitened * mask
 
 
-def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 up to and including the first EOS of each response, 0 after it (padding or tokens past EOS).
-    A response without EOS (cut at max_new_tokens) is all 1."""
-    is_eos = responses == eos_token_id
-    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # strictly after the first EOS
-    return (~after_eos).long()
-
-
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """[B] index of the last real token of each row (0 for an empty row)."""
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)

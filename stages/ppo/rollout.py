@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from stages.common.generation import decode_answers
+from stages.common.generation import decode_answers, response_mask
 from stages.common.scoring import score_chats
 from stages.ppo.distribution import token_entropy, token_logprobs
-from stages.ppo.losses import masked_whiten, no_reduce, response_mask
+from stages.ppo.losses import masked_whiten, no_reduce
 from stages.ppo.models import PpoModels, policy_logits, trained_outputs
 
 

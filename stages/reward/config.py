@@ -9,11 +9,14 @@ from pydantic import Field
 from core.numbers import fmt
 from core.records import ranking_problems
 from core.schema import Panel
-from core.sections import ChatData, ChatStage, Problems
+from core.sections import ChatData, ChatStage, DataFiles, Problems
 
 
 class RewardData(ChatData):
-    """Rows `{"prompt", "answers": [best, ..., worst]}`, `{"prompt", "answers", "ranks"}` or `{"prompt", "chosen", "rejected"}`."""
+    """Rows `{"prompt", "answers": [best, ..., worst]}`, `{"prompt", "answers", "ranks"}` or `{"prompt", "chosen", "rejected"}`.
+    With `inputs.rankings` (a rank stage) its rankings join the training files, which may then be none."""
+
+    train: DataFiles = []
 
     skip_bad_rows: bool = Field(False, description="skip unusable rows (counted and recorded) instead of refusing the file")
 
@@ -26,6 +29,7 @@ class RewardStage(ChatStage):
     margin: float = Field(0.0, ge=0, description="loss is -log sigmoid(r_better - r_worse - margin)")
 
     module = "stages.reward"
+    input_roles = {"model": False, "rankings": False}
     headline = ("eval/pairwise_accuracy", "eval/margin")
     live = ("loss", "eval_pairwise_accuracy")
     about = ("A scalar reward model trained on ranked answers (all pairs of a prompt at once). Pairwise accuracy is "
@@ -37,6 +41,8 @@ class RewardStage(ChatStage):
     def input_problems(self) -> Problems:
         """As for SFT; a reward model starts from an HF causal LM (a stage's artifact or model.path)."""
         problems = super().input_problems()
+        if not self.data.train and "rankings" not in self.inputs:
+            problems.append((("data", "train"), "expected training files, or a rank stage as inputs.rankings"))
         if self.model.gguf is not None:
             problems.append((("model", "gguf"), "a reward model starts from an HF model: import the GGUF in a "
                                                 "pretrain or sft stage and use that stage as inputs.model"))

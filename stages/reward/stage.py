@@ -21,6 +21,7 @@ from transformers import AutoModelForSequenceClassification, Trainer, set_seed
 from transformers.utils import logging
 
 from core.records import ranking_row
+from core.sections import DataFile
 from stages.common.chat import check_context_length, input_model, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.hf_models import Loading, hub_commit_of, loaded_as, locate, parameter_count
@@ -34,6 +35,7 @@ from stages.common.hf_trainer import (
 )
 from stages.common.ranking import kwise_ranking_loss, ranking_metrics, scores_by_prompt
 from stages.common.scoring import encode_chats, pad_right
+from stages.rank.config import RANKINGS_FILE
 from stages.reward.config import RewardStage
 
 
@@ -126,7 +128,11 @@ def train(ctx: StageContext) -> dict:
     set_seed(cfg.train.seed)
 
     # data: prompts with ranked answers (bad rows refused, or skipped and counted)
-    rows = load_rows(cfg.data, ranking_row, cfg.train.seed, cfg.data.skip_bad_rows)
+    data = cfg.data
+    if "rankings" in ctx.inputs:  # a rank stage's labels join the training files
+        ranked = DataFile.model_construct(path=str(ctx.inputs["rankings"] / RANKINGS_FILE), weight=1.0)
+        data = data.model_copy(update={"train": [*data.train, ranked]})
+    rows = load_rows(data, ranking_row, cfg.train.seed, cfg.data.skip_bad_rows)
     train_rows, val_rows = rows.train, rows.validation
     if rows.skipped:
         print(f"[{name}] skipped {rows.skipped} bad rows (data.skip_bad_rows)", flush=True)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from stages.common.generation import response_mask
 from stages.ppo.losses import (
     KLController,
     clipped_policy_loss,
@@ -16,7 +17,6 @@ from stages.ppo.losses import (
     last_token_index,
     masked_mean,
     masked_whiten,
-    response_mask,
 )
 
 

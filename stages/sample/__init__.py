@@ -1,0 +1,1 @@
+"""The `sample` kind: a policy answers each prompt K times, the answers labelers rank."""

@@ -1,0 +1,124 @@
+"""sample: the policy answers each prompt K times, for labelers to rank.
+
+    accelerate launch -m stages.sample --config configs/pipelines/tiny.yaml --stage sample
+
+Input `policy` (an SFT-like artifact). The prompts are read from `data.prompts` (any SFT or ranking row
+shape), deduplicated, and answered in chunks of `save_every` prompts: each process samples K answers to its
+share of a chunk (batched `generate` with the KV cache, the answers of a prompt side by side), the main
+process gathers them in prompt order and commits the rows so far as a checkpoint. A chunk's sampling is
+seeded by `seed` and the chunk's first prompt, so a resumed run writes what an uninterrupted one does.
+
+The artifact is `samples.jsonl`, a row per prompt: `{"prompt": messages, "answers": [K texts],
+"stopped": [K booleans: ended with EOS], "lengths": [K token counts], "reference": text or null}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+
+from core.atomic import atomic_write_json
+from core.records import prompt_row, read_rows
+from core.stats import distinct_n, mean
+from stages.common.chat import check_context_length, load_chat_tokenizer
+from stages.common.entry import StageContext
+from stages.common.generation import HFGenerator, decode_answers, encode_prompts, response_mask
+from stages.common.hf_models import Loading, load_causal_lm
+from stages.common.row_checkpoints import commit_rows, rows_so_far, write_rows
+from stages.sample.config import SAMPLES_FILE, SampleStage
+
+
+def train(ctx: StageContext) -> dict:
+    """Sample K answers per prompt, resumably; write samples.jsonl; return the manifest metrics."""
+    cfg: SampleStage = ctx.config
+    state = PartialState()
+    loading = Loading.of(cfg.model)
+    policy_dir = ctx.inputs["policy"]
+    check_context_length(policy_dir, cfg.data.max_length + cfg.generation.max_new_tokens,
+                         "data.max_length + generation.max_new_tokens", loading)
+    tokenizer = load_chat_tokenizer(policy_dir, "auto", loading)
+    prompts = read_prompts(cfg)
+    model = load_causal_lm(policy_dir, loading).to(state.device)
+    sampler = HFGenerator(lambda: contextlib.nullcontext(model), tokenizer, sample=True,
+                          max_new_tokens=cfg.generation.max_new_tokens, temperature=cfg.generation.temperature,
+                          top_p=cfg.generation.top_p, batch_size=cfg.generation.batch_size)
+    rows = rows_so_far(ctx)
+    if state.is_main_process:
+        print(f"[{ctx.name}] {len(prompts)} prompts × {cfg.samples_per_prompt} answers from {policy_dir}"
+              + (f"; resuming after prompt {len(rows)}" if rows else ""), flush=True)
+    ctx.progress.start(len(prompts), len(rows))
+    for start in range(len(rows), len(prompts), cfg.save_every):
+        chunk = prompts[start : start + cfg.save_every]
+        torch.manual_seed(cfg.seed * 1_000_003 + start * 101 + state.process_index)
+        mine = list(range(len(chunk)))[state.process_index :: state.num_processes]
+        answered = answer(sampler, tokenizer, [chunk[i] for i in mine], k=cfg.samples_per_prompt,
+                          max_length=cfg.data.max_length, device=state.device)
+        gathered = gather_object([(start + i, row) for i, row in zip(mine, answered)])
+        rows += [row for _, row in sorted(gathered, key=lambda item: item[0])]
+        if state.is_main_process:
+            commit_rows(ctx, rows)
+        state.wait_for_everyone()
+        ctx.progress.update(len(rows), {"prompts": len(rows)})
+    if state.is_main_process:
+        ctx.staged_artifact.mkdir(parents=True)
+        write_rows(ctx.staged_artifact / SAMPLES_FILE, rows)
+        atomic_write_json(ctx.staged_artifact / "sampling.json",
+                          {"policy_fingerprint": ctx.spec["inputs"]["policy"]["fingerprint"],
+                           "samples_per_prompt": cfg.samples_per_prompt, "seed": cfg.seed,
+                           **cfg.generation.model_dump()})
+    return sample_metrics(rows, k=cfg.samples_per_prompt)
+
+
+def read_prompts(cfg: SampleStage) -> list[dict]:
+    """Distinct prompts of the files, in file order (at most `data.max_prompts`), each with its reference
+    answer when the row has one."""
+    prompts, seen = [], set()
+    for path in cfg.data.prompts:
+        rows, _ = read_rows(path, prompt_or_sft_row)
+        for row in rows:
+            key = repr(row["prompt"])
+            if key not in seen:
+                seen.add(key)
+                prompts.append(row)
+    return prompts[: cfg.data.max_prompts]
+
+
+def prompt_or_sft_row(row: dict) -> dict:
+    """A prompt and its reference answer: an SFT row's completion, or a ranking row's best answer."""
+    parsed = prompt_row(row)
+    reference = parsed["best_answer"]
+    if reference is None and "completion" in row:
+        completion = row["completion"]
+        reference = completion if isinstance(completion, str) else completion[0]["content"]
+    elif reference is None and "messages" in row:
+        reference = row["messages"][-1]["content"]
+    return {"prompt": parsed["prompt"], "reference": reference}
+
+
+def answer(sampler: HFGenerator, tokenizer, prompts: list[dict], *, k: int, max_length: int, device) -> list[dict]:
+    """K sampled answers to each prompt (a prompt's K copies side by side in the batch)."""
+    if not prompts:
+        return []
+    repeated = [p["prompt"] for p in prompts for _ in range(k)]
+    queries, query_mask = encode_prompts(tokenizer, repeated, max_length=max_length, device=device)
+    responses = sampler.generate(queries, query_mask)
+    mask = response_mask(responses, tokenizer.eos_token_id)
+    texts = decode_answers(tokenizer, responses, mask)
+    stopped = ((responses == tokenizer.eos_token_id) & mask.bool()).any(1).tolist()
+    lengths = mask.sum(1).tolist()
+    return [{"prompt": p["prompt"], "answers": texts[i * k : (i + 1) * k], "stopped": stopped[i * k : (i + 1) * k],
+             "lengths": lengths[i * k : (i + 1) * k], "reference": p["reference"]}
+            for i, p in enumerate(prompts)]
+
+
+def sample_metrics(rows: list[dict], *, k: int) -> dict:
+    """What the samples look like: counts, mean length, stop rate, distinct-2, prompts with K identical answers."""
+    answers = [a for row in rows for a in row["answers"]]
+    return {"samples/prompts": len(rows), "samples/per_prompt": k, "samples/answers": len(answers),
+            "samples/mean_length": mean([n for row in rows for n in row["lengths"]]),
+            "samples/stop_rate": mean([float(s) for row in rows for s in row["stopped"]]),
+            "samples/distinct_2": distinct_n(answers, 2),
+            "samples/all_same": mean([float(len(set(row["answers"])) == 1) for row in rows])}
