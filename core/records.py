@@ -162,3 +162,35 @@ def prompt_problems(paths: list[str]) -> list[str]:
 def ranking_problems(paths: list[str], skip_bad_rows: bool = False) -> list[str]:
     """Every unusable ranking file or row among `paths` (bad rows pass when they may be skipped)."""
     return _problems(paths, ranking_row, skip_bad_rows)
+
+
+def prompt_and_reference(row: dict) -> dict:
+    """A prompt and its reference answer (or None): an SFT row's completion or last message, or a ranking
+    row's best answer."""
+    parsed = prompt_row(row)
+    reference = parsed["best_answer"]
+    if reference is None and "completion" in row:
+        completion = row["completion"]
+        reference = completion if isinstance(completion, str) else completion[0]["content"]
+    elif reference is None and "messages" in row:
+        reference = row["messages"][-1]["content"]
+    return {"prompt": parsed["prompt"], "reference": reference}
+
+
+def distinct_prompts(paths: list, max_prompts: int | None = None) -> list[dict]:
+    """The distinct prompts of the files in file order (at most `max_prompts`), each with its reference
+    answer (`prompt_and_reference`)."""
+    prompts, seen = [], set()
+    for path in paths:
+        rows, _ = read_rows(path, prompt_and_reference)
+        for row in rows:
+            key = repr(row["prompt"])
+            if key not in seen:
+                seen.add(key)
+                prompts.append(row)
+    return prompts[:max_prompts]
+
+
+def prompt_row_with_reference(row: dict) -> dict:
+    """`prompt_row` and the row's reference answer (`prompt_and_reference`), for judges that compare with it."""
+    return {**prompt_row(row), "reference": prompt_and_reference(row)["reference"]}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+@[\w./-]+$")
 
@@ -103,6 +103,7 @@ class Panel:
     lines: tuple[tuple[str, str], ...]
     xlabel: str = "step"
     reference: float | None = None  # a dotted horizontal line, e.g. chance at 0.5
+    x: str | None = None  # a metrics.jsonl key to plot against instead of the step (e.g. the KL)
 
 
 class StageConfig(StrictModel):
@@ -116,6 +117,9 @@ class StageConfig(StrictModel):
     module: ClassVar[str]
     #: input role -> required?
     input_roles: ClassVar[dict[str, bool]] = {}
+    #: roles given as a mapping of names to stages (`policies: {sft: sft, ppo: ppo}`), held as the roles
+    #: `policies.sft`, `policies.ppo`; a required family needs at least one member
+    input_families: ClassVar[frozenset[str]] = frozenset()
     #: bumped when the stage's code changes what it produces for the same config
     version: ClassVar[int] = 1
     #: manifest metrics that sum up a completed stage (status and report tables)
@@ -126,13 +130,40 @@ class StageConfig(StrictModel):
     about: ClassVar[str] = ""
     panels: ClassVar[tuple[Panel, ...]] = ()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten_input_families(cls, raw: Any) -> Any:
+        if not (cls.input_families and isinstance(raw, dict) and isinstance(raw.get("inputs"), dict)):
+            return raw
+        inputs = {}
+        for role, value in raw["inputs"].items():
+            if role in cls.input_families and isinstance(value, dict):
+                inputs.update({f"{role}.{name}": source for name, source in value.items()})
+            else:
+                inputs[role] = value
+        return {**raw, "inputs": inputs}
+
+    def family(self, role: str) -> dict[str, str]:
+        """The members of an input family: name -> stage (`policies.ppo: ppo` gives {"ppo": "ppo"})."""
+        return {key.split(".", 1)[1]: source for key, source in self.inputs.items() if key.startswith(f"{role}.")}
+
     @classmethod
     def findings(cls, metrics: dict) -> str:
         """One sentence of what a completed stage's manifest metrics say, for the report ("" for none)."""
         return ""
 
+    @classmethod
+    def tables(cls, metrics: dict) -> list[tuple[str, list[str], list[list]]]:
+        """Extra report tables of a completed stage: (title, headers, rows)."""
+        return []
+
     def input_problems(self) -> list[tuple[tuple, str]]:
         """Cross-field checks that need the whole stage (e.g. exactly one model source): (key path, message)."""
+        return []
+
+    def pipeline_problems(self, stages: dict[str, "StageConfig"]) -> list[tuple[tuple, str]]:
+        """Checks against the other stages of the pipeline (name -> config), e.g. what an input was trained
+        on: (key path, message)."""
         return []
 
     def data_problems(self) -> list[str]:

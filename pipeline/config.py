@@ -81,6 +81,10 @@ def load_pipeline(path: str | Path) -> Pipeline:
         cycle = dag.find_cycle(stages)
         if cycle:
             report(("stages", cycle[0], "inputs"), f"inputs form a cycle: {' -> '.join(cycle)}")
+    if not problems:  # acyclic: a check may walk a stage's ancestors
+        for name, stage in stages.items():
+            for loc, message in stage.pipeline_problems(stages):
+                report(("stages", name) + loc, message)
     if not problems:
         for name, loc, message in length_problems(stages):
             report(("stages", name) + loc, message)
@@ -120,16 +124,19 @@ def _stage(name: str, raw: dict, *, stage_names: list[str], context: dict) -> tu
         return None, _describe(e, cls)
     problems = list(stage.input_problems())
     for role, required in cls.input_roles.items():
-        if required and role not in stage.inputs:
+        present = stage.family(role) if role in cls.input_families else role in stage.inputs
+        if required and not present:
             problems.append((("inputs",), f"missing input {role!r} (kind {kind} needs: {', '.join(cls.input_roles)})"))
     for role, source in stage.inputs.items():
-        if role not in cls.input_roles:
+        family, _, member = role.partition(".")
+        loc = ("inputs", family, member) if member else ("inputs", role)
+        if (family if member else role) not in cls.input_roles or bool(member) != (family in cls.input_families):
             expected = ", ".join(cls.input_roles) or "none"
-            problems.append((("inputs", role), f"unknown input role for kind {kind} (expected: {expected})"))
+            problems.append((loc, f"unknown input role for kind {kind} (expected: {expected})"))
         elif source == name:
-            problems.append((("inputs", role), "a stage cannot be its own input"))
+            problems.append((loc, "a stage cannot be its own input"))
         elif source not in stage_names:
-            problems.append((("inputs", role), f"no stage named {source!r} (stages: {', '.join(stage_names)})"))
+            problems.append((loc, f"no stage named {source!r} (stages: {', '.join(stage_names)})"))
     return stage, problems
 
 

@@ -6,6 +6,7 @@ Adding a kind is a folder `stages/<kind>/` (config.py, stage.py, __main__.py) an
 from __future__ import annotations
 
 from core.schema import StageConfig
+from stages.eval.config import EvalStage
 from stages.ppo.config import PpoStage
 from stages.pretrain.config import PretrainStage
 from stages.rank.config import RankStage
@@ -20,4 +21,5 @@ KINDS: dict[str, type[StageConfig]] = {
     "sample": SampleStage,
     "rank": RankStage,
     "ppo": PpoStage,
+    "eval": EvalStage,
 }

@@ -155,9 +155,23 @@ def rank_stage(samples: str, **labeler) -> dict:
             "labeler": labeler or {"kind": "rule", "function": "stages.rank.rules:reference_overlap"}}
 
 
+def eval_stage(policies: dict[str, str], judge_stage: str | None = None, prompts: int = 24, **settings) -> dict:
+    """An eval stage: `policies` (name -> stage) answer the first `prompts` held-out chatterbot prompts,
+    judged by the reward stage `judge_stage` (or `settings["judge"]`, e.g. a rule)."""
+    stage = {"kind": "eval", "inputs": {"policies": policies},
+             "data": {"prompts": [str(DATA / "sft" / "chatterbot" / "heldout.jsonl")], "max_prompts": prompts,
+                      "max_length": 32},
+             "generation": {"max_new_tokens": 12}, "samples": 3, **settings}
+    if judge_stage is not None:
+        stage["inputs"]["judge"] = judge_stage
+        stage.setdefault("judge", {"kind": "judge", "max_length": 64})
+    return stage
+
+
 def chat_pipeline(directory: Path, run_dir: str = "run") -> Path:
     """pre (pretrain) -> sft -> rm (reward) -> ppo, plus sft_lora (LoRA SFT) from pre and ppo_lora, and
-    sft -> samples (sample) -> ranked (rank, judged by rm) -> rm_own (reward on those rankings)."""
+    sft -> samples (sample) -> ranked (rank, judged by rm) -> rm_own (reward on those rankings), and
+    judged (eval of sft, ppo and ppo_lora by rm_own, a reward model neither PPO stage optimised)."""
     corpus = small_corpus(directory)
     lora = sft_stage("pre", max_steps=10, learning_rate=1e-2)
     lora["lora"] = {"r": 8, "alpha": 16}
@@ -174,7 +188,8 @@ def chat_pipeline(directory: Path, run_dir: str = "run") -> Path:
     stages = {"pre": pretrain_stage(corpus), "sft": sft_stage("pre"), "sft_lora": lora,
               "rm": reward_stage("sft", ranking_subset(directory / "rankings.jsonl")),
               "ppo": ppo_stage("sft", "rm", corpus), "ppo_lora": ppo_lora,
-              "samples": sample_stage("sft"), "ranked": ranked, "rm_own": own}
+              "samples": sample_stage("sft"), "ranked": ranked, "rm_own": own,
+              "judged": eval_stage({"sft": "sft", "ppo": "ppo", "ppo_lora": "ppo_lora"}, "rm_own")}
     return write_pipeline(directory / "chat.yaml", stages, run_dir=run_dir)
 
 

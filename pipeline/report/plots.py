@@ -35,11 +35,29 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def _panel(ax, history: list[dict], lines: list[tuple[str, str]], title: str, ylabel: str, xlabel: str = "step") -> bool:
-    """Draw `lines` ((metric key, label)) on one axis; False when none has a value."""
+def _against(history: list[dict], key: str, x: str | None) -> tuple[list[float], list[float]]:
+    """(x values, values) of one metric: against the step, or against metric `x` logged at the same steps."""
+    steps, values = series(history, key)
+    if x is None:
+        return steps, values
+    xs = dict(zip(*series(history, x)))
+    pairs = [(xs[s], v) for s, v in zip(steps, values) if s in xs]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _panel(ax, history: list[dict], lines: list[tuple[str, str]], title: str, ylabel: str, xlabel: str = "step",
+           x: str | None = None) -> bool:
+    """Draw `lines` ((metric key, label)) on one axis, against the step or metric `x`; False when none has a
+    value. Against a metric, the points are joined in step order and the first is circled (where training began)."""
     drawn = False
     for key, label in lines:
-        steps, values = series(history, key)
+        steps, values = _against(history, key, x)
+        if x is not None:
+            if steps:
+                line, = ax.plot(steps, values, marker="o", markersize=4, label=label)
+                ax.plot(steps[:1], values[:1], marker="o", markersize=10, fillstyle="none", color=line.get_color())
+            drawn = drawn or bool(steps)
+            continue
         if len(steps) > SMOOTH_ABOVE:  # noisy per-iteration values: faint, with a moving average on top
             line, = ax.plot(steps, values, alpha=0.3, linewidth=1)
             ax.plot(steps, moving_average(values, max(3, len(values) // 10)), color=line.get_color(),
@@ -51,7 +69,7 @@ def _panel(ax, history: list[dict], lines: list[tuple[str, str]], title: str, yl
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if drawn and (len(lines) > 1 or len(series(history, lines[0][0])[0]) > SMOOTH_ABOVE):
+    if drawn and (len(lines) > 1 or (x is None and len(series(history, lines[0][0])[0]) > SMOOTH_ABOVE)):
         ax.legend(fontsize=8)
     if not drawn:
         ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
@@ -77,7 +95,7 @@ def panels_plot(history: list[dict], panels: tuple[Panel, ...], title: str, path
     width = {1: 7, 2: 10, 3: 11}[columns]
     fig, axes = plt.subplots(rows, columns, figsize=(width, 3.4 if rows == 1 else 3 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
-        _panel(ax, history, list(panel.lines), panel.title or title, panel.ylabel, panel.xlabel)
+        _panel(ax, history, list(panel.lines), panel.title or title, panel.ylabel, panel.xlabel, panel.x)
         if panel.reference is not None:
             ax.axhline(panel.reference, color="grey", linestyle=":", linewidth=1)
     for ax in list(axes.flat)[len(panels):]:
@@ -103,4 +121,33 @@ def time_plot(rows: list[tuple[str, float, float | None]], path: Path) -> Path:
     ax.set_xlim(0, max(wall, default=1) * 1.15 or 1)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.5 / len(rows)), ncol=2, frameon=False)
     ax.set_title("time per stage", fontsize=10)
+    return _save(fig, path)
+
+
+def policies_plot(policies: list[dict], baseline: str | None, title: str, path: Path) -> Path:
+    """An evaluation's policies: judge score against KL to the reference (both with 95% intervals), and win
+    rate against the baseline with its interval beside the 0.5 of a coin toss."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for entry in policies:
+        x, y = entry["kl"], entry["judge_score"]
+        left.errorbar([x], [y], xerr=[[x - entry["kl_low"]], [entry["kl_high"] - x]],
+                      yerr=[[y - entry["judge_score_low"]], [entry["judge_score_high"] - y]], fmt="o", capsize=3,
+                      label=entry["name"])
+        left.annotate(entry["name"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    left.set_xlabel("KL to reference (nats per answer)")
+    left.set_ylabel("judge score")
+    left.set_title("judge score against KL", fontsize=10)
+    left.grid(alpha=0.3)
+    others = [e for e in policies if e["name"] != baseline]
+    names = [e["name"] for e in others]
+    rates = [e["win_rate"] for e in others]
+    errors = [[r - e["win_rate_low"] for r, e in zip(rates, others)], [e["win_rate_high"] - r for r, e in zip(rates, others)]]
+    right.bar(names, rates, yerr=errors, capsize=4, color="#2f81f7")
+    right.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    right.set_ylim(0, 1)
+    right.set_ylabel(f"win rate vs {baseline}")
+    right.set_title("paired win rate (ties count half)", fontsize=10)
+    right.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=11)
     return _save(fig, path)

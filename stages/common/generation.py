@@ -26,7 +26,7 @@ class HFGenerator:
     The generation config is built whole here and stands in for the one saved with the model while `generate`
     runs (transformers fills every setting a passed config leaves unset from the model's): a repetition
     penalty, top-k or length settings shipped with a checkpoint would otherwise change the sampling policy
-    behind the log-probs PPO computes (stages.ppo.distribution applies exactly temperature and top-p).
+    behind the log-probs PPO computes (stages.common.distribution applies exactly temperature and top-p).
     `open_model()` gives the causal LM for one call (a context: ZeRO-3 gathers the weights meanwhile);
     `synced_gpus` keeps processes stepping together when the model's forward passes are collective."""
 

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from core.corpus import corpus_problems
 from core.errors import InputError
+from core.labelers import Labeler, judge_problems
 from core.numbers import fmt, percent
 from core.records import prompt_problems
 from core.schema import FilePath, Panel, StageConfig, StrictModel, volatile
@@ -74,11 +75,19 @@ class PpoSettings(StrictModel):
 
 
 class PpoEvaluation(StrictModel):
-    """The final comparison of the SFT policy and the PPO policy on held-out prompts."""
+    """The final comparison of the SFT policy and the PPO policy on held-out prompts, and (with `every`) the
+    policy's held-out proxy score, judge score and KL along the way: over-optimisation in plain sight."""
 
     prompts: int = Field(64, ge=1, description="held-out prompts answered by both policies")
     samples: int = Field(8, ge=0, description="rows of the sample table kept in the manifest")
     seed: int = 1234
+    every: int | None = Field(None, ge=1, description="iterations between held-out evaluations of the policy "
+                                                      "(and one before the first); default: only the final one")
+    every_prompts: int | None = Field(None, ge=1, description="held-out prompts of each periodic evaluation "
+                                                              "(the first ones; default: min(16, prompts))")
+    judge: Labeler | None = Field(None, description="an independent judge of the held-out answers beside the "
+                                                    "reward model PPO optimises (a rule, or a reward model: "
+                                                    "inputs.judge or judge.model)")
 
 
 class PpoStage(StageConfig):
@@ -100,7 +109,7 @@ class PpoStage(StageConfig):
     # 3: policy and value in one module with one optimizer (one DeepSpeed engine); checkpoints of 2 do not load
     # 4: the reward model scores the rendered chat with its own pooling, as the reward stage trains it
     version = 4
-    input_roles = {"policy": True, "reward": True}
+    input_roles = {"policy": True, "reward": True, "judge": False}
     about = ("PPO against the frozen reward model with a KL penalty to the SFT policy. The score should rise while "
              "the KL stays moderate; a score that climbs while the KL runs away, the stop rate falls and distinct-2 "
              "drops is reward hacking. The win rate below is the optimized reward model's own verdict, not an "
@@ -108,12 +117,29 @@ class PpoStage(StageConfig):
     panels = (Panel("reward-model score of the rollouts", "score", (("score/mean", "score"),), xlabel="iteration"),
               Panel("KL to the SFT policy (nats per answer)", "KL", (("kl/mean", "KL"),), xlabel="iteration"),
               Panel("policy entropy (nats per token)", "entropy", (("policy/entropy", "entropy"),), xlabel="iteration"),
-              Panel("PPO clip fraction", "fraction", (("policy/clip_fraction", "clip fraction"),), xlabel="iteration"))
+              Panel("PPO clip fraction", "fraction", (("policy/clip_fraction", "clip fraction"),), xlabel="iteration"),
+              # Gao et al. (2022): the proxy climbs with KL while an independent judge peaks and falls
+              Panel("held out: the optimised reward model's score against KL", "proxy score",
+                    (("heldout/proxy_score", "reward model PPO optimises"),), xlabel="KL to the SFT policy (nats)",
+                    x="heldout/kl"),
+              Panel("held out: the independent judge's score against KL", "judge score",
+                    (("heldout/judge_score", "independent judge"),), xlabel="KL to the SFT policy (nats)",
+                    x="heldout/kl"))
 
     def input_problems(self) -> Problems:
-        """Mini-batches that divide the rollout, micro-batches that divide the mini-batch."""
+        """Mini-batches that divide the rollout, micro-batches that divide the mini-batch; a judge that can run
+        and is not the reward model PPO optimises."""
         problems = batch_problems(rollout=self.ppo.rollout_batch_size, mini=self.ppo.mini_batch_size,
                                   micro=self.ppo.micro_batch_size, world=1)
+        judge = self.evaluation.judge
+        if judge is None:
+            if "judge" in self.inputs:
+                problems.append((("inputs", "judge"), "set evaluation.judge ({kind: judge}) to judge with it"))
+        else:
+            problems += judge_problems(judge, self.inputs, ("evaluation", "judge"))
+            if self.inputs.get("judge") is not None and self.inputs.get("judge") == self.inputs.get("reward"):
+                problems.append((("inputs", "judge"), "the judge is the reward model PPO optimises, so it would "
+                                                      "flatter PPO; judge with an independent one"))
         return problems + (self.model.loading_problems() if self.model else [])
 
     def data_problems(self) -> list[str]:

@@ -12,7 +12,13 @@ every answer. Metrics (names the report and users' scripts rely on):
   closer than SFT's to the human-preferred answer by token F1 (ties count half); null when none carries one;
 - eval/{sft,ppo}_stop_rate, _length, _distinct_2: per policy, the share of answers that end with EOS, their
   mean length in tokens, and distinct word bigrams over all bigrams (reward hacking by repetition drives
-  the stop rate and distinct-2 down while the reward model's score climbs).
+  the stop rate and distinct-2 down while the reward model's score climbs);
+- eval/judge_win_rate (and _low, _high), eval/{sft,ppo}_judge_score: with `evaluation.judge`, the same
+  comparison by an independent judge, the verdict to trust.
+
+With `evaluation.every`, `held_out_point` gives the policy's proxy score, judge score and KL on fixed held-out
+prompts before the first iteration and along the way (metrics.jsonl `heldout/*`): the report plots both
+scores against the KL, where over-optimisation shows (Gao et al., 2022).
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from stages.common.chat import prompt_text
 from stages.common.generation import Generator, decode_answers, encode_prompts
 from stages.ppo.models import PpoModels
 from stages.ppo.rollout import score_answers
+
+#: an independent judge: rows of {prompt, answers, reference} -> each row's scores (stages.common.labelers)
+Judge = Callable[[list[dict]], list[list[float]]]
 
 
 @dataclass
@@ -65,12 +74,36 @@ def answers_and_scores(models: PpoModels, generator: Generator, tokenizer, *, pr
     return out
 
 
+def judged(judge: Judge, rows: list[dict], *answers: list[str]) -> list[list[float]]:
+    """[policy][prompt] the judge's scores of each policy's answers to `rows` (a rule sees a prompt's answers
+    side by side)."""
+    scored = judge([{"prompt": row["prompt"], "answers": list(options), "reference": row.get("reference")}
+                    for row, options in zip(rows, zip(*answers))])
+    return [list(column) for column in zip(*scored)] if scored else [[] for _ in answers]
+
+
+def held_out_point(models: PpoModels, generator: Generator, tokenizer, *, rows: list[dict], judge: Judge | None,
+                   max_prompt_length: int, max_chat_length: int, temperature: float, top_p: float, batch_size: int,
+                   seed: int, device) -> dict:
+    """The policy on fixed held-out prompts now (a point of the over-optimisation curve): the proxy's mean
+    score, the judge's (when there is one), the KL to the reference, stop rate and length."""
+    answers = answers_and_scores(models, generator, tokenizer, prompts=[row["prompt"] for row in rows],
+                                 max_prompt_length=max_prompt_length, max_chat_length=max_chat_length,
+                                 temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, device=device)
+    point = {"heldout/proxy_score": mean(answers.scores), "heldout/kl": mean(answers.kls),
+             "heldout/stop_rate": mean([float(s) for s in answers.stopped]),
+             "heldout/length": mean([float(n) for n in answers.lengths])}
+    if judge is not None:
+        point["heldout/judge_score"] = mean(judged(judge, rows, answers.answers)[0])
+    return point
+
+
 def compare_policies(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, rows: list[dict],
                      max_prompt_length: int, max_chat_length: int, temperature: float, batch_size: int, seed: int,
-                     device, top_p: float = 1.0) -> dict:
+                     device, top_p: float = 1.0, judge: Judge | None = None) -> dict:
     """The manifest metrics of the final evaluation (see the module docstring).
     The SFT policy is the frozen reference: the weights PPO started from. `make_generator(role)` samples from
-    "policy" or "reference"."""
+    "policy" or "reference"; `judge`, when given, is an independent judge's scores of rows of answers."""
     prompts = [row["prompt"] for row in rows]
     settings = dict(prompts=prompts, max_prompt_length=max_prompt_length, max_chat_length=max_chat_length,
                     temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, device=device)
@@ -91,6 +124,12 @@ def compare_policies(models: PpoModels, make_generator: Callable[..., Generator]
     }
     metrics["eval/win_rate_low"], metrics["eval/win_rate_high"] = bootstrap_interval(wins, seed=seed)
     metrics["eval/gold_win_rate_low"], metrics["eval/gold_win_rate_high"] = bootstrap_interval(gold_wins, seed=seed)
+    if judge is not None:
+        sft_judged, ppo_judged = judged(judge, rows, sft.answers, ppo.answers)
+        judge_wins = paired_wins(sft_judged, ppo_judged)
+        metrics.update({"eval/sft_judge_score": mean(sft_judged), "eval/ppo_judge_score": mean(ppo_judged),
+                        "eval/judge_win_rate": mean(judge_wins)})
+        metrics["eval/judge_win_rate_low"], metrics["eval/judge_win_rate_high"] = bootstrap_interval(judge_wins, seed=seed)
     for name, policy in (("sft", sft), ("ppo", ppo)):
         metrics[f"eval/{name}_stop_rate"] = mean([float(s) for s in policy.stopped])
         metrics[f"eval/{name}_length"] = mean([float(n) for n in policy.lengths])
@@ -151,13 +190,15 @@ def answer_ids(tokenizer, answers: list[str], device) -> torch.Tensor:
 
 def evaluate_policies(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, held_out: list[dict],
                       sft_manifest: dict | None, prompts: int, samples: int, seed: int, max_prompt_length: int,
-                      max_chat_length: int, temperature: float, top_p: float, batch_size: int, device) -> dict:
+                      max_chat_length: int, temperature: float, top_p: float, batch_size: int, device,
+                      judge: Judge | None = None) -> dict:
     """The end-of-stage metrics: compare_policies on the first `prompts` held-out rows, and `samples` rows of
     the sample table (the prompts the SFT stage recorded in its manifest first)."""
     settings = dict(max_prompt_length=max_prompt_length, max_chat_length=max_chat_length, temperature=temperature,
                     batch_size=batch_size, device=device)
     rows = held_out[:prompts]
-    metrics = compare_policies(models, make_generator, tokenizer, rows=rows, seed=seed, top_p=top_p, **settings)
+    metrics = compare_policies(models, make_generator, tokenizer, rows=rows, seed=seed, top_p=top_p, judge=judge,
+                               **settings)
     table_prompts, base_answers = sample_prompts_for_table(sft_manifest, rows, samples)
     metrics["samples"] = sample_table(models, make_generator, tokenizer, prompts=table_prompts,
                                       base_answers=base_answers, **settings)

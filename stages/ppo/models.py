@@ -23,6 +23,7 @@ from peft import get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from stages.common.distribution import position_ids
 from stages.common.hf_models import DEFAULT_LOADING, Loading
 
 
@@ -97,11 +98,6 @@ class AdapterDisabled(nn.Module):
             return self.policy(**kwargs)
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0, 1, 2, ... from each row's first real token (left padding gets 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def freeze(model: nn.Module) -> nn.Module:
     """Eval mode, no gradients: a frozen role never gets optimizer state."""
     model.eval()
@@ -126,17 +122,6 @@ def load_roles(policy_dir: Path, reward_dir: Path, *, lora=None, frozen_context=
     value = ScalarPerToken(AutoModelForSequenceClassification.from_pretrained(reward_dir, **loading.model_kwargs()))
     policy.config.use_cache = False  # training forwards; generate() asks for the cache explicitly
     return LoadedRoles(policy, reference, reward, value)
-
-
-def policy_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                  prompt_length: int) -> torch.Tensor:
-    """[B, R, V] a causal LM's logits (the frozen reference's) at the positions that predicted the R answer
-    tokens, in the model's dtype (stages.ppo.distribution turns them into log-probs). The LM head runs on
-    those positions only (`logits_to_keep`), not on the prompt's."""
-    answer_length = input_ids.shape[1] - prompt_length
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                   use_cache=False, logits_to_keep=answer_length + 1).logits
-    return logits[:, :-1]  # the last position predicts nothing
 
 
 def trained_outputs(trained: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, prompt_length: int,

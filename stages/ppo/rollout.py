@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
+from stages.common.distribution import policy_logits, token_entropy, token_logprobs
 from stages.common.generation import decode_answers, response_mask
 from stages.common.scoring import score_chats
-from stages.ppo.distribution import token_entropy, token_logprobs
 from stages.ppo.losses import masked_whiten, no_reduce
-from stages.ppo.models import PpoModels, policy_logits, trained_outputs
+from stages.ppo.models import PpoModels, trained_outputs
 
 
 @dataclass

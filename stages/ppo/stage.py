@@ -32,15 +32,16 @@ from accelerate.utils import set_seed
 from core.checkpoints import commit_checkpoint
 from core.errors import InputError
 from core.history import append_record, attempt_marker, read_history
-from core.records import prompt_row
+from core.records import prompt_row_with_reference
 from stages.common.chat import check_context_length, interleaved, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.generation import encode_prompts
 from stages.common.hf_models import Loading, load_tokenizer, parameter_count
 from stages.common.hf_trainer import quiet_libraries
+from stages.common.labelers import labeler_scores
 from stages.common.lora import lora_config
 from stages.ppo.config import PpoStage, ppo_batches
-from stages.ppo.evaluate import evaluate_policies
+from stages.ppo.evaluate import evaluate_policies, held_out_point
 from stages.ppo.losses import KLController
 from stages.ppo.placement import (
     Generators,
@@ -68,7 +69,7 @@ def train(ctx: StageContext) -> dict:
     set_seed(cfg.train.seed)
 
     # data: prompts (held-out ones with a human ranking also give the gold win rate)
-    rows = load_rows(cfg.data, prompt_row, cfg.train.seed)
+    rows = load_rows(cfg.data, prompt_row_with_reference, cfg.train.seed)
     order = PromptOrder(rows.train, batch_size=ppo.rollout_batch_size, seed=cfg.train.seed,
                         rank=accelerator.process_index, world_size=accelerator.num_processes)
 
@@ -112,12 +113,23 @@ def train(ctx: StageContext) -> dict:
     if ctx.resume_from is not None:
         accelerator.load_state(str(ctx.resume_from.path))
         first = ctx.resume_from.step
-    history = [r for r in read_history(ctx.dirs.metrics) if 0 < r["step"] <= first]  # a resumed run's earlier iterations
+    # a resumed run's earlier iterations (its held-out points are in metrics.jsonl, read by the report)
+    history = [r for r in read_history(ctx.dirs.metrics) if 0 < r["step"] <= first and "score/mean" in r]
+    judge = labeler_scores(cfg.evaluation.judge, judge_dir=ctx.inputs.get("judge"), device=accelerator.device) \
+        if cfg.evaluation.judge is not None else None
+    held_out = interleaved(rows.validation_by_source)
+    every = cfg.evaluation.every
+    point_settings = dict(rows=held_out[: cfg.evaluation.every_prompts or min(16, cfg.evaluation.prompts)],
+                          judge=judge, max_prompt_length=cfg.data.max_length, max_chat_length=chat_length,
+                          temperature=gen.temperature, top_p=gen.top_p, batch_size=batches.micro,
+                          seed=cfg.evaluation.seed, device=accelerator.device)
     if accelerator.is_main_process:
         append_record(ctx.dirs.metrics, attempt_marker(first))
     accelerator.init_trackers("tensorboard", config={"stage": ctx.name, "fingerprint": ctx.fingerprint})
     ctx.progress.start(cfg.train.max_steps, first)
     sampler, started = generators.of("policy"), time.monotonic()
+    if every is not None and first == 0:  # where the curve starts: the SFT policy itself
+        log_held_out(ctx, accelerator, models, generators, tokenizer, step=0, settings=point_settings)
     reduce_sum = functools.partial(accelerator.reduce, reduction="sum")  # rollout statistics over all processes
     for i in range(first, cfg.train.max_steps):
         timer = PhaseTimer()
@@ -154,6 +166,8 @@ def train(ctx: StageContext) -> dict:
         step = i + 1
         log_iteration(ctx, accelerator, step=step, total=cfg.train.max_steps, stats=stats, started=started,
                       first=first, every=cfg.train.log_every)
+        if every is not None and (step % every == 0 or step == cfg.train.max_steps):
+            log_held_out(ctx, accelerator, models, generators, tokenizer, step=step, settings=point_settings)
         if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
             save_checkpoint(ctx, accelerator, step=step, keep_last=cfg.train.keep_last)
     ctx.progress.close()
@@ -164,8 +178,7 @@ def train(ctx: StageContext) -> dict:
     # sample table, greedy base -> SFT -> PPO answers to the prompts the SFT stage sampled, all scored
     accelerator.wait_for_everyone()
     with models.frozen_in_use():
-        evaluation = evaluate_policies(models, generators.of, tokenizer,
-                                       held_out=interleaved(rows.validation_by_source),
+        evaluation = evaluate_policies(models, generators.of, tokenizer, held_out=held_out, judge=judge,
                                        sft_manifest=ctx.input_manifest("policy"), prompts=cfg.evaluation.prompts,
                                        samples=cfg.evaluation.samples, seed=cfg.evaluation.seed,
                                        max_prompt_length=cfg.data.max_length, max_chat_length=chat_length,
@@ -243,6 +256,20 @@ def save_checkpoint(ctx: StageContext, accelerator: Accelerator, *, step: int, k
     if accelerator.is_main_process:
         commit_checkpoint(ctx.dirs, written, step, ctx.fingerprint, ctx.name, keep_last)
     accelerator.wait_for_everyone()
+
+
+def log_held_out(ctx: StageContext, accelerator: Accelerator, models, generators: Generators, tokenizer, *, step: int,
+                 settings: dict) -> None:
+    """A held-out point (stages.ppo.evaluate.held_out_point) into the trackers and metrics.jsonl. Every
+    process evaluates (generation under ZeRO-3 is collective); the main one logs."""
+    with models.frozen_in_use():
+        point = held_out_point(models, generators.of("policy"), tokenizer, **settings)
+    accelerator.log(point, step=step)
+    if accelerator.is_main_process:
+        append_record(ctx.dirs.metrics, {"step": step, "time": round(time.time(), 3), **point})
+        judged = f"  judge {point['heldout/judge_score']:.3g}" if "heldout/judge_score" in point else ""
+        print(f"[{ctx.name}] held out at iteration {step}: proxy {point['heldout/proxy_score']:.3g}{judged}  "
+              f"kl {point['heldout/kl']:.3g}  stop rate {point['heldout/stop_rate']:.2g}", flush=True)
 
 
 def log_iteration(ctx: StageContext, accelerator: Accelerator, *, step: int, total: int, stats: dict,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 
-from stages.ppo.distribution import token_entropy, token_logprobs
+from stages.common.distribution import token_entropy, token_logprobs
 from stages.ppo.losses import (
     clipped_policy_loss,
     clipped_value_loss,

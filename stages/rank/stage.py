@@ -13,23 +13,19 @@ kind's format, read through `inputs.rankings`) and `labeling.json`, who ranked.
 
 from __future__ import annotations
 
-import importlib
 import random
 
 import numpy as np
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from transformers import AutoModelForSequenceClassification
 
 from core.atomic import atomic_write_json
 from core.stats import mean
-from stages.common.chat import load_chat_tokenizer
 from stages.common.entry import StageContext
-from stages.common.hf_models import Loading
+from stages.common.labelers import labeler_scores
 from stages.common.ranking import kendall_tau_b
 from stages.common.row_checkpoints import commit_rows, read_rows, rows_so_far, write_rows
-from stages.common.scoring import score_chats
-from stages.rank.config import RANKINGS_FILE, JudgeLabeler, RankStage, RuleLabeler
+from stages.rank.config import RANKINGS_FILE, RankStage
 from stages.rank.ordering import labeled_ranks, tied_pairs
 from stages.sample.config import SAMPLES_FILE
 
@@ -74,39 +70,6 @@ def rank_row(sample: dict, scores: list[float], *, temperature: float, rng: rand
     return {"prompt": sample["prompt"], "answers": sample["answers"], "scores": [float(s) for s in scores],
             "ranks": labeled_ranks([float(s) for s in scores], temperature=temperature, rng=rng),
             "lengths": sample["lengths"]}
-
-
-def labeler_scores(labeler: RuleLabeler | JudgeLabeler, *, judge_dir, device):
-    """A function from sample rows to each row's K scores (higher is better)."""
-    if isinstance(labeler, RuleLabeler):
-        module, _, name = labeler.function.partition(":")
-        rule = getattr(importlib.import_module(module), name)
-
-        def by_rule(rows: list[dict]) -> list[list[float]]:
-            scored = [list(rule(row["prompt"], row["answers"], row.get("reference"))) for row in rows]
-            for row, scores in zip(rows, scored):
-                if len(scores) != len(row["answers"]):
-                    raise ValueError(f"{labeler.function} returned {len(scores)} scores for "
-                                     f"{len(row['answers'])} answers")
-            return scored
-        return by_rule
-
-    source = judge_dir or labeler.model
-    loading = Loading.of(labeler.loading)
-    tokenizer = load_chat_tokenizer(source, "auto", loading)
-    judge = AutoModelForSequenceClassification.from_pretrained(source, **loading.model_kwargs()).to(device).eval()
-
-    def by_judge(rows: list[dict]) -> list[list[float]]:
-        prompts = [row["prompt"] for row in rows for _ in row["answers"]]
-        answers = [answer for row in rows for answer in row["answers"]]
-        flat = score_chats(judge, tokenizer, prompts, answers, max_length=labeler.max_length,
-                           batch_size=labeler.batch_size, device=device).tolist()
-        out, at = [], 0
-        for row in rows:
-            out.append(flat[at : at + len(row["answers"])])
-            at += len(row["answers"])
-        return out
-    return by_judge
 
 
 def rank_metrics(rows: list[dict], kept: list[dict]) -> dict:

@@ -21,7 +21,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from core.atomic import atomic_write_json
-from core.records import prompt_row, read_rows
+from core.records import distinct_prompts
 from core.stats import distinct_n, mean
 from stages.common.chat import check_context_length, load_chat_tokenizer
 from stages.common.entry import StageContext
@@ -40,7 +40,7 @@ def train(ctx: StageContext) -> dict:
     check_context_length(policy_dir, cfg.data.max_length + cfg.generation.max_new_tokens,
                          "data.max_length + generation.max_new_tokens", loading)
     tokenizer = load_chat_tokenizer(policy_dir, "auto", loading)
-    prompts = read_prompts(cfg)
+    prompts = distinct_prompts(cfg.data.prompts, cfg.data.max_prompts)
     model = load_causal_lm(policy_dir, loading).to(state.device)
     sampler = HFGenerator(lambda: contextlib.nullcontext(model), tokenizer, sample=True,
                           max_new_tokens=cfg.generation.max_new_tokens, temperature=cfg.generation.temperature,
@@ -70,32 +70,6 @@ def train(ctx: StageContext) -> dict:
                            "samples_per_prompt": cfg.samples_per_prompt, "seed": cfg.seed,
                            **cfg.generation.model_dump()})
     return sample_metrics(rows, k=cfg.samples_per_prompt)
-
-
-def read_prompts(cfg: SampleStage) -> list[dict]:
-    """Distinct prompts of the files, in file order (at most `data.max_prompts`), each with its reference
-    answer when the row has one."""
-    prompts, seen = [], set()
-    for path in cfg.data.prompts:
-        rows, _ = read_rows(path, prompt_or_sft_row)
-        for row in rows:
-            key = repr(row["prompt"])
-            if key not in seen:
-                seen.add(key)
-                prompts.append(row)
-    return prompts[: cfg.data.max_prompts]
-
-
-def prompt_or_sft_row(row: dict) -> dict:
-    """A prompt and its reference answer: an SFT row's completion, or a ranking row's best answer."""
-    parsed = prompt_row(row)
-    reference = parsed["best_answer"]
-    if reference is None and "completion" in row:
-        completion = row["completion"]
-        reference = completion if isinstance(completion, str) else completion[0]["content"]
-    elif reference is None and "messages" in row:
-        reference = row["messages"][-1]["content"]
-    return {"prompt": parsed["prompt"], "reference": reference}
 
 
 def answer(sampler: HFGenerator, tokenizer, prompts: list[dict], *, k: int, max_length: int, device) -> list[dict]:

@@ -88,9 +88,10 @@ def report(tiny_chat_run):
 @pytest.mark.slow
 def test_report_has_a_real_plot_per_stage_and_for_time(report):
     out, md, summary, stages = report
-    # stages whose kind draws curves (sample and rank have no training history) get a plot each
-    curves = {name for name, manifest in stages.items() if KINDS[manifest["kind"]].panels}
-    assert {"pre", "sft", "rm", "ppo"} <= curves
+    # stages whose kind draws curves, and evaluations, get a plot each (sample and rank have none)
+    curves = {name for name, manifest in stages.items()
+              if KINDS[manifest["kind"]].panels or manifest["metrics"].get("policies")}
+    assert {"pre", "sft", "rm", "ppo", "judged"} <= curves
     assert set(summary["plots"]) == {f"plots/{name}.png" for name in curves} | {"plots/time.png"}
     for plot in summary["plots"]:
         pixels = _png_pixels(out / plot)

@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from stages.common.distribution import policy_logits, token_logprobs
 from stages.common.generation import encode_prompts
-from stages.ppo.distribution import token_logprobs
 from stages.ppo.losses import KLController
-from stages.ppo.models import policy_logits
 from stages.ppo.placement import Generators, build_models
 from stages.ppo.rollout import score_answers
 from stages.ppo.update import Optimization

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
+from stages.common.distribution import token_logprobs
 from stages.common.generation import HFGenerator, encode_prompts
-from stages.ppo.distribution import token_logprobs
 from stages.ppo.losses import KLController
 from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
 from stages.ppo.rollout import score_answers

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TopPLogitsWarper
 
-from stages.ppo.distribution import sampling_logits, token_entropy, token_logprobs
+from stages.common.distribution import sampling_logits, token_entropy, token_logprobs
 
 B, T, V = 2, 13, 300
 

@@ -10,6 +10,7 @@ fp32 softmax instead of keeping it (only the incoming logits are held, as they a
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import TopPLogitsWarper
 
@@ -72,3 +73,19 @@ def token_entropy(logits: torch.Tensor, *, temperature: float = 1.0, top_p: floa
                        for span in _chunks(logits.shape[1], chunk_positions)])
             for row in range(logits.shape[0])]
     return torch.stack(rows)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... from each row's first real token (left padding gets 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def policy_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                  prompt_length: int) -> torch.Tensor:
+    """[B, R, V] a causal LM's logits (the frozen reference's) at the positions that predicted the R answer
+    tokens, in the model's dtype (stages.common.distribution turns them into log-probs). The LM head runs on
+    those positions only (`logits_to_keep`), not on the prompt's."""
+    answer_length = input_ids.shape[1] - prompt_length
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                   use_cache=False, logits_to_keep=answer_length + 1).logits
+    return logits[:, :-1]  # the last position predicts nothing

@@ -1,0 +1,83 @@
+"""Who ranks or judges answers, as configs (torch-free): the `rank` kind's labelers and the `eval` kind's judge.
+
+- `rule`: a `module:function(prompt, answers, reference) -> scores` (higher is better), a programmatic
+  preference: a simulation of labelers, not labelers;
+- `judge`: a reward model's scores (`inputs.judge`, a reward stage, or `model`, an HF sequence-classifier
+  directory), a simulated annotator. Both take a `temperature`: above 0 the order is drawn
+  Plackett-Luce from softmax(score / temperature), so labels disagree as people's do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from core.schema import DirPath, StrictModel
+from core.sections import LoadingSettings, Problems
+
+
+class Noise(StrictModel):
+    """How far a simulated labeler strays from its scores."""
+
+    temperature: float = Field(0.0, ge=0, description="0: order by score (equal scores tie); above 0: a "
+                                                      "Plackett-Luce draw from softmax(score / temperature)")
+
+
+class RuleLabeler(Noise):
+    """Scores from a Python function: `module:function(prompt, answers, reference) -> list[float]`."""
+
+    kind: Literal["rule"]
+    function: str = Field(description="module:function, importable where the stage runs")
+
+    def problems(self) -> Problems:
+        """A `module:function` whose module can be found."""
+        module, _, name = self.function.partition(":")
+        if not module or not name:
+            return [(("labeler", "function"), f"expected module:function, got {self.function!r}")]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        return [] if found else [(("labeler", "function"), f"module {module!r} cannot be imported")]
+
+    def describe(self) -> str:
+        """Who ranked, for the manifest and the report."""
+        return f"rule {self.function}" + (f" (temperature {self.temperature})" if self.temperature else "")
+
+
+class JudgeLabeler(Noise):
+    """Scores from a reward model: `inputs.judge` (a reward stage) or `model` (an HF classifier directory)."""
+
+    kind: Literal["judge"]
+    model: DirPath | None = Field(None, description="an HF sequence-classifier directory, when inputs.judge is unset")
+    loading: LoadingSettings = LoadingSettings()
+    max_length: int = Field(512, ge=8, description="tokens of prompt and answer the judge reads")
+    batch_size: int = Field(16, ge=1, description="answers per forward")
+
+    def describe(self) -> str:
+        """Who ranked, for the manifest and the report."""
+        source = f"reward model {self.model}" if self.model else "reward model inputs.judge"
+        return source + (f" (temperature {self.temperature})" if self.temperature else "")
+
+
+Labeler = Annotated[RuleLabeler | JudgeLabeler, Field(discriminator="kind")]
+
+
+def judge_problems(judge: RuleLabeler | JudgeLabeler, inputs: dict[str, str], loc: tuple) -> Problems:
+    """A judge that can run and scores without noise: an importable rule and no judge model, or exactly one
+    judge model (`inputs.judge` or `model`). `loc` is where the judge's section is."""
+    problems: Problems = []
+    if judge.temperature:
+        problems.append(((*loc, "temperature"), "an evaluation judge scores without noise: expected 0"))
+    if isinstance(judge, RuleLabeler):
+        problems += [((*loc, *key[1:]), message) for key, message in judge.problems()]
+        if "judge" in inputs:
+            problems.append((("inputs", "judge"), "a rule judge takes no judge model"))
+    elif ("judge" in inputs) == (judge.model is not None):
+        problems.append(((*loc, "model"), f"give the judge as inputs.judge (a reward stage) or {'.'.join(loc)}.model, "
+                                          "exactly one"))
+    else:
+        problems += judge.loading.loading_problems((*loc, "loading"))
+    return problems

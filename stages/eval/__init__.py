@@ -1,0 +1,1 @@
+"""The eval kind: policies judged side by side by an independent judge."""

@@ -1,0 +1,142 @@
+"""The `eval` kind's config: policies judged side by side by an independent judge (torch-free).
+
+    eval:
+      kind: eval
+      inputs: {policies: {sft: sft, ppo: ppo}, judge: gold_rm}   # judge: a reward stage, or judge.model / a rule
+      baseline: sft          # win rates are against this policy; KL is to inputs.reference, default the baseline
+      judge: {kind: judge}   # or {kind: rule, function: module:function}
+      data: {prompts: [held_out.jsonl], max_prompts: 64}
+
+The judge is never the reward model a policy was optimised against: a PPO stage (or any RL stage with a
+`reward` input) upstream of a policy makes its reward model unusable as the judge, checked from the
+pipeline before anything runs and from the fingerprints when the stage starts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from core.labelers import JudgeLabeler, Labeler, judge_problems
+from core.numbers import fmt, percent
+from core.records import prompt_problems
+from core.schema import StageConfig
+from core.sections import LoadingSettings, Problems, PromptFiles, SamplingSettings, too_long
+
+#: the artifact's file: every policy's answer to every prompt, with the judge's scores
+ANSWERS_FILE = "answers.jsonl"
+#: inputs roles that name the reward model a stage was optimised against
+REWARD_ROLES = ("reward",)
+
+
+class EvalStage(StageConfig):
+    """Each policy answers the same held-out prompts (same sampling settings and seed); the judge scores every
+    answer; the report compares them with 95% intervals."""
+
+    kind: Literal["eval"]
+    data: PromptFiles
+    judge: Labeler = Field(JudgeLabeler(kind="judge"), description="who scores the answers (not a human)")
+    baseline: str | None = Field(None, description="the policy the others' win rates are against; default: the first")
+    generation: SamplingSettings = SamplingSettings(temperature=1.0, max_new_tokens=48)
+    model: LoadingSettings | None = Field(None, description="how the policies are loaded from their artifacts")
+    samples: int = Field(4, ge=0, description="prompts whose answers the report shows")
+    seed: int = 0
+
+    module = "stages.eval"
+    input_roles = {"policies": True, "judge": False, "reference": False}
+    input_families = frozenset({"policies"})
+    headline = ("eval/prompts", "eval/best_policy", "eval/best_win_rate")
+    live = ("eval/policies_done",)
+    about = ("Every policy answers the same held-out prompts with the same sampling settings and seed, and one "
+             "judge, independent of the reward models the policies were optimised against, scores every answer. "
+             "Win rates are paired by prompt against the baseline (ties count half); KL is a sample estimate of "
+             "KL(policy || reference) per answer, in nats; intervals are 95% bootstrap intervals over prompts.")
+
+    def baseline_name(self) -> str:
+        """The baseline policy's name."""
+        return self.baseline or next(iter(self.family("policies")), "")
+
+    def input_problems(self) -> Problems:
+        """A known baseline, a judge that can run and ranks by its scores alone."""
+        problems: Problems = []
+        policies = self.family("policies")
+        if self.baseline is not None and policies and self.baseline not in policies:
+            problems.append((("baseline",), f"no policy named {self.baseline!r} (policies: {', '.join(policies)})"))
+        problems += judge_problems(self.judge, self.inputs, ("judge",))
+        if self.model is not None:
+            problems += self.model.loading_problems()
+        return problems
+
+    def pipeline_problems(self, stages: dict[str, StageConfig]) -> Problems:
+        """The judge is none of the reward models the policies were optimised against."""
+        judge = self.inputs.get("judge")
+        if judge is None:
+            return []
+        for name, source in self.family("policies").items():
+            for ancestor in [source, *_ancestors(stages, source)]:
+                stage = stages[ancestor]
+                if any(stage.inputs.get(role) == judge for role in REWARD_ROLES):
+                    return [(("inputs", "judge"), f"{judge!r} is the reward model {ancestor!r} optimised policy "
+                                                  f"{name!r} against, so it would flatter it; judge with an "
+                                                  "independent one (a reward stage trained on other labels, or a rule)")]
+        return []
+
+    def data_problems(self) -> list[str]:
+        """Unreadable prompt files and rows without a prompt, with file and line."""
+        return prompt_problems(list(self.data.prompts))
+
+    def length_problems(self, upstream: dict[str, int | None]) -> Problems:
+        """Prompt and answer beyond any policy's positions."""
+        problems: Problems = []
+        for role, positions in upstream.items():
+            if role.startswith("policies."):
+                problems += too_long(("data", "max_length"), self.data.max_length + self.generation.max_new_tokens,
+                                     positions, "data.max_length + generation.max_new_tokens")
+        return problems[:1]
+
+    @classmethod
+    def findings(cls, metrics: dict) -> str:
+        """Each policy's win rate against the baseline with its interval, at its KL, by the judge."""
+        rows = metrics.get("policies") or []
+        if not rows:
+            return ""
+        baseline = metrics.get("eval/baseline")
+        parts = [f"{r['name']} wins {percent(r['win_rate'])} (95% interval {percent(r['win_rate_low'])}–"
+                 f"{percent(r['win_rate_high'])}) at KL {fmt(r['kl'])} nats, stop rate {percent(r['stop_rate'])}"
+                 for r in rows if r["name"] != baseline]
+        return (f"Judged by {metrics.get('eval/judge')} on {metrics.get('eval/prompts')} held-out prompts, against "
+                f"{baseline}: " + "; ".join(parts) + ".") if parts else ""
+
+    @classmethod
+    def tables(cls, metrics: dict) -> list[tuple[str, list[str], list[list]]]:
+        """The comparison table (one row per policy) and the sample answers."""
+        rows = metrics.get("policies") or []
+        if not rows:
+            return []
+        interval = lambda r, key: f"{fmt(r[key])} [{fmt(r[f'{key}_low'])}, {fmt(r[f'{key}_high'])}]"  # noqa: E731
+        comparison = [[r["name"], interval(r, "judge_score"),
+                       "baseline" if r["name"] == metrics.get("eval/baseline") else interval(r, "win_rate"),
+                       interval(r, "kl"), fmt(r["length"]), percent(r["stop_rate"]), fmt(r["distinct_2"])]
+                      for r in rows]
+        tables = [("Policies (95% intervals)", ["policy", "judge score", "win rate vs baseline",
+                                                "KL to reference (nats)", "length", "stop rate", "distinct-2"],
+                   comparison)]
+        samples = metrics.get("samples") or []
+        if samples:
+            names = [r["name"] for r in rows]
+            headers = ["prompt"] + [h for n in names for h in (n, f"{n} score")]
+            tables.append(("Sample answers (judge scores)", headers,
+                           [[s["prompt"]] + [v for n in names for v in (s[n], fmt(s[f"{n}_score"]))] for s in samples]))
+        return tables
+
+
+def _ancestors(stages: dict[str, StageConfig], name: str) -> list[str]:
+    """Every stage `name` depends on, directly or not (the pipeline is acyclic here)."""
+    found, todo = [], list(stages[name].inputs.values())
+    while todo:
+        source = todo.pop()
+        if source not in found and source in stages:
+            found.append(source)
+            todo += list(stages[source].inputs.values())
+    return found

@@ -1,0 +1,175 @@
+"""eval: policies answer the same held-out prompts; an independent judge scores every answer.
+
+    accelerate launch -m stages.eval --config PIPELINE.yaml --stage eval
+
+Inputs `policies.<name>` (causal-LM artifacts: SFT, PPO, ...), `reference` (the KL reference; default the
+baseline policy) and `judge` (a reward stage) unless the judge is `judge.model` or a rule. Each policy in turn
+samples one answer per prompt (seeded alike, each process its share of the prompts); the reference scores the
+same tokens, giving a sample estimate of KL(policy || reference) per answer (the policy's log-probs under the
+sampling distribution, temperature and top-p, against the reference's at the same temperature, as PPO's KL
+penalty). A policy's answers are a checkpoint (the rows so far), so a killed stage resumes after the last
+policy it finished. Then the judge scores every policy's answer to a prompt together (a rule sees them side by
+side).
+
+The artifact is `answers.jsonl` (a row per prompt: `prompt`, `answers` and `scores` by policy name) and
+`evaluation.json` (who judged, the fingerprints of the policies, the reference and the judge).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+
+from core.atomic import atomic_write_json
+from core.errors import InputError
+from core.records import distinct_prompts
+from core.stats import bootstrap_interval, distinct_n, mean, paired_wins
+from stages.common.chat import check_context_length, load_chat_tokenizer, prompt_text
+from stages.common.distribution import policy_logits, token_logprobs
+from stages.common.entry import StageContext
+from stages.common.generation import HFGenerator, decode_answers, encode_prompts, response_mask
+from stages.common.hf_models import Loading, load_causal_lm
+from stages.common.labelers import labeler_scores
+from stages.common.row_checkpoints import commit_rows, rows_so_far, write_rows
+from stages.eval.config import ANSWERS_FILE, REWARD_ROLES, EvalStage
+
+
+def train(ctx: StageContext) -> dict:
+    """Answer with every policy (resumably), judge, write answers.jsonl; return the manifest metrics."""
+    cfg: EvalStage = ctx.config
+    state = PartialState()
+    loading = Loading.of(cfg.model)
+    policies = cfg.family("policies")
+    refuse_proxy_judge(ctx, policies)
+    reference_role = "reference" if "reference" in ctx.inputs else f"policies.{cfg.baseline_name()}"
+    prompts = distinct_prompts(cfg.data.prompts, cfg.data.max_prompts)
+    mine = list(range(len(prompts)))[state.process_index :: state.num_processes]
+    tokenizer = load_chat_tokenizer(ctx.inputs[reference_role], "auto", loading)
+    reference = load_causal_lm(ctx.inputs[reference_role], loading).to(state.device).eval()
+    rows = rows_so_far(ctx)
+    if state.is_main_process:
+        print(f"[{ctx.name}] {len(policies)} policies × {len(prompts)} prompts, judged by {cfg.judge.describe()}"
+              + (f"; resuming after policy {rows[-1]['policy']}" if rows else ""), flush=True)
+    ctx.progress.start(len(policies), len(rows))
+    for name in list(policies)[len(rows) :]:
+        policy_dir = ctx.inputs[f"policies.{name}"]
+        check_context_length(policy_dir, cfg.data.max_length + cfg.generation.max_new_tokens,
+                             "data.max_length + generation.max_new_tokens", loading)
+        same = policy_dir == ctx.inputs[reference_role]
+        policy = reference if same else load_causal_lm(policy_dir, loading).to(state.device).eval()
+        torch.manual_seed(cfg.seed * 1_000_003 + state.process_index)  # every policy draws alike
+        answered = answer_with_kl(policy, reference, tokenizer, [prompts[i]["prompt"] for i in mine], cfg=cfg,
+                                  device=state.device)
+        by_prompt = sorted(gather_object(list(zip(mine, answered))), key=lambda item: item[0])
+        rows.append({"policy": name, **{key: [a[key] for _, a in by_prompt] for key in answered_keys()}})
+        del policy
+        if state.is_main_process:
+            commit_rows(ctx, rows)
+        state.wait_for_everyone()
+        ctx.progress.update(len(rows), {"policies_done": len(rows)})
+    del reference
+    scores = judge_scores(cfg, ctx, prompts, rows, mine=mine, device=state.device)
+    if state.is_main_process:
+        ctx.staged_artifact.mkdir(parents=True)
+        write_rows(ctx.staged_artifact / ANSWERS_FILE,
+                   [{"prompt": p["prompt"], "answers": {r["policy"]: r["answers"][i] for r in rows},
+                     "scores": {r["policy"]: scores[i][j] for j, r in enumerate(rows)}} for i, p in enumerate(prompts)])
+        inputs = ctx.spec["inputs"]
+        atomic_write_json(ctx.staged_artifact / "evaluation.json",
+                          {"judge": cfg.judge.describe(), "judge_fingerprint": inputs.get("judge", {}).get("fingerprint"),
+                           "reference_fingerprint": inputs[reference_role]["fingerprint"],
+                           "policy_fingerprints": {n: inputs[f"policies.{n}"]["fingerprint"] for n in policies}})
+    return eval_metrics(rows, scores, prompts, baseline=cfg.baseline_name(), judge=cfg.judge.describe(),
+                        samples=cfg.samples, seed=cfg.seed)
+
+
+def refuse_proxy_judge(ctx: StageContext, policies: dict[str, str]) -> None:
+    """Refuse a judge whose artifact is a reward model a policy was optimised against (by fingerprint, so a
+    copy of the proxy under another stage name is caught too)."""
+    judge = ctx.spec["inputs"].get("judge")
+    if judge is None:
+        return
+    for name in policies:
+        manifest = ctx.input_manifest(f"policies.{name}") or {}
+        for role in REWARD_ROLES:
+            proxy = (manifest.get("inputs") or {}).get(role)
+            if proxy and proxy.get("fingerprint") == judge["fingerprint"]:
+                raise InputError(f"{ctx.name}: inputs.judge: {judge['stage']} is the reward model policy {name!r} "
+                                 "was optimised against, so it would flatter it; judge with an independent one")
+
+
+def answered_keys() -> tuple[str, ...]:
+    """What each policy's row holds per prompt."""
+    return ("answers", "kl", "lengths", "stopped")
+
+
+@torch.no_grad()
+def answer_with_kl(policy, reference, tokenizer, prompts: list[list[dict]], *, cfg: EvalStage, device) -> list[dict]:
+    """One sampled answer per prompt, with its KL to the reference (sum over the answer of log pi - log pi_ref),
+    length in tokens (EOS included) and whether it ended at EOS."""
+    settings = cfg.generation
+    sampler = HFGenerator(lambda: contextlib.nullcontext(policy), tokenizer, max_new_tokens=settings.max_new_tokens,
+                          temperature=settings.temperature, top_p=settings.top_p)
+    out = []
+    step = settings.batch_size or 8
+    for start in range(0, len(prompts), step):
+        queries, query_mask = encode_prompts(tokenizer, prompts[start : start + step], max_length=cfg.data.max_length,
+                                             device=device)
+        responses = sampler.generate(queries, query_mask)
+        mask = response_mask(responses, tokenizer.eos_token_id)
+        ids, attention = torch.cat([queries, responses], 1), torch.cat([query_mask, mask], 1)
+        logprobs = token_logprobs(policy_logits(policy, ids, attention, prompt_length=queries.shape[1]), responses,
+                                  temperature=settings.temperature, top_p=settings.top_p)
+        # the reference untruncated, as in PPO's penalty: finite for any token the policy sampled
+        ref_logprobs = token_logprobs(policy_logits(reference, ids, attention, prompt_length=queries.shape[1]),
+                                      responses, temperature=settings.temperature)
+        kls = ((logprobs - ref_logprobs) * mask).sum(1).tolist()
+        stopped = ((responses == tokenizer.eos_token_id) & mask.bool()).any(1).tolist()
+        for text, kl, length, stop in zip(decode_answers(tokenizer, responses, mask), kls, mask.sum(1).tolist(), stopped):
+            out.append({"answers": text, "kl": kl, "lengths": length, "stopped": stop})
+    return out
+
+
+def judge_scores(cfg: EvalStage, ctx: StageContext, prompts: list[dict], rows: list[dict], *, mine: list[int],
+                 device) -> list[list[float]]:
+    """[prompt][policy] the judge's scores; each process judges its share, every process gets them all."""
+    score = labeler_scores(cfg.judge, judge_dir=ctx.inputs.get("judge"), device=device)
+    judged = [{"prompt": prompts[i]["prompt"], "answers": [r["answers"][i] for r in rows],
+               "reference": prompts[i]["reference"]} for i in mine]
+    scored = list(zip(mine, score(judged))) if judged else []
+    return [s for _, s in sorted(gather_object(scored), key=lambda item: item[0])]
+
+
+def eval_metrics(rows: list[dict], scores: list[list[float]], prompts: list[dict], *, baseline: str, judge: str,
+                 samples: int, seed: int) -> dict:
+    """Per policy, with 95% bootstrap intervals over prompts: judge score, win rate against the baseline
+    (paired by prompt, ties half), KL to the reference; and length, stop rate, distinct-2. `policies` holds
+    them as a table, `eval/<policy>/<metric>` flat for scripts and status."""
+    names = [r["policy"] for r in rows]
+    base = names.index(baseline)
+    table = []
+    for j, row in enumerate(rows):
+        judged = [s[j] for s in scores]
+        wins = paired_wins([s[base] for s in scores], judged)
+        entry = {"name": row["policy"], "judge_score": mean(judged), "win_rate": mean(wins), "kl": mean(row["kl"]),
+                 "length": mean([float(n) for n in row["lengths"]]),
+                 "stop_rate": mean([float(s) for s in row["stopped"]]), "distinct_2": distinct_n(row["answers"], 2)}
+        for key, values in (("judge_score", judged), ("win_rate", wins), ("kl", row["kl"])):
+            entry[f"{key}_low"], entry[f"{key}_high"] = bootstrap_interval(values, seed=seed)
+        table.append(entry)
+    metrics: dict = {"eval/prompts": len(prompts), "eval/baseline": baseline, "eval/judge": judge}
+    for entry in table:
+        metrics.update({f"eval/{entry['name']}/{k}": v for k, v in entry.items() if k != "name"})
+    others = [e for e in table if e["name"] != baseline]
+    if others:
+        best = max(others, key=lambda e: e["win_rate"])
+        metrics["eval/best_policy"], metrics["eval/best_win_rate"] = best["name"], best["win_rate"]
+    metrics["policies"] = table
+    metrics["samples"] = [{"prompt": prompt_text(prompts[i]["prompt"]),
+                           **{n: rows[j]["answers"][i] for j, n in enumerate(names)},
+                           **{f"{n}_score": round(scores[i][j], 4) for j, n in enumerate(names)}}
+                          for i in range(min(samples, len(prompts)))]
+    return metrics
