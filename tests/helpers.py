@@ -185,9 +185,12 @@ def chat_pipeline(directory: Path, run_dir: str = "run") -> Path:
     own = reward_stage("sft", ranking_subset(directory / "rankings.jsonl"), max_steps=20, save_every=10)
     own["inputs"]["rankings"] = "ranked"
     own["data"].update(train=[], validation=[], validation_fraction=0.25)
+    # held-out points along the way, judged by word overlap with the reference answer: the over-optimisation plot
+    ppo = ppo_stage("sft", "rm", corpus)
+    ppo["evaluation"].update(every=4, judge={"kind": "rule", "function": "stages.rank.rules:reference_overlap"})
     stages = {"pre": pretrain_stage(corpus), "sft": sft_stage("pre"), "sft_lora": lora,
               "rm": reward_stage("sft", ranking_subset(directory / "rankings.jsonl")),
-              "ppo": ppo_stage("sft", "rm", corpus), "ppo_lora": ppo_lora,
+              "ppo": ppo, "ppo_lora": ppo_lora,
               "samples": sample_stage("sft"), "ranked": ranked, "rm_own": own,
               "judged": eval_stage({"sft": "sft", "ppo": "ppo", "ppo_lora": "ppo_lora"}, "rm_own")}
     return write_pipeline(directory / "chat.yaml", stages, run_dir=run_dir)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 
@@ -262,7 +263,9 @@ def log_held_out(ctx: StageContext, accelerator: Accelerator, models, generators
                  settings: dict) -> None:
     """A held-out point (stages.ppo.evaluate.held_out_point) into the trackers and metrics.jsonl. Every
     process evaluates (generation under ZeRO-3 is collective); the main one logs."""
-    with models.frozen_in_use():
+    # its own random stream: evaluating does not change the rollouts that follow
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with models.frozen_in_use(), torch.random.fork_rng(devices=devices):
         point = held_out_point(models, generators.of("policy"), tokenizer, **settings)
     accelerator.log(point, step=step)
     if accelerator.is_main_process:

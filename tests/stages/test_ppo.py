@@ -44,7 +44,8 @@ def test_ppo_raises_the_held_out_reward_and_stays_near_the_sft_policy(tiny_chat_
     assert 0 < metrics["time/generate_share"] < 1 and metrics["train/iterations"] == PPO_ITERATIONS
 
     # one metrics line per iteration with the documented quantities, and tensorboard events
-    lines = read_history(tiny_chat_run / "ppo" / "logs" / "metrics.jsonl")
+    records = read_history(tiny_chat_run / "ppo" / "logs" / "metrics.jsonl")
+    lines = [r for r in records if "score/mean" in r]
     assert [line["step"] for line in lines] == list(range(1, PPO_ITERATIONS + 1))
     for key in ("score/mean", "kl/mean", "kl/beta", "policy/entropy", "policy/loss", "value/loss", "policy/clip_fraction",
                 "policy/approx_kl", "response/length", "ptx/loss", "time/generate", "time/score", "time/train"):
@@ -108,3 +109,20 @@ def test_ppo_resumes_after_sigkill_with_the_uninterrupted_weights(tmp_path, tiny
     reference = read_manifest(StageDirs(tiny_chat_run / "ppo"))["metrics"]
     for key in ("eval/sft_score", "eval/ppo_score", "eval/kl", "eval/win_rate", "train/first_score", "train/last_score"):
         assert manifest["metrics"][key] == reference[key], key
+
+
+def test_ppo_evaluates_along_the_way_with_the_proxy_and_an_independent_judge(tiny_chat_run):
+    """evaluation.every = 4 with a rule judge: held-out points before the first iteration and every 4, and the
+    final comparison by the judge beside the proxy's."""
+    records = read_history(tiny_chat_run / "ppo" / "logs" / "metrics.jsonl")
+    points = [r for r in records if "heldout/proxy_score" in r]
+    assert [p["step"] for p in points] == list(range(0, PPO_ITERATIONS + 1, 4))
+    assert abs(points[0]["heldout/kl"]) < 1e-4  # before training the policy is the reference
+    assert max(p["heldout/kl"] for p in points[1:]) > 1e-3  # and then it moves
+    for point in points:
+        assert 0 <= point["heldout/judge_score"] <= 1  # word-overlap F1
+        assert 0 <= point["heldout/stop_rate"] <= 1 and 1 <= point["heldout/length"] <= 16
+    metrics = read_manifest(StageDirs(tiny_chat_run / "ppo"))["metrics"]
+    assert metrics["eval/judge_win_rate_low"] <= metrics["eval/judge_win_rate"] <= metrics["eval/judge_win_rate_high"]
+    assert 0 <= metrics["eval/sft_judge_score"] <= 1 and 0 <= metrics["eval/ppo_judge_score"] <= 1
+

@@ -65,3 +65,16 @@ def test_a_rule_judge_needs_no_model(tmp_path, corpus):
     pipeline = load_pipeline(write_pipeline(tmp_path / "p.yaml", recipe(corpus, eval_stage({"sft": "sft", "ppo": "ppo"},
                                                                                           judge=RULE, baseline="ppo"))))
     assert pipeline.stages["judged"].baseline_name() == "ppo" and "judge" not in pipeline.stages["judged"].inputs
+
+
+def test_ppo_judges_along_the_way_with_an_independent_reward_model_never_its_own(tmp_path, corpus):
+    stages = recipe(corpus, eval_stage({"sft": "sft", "ppo": "ppo"}, "gold"))
+    stages["ppo"]["inputs"]["judge"] = "gold"
+    stages["ppo"]["evaluation"].update(every=4, judge={"kind": "judge"})
+    assert load_pipeline(write_pipeline(tmp_path / "p.yaml", stages)).stages["ppo"].evaluation.every == 4
+    stages["ppo"]["inputs"]["judge"] = "rm"
+    found = problems(write_pipeline(tmp_path / "q.yaml", stages))
+    assert any("stages.ppo.inputs.judge: the judge is the reward model PPO optimises" in p for p in found), found
+    stages["ppo"]["evaluation"].pop("judge")
+    found = problems(write_pipeline(tmp_path / "r.yaml", stages))
+    assert any("stages.ppo.inputs.judge: set evaluation.judge" in p for p in found), found
