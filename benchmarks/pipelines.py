@@ -46,7 +46,11 @@ def variant(config: Path, workdir: Path, precision: str | None, steps: dict[str,
     if unknown:
         raise SystemExit(f"--steps: no stage {', '.join(sorted(unknown))} in {config}")
     for name, stage in data["stages"].items():
-        train = stage.setdefault("train", {})
+        if "train" not in stage:  # sample, rank, eval: nothing trained
+            if name in steps:
+                raise SystemExit(f"--steps: stage {name} ({stage['kind']}) trains nothing")
+            continue
+        train = stage["train"]
         if precision:
             train["precision"] = precision
         if name in steps:

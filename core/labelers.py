@@ -4,7 +4,8 @@
   preference: a simulation of labelers, not labelers;
 - `judge`: a reward model's scores (`inputs.judge`, a reward stage, or `model`, an HF sequence-classifier
   directory), a simulated annotator. Both take a `temperature`: above 0 the order is drawn
-  Plackett-Luce from softmax(score / temperature), so labels disagree as people's do.
+  Plackett-Luce from softmax(score / temperature), so labels disagree as people's do;
+- `human`: people, on the page `rlhf label` serves (the rank kind only).
 """
 
 from __future__ import annotations
@@ -62,7 +63,22 @@ class JudgeLabeler(Noise):
         return source + (f" (temperature {self.temperature})" if self.temperature else "")
 
 
-Labeler = Annotated[RuleLabeler | JudgeLabeler, Field(discriminator="kind")]
+class HumanLabeler(StrictModel):
+    """People rank the answers on a local page (`rlhf label RUN_DIR`), or in Label Studio / Argilla through
+    `rlhf label --export / --import`. The stage waits until `min_labeled` prompts are ranked."""
+
+    kind: Literal["human"]
+    min_labeled: int = Field(ge=1, description="ranked prompts before the stage runs (and downstream with it)")
+
+    def describe(self) -> str:
+        """Who ranked, for the manifest and the report."""
+        return "people (rlhf label)"
+
+
+#: who can rank sampled answers (the rank kind)
+Labeler = Annotated[RuleLabeler | JudgeLabeler | HumanLabeler, Field(discriminator="kind")]
+#: who can judge without a person in the loop (the eval kind, PPO's evaluation.judge)
+SimulatedLabeler = Annotated[RuleLabeler | JudgeLabeler, Field(discriminator="kind")]
 
 
 def judge_problems(judge: RuleLabeler | JudgeLabeler, inputs: dict[str, str], loc: tuple) -> Problems:

@@ -170,6 +170,16 @@ class StageConfig(StrictModel):
         """Problems in the content of the stage's data files (read before any stage is launched)."""
         return []
 
+    def state_files(self, stage_dir: Path) -> list[Path]:
+        """Files inside the stage's own directory whose content the stage's output depends on, e.g. people's
+        labels (their hashes enter the fingerprint, so new labels make the stage stale)."""
+        return []
+
+    def awaiting(self, run_dir: Path, name: str) -> str | None:
+        """Why the stage cannot run yet although its inputs are fresh (e.g. "awaiting labels 37/200"), or None.
+        `rlhf run` skips it and what depends on it, says so, and exits cleanly."""
+        return None
+
     def output_positions(self, upstream: dict[str, int | None]) -> int | None:
         """The position range (max_position_embeddings) of the model this stage writes, given its inputs'
         (role -> positions, None when unknown); None when it writes no model or it is not known before running."""

@@ -11,10 +11,12 @@ from pathlib import Path
 from rich.table import Table
 
 from core.errors import InputError, StageFailed
+from core.layout import RUN_RECORD
 from core.lock import RunLock
 from core.schema import LaunchSettings
 from pipeline.clean import apply, clean_plan, human_size
 from pipeline.config import load_pipeline
+from pipeline.labeling import export_rows, import_rows, labeling_task, make_server
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
 from pipeline.report import write_report
 from pipeline.runner import make_console, run_pipeline, status_table
@@ -25,7 +27,7 @@ ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accel
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf", description="Run an RLHF pipeline (pretrain -> sft -> reward -> ppo) "
+    parser = argparse.ArgumentParser(prog="rlhf", description="Run an RLHF pipeline (pretrain -> sft -> sample -> rank -> reward -> ppo -> eval) "
                                      "declared in one YAML file, skipping stages whose inputs did not change.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -64,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("target", nargs="?", default=str(EMBEDDED_PIPELINE), help="RUN_DIR or pipeline file")
     status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
                         help="redraw every SECONDS (default 2) while a run is going")
+
+    label = sub.add_parser("label", help="people rank a rank stage's sampled answers: a local page, or JSONL export/import")
+    label.add_argument("target", help="RUN_DIR or pipeline file")
+    label.add_argument("--stage", help="the rank stage (default: the only one whose labeler is human)")
+    label.add_argument("--host", default="127.0.0.1", help="address to serve on (default: loopback only)")
+    label.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    label.add_argument("--export", type=Path, metavar="FILE", help="write the unlabeled prompts and answers as JSONL")
+    label.add_argument("--import", dest="import_file", type=Path, metavar="FILE",
+                       help="append rankings from JSONL ({prompt, answers, ranks}, or key and ranks)")
     return parser
 
 
@@ -101,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             _clean(Path(args.target), args.keep_artifacts, args.yes, args.dry_run)
         elif args.command == "status":
             _status(Path(args.target), args.watch)
+        elif args.command == "label":
+            _label(Path(args.target), args)
     except InputError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)
@@ -168,6 +181,28 @@ def _clean(target: Path, keep_artifacts: bool, yes: bool, dry_run: bool) -> None
         console.print(f"removed {len(removals)} paths, {total}")
 
 
+def _label(target: Path, args: argparse.Namespace) -> None:
+    """Serve the labeling page until Ctrl-C, or export / import labels."""
+    task = labeling_task(_pipeline_of(target), args.stage)
+    if args.export:
+        print(f"{args.export}: {export_rows(task, args.export)} unlabeled prompts of {task.stage}")
+        return
+    if args.import_file:
+        count = import_rows(task, args.import_file)
+        state = task.state()
+        print(f"{task.stage}: {count} labels imported; {state['labeled']}/{task.min_labeled} ranked")
+        return
+    server = make_server(task, args.host, args.port)
+    state = task.state()
+    host, port = server.server_address[:2]
+    print(f"labeling {task.stage}: {state['labeled']}/{task.min_labeled} ranked, {state['handled']} of {state['total']} "
+          f"handled; open http://{host}:{port}/ (Ctrl-C to stop: every submission is already saved)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
 def _pipeline_of(target: Path):
     """The pipeline of a pipeline file, or of a run directory (through the file its stages recorded)."""
 
@@ -181,7 +216,9 @@ def _pipeline_of(target: Path):
 
 
 def _recorded_pipeline(run_dir: Path) -> Path | None:
-    for record in sorted(run_dir.glob("*/manifest.json")) + sorted(run_dir.glob("*/spec.json")):
+    """The pipeline file the latest `rlhf run` in `run_dir` ran, else one its stages' records name."""
+    records = [run_dir / RUN_RECORD, *sorted(run_dir.glob("*/manifest.json")), *sorted(run_dir.glob("*/spec.json"))]
+    for record in records:
         try:
             path = Path(json.loads(record.read_text())["pipeline"])
         except (OSError, ValueError, KeyError):

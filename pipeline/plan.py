@@ -51,7 +51,12 @@ def stage_states(pipeline: Pipeline, hasher: FileHasher | None = None) -> dict[s
         stage = pipeline.stages[name]
         upstream = {role: statuses[source].fingerprint for role, source in stage.inputs.items()}
         payload = fingerprint_payload(stage, upstream, hasher)
-        statuses[name] = stage_state(name, stage.kind, StageDirs.of(pipeline.run_dir, name), payload, dict(stage.inputs))
+        dirs = StageDirs.of(pipeline.run_dir, name)
+        files = stage.state_files(dirs.root)
+        if files:  # e.g. people's labels: a new one makes the stage stale
+            payload["state_files"] = {f.relative_to(dirs.root).as_posix(): hasher.sha256(f) if f.is_file() else None
+                                      for f in files}
+        statuses[name] = stage_state(name, stage.kind, dirs, payload, dict(stage.inputs))
     hasher.save()
     return statuses
 

@@ -17,9 +17,10 @@ from rich.table import Table
 
 from core.atomic import atomic_write_json
 from core.errors import InputError, StageFailed
-from core.layout import StageDirs
+from core.layout import RUN_RECORD, StageDirs
 from core.lock import RunLock
 from core.progress import bar_fields, new_attempt, progress_bar, read_progress, write_progress
+from pipeline import dag
 from pipeline.config import Pipeline
 from pipeline.plan import RunPlan, StageState, hasher_for, make_plan, stage_spec, stage_state
 from pipeline.report import is_current, write_report
@@ -72,6 +73,7 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
     console = console or make_console()
     restart = list(restart or [])
     with RunLock(pipeline.run_dir):
+        atomic_write_json(pipeline.run_dir / RUN_RECORD, {"pipeline": str(pipeline.path)})
         hasher = hasher_for(pipeline)
         plan = make_plan(pipeline, only, start, restart, hasher)
         console.print(status_table(plan.statuses, plan))
@@ -84,8 +86,19 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
         if problems:
             raise InputError(problems)
         statuses = plan.statuses
-        timings = {}
+        timings: dict[str, float] = {}
+        waiting: dict[str, str] = {}  # stage -> why it cannot run yet (people have not labeled enough)
+        held_back: set[str] = set()
         for name in plan.to_run:
+            if name in held_back:
+                continue
+            why = pipeline.stages[name].awaiting(pipeline.run_dir, name)
+            if why is not None:
+                waiting[name] = why
+                held_back |= dag.downstream(pipeline.stages, [name])
+                console.print(f"[yellow]stage {name}: {why}[/]; label with `rlhf label {pipeline.run_dir}`; "
+                              "`rlhf run` goes on from here once enough are labeled")
+                continue
             dirs = statuses[name].dirs
             spec = stage_spec(pipeline, name, statuses, hasher, restart=name in restart)
             atomic_write_json(dirs.spec, spec)
@@ -104,7 +117,11 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
                     f"resume with: rlhf run {pipeline.path}")
             statuses[name] = done
             console.print(f"[green]stage {name} done[/] in {timings[name]:.1f} s")
-        console.print("finished: " + ", ".join(f"{n} {t:.1f} s" for n, t in timings.items()))
+        if timings:
+            console.print("finished: " + ", ".join(f"{n} {t:.1f} s" for n, t in timings.items()))
+        if waiting:
+            console.print("stopped, waiting for labels: " + "; ".join(f"{n} {why}" for n, why in waiting.items())
+                          + f" (held back: {', '.join(sorted(held_back - set(waiting))) or 'nothing else'})")
         _write_report(pipeline, console)
 
 

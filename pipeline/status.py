@@ -20,7 +20,7 @@ from core.progress import eta_seconds, format_duration, is_alive, read_progress,
 from pipeline.config import Pipeline
 from pipeline.plan import StageState, stage_states
 
-STATE_STYLE = {"fresh": "green", "stale": "yellow", "missing": "yellow", "running": "bold blue",
+STATE_STYLE = {"fresh": "green", "stale": "yellow", "missing": "yellow", "running": "bold blue", "awaiting": "magenta",
                "interrupted": "cyan", "failed": "bold red", "conflict": "red"}
 
 
@@ -49,6 +49,10 @@ def status_row(pipeline: Pipeline, status: StageState) -> StatusRow:
     if status.state == "interrupted":
         view.state = f"interrupted at step {status.resume_step}"
         view.detail = "resumes from its checkpoint"
+    if status.state != "fresh":
+        why = stage.awaiting(pipeline.run_dir, status.name)
+        if why is not None:  # "awaiting labels 37/200"
+            view.state, view.detail = why, f"people rank the answers: rlhf label {pipeline.run_dir}"
 
     if mine and progress.get("state") == "running" and is_alive(progress):
         view.state = "running"

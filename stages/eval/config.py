@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from core.labelers import JudgeLabeler, Labeler, judge_problems
+from core.labelers import JudgeLabeler, SimulatedLabeler, judge_problems
 from core.numbers import fmt, percent
 from core.records import prompt_problems
 from core.schema import StageConfig
@@ -36,7 +36,7 @@ class EvalStage(StageConfig):
 
     kind: Literal["eval"]
     data: PromptFiles
-    judge: Labeler = Field(JudgeLabeler(kind="judge"), description="who scores the answers (not a human)")
+    judge: SimulatedLabeler = Field(JudgeLabeler(kind="judge"), description="who scores the answers (not a human)")
     baseline: str | None = Field(None, description="the policy the others' win rates are against; default: the first")
     generation: SamplingSettings = SamplingSettings(temperature=1.0, max_new_tokens=48)
     model: LoadingSettings | None = Field(None, description="how the policies are loaded from their artifacts")

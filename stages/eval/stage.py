@@ -32,8 +32,10 @@ from stages.common.distribution import policy_logits, token_logprobs
 from stages.common.entry import StageContext
 from stages.common.generation import HFGenerator, decode_answers, encode_prompts, response_mask
 from stages.common.hf_models import Loading, load_causal_lm
+from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
 from stages.common.row_checkpoints import commit_rows, rows_so_far, write_rows
+from stages.common.tensorboard import write_scalars
 from stages.eval.config import ANSWERS_FILE, REWARD_ROLES, EvalStage
 
 
@@ -41,6 +43,7 @@ def train(ctx: StageContext) -> dict:
     """Answer with every policy (resumably), judge, write answers.jsonl; return the manifest metrics."""
     cfg: EvalStage = ctx.config
     state = PartialState()
+    quiet_libraries()
     loading = Loading.of(cfg.model)
     policies = cfg.family("policies")
     refuse_proxy_judge(ctx, policies)
@@ -82,8 +85,11 @@ def train(ctx: StageContext) -> dict:
                           {"judge": cfg.judge.describe(), "judge_fingerprint": inputs.get("judge", {}).get("fingerprint"),
                            "reference_fingerprint": inputs[reference_role]["fingerprint"],
                            "policy_fingerprints": {n: inputs[f"policies.{n}"]["fingerprint"] for n in policies}})
-    return eval_metrics(rows, scores, prompts, baseline=cfg.baseline_name(), judge=cfg.judge.describe(),
-                        samples=cfg.samples, seed=cfg.seed)
+    metrics = eval_metrics(rows, scores, prompts, baseline=cfg.baseline_name(), judge=cfg.judge.describe(),
+                           samples=cfg.samples, seed=cfg.seed)
+    if state.is_main_process:
+        write_scalars(ctx, metrics, step=len(prompts))
+    return metrics
 
 
 def refuse_proxy_judge(ctx: StageContext, policies: dict[str, str]) -> None:

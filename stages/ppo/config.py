@@ -10,7 +10,7 @@ from pydantic import Field
 
 from core.corpus import corpus_problems
 from core.errors import InputError
-from core.labelers import Labeler, judge_problems
+from core.labelers import SimulatedLabeler, judge_problems
 from core.numbers import fmt, percent
 from core.records import prompt_problems
 from core.schema import FilePath, Panel, StageConfig, StrictModel, volatile
@@ -85,7 +85,7 @@ class PpoEvaluation(StrictModel):
                                                       "(and one before the first); default: only the final one")
     every_prompts: int | None = Field(None, ge=1, description="held-out prompts of each periodic evaluation "
                                                               "(the first ones; default: min(16, prompts))")
-    judge: Labeler | None = Field(None, description="an independent judge of the held-out answers beside the "
+    judge: SimulatedLabeler | None = Field(None, description="an independent judge of the held-out answers beside the "
                                                     "reward model PPO optimises (a rule, or a reward model: "
                                                     "inputs.judge or judge.model)")
 
@@ -119,10 +119,10 @@ class PpoStage(StageConfig):
               Panel("policy entropy (nats per token)", "entropy", (("policy/entropy", "entropy"),), xlabel="iteration"),
               Panel("PPO clip fraction", "fraction", (("policy/clip_fraction", "clip fraction"),), xlabel="iteration"),
               # Gao et al. (2022): the proxy climbs with KL while an independent judge peaks and falls
-              Panel("held out: the optimised reward model's score against KL", "proxy score",
+              Panel("held out: proxy (optimised RM) vs KL", "proxy score",
                     (("heldout/proxy_score", "reward model PPO optimises"),), xlabel="KL to the SFT policy (nats)",
                     x="heldout/kl"),
-              Panel("held out: the independent judge's score against KL", "judge score",
+              Panel("held out: independent judge vs KL", "judge score",
                     (("heldout/judge_score", "independent judge"),), xlabel="KL to the SFT policy (nats)",
                     x="heldout/kl"))
 
@@ -175,6 +175,10 @@ class PpoStage(StageConfig):
                      f"{percent(metrics['eval/ppo_stop_rate'])}; mean length SFT {fmt(metrics.get('eval/sft_length'))}, "
                      f"PPO {fmt(metrics.get('eval/ppo_length'))} tokens; distinct-2 SFT "
                      f"{fmt(metrics.get('eval/sft_distinct_2'))}, PPO {fmt(metrics.get('eval/ppo_distinct_2'))}")
+        if metrics.get("eval/judge_win_rate") is not None:
+            text += (f". The independent judge (evaluation.judge) prefers PPO's answer on "
+                     f"{percent(metrics['eval/judge_win_rate'])} (95% interval {percent(metrics['eval/judge_win_rate_low'])}–"
+                     f"{percent(metrics['eval/judge_win_rate_high'])}): that is the verdict to trust")
         if metrics.get("eval/gold_win_rate") is not None:
             text += (f". Judged by word overlap with the human-preferred answer ({fmt(metrics.get('eval/gold_prompts'))} "
                      f"prompts carry one), PPO's answer is closer on {percent(metrics['eval/gold_win_rate'])}")

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from core.labelers import Labeler, RuleLabeler
+from core.labelers import HumanLabeler, Labeler, RuleLabeler
+from core.labels import labeled_count, read_labels
+from core.layout import StageDirs
 from core.numbers import fmt, percent
+from core.samples import SAMPLES_FILE, sample_keys
 from core.schema import StageConfig, volatile
 from core.sections import Problems
 
 #: the artifact's file: the ranking rows the reward kind reads
 RANKINGS_FILE = "rankings.jsonl"
-
-
 class RankStage(StageConfig):
     """A labeler orders each prompt's K sampled answers (ties allowed): the reward model's training data."""
 
@@ -22,6 +24,8 @@ class RankStage(StageConfig):
     save_every: int = volatile(32, ge=1, description="prompts between checkpoints (the rankings so far)")
 
     module = "stages.rank"
+    # 2: empty answers are left out of a ranking row
+    version = 2
     input_roles = {"samples": True, "judge": False}
     headline = ("rank/prompts", "rank/tie_share", "rank/length_tau")
     live = ("rank/prompts",)
@@ -30,7 +34,9 @@ class RankStage(StageConfig):
              "so will the reward model.")
 
     def input_problems(self) -> Problems:
-        """A labeler that can run: an importable rule, or exactly one judge model."""
+        """A labeler that can run: an importable rule, exactly one judge model, or people."""
+        if isinstance(self.labeler, HumanLabeler):
+            return [(("inputs", "judge"), "people rank without a judge model")] if "judge" in self.inputs else []
         if isinstance(self.labeler, RuleLabeler):
             problems = self.labeler.problems()
             if "judge" in self.inputs:
@@ -40,6 +46,18 @@ class RankStage(StageConfig):
             return [(("labeler", "model"), "give the judge as inputs.judge (a reward stage) or labeler.model, "
                                            "exactly one")]
         return self.labeler.loading.loading_problems(("labeler", "loading"))
+
+    def state_files(self, stage_dir: Path) -> list[Path]:
+        """People's labels, when people rank."""
+        return [StageDirs(stage_dir).labels] if isinstance(self.labeler, HumanLabeler) else []
+
+    def awaiting(self, run_dir: Path, name: str) -> str | None:
+        """"awaiting labels n/N" while people have ranked fewer than `min_labeled` of the sampled prompts."""
+        if not isinstance(self.labeler, HumanLabeler):
+            return None
+        labeled = labeled_count(read_labels(StageDirs.of(run_dir, name).labels),
+                                sample_keys(StageDirs.of(run_dir, self.inputs["samples"]).artifact / SAMPLES_FILE))
+        return None if labeled >= self.labeler.min_labeled else f"awaiting labels {labeled}/{self.labeler.min_labeled}"
 
     @classmethod
     def findings(cls, metrics: dict) -> str:

@@ -20,22 +20,32 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from core.atomic import atomic_write_json
+from core.errors import InputError
+from core.labelers import HumanLabeler
+from core.labels import is_ranked, read_labels, sample_key
+from core.samples import SAMPLES_FILE
 from core.stats import mean
 from stages.common.entry import StageContext
+from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
 from stages.common.ranking import kendall_tau_b
 from stages.common.row_checkpoints import commit_rows, read_rows, rows_so_far, write_rows
+from stages.common.tensorboard import write_scalars
 from stages.rank.config import RANKINGS_FILE, RankStage
 from stages.rank.ordering import labeled_ranks, tied_pairs
-from stages.sample.config import SAMPLES_FILE
 
 
 def train(ctx: StageContext) -> dict:
     """Rank every sampled prompt, resumably; write rankings.jsonl; return the manifest metrics."""
     cfg: RankStage = ctx.config
     state = PartialState()
+    quiet_libraries()
     samples = read_rows(ctx.inputs["samples"] / SAMPLES_FILE)
-    score = labeler_scores(cfg.labeler, judge_dir=ctx.inputs.get("judge"), device=state.device)
+    people: dict = {}
+    if isinstance(cfg.labeler, HumanLabeler):
+        samples, score, people = labeled_by_people(samples, ctx.dirs.labels, min_labeled=cfg.labeler.min_labeled)
+    else:
+        score = labeler_scores(cfg.labeler, judge_dir=ctx.inputs.get("judge"), device=state.device)
     rows = rows_so_far(ctx)
     if state.is_main_process:
         print(f"[{ctx.name}] {len(samples)} prompts ranked by {cfg.labeler.describe()}"
@@ -45,7 +55,7 @@ def train(ctx: StageContext) -> dict:
         chunk = range(start, min(start + cfg.save_every, len(samples)))
         mine = list(chunk)[state.process_index :: state.num_processes]
         scored = score([samples[i] for i in mine]) if mine else []
-        ranked = [(i, rank_row(samples[i], scores, temperature=cfg.labeler.temperature,
+        ranked = [(i, rank_row(samples[i], scores, temperature=getattr(cfg.labeler, "temperature", 0.0),
                                rng=random.Random(f"{cfg.seed}:{i}")))
                   for i, scores in zip(mine, scored)]
         rows += [row for _, row in sorted(gather_object(ranked), key=lambda item: item[0])]
@@ -53,7 +63,7 @@ def train(ctx: StageContext) -> dict:
             commit_rows(ctx, rows)
         state.wait_for_everyone()
         ctx.progress.update(len(rows), {"prompts": len(rows)})
-    kept = [row for row in rows if len(set(row["ranks"])) > 1]
+    kept = [row for row in rows if len(set(row["ranks"])) > 1]  # all tied, or fewer than 2 answers: nothing to learn
     if state.is_main_process:
         ctx.staged_artifact.mkdir(parents=True)
         write_rows(ctx.staged_artifact / RANKINGS_FILE,
@@ -62,14 +72,37 @@ def train(ctx: StageContext) -> dict:
         atomic_write_json(ctx.staged_artifact / "labeling.json",
                           {"labeler": cfg.labeler.describe(), "samples_fingerprint": inputs["samples"]["fingerprint"],
                            "judge_fingerprint": inputs.get("judge", {}).get("fingerprint")})
-    return rank_metrics(rows, kept)
+    metrics = {**rank_metrics(rows, kept), **people}
+    if state.is_main_process:
+        write_scalars(ctx, metrics, step=len(rows))
+    return metrics
+
+
+def labeled_by_people(samples: list[dict], labels_path, *, min_labeled: int):
+    """(the samples people ranked, a score function giving -rank, metrics of the labeling): the latest
+    submission per prompt wins; skipped and flagged prompts are left out. InputError below `min_labeled`."""
+    labels = read_labels(labels_path)
+    found = [labels.get(sample_key(row["prompt"], row["answers"])) for row in samples]
+    ranked = [row for row, label in zip(samples, found) if is_ranked(label)]
+    if len(ranked) < min_labeled:
+        raise InputError(f"{labels_path}: {len(ranked)} of {len(samples)} sampled prompts are ranked, labeler.min_labeled "
+                         f"is {min_labeled}: rank more with `rlhf label RUN_DIR`")
+
+    def by_people(rows: list[dict]) -> list[list[float]]:
+        return [[-float(r) for r in labels[sample_key(row["prompt"], row["answers"])]["ranks"]] for row in rows]
+    metrics = {"rank/labeled_by_people": len(ranked), "rank/skipped_by_people": sum(bool(f and f.get("skip")) for f in found),
+               "rank/flagged_by_people": sum(bool(f and f.get("flag")) for f in found)}
+    return ranked, by_people, metrics
 
 
 def rank_row(sample: dict, scores: list[float], *, temperature: float, rng: random.Random) -> dict:
-    """One sampled prompt with the labeler's scores and ranks (and the answers' lengths, for the statistics)."""
-    return {"prompt": sample["prompt"], "answers": sample["answers"], "scores": [float(s) for s in scores],
-            "ranks": labeled_ranks([float(s) for s in scores], temperature=temperature, rng=rng),
-            "lengths": sample["lengths"]}
+    """One sampled prompt with the labeler's scores and ranks (and the answers' lengths, for the statistics).
+    Empty answers (the policy stopped at once) are left out: a ranking row's answers are never empty."""
+    kept = [i for i, answer in enumerate(sample["answers"]) if answer.strip()]
+    scored = [float(scores[i]) for i in kept]
+    return {"prompt": sample["prompt"], "answers": [sample["answers"][i] for i in kept], "scores": scored,
+            "ranks": labeled_ranks(scored, temperature=temperature, rng=rng) if len(kept) > 1 else [1] * len(kept),
+            "lengths": [sample["lengths"][i] for i in kept], "empty": len(sample["answers"]) - len(kept)}
 
 
 def rank_metrics(rows: list[dict], kept: list[dict]) -> dict:
@@ -81,4 +114,5 @@ def rank_metrics(rows: list[dict], kept: list[dict]) -> dict:
             "rank/tie_share": sum(t for t, _ in pairs) / max(1, sum(n for _, n in pairs)),
             "rank/length_tau": mean([t for t in taus if np.isfinite(t)]),
             "rank/mean_best_score": mean([max(row["scores"]) for row in kept]),
-            "rank/mean_score": mean([s for row in kept for s in row["scores"]])}
+            "rank/mean_score": mean([s for row in kept for s in row["scores"]]),
+            "rank/empty_answers": sum(row.get("empty", 0) for row in rows)}

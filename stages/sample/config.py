@@ -11,9 +11,6 @@ from core.records import prompt_problems
 from core.schema import StageConfig, volatile
 from core.sections import LoadingSettings, Problems, PromptFiles, SamplingSettings, too_long
 
-#: the artifact's file: one row per prompt
-SAMPLES_FILE = "samples.jsonl"
-
 
 class SampleStage(StageConfig):
     """The policy answers each prompt `samples_per_prompt` times (InstructGPT's comparison data: K = 4-9)."""

@@ -22,19 +22,23 @@ from accelerate.utils import gather_object
 
 from core.atomic import atomic_write_json
 from core.records import distinct_prompts
+from core.samples import SAMPLES_FILE
 from core.stats import distinct_n, mean
 from stages.common.chat import check_context_length, load_chat_tokenizer
 from stages.common.entry import StageContext
 from stages.common.generation import HFGenerator, decode_answers, encode_prompts, response_mask
 from stages.common.hf_models import Loading, load_causal_lm
+from stages.common.hf_trainer import quiet_libraries
 from stages.common.row_checkpoints import commit_rows, rows_so_far, write_rows
-from stages.sample.config import SAMPLES_FILE, SampleStage
+from stages.common.tensorboard import write_scalars
+from stages.sample.config import SampleStage
 
 
 def train(ctx: StageContext) -> dict:
     """Sample K answers per prompt, resumably; write samples.jsonl; return the manifest metrics."""
     cfg: SampleStage = ctx.config
     state = PartialState()
+    quiet_libraries()
     loading = Loading.of(cfg.model)
     policy_dir = ctx.inputs["policy"]
     check_context_length(policy_dir, cfg.data.max_length + cfg.generation.max_new_tokens,
@@ -69,7 +73,10 @@ def train(ctx: StageContext) -> dict:
                           {"policy_fingerprint": ctx.spec["inputs"]["policy"]["fingerprint"],
                            "samples_per_prompt": cfg.samples_per_prompt, "seed": cfg.seed,
                            **cfg.generation.model_dump()})
-    return sample_metrics(rows, k=cfg.samples_per_prompt)
+    metrics = sample_metrics(rows, k=cfg.samples_per_prompt)
+    if state.is_main_process:
+        write_scalars(ctx, metrics, step=len(rows))
+    return metrics
 
 
 def answer(sampler: HFGenerator, tokenizer, prompts: list[dict], *, k: int, max_length: int, device) -> list[dict]:

@@ -12,12 +12,15 @@ from core.layout import StageDirs
 from core.manifest import read_manifest
 from tests.helpers import (
     REPO,
+    eval_stage,
     kill_during,
     ppo_stage,
     pretrain_stage,
+    rank_stage,
     ranking_subset,
     reward_stage,
     rlhf,
+    sample_stage,
     sft_stage,
     small_corpus,
     write_pipeline,
@@ -60,6 +63,15 @@ def mixed_run(tmp_path_factory) -> Path:
         "ppo_lora_zero3": launched(ppo(learning_rate=1e-2), "zero3"),  # the reference = the adapter switched off
     }
     stages["ppo_lora_zero3"]["lora"] = {"r": 4, "alpha": 8}
+    # the row stages on 2 processes: each samples, ranks or answers its share; the main one gathers in order
+    rule = {"kind": "rule", "function": "stages.rank.rules:reference_overlap"}
+    stages.update({
+        "samples_ddp": launched(sample_stage("sft_ddp", prompts=12, save_every=4), "ddp"),
+        "ranked_single": rank_stage("samples_ddp", **rule),
+        "ranked_ddp": launched(rank_stage("samples_ddp", **rule), "ddp"),
+        "judged_ddp": launched(eval_stage({"sft": "sft_ddp", "ppo": "ppo_ddp"}, prompts=10, judge=rule), "ddp"),
+    })
+    stages["ranked_single"]["save_every"] = stages["ranked_ddp"]["save_every"] = 5
     for stage in ("sft_ddp", "sft_zero3"):
         stages[stage]["data"]["max_length"] = 64
     path = write_pipeline(directory / "p.yaml", stages)
@@ -188,3 +200,25 @@ def test_the_slurm_node_launcher_runs_a_stage(tmp_path):
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert read_manifest(StageDirs(tmp_path / "run" / "pre"))["world_size"] == 2
+
+
+def test_the_row_stages_split_their_prompts_over_two_processes_and_gather_them_in_order(mixed_run):
+    import json
+
+    def rows(stage: str, name: str) -> list[dict]:
+        return [json.loads(line) for line in (mixed_run / stage / "artifact" / name).read_text().splitlines()]
+
+    samples = rows("samples_ddp", "samples.jsonl")
+    assert len(samples) == 12 and len({json.dumps(r["prompt"]) for r in samples}) == 12
+    assert all(len(r["answers"]) == 4 for r in samples)
+    for stage in ("samples_ddp", "ranked_ddp", "judged_ddp"):
+        assert read_manifest(StageDirs(mixed_run / stage))["world_size"] == 2, stage
+    # a rule labels the same on 1 and 2 processes (its noise is seeded per prompt, not per process)
+    ranked = (mixed_run / "ranked_ddp" / "artifact" / "rankings.jsonl").read_bytes()
+    assert ranked == (mixed_run / "ranked_single" / "artifact" / "rankings.jsonl").read_bytes()
+    answers = rows("judged_ddp", "answers.jsonl")
+    assert len(answers) == 10 and all(set(r["answers"]) == {"sft", "ppo"} for r in answers)
+    metrics = read_manifest(StageDirs(mixed_run / "judged_ddp"))["metrics"]
+    table = {entry["name"]: entry for entry in metrics["policies"]}
+    assert table["sft"]["kl"] == 0.0 and table["sft"]["win_rate"] == 0.5 and table["ppo"]["kl"] != 0.0
+

@@ -41,7 +41,7 @@ def test_pipeline_benchmark_copies_a_shipped_pipeline_with_overrides(tmp_path):
     copy = variant(REPO / "configs" / "pipelines" / "tiny.yaml", tmp_path, "bf16", {"ppo": 3})
     loaded = load_pipeline(copy)  # every data path still resolves from the copy's new place
     assert loaded.run_dir == (tmp_path / "run").resolve()
-    assert {s.train.precision for s in loaded.stages.values()} == {"bf16"}
+    assert {s.train.precision for s in loaded.stages.values() if hasattr(s, "train")} == {"bf16"}
     assert loaded.stages["ppo"].train.max_steps == 3
     assert loaded.stages["sft"].train.max_steps == load_pipeline(REPO / "configs/pipelines/tiny.yaml").stages["sft"].train.max_steps
     with pytest.raises(SystemExit, match="no stage nope"):

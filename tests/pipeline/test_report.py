@@ -19,6 +19,7 @@ from core.checkpoints import complete_checkpoints
 from core.history import append_record, attempt_marker, read_history, series
 from core.layout import StageDirs
 from core.manifest import read_manifest
+from core.numbers import fmt
 from pipeline.registry import KINDS
 from tests.helpers import pretrain_stage, rlhf, status_row, write_pipeline
 
@@ -109,7 +110,7 @@ def test_report_summary_shows_each_stage_headline_metrics_as_the_manifest_has_th
         headline = [key for key in KINDS[manifest["kind"]].headline if manifest["metrics"].get(key) is not None]
         assert headline, name
         for key in headline:
-            assert f"{key} {manifest['metrics'][key]:.4g}" in row, (key, row)
+            assert f"{key} {fmt(manifest['metrics'][key])}" in row, (key, row)
 
 
 @pytest.mark.slow

@@ -7,10 +7,11 @@ import random
 import pytest
 
 from core.errors import InputError
+from core.labels import append_label, labeled_count, ranks_problem, read_labels
 from pipeline.config import load_pipeline
 from stages.rank.ordering import labeled_ranks, plackett_luce_ranks, ranks_by_score, tied_pairs
 from stages.rank.rules import reference_overlap
-from tests.helpers import pretrain_stage, rank_stage, reward_stage, sample_stage, sft_stage, write_pipeline
+from tests.helpers import eval_stage, pretrain_stage, rank_stage, reward_stage, sample_stage, sft_stage, write_pipeline
 
 
 def test_ranks_by_score_put_the_best_first_and_tie_equal_scores():
@@ -84,3 +85,29 @@ def test_sampling_beyond_the_policy_positions_is_refused(tmp_path, corpus):
     stages["samples"]["generation"]["max_new_tokens"] = 500  # the tiny model has 128 positions
     found = problems(write_pipeline(tmp_path / "p.yaml", stages))
     assert any("data.max_length + generation.max_new_tokens" in line for line in found), found
+
+
+def test_labels_append_whole_lines_the_latest_wins_and_a_torn_line_is_ignored(tmp_path):
+    path = tmp_path / "labels" / "labels.jsonl"
+    append_label(path, {"key": "a", "ranks": [1, 2]})
+    append_label(path, {"key": "b", "skip": True})
+    append_label(path, {"key": "a", "ranks": [2, 1]})  # a correction
+    with open(path, "a") as f:
+        f.write('{"key": "c", "ran')  # a server killed mid-write
+    labels = read_labels(path)
+    assert labels["a"]["ranks"] == [2, 1] and labels["b"]["skip"] is True and "c" not in labels
+    assert labeled_count(labels, ["a", "b", "c"]) == 1
+    assert ranks_problem([1, 1], 2).startswith("every answer has the same rank")
+    assert ranks_problem([1, 3], 2) == "ranks must be whole numbers from 1 (best) to 2"
+    assert ranks_problem([1, 2, 2], 3) is None
+
+
+def test_people_rank_without_a_judge_and_only_a_rank_stage_takes_them(tmp_path, corpus):
+    human = {"kind": "rank", "inputs": {"samples": "samples", "judge": "samples"},
+             "labeler": {"kind": "human", "min_labeled": 10}}
+    found = problems(write_pipeline(tmp_path / "p.yaml", recipe(corpus, human)))
+    assert any("stages.ranked.inputs.judge: people rank without a judge model" in p for p in found), found
+    stages = recipe(corpus, rank_stage("samples"))
+    stages["judged"] = eval_stage({"sft": "sft"}, judge={"kind": "human", "min_labeled": 1})
+    found = problems(write_pipeline(tmp_path / "q.yaml", stages))
+    assert any("stages.judged.judge" in p for p in found), found

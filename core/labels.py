@@ -1,0 +1,70 @@
+"""People's labels of sampled answers (torch-free): the file `rlhf label` appends to and the rank stage reads.
+
+One JSON line per submission, `{"key", "ranks" | "skip" | "flag", "time"}`, where `key` identifies a prompt
+and its K answers (so labels of answers that have since been re-sampled no longer match anything). A line is
+written with one `write` on a file opened for appending, then fsynced: a killed server or a closed page loses
+at most the submission in flight, never an earlier one, and a torn last line is ignored when read. The latest
+submission for a key wins, so a person can correct a label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+
+def sample_key(prompt: list[dict], answers: list[str]) -> str:
+    """The identity of one prompt with its answers."""
+    text = json.dumps([prompt, answers], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def append_label(path: Path, record: dict) -> None:
+    """Append one submission durably (see the module docstring)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps({**record, "time": round(time.time(), 3)}, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_labels(path: Path) -> dict[str, dict]:
+    """key -> the latest submission for it; torn or unreadable lines are skipped."""
+    latest: dict[str, dict] = {}
+    if not path.is_file():
+        return latest
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("key"), str):
+            latest[record["key"]] = record
+    return latest
+
+
+def ranks_problem(ranks, k: int) -> str | None:
+    """Why `ranks` cannot rank K answers (1 = best, ties share a number, at least two distinct), or None."""
+    if not isinstance(ranks, list) or len(ranks) != k:
+        return f"expected {k} ranks, one per answer"
+    if not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= k for r in ranks):
+        return f"ranks must be whole numbers from 1 (best) to {k}"
+    if len(set(ranks)) < 2:
+        return "every answer has the same rank: that says nothing (skip the prompt instead)"
+    return None
+
+
+def is_ranked(record: dict | None) -> bool:
+    """A submission that ranks the answers (not a skip or a flag)."""
+    return bool(record) and isinstance(record.get("ranks"), list) and not record.get("skip") and not record.get("flag")
+
+
+def labeled_count(labels: dict[str, dict], keys: list[str]) -> int:
+    """How many of the samples (by key) carry a ranking."""
+    return sum(is_ranked(labels.get(key)) for key in keys)
