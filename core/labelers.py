@@ -5,6 +5,7 @@
 - `judge`: a reward model's scores (`inputs.judge`, a reward stage, or `model`, an HF sequence-classifier
   directory), a simulated annotator. Both take a `temperature`: above 0 the order is drawn
   Plackett-Luce from softmax(score / temperature), so labels disagree as people's do;
+- `lm`: an instruct LM asked whether each answer is good (log P(Yes) - log P(No)), a simulated annotator;
 - `human`: people, on the page `rlhf label` serves (the rank kind only).
 """
 
@@ -16,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from core.schema import DirPath, StrictModel
-from core.sections import LoadingSettings, Problems
+from core.sections import LoadingSettings, ModelSource, Problems
 
 
 class Noise(StrictModel):
@@ -63,6 +64,35 @@ class JudgeLabeler(Noise):
         return source + (f" (temperature {self.temperature})" if self.temperature else "")
 
 
+#: what an LM judge is asked about each answer; it answers Yes or No
+LM_QUESTION = ("Here is a request and a reply.\n\nRequest: {prompt}\n\nReply: {answer}\n\n"
+               "Is the reply a helpful, correct and relevant response to the request? Answer Yes or No.")
+
+
+class LmJudgeLabeler(Noise):
+    """An instruct LM asked about each answer (`question`, with {prompt} and {answer}); the score is
+    log P("Yes") - log P("No") for its first reply token (a pointwise LLM-as-a-judge)."""
+
+    kind: Literal["lm"]
+    model: ModelSource = Field(description="the instruct LM: path, gguf (e.g. SmolLM2-135M-Instruct) or hub")
+    question: str = LM_QUESTION
+    max_length: int = Field(512, ge=16, description="tokens of the question the judge reads (longer keep their end)")
+    batch_size: int = Field(8, ge=1, description="questions per forward")
+
+    def problems(self) -> Problems:
+        """One model source, and a question with both placeholders."""
+        problems: Problems = []
+        if len(self.model.set_sources()) != 1:
+            problems.append((("model",), "give exactly one of model.path, model.gguf, model.hub"))
+        if "{prompt}" not in self.question or "{answer}" not in self.question:
+            problems.append((("question",), "expected the placeholders {prompt} and {answer}"))
+        return problems + self.model.loading_problems(("model",))
+
+    def describe(self) -> str:
+        """Who ranked, for the manifest and the report."""
+        return f"LM judge {self.model.source()}" + (f" (temperature {self.temperature})" if self.temperature else "")
+
+
 class HumanLabeler(StrictModel):
     """People rank the answers on a local page (`rlhf label RUN_DIR`), or in Label Studio / Argilla through
     `rlhf label --export / --import`. The stage waits until `min_labeled` prompts are ranked."""
@@ -76,21 +106,21 @@ class HumanLabeler(StrictModel):
 
 
 #: who can rank sampled answers (the rank kind)
-Labeler = Annotated[RuleLabeler | JudgeLabeler | HumanLabeler, Field(discriminator="kind")]
+Labeler = Annotated[RuleLabeler | JudgeLabeler | LmJudgeLabeler | HumanLabeler, Field(discriminator="kind")]
 #: who can judge without a person in the loop (the eval kind, PPO's evaluation.judge)
-SimulatedLabeler = Annotated[RuleLabeler | JudgeLabeler, Field(discriminator="kind")]
+SimulatedLabeler = Annotated[RuleLabeler | JudgeLabeler | LmJudgeLabeler, Field(discriminator="kind")]
 
 
-def judge_problems(judge: RuleLabeler | JudgeLabeler, inputs: dict[str, str], loc: tuple) -> Problems:
+def judge_problems(judge: RuleLabeler | JudgeLabeler | LmJudgeLabeler, inputs: dict[str, str], loc: tuple) -> Problems:
     """A judge that can run and scores without noise: an importable rule and no judge model, or exactly one
     judge model (`inputs.judge` or `model`). `loc` is where the judge's section is."""
     problems: Problems = []
     if judge.temperature:
         problems.append(((*loc, "temperature"), "an evaluation judge scores without noise: expected 0"))
-    if isinstance(judge, RuleLabeler):
-        problems += [((*loc, *key[1:]), message) for key, message in judge.problems()]
+    if isinstance(judge, (RuleLabeler, LmJudgeLabeler)):
+        problems += [((*loc, *(key[1:] if key[0] == "labeler" else key)), message) for key, message in judge.problems()]
         if "judge" in inputs:
-            problems.append((("inputs", "judge"), "a rule judge takes no judge model"))
+            problems.append((("inputs", "judge"), f"a {judge.kind} judge takes no judge model"))
     elif ("judge" in inputs) == (judge.model is not None):
         problems.append(((*loc, "model"), f"give the judge as inputs.judge (a reward stage) or {'.'.join(loc)}.model, "
                                           "exactly one"))

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import importlib
 
+import torch
 from transformers import AutoModelForSequenceClassification
 
-from core.labelers import JudgeLabeler, RuleLabeler
-from stages.common.chat import load_chat_tokenizer
-from stages.common.hf_models import Loading
+from core.labelers import JudgeLabeler, LmJudgeLabeler, RuleLabeler
+from stages.common.chat import load_chat_tokenizer, prompt_text
+from stages.common.distribution import position_ids
+from stages.common.generation import encode_prompts
+from stages.common.hf_models import Loading, load_causal_lm, load_tokenizer, model_ref
 from stages.common.scoring import score_chats
 
 
-def labeler_scores(labeler: RuleLabeler | JudgeLabeler, *, judge_dir, device):
+def labeler_scores(labeler: RuleLabeler | JudgeLabeler | LmJudgeLabeler, *, judge_dir, device):
     """A function from sample rows to each row's K scores (higher is better)."""
     if isinstance(labeler, RuleLabeler):
         module, _, name = labeler.function.partition(":")
@@ -29,6 +32,8 @@ def labeler_scores(labeler: RuleLabeler | JudgeLabeler, *, judge_dir, device):
             return scored
         return by_rule
 
+    if isinstance(labeler, LmJudgeLabeler):
+        return lm_judge(labeler, device=device)
     source = judge_dir or labeler.model
     loading = Loading.of(labeler.loading)
     tokenizer = load_chat_tokenizer(source, "auto", loading)
@@ -45,3 +50,32 @@ def labeler_scores(labeler: RuleLabeler | JudgeLabeler, *, judge_dir, device):
             at += len(row["answers"])
         return out
     return by_judge
+
+
+def lm_judge(labeler: LmJudgeLabeler, *, device):
+    """Scores from an instruct LM: for each answer, `labeler.question` as a user turn in the LM's chat template,
+    and log P("Yes") - log P("No") of the first reply token."""
+    source, loading = model_ref(labeler.model.source()), Loading.of(labeler.model)
+    tokenizer = load_tokenizer(source, loading)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = load_causal_lm(source, loading).to(device).eval()
+    yes, no = (tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in ("Yes", "No"))
+
+    @torch.no_grad()
+    def by_lm(rows: list[dict]) -> list[list[float]]:
+        questions = [[{"role": "user", "content": labeler.question.format(prompt=prompt_text(row["prompt"]), answer=answer)}]
+                     for row in rows for answer in row["answers"]]
+        flat: list[float] = []
+        for start in range(0, len(questions), labeler.batch_size):
+            ids, mask = encode_prompts(tokenizer, questions[start : start + labeler.batch_size],
+                                       max_length=labeler.max_length, device=device)
+            last = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, -1].float()
+            logprobs = torch.log_softmax(last, dim=-1)
+            flat += (logprobs[:, yes] - logprobs[:, no]).tolist()
+        out, at = [], 0
+        for row in rows:
+            out.append(flat[at : at + len(row["answers"])])
+            at += len(row["answers"])
+        return out
+    return by_lm

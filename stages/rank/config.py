@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from core.labelers import HumanLabeler, Labeler, RuleLabeler
+from core.labelers import HumanLabeler, Labeler, LmJudgeLabeler, RuleLabeler
 from core.labels import labeled_count, read_labels
 from core.layout import StageDirs
 from core.numbers import fmt, percent
@@ -37,6 +37,9 @@ class RankStage(StageConfig):
         """A labeler that can run: an importable rule, exactly one judge model, or people."""
         if isinstance(self.labeler, HumanLabeler):
             return [(("inputs", "judge"), "people rank without a judge model")] if "judge" in self.inputs else []
+        if isinstance(self.labeler, LmJudgeLabeler):
+            return [((("labeler",) + key), message) for key, message in self.labeler.problems()] + (
+                [(("inputs", "judge"), "an lm labeler takes no judge model")] if "judge" in self.inputs else [])
         if isinstance(self.labeler, RuleLabeler):
             problems = self.labeler.problems()
             if "judge" in self.inputs:

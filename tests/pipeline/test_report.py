@@ -126,8 +126,9 @@ def test_report_says_whose_verdict_the_ppo_win_rate_is_and_shows_what_does_not_f
 @pytest.mark.slow
 def test_report_sample_table_holds_the_scores_of_ppo_manifest(report):
     _, md, _, stages = report
+    table = md.split("### ppo: base → sft → ppo")[1].split("\n#")[0]  # an eval's sample table has the same prompts
     for sample in stages["ppo"]["metrics"]["samples"]:
-        row = next(line for line in md.splitlines() if line.startswith(f"| {sample['prompt'].replace('|', chr(92) + '|')} |"))
+        row = next(line for line in table.splitlines() if line.startswith(f"| {sample['prompt'].replace('|', chr(92) + '|')} |"))
         for column in ("sft_score", "ppo_score"):
             assert f"| {sample[column]:.4g} |" in row
 

@@ -111,3 +111,22 @@ def test_every_artifact_reloads_with_plain_transformers(smol_run):
         assert (artifact / "adapter" / "adapter_config.json").is_file()
     AutoModelForSequenceClassification.from_pretrained(smol_run / "rm" / "artifact")
     AutoModelForSequenceClassification.from_pretrained(smol_run / "ppo" / "artifact" / "critic")
+
+
+def test_smollm2_as_an_lm_judge_prefers_the_right_answer_to_a_wrong_one():
+    """The `lm` labeler on the real instruct model: log P(Yes) - log P(No) about each answer, asked in the
+    model's own ChatML template."""
+    from core.labelers import LmJudgeLabeler
+    from stages.common.labelers import labeler_scores
+
+    judge = LmJudgeLabeler.model_validate({"kind": "lm", "model": {"gguf": SMOLLM2}})
+    score = labeler_scores(judge, judge_dir=None, device="cpu")
+    rows = [({"role": "user", "content": q}, right, wrong) for q, right, wrong in [
+        ("What is the capital of France?", "The capital of France is Paris.", "Bananas are a kind of keyboard."),
+        ("How many legs does a spider have?", "A spider has eight legs.", "The moon is made of cheese."),
+        ("What colour is the sky on a clear day?", "It is blue.", "Seventeen potatoes, sideways."),
+        ("What is 2 + 2?", "2 + 2 = 4.", "Purple elephants sing loudly."),
+    ]]
+    scored = score([{"prompt": [prompt], "answers": [right, wrong], "reference": None} for prompt, right, wrong in rows])
+    assert all(len(s) == 2 for s in scored)
+    assert sum(right > wrong for right, wrong in scored) >= 3, scored

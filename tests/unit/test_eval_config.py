@@ -78,3 +78,10 @@ def test_ppo_judges_along_the_way_with_an_independent_reward_model_never_its_own
     stages["ppo"]["evaluation"].pop("judge")
     found = problems(write_pipeline(tmp_path / "r.yaml", stages))
     assert any("stages.ppo.inputs.judge: set evaluation.judge" in p for p in found), found
+
+
+def test_an_lm_judge_needs_one_model_and_a_question_with_both_placeholders(tmp_path, corpus):
+    judged = eval_stage({"sft": "sft", "ppo": "ppo"}, judge={"kind": "lm", "model": {}, "question": "Good? {answer}"})
+    found = problems(write_pipeline(tmp_path / "p.yaml", recipe(corpus, judged)))
+    assert any("stages.judged.judge.model: give exactly one of model.path, model.gguf, model.hub" in p for p in found), found
+    assert any("stages.judged.judge.question: expected the placeholders {prompt} and {answer}" in p for p in found), found
