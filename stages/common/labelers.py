@@ -44,11 +44,7 @@ def labeler_scores(labeler: RuleLabeler | JudgeLabeler | LmJudgeLabeler, *, judg
         answers = [answer for row in rows for answer in row["answers"]]
         flat = score_chats(judge, tokenizer, prompts, answers, max_length=labeler.max_length,
                            batch_size=labeler.batch_size, device=device).tolist()
-        out, at = [], 0
-        for row in rows:
-            out.append(flat[at : at + len(row["answers"])])
-            at += len(row["answers"])
-        return out
+        return per_row(flat, rows)
     return by_judge
 
 
@@ -73,9 +69,14 @@ def lm_judge(labeler: LmJudgeLabeler, *, device):
             last = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, -1].float()
             logprobs = torch.log_softmax(last, dim=-1)
             flat += (logprobs[:, yes] - logprobs[:, no]).tolist()
-        out, at = [], 0
-        for row in rows:
-            out.append(flat[at : at + len(row["answers"])])
-            at += len(row["answers"])
-        return out
+        return per_row(flat, rows)
     return by_lm
+
+
+def per_row(flat: list[float], rows: list[dict]) -> list[list[float]]:
+    """Scores of all rows' answers in one list, split back into each row's."""
+    out, at = [], 0
+    for row in rows:
+        out.append(flat[at : at + len(row["answers"])])
+        at += len(row["answers"])
+    return out

@@ -69,4 +69,6 @@ class RankStage(StageConfig):
             return ""
         return (f"{metrics['rank/prompts']} prompts ranked ({metrics['rank/dropped_all_tied']} dropped with every "
                 f"answer tied); {percent(metrics['rank/tie_share'])} of answer pairs tied; Kendall tau of preference and "
-                f"length {fmt(metrics['rank/length_tau'])}.")
+                f"length {fmt(metrics['rank/length_tau'])}." + (
+                    f" People ranked them ({metrics['rank/skipped_by_people']} skipped, "
+                    f"{metrics['rank/flagged_by_people']} flagged)." if "rank/labeled_by_people" in metrics else ""))
