@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="what `rlhf run` would do, and why")
     plan.add_argument("config", nargs="?", default=str(EMBEDDED_PIPELINE))
+    for command in (run, plan):
+        command.add_argument("--set", dest="overrides", action="append", metavar="KEY.PATH=VALUE",
+                             help="override a value of the file (YAML; checked like the file), e.g. "
+                                  "stages.sft.train.learning_rate=1e-5; `rlhf run` records them in the run directory "
+                                  "and later commands apply them until --set gives others")
+        command.add_argument("--no-overrides", action="store_true", help="ignore the overrides a previous run recorded")
 
     spec = sub.add_parser("spec", help="print the spec.json of one stage (what `accelerate launch -m stages.<kind> "
                           "--config CONFIG --stage NAME` runs; its state says whether it is fresh)")
@@ -98,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            pipeline = load_pipeline(args.config)
+            pipeline = load_pipeline(args.config, _overrides(args))
             if args.launch or args.num_processes:
                 pipeline.override = launch_override(args.launch, args.num_processes)
             run_pipeline(pipeline, args.only, args.start, args.restart, args.dry_run)
         elif args.command == "plan":
-            _plan(args.config)
+            _plan(args.config, _overrides(args))
         elif args.command == "spec":
             print(json.dumps(_spec(Path(args.config), args.stage, args.restart)))
         elif args.command == "report":
@@ -127,8 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _plan(config: str) -> None:
-    pipeline = load_pipeline(config)
+def _overrides(args: argparse.Namespace) -> list[str] | None:
+    """The --set overrides; [] for --no-overrides; None: those the run directory recorded."""
+    return [] if args.no_overrides else args.overrides
+
+
+def _plan(config: str, overrides: list[str] | None) -> None:
+    pipeline = load_pipeline(config, overrides)
+    if pipeline.overrides:
+        make_console().print("with overrides: " + " ".join(f"--set {o}" for o in pipeline.overrides))
     try:
         plan = make_plan(pipeline)
     except InputError as e:  # a conflict: still show the table, then the problem

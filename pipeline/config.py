@@ -8,10 +8,11 @@ from any working directory.
 
 from __future__ import annotations
 
+import difflib
 import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Union
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 from core.errors import InputError
 from core.schema import LaunchSettings, OutputPath, StageConfig, StrictModel
 from pipeline import dag
+from pipeline.overrides import apply_defaults, apply_overrides, parse_override, recorded_overrides
 from pipeline.registry import KINDS
 
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -35,6 +37,7 @@ class Pipeline:
     stages: dict[str, StageConfig]
     launch: LaunchSettings
     override: LaunchSettings | None = None  # `rlhf run --launch/--num-processes`: for every stage, this run only
+    overrides: list[str] = field(default_factory=list)  # the `--set` overrides applied to the file
 
     def launch_for(self, name: str) -> LaunchSettings:
         """The stage's launch settings: the run's override, then the stage's own, then the pipeline-level
@@ -49,19 +52,33 @@ class Pipeline:
 class _PipelineFile(StrictModel):
     run_dir: OutputPath
     launch: LaunchSettings = LaunchSettings()
+    defaults: dict[str, Any] = Field({}, description="merged into every stage, under its own values")
     stages: dict[str, dict[str, Any]] = Field(min_length=1)
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
-    """Read and validate a pipeline file; raise InputError listing every problem, one line each."""
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+    """Read and validate a pipeline file with `--set` overrides (None: those the latest `rlhf run` of this file
+    recorded in its run directory) and its `defaults:`; raise InputError listing every problem, one line each."""
     path = Path(path)
     raw, lines = _read_yaml(path)
     context = {"base_dir": path.resolve().parent}
+    if overrides is None:
+        run_dir = raw.get("run_dir")
+        overrides = recorded_overrides(context["base_dir"] / run_dir, path) if isinstance(run_dir, str) else []
+    set_keys = [parse_override(o)[0] for o in overrides]
+    raw = apply_overrides(raw, overrides)
+    if isinstance(raw.get("defaults"), dict) and isinstance(raw.get("stages"), dict):
+        raw["stages"] = apply_defaults(raw["stages"], raw["defaults"],
+                                       lambda kind: set(KINDS[kind].model_fields) if kind in KINDS else None)
     problems: list[str] = []
 
     def report(loc: tuple, message: str) -> None:
-        line = _line_of(lines, loc)
         key = ".".join(str(part) for part in loc)
+        given = next((k for k in set_keys if loc[: len(k)] == k or k[: len(loc)] == loc), None)
+        if given is not None:  # the value came from the command line
+            problems.append(f"--set {'.'.join(given)}: {key}: {message}")
+            return
+        line = _line_of(lines, loc)
         problems.append(f"{path}{f':{line}' if line else ''}: {key}: {message}")
 
     try:
@@ -90,7 +107,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
             report(("stages", name) + loc, message)
     if problems:
         raise InputError(problems)
-    return Pipeline(path=path.resolve(), run_dir=Path(top.run_dir), stages=stages, launch=top.launch)
+    return Pipeline(path=path.resolve(), run_dir=Path(top.run_dir), stages=stages, launch=top.launch,
+                    overrides=list(overrides))
 
 
 def _read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
@@ -165,7 +183,10 @@ def _describe(error: ValidationError, model: type[BaseModel]) -> list[tuple[tupl
         kind = err["type"]
         if kind == "extra_forbidden":
             allowed = _allowed_keys(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.7)
             hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+            if close:
+                hint = f" (did you mean {close[0]}?{hint.replace(' (', ' ')}"
             out.append((loc, f"unknown key{hint}"))
         elif kind == "missing":
             out.append((loc, "missing required key"))

@@ -73,7 +73,10 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
     console = console or make_console()
     restart = list(restart or [])
     with RunLock(pipeline.run_dir):
-        atomic_write_json(pipeline.run_dir / RUN_RECORD, {"pipeline": str(pipeline.path)})
+        if not dry_run:  # what later commands on this run directory (or file) read the pipeline as
+            atomic_write_json(pipeline.run_dir / RUN_RECORD, {"pipeline": str(pipeline.path), "overrides": pipeline.overrides})
+        if pipeline.overrides:
+            console.print("with overrides: " + " ".join(f"--set {o}" for o in pipeline.overrides))
         hasher = hasher_for(pipeline)
         plan = make_plan(pipeline, only, start, restart, hasher)
         console.print(status_table(plan.statuses, plan))

@@ -42,13 +42,13 @@ def test_valid_pipeline_resolves_paths_against_the_file(tmp_path, corpus):
 
 
 @pytest.mark.parametrize("dotted, value, expected", [
-    ("train.learning_rat", 0.1, "stages.pre.train.learning_rat: unknown key (expected one of: max_steps, batch_size"),
+    ("train.learning_rat", 0.1, "stages.pre.train.learning_rat: unknown key (did you mean learning_rate? expected one of: max_steps, batch_size"),
     ("train.max_steps", "many", "stages.pre.train.max_steps: input should be a valid integer"),
     ("train.max_steps", 0, "stages.pre.train.max_steps: input should be greater than or equal to 1 (got 0)"),
     ("train.lr_scheduler", "cosin", "stages.pre.train.lr_scheduler: input should be 'cosine', 'linear'"),
     ("data.block_size", [1], "stages.pre.data.block_size: input should be a valid integer"),
     ("model.init.num_heads", 3, "stages.pre.model.init.num_heads: must divide hidden_size (64)"),
-    ("model.init.hidden", 3, "stages.pre.model.init.hidden: unknown key (expected one of: architecture, hidden_size"),
+    ("model.init.hidden", 3, "stages.pre.model.init.hidden: unknown key (did you mean hidden_size? expected one of: architecture, hidden_size"),
     ("train.micro_batch_size", 3, "stages.pre.train.micro_batch_size: must divide train.batch_size (8)"),
 ])
 def test_bad_values_name_the_key_path_and_line(tmp_path, corpus, dotted, value, expected):
@@ -118,7 +118,7 @@ def test_bad_yaml_and_bad_top_level(tmp_path):
     assert "expected a mapping with keys run_dir and stages" in problems(bad)[0]
     bad.write_text("run_dir: x\nstages: {}\nextra: 1\n")
     found = problems(bad)
-    assert any("extra: unknown key (expected one of: run_dir, launch, stages)" in p for p in found)
+    assert any("extra: unknown key (expected one of: run_dir, launch, defaults, stages)" in p for p in found)
     assert any("stages: dictionary should have at least 1 item" in p for p in found)
     assert problems(tmp_path / "absent.yaml") == [f"{tmp_path / 'absent.yaml'}: pipeline file not found"]
 
