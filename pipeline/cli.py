@@ -16,6 +16,7 @@ from core.lock import RunLock
 from core.schema import LaunchSettings
 from pipeline.clean import apply, clean_plan, human_size
 from pipeline.config import load_pipeline
+from pipeline.export import export_stage, push_to_hub
 from pipeline.labeling import export_rows, import_rows, labeling_task, make_server
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
 from pipeline.report import write_report
@@ -81,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("--export", type=Path, metavar="FILE", help="write the unlabeled prompts and answers as JSONL")
     label.add_argument("--import", dest="import_file", type=Path, metavar="FILE",
                        help="append rankings from JSONL ({prompt, answers, ranks}, or key and ranks)")
+
+    export = sub.add_parser("export", help="a clean model folder of a stage (weights, tokenizer, adapter, model card)")
+    export.add_argument("target", help="RUN_DIR or pipeline file")
+    export.add_argument("stage")
+    export.add_argument("--to", type=Path, required=True, metavar="DIR", help="a new or empty folder")
+    export.add_argument("--push-to-hub", metavar="OWNER/NAME", help="also upload the folder to this Hub model repo")
+    export.add_argument("--private", action="store_true", help="create the Hub repo private")
     return parser
 
 
@@ -120,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
             _status(Path(args.target), args.watch)
         elif args.command == "label":
             _label(Path(args.target), args)
+        elif args.command == "export":
+            folder = export_stage(_pipeline_of(Path(args.target)), args.stage, args.to)
+            print(f"exported {args.stage} to {folder}", flush=True)
+            if args.push_to_hub:
+                try:
+                    print(f"pushed to {push_to_hub(folder, args.push_to_hub, private=args.private)}")
+                except Exception as e:  # the Hub client's own errors (offline, auth, network) in one line
+                    print(f"error: --push-to-hub {args.push_to_hub}: {type(e).__name__}: {e}", file=sys.stderr)
+                    return 1
     except InputError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)

@@ -116,8 +116,10 @@ def train(ctx: StageContext) -> dict:
         first = ctx.resume_from.step
     # a resumed run's earlier iterations (its held-out points are in metrics.jsonl, read by the report)
     history = [r for r in read_history(ctx.dirs.metrics) if 0 < r["step"] <= first and "score/mean" in r]
-    judge = labeler_scores(cfg.evaluation.judge, judge_dir=ctx.inputs.get("judge"), device=accelerator.device) \
-        if cfg.evaluation.judge is not None else None
+    judge = None
+    if cfg.evaluation.judge is not None:
+        with no_zero3_init(accelerator):  # a whole judge model on every process, never ZeRO-3 partitions
+            judge = labeler_scores(cfg.evaluation.judge, judge_dir=ctx.inputs.get("judge"), device=accelerator.device)
     held_out = interleaved(rows.validation_by_source)
     every = cfg.evaluation.every
     point_settings = dict(rows=held_out[: cfg.evaluation.every_prompts or min(16, cfg.evaluation.prompts)],
