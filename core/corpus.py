@@ -3,7 +3,8 @@
 Torch-free: the orchestrator calls it to check data before launching anything.
 
 - `.txt`: UTF-8; paragraphs separated by blank lines are documents; hard line wraps become spaces.
-- `.jsonl`: one JSON object per line with a non-empty string field "text".
+- any row source (`.jsonl`, `.parquet`, a folder, a Hub dataset; see core.datasources): a non-empty string
+  column "text" per row (`columns: {content: text}` renames another).
 """
 
 from __future__ import annotations
@@ -11,47 +12,49 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from core.datasources import DataSource, source_of, source_rows
 from core.errors import InputError
-from core.textfiles import BadRow, jsonl_objects, read_utf8
+from core.textfiles import BadRow, read_utf8
 
 _BLANK_LINES = re.compile(r"\n\s*\n")
 _WHITESPACE = re.compile(r"\s+")
 
 
-def read_documents(path: str | Path) -> list[str]:
-    """The documents of one corpus file; InputError naming the file (and line) if it is unusable."""
-    path = Path(path)
-    text = read_utf8(path, "UTF-8 text")
-    if path.suffix == ".jsonl":
-        docs = _jsonl_documents(path, text)
-    elif path.suffix in (".txt", ".md", ".text"):
-        docs = [_WHITESPACE.sub(" ", p).strip() for p in _BLANK_LINES.split(text)]
+def read_documents(source: DataSource | str | Path) -> list[str]:
+    """The documents of one corpus source; InputError naming the source (and line or row) if it is unusable."""
+    source = source_of(source)
+    if source.is_corpus_text():
+        path = Path(source.path)
+        docs = [_WHITESPACE.sub(" ", p).strip() for p in _BLANK_LINES.split(read_utf8(path, "UTF-8 text"))]
         docs = [d for d in docs if d]
     else:
-        raise InputError(f"{path}: unsupported corpus format {path.suffix!r}; expected .txt or .jsonl")
+        docs = list(_row_documents(source))
     if not docs:
-        raise InputError(f"{path}: no text (empty file); expected at least one document")
+        raise InputError(f"{source.label()}: no text (empty); expected at least one document")
     return docs
 
 
-def _jsonl_documents(path: Path, text: str) -> list[str]:
-    docs = []
-    for number, row in jsonl_objects(text):
-        value = row.get("text") if isinstance(row, dict) else None
+def _row_documents(source: DataSource):
+    for where, row in source_rows(source):
         if isinstance(row, BadRow):
-            raise InputError(f"{path}:{number}: {row}")
+            raise InputError(f"{where}: {row}")
+        value = row.get("text")
         if not isinstance(value, str) or not value.strip():
-            raise InputError(f'{path}:{number}: expected an object with a non-empty string "text"')
-        docs.append(value.strip())
-    return docs
+            raise InputError(f'{where}: expected a non-empty string "text" (columns: {", ".join(row)}; '
+                             "rename one with the entry's columns)")
+        yield value.strip()
 
 
-def corpus_problems(paths: list[str]) -> list[str]:
-    """Every unusable file among `paths`, one message each (empty when all are fine)."""
+def corpus_problems(sources: list) -> list[str]:
+    """Every unusable source among `sources`, one message each (empty when all are fine). Row sources are
+    streamed: no document is kept."""
     problems = []
-    for path in paths:
+    for source in map(source_of, sources):
         try:
-            read_documents(path)
+            if source.is_corpus_text():
+                read_documents(source)
+            elif not any(True for _ in _row_documents(source)):
+                problems.append(f"{source.label()}: no text (empty); expected at least one document")
         except InputError as e:
             problems += e.problems
     return problems

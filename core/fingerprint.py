@@ -10,14 +10,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from core.hashing import FileHasher
-from core.schema import InputDir, InputFile, StageConfig
+from core.hubdata import hub_commit
+from core.schema import HubDataset, InputDir, InputFile, StageConfig
 
 
 def semantic_config(section: Any, hasher: FileHasher | None = None) -> Any:
     """The config as plain data with fingerprint-neutral fields removed.
 
     With a hasher, every input file or directory is replaced by its content hash, so moving the repository
-    or renaming a data file with the same bytes does not invalidate anything.
+    or renaming a data file with the same bytes does not invalidate anything, and every Hub dataset by the
+    commit its revision names.
     """
     if isinstance(section, BaseModel):
         out = {}
@@ -36,6 +38,8 @@ def semantic_config(section: Any, hasher: FileHasher | None = None) -> Any:
         return {"sha256": hasher.sha256(section)}
     if hasher is not None and isinstance(section, InputDir):
         return {"tree_sha256": hasher.tree_sha256(section)}
+    if hasher is not None and isinstance(section, HubDataset):  # a branch that moves makes the stage stale
+        return {"hub": section.rpartition("@")[0], "commit": hub_commit(section)}
     return section
 
 

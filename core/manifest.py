@@ -94,6 +94,7 @@ def stage_manifest(spec: dict, *, metrics: dict, resumed_from: int | None, start
         "inputs": spec["inputs"],
         "config": spec["config"],
         "data_files": spec["data_files"],
+        "hub_datasets": spec.get("hub_datasets") or [],
         "artifact": "artifact",
         "metrics": metrics,
         "resumed_from_step": resumed_from,

@@ -1,196 +1,239 @@
-"""Read SFT and ranking JSONL files into normalised rows, refusing bad rows with file and line named.
+"""Row shapes: SFT, preference and prompt rows in every shape TRL reads, normalised, and bad rows refused with
+their source and line (or row index) named.
 
-Torch-free: the orchestrator calls the `*_problems` functions to check data before launching anything,
-and the stages call the readers again in their own process. Prompts may be plain text (one user turn) or
-chat messages `[{"role", "content"}, ...]`; every row comes out in chat form.
+Torch-free: the orchestrator calls the `*_problems` functions to check data before launching anything (they
+stream the rows and keep none), and the stages read the rows again in their own process. Every row comes out
+in chat form; prompts given as text become one user turn.
 
-SFT rows -> `{"prompt": [messages], "completion": [one assistant message]}`:
-  `{"prompt": ..., "completion": ...}`, or `{"messages": [...]}` whose last turn (the assistant's) is the answer.
-Ranking rows -> `{"prompt": [messages], "answers": [str], "ranks": [int]}` (lower rank is better):
+SFT rows -> `{"text"}`, or `{"prompt": [messages], "completion": [messages ending with the assistant's],
+"tools"?: JSON}`:
+  `{"text"}` (language modelling); `{"prompt", "completion"}` (strings or messages); `{"messages": [...]}`
+  whose last turn (the assistant's) is the answer; `tool` turns, `tool_calls` and other message keys pass
+  through to the chat template, as does a row's `tools` list.
+Preference rows -> `{"prompt": [messages], "answers": [str], "ranks": [int]}` (lower rank is better):
   `{"prompt", "answers": [best, ..., worst]}`, `{"prompt", "answers", "ranks"}` (ties allowed, never paired),
-  or `{"prompt", "chosen", "rejected"}` (the K = 2 case).
+  `{"prompt", "chosen", "rejected"}` (explicit prompt, answers as strings or messages), or `{"chosen",
+  "rejected"}` alone (implicit prompt, as hh-rlhf: their shared beginning is the prompt).
+Unpaired rows `{"prompt", "completion", "label"}` (KTO's shape) are refused by name where answers are compared.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from core.datasources import DataSource, source_of, source_rows
 from core.errors import InputError
-from core.textfiles import BadRow, jsonl_objects, read_utf8
+from core.messages import answer, implicit_prompt, messages, text_value, tools_json
+from core.textfiles import BadRow
 
-ROLES = ("system", "user", "assistant")
-SHOWN_PER_FILE = 10  # bad rows listed per file; the rest are counted
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | BadRow]]:
-    """(line number, parsed object or the reason it is unusable) for each non-blank line."""
-    text = read_utf8(path, "UTF-8 JSON lines")
-    if path.suffix != ".jsonl":
-        raise InputError(f"{path}: unsupported format {path.suffix!r}; expected .jsonl (one JSON object per line)")
-    return jsonl_objects(text)
+SHOWN_PER_FILE = 10  # bad rows listed per source; the rest are counted
+UNPAIRED = ("an unpaired preference row (prompt, completion, label: KTO's shape); this stage compares answers: "
+            'give "chosen" and "rejected", or "answers" (with "ranks")')
+PREFERENCE_IN_SFT = ('a preference row (chosen/rejected or answers); SFT expects "text", "prompt" and "completion", '
+                     'or "messages"')
 
 
-def _text(value, what: str) -> str:
-    if not isinstance(value, str):
-        raise BadRow(f"{what} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise BadRow(f"{what} is empty")
-    return value
-
-
-def _messages(value, what: str) -> list[dict]:
-    """A prompt as chat messages: text becomes one user turn."""
-    if isinstance(value, str):
-        return [{"role": "user", "content": _text(value, what)}]
-    if not isinstance(value, list) or not value:
-        raise BadRow(f"{what} must be a string or a non-empty list of messages")
-    out = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict) or set(message) - {"role", "content"} or "role" not in message:
-            raise BadRow(f"{what}[{i}] must be an object with role and content")
-        if message["role"] not in ROLES:
-            raise BadRow(f"{what}[{i}].role is {message['role']!r}; expected one of {', '.join(ROLES)}")
-        out.append({"role": message["role"], "content": _text(message.get("content"), f"{what}[{i}].content")})
-    return out
+def _is_unpaired(row: dict) -> bool:
+    return "label" in row and "completion" in row and "chosen" not in row
 
 
 def sft_row(row: dict) -> dict:
-    """One SFT example in chat form; BadRow if unusable."""
+    """One SFT example: `{"text"}`, or a chat prompt and its completion; BadRow if unusable."""
+    if _is_unpaired(row):
+        raise BadRow("an unpaired preference row (prompt, completion, label: KTO's shape); SFT expects \"text\", "
+                     '"prompt" and "completion", or "messages"')
+    if "chosen" in row or "rejected" in row or "answers" in row:
+        raise BadRow(PREFERENCE_IN_SFT)
+    extras = {"tools": tools_json(row["tools"])} if row.get("tools") is not None else {}
     if "messages" in row:
         if "prompt" in row or "completion" in row:
             raise BadRow('give either "messages" or "prompt" and "completion", not both')
-        messages = _messages(row["messages"], "messages")
-        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+        turns = messages(row["messages"], "messages")
+        if len(turns) < 2 or turns[-1]["role"] != "assistant":
             raise BadRow("messages must hold at least one turn before a final assistant turn (the answer)")
-        return {"prompt": messages[:-1], "completion": messages[-1:]}
+        return {"prompt": turns[:-1], "completion": turns[-1:], **extras}
+    if "text" in row and "prompt" not in row and "completion" not in row:
+        return {"text": text_value(row["text"], "text")}
     if "prompt" not in row or "completion" not in row:
-        raise BadRow('expected "prompt" and "completion", or "messages"')
-    prompt = _messages(row["prompt"], "prompt")
+        raise BadRow('expected "prompt" and "completion", "messages", or "text"')
+    prompt = messages(row["prompt"], "prompt")
     completion = row["completion"]
-    if isinstance(completion, list):
-        if len(completion) != 1 or not isinstance(completion[0], dict) or completion[0].get("role") != "assistant":
-            raise BadRow("completion must be a string or a list with one assistant message")
-        completion = completion[0].get("content")
-    return {"prompt": prompt, "completion": [{"role": "assistant", "content": _text(completion, "completion")}]}
+    if isinstance(completion, str):
+        completion = [{"role": "assistant", "content": text_value(completion, "completion")}]
+    else:
+        if not isinstance(completion, list) or not completion:
+            raise BadRow("completion must be a string or a non-empty list of messages")
+        completion = messages(completion, "completion")
+        if completion[-1]["role"] != "assistant":
+            raise BadRow("completion must end with an assistant message")
+    return {"prompt": prompt, "completion": completion, **extras}
 
 
 def ranking_row(row: dict) -> dict:
-    """One prompt with ranked answers; BadRow if unusable."""
-    if "prompt" not in row:
-        raise BadRow('missing "prompt"')
-    prompt = _messages(row["prompt"], "prompt")
+    """One prompt with ranked answers, from any preference shape; BadRow if unusable."""
+    if _is_unpaired(row):
+        raise BadRow(UNPAIRED)
     if "chosen" in row or "rejected" in row:
         if "answers" in row or "ranks" in row:
             raise BadRow('give either "answers" or "chosen" and "rejected", not both')
         if "chosen" not in row or "rejected" not in row:
             raise BadRow('a pairwise row needs both "chosen" and "rejected"')
-        answers, ranks = [_text(row["chosen"], "chosen"), _text(row["rejected"], "rejected")], [1, 2]
-    elif "answers" in row:
-        answers = row["answers"]
-        if not isinstance(answers, list) or len(answers) < 2:
-            raise BadRow("answers must be a list of at least 2 answers")
-        answers = [_text(a, f"answers[{i}]") for i, a in enumerate(answers)]
-        ranks = row.get("ranks", list(range(1, len(answers) + 1)))
-        if not isinstance(ranks, list) or len(ranks) != len(answers):
-            got = len(ranks) if isinstance(ranks, list) else type(ranks).__name__
-            raise BadRow(f"ranks has {got} entries for {len(answers)} answers; expected one rank per answer")
-        if not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks):
-            raise BadRow(f"ranks must be integers (lower is better), got {ranks}")
-        if len(set(ranks)) == 1:
-            raise BadRow("all answers are tied; expected at least two different ranks")
-    else:
+        if "prompt" not in row:
+            prompt, chosen, rejected = implicit_prompt(row["chosen"], row["rejected"])
+        else:
+            prompt = messages(row["prompt"], "prompt")
+            chosen, rejected = answer(row["chosen"], prompt, "chosen"), answer(row["rejected"], prompt, "rejected")
+        return {"prompt": prompt, "answers": [chosen, rejected], "ranks": [1, 2]}
+    if "prompt" not in row:
+        raise BadRow('missing "prompt"')
+    prompt = messages(row["prompt"], "prompt")
+    if "answers" not in row:
         raise BadRow('expected "answers" (best first, or with "ranks"), or "chosen" and "rejected"')
+    answers = row["answers"]
+    if not isinstance(answers, list) or len(answers) < 2:
+        raise BadRow("answers must be a list of at least 2 answers")
+    answers = [answer(a, prompt, f"answers[{i}]") for i, a in enumerate(answers)]
+    ranks = row.get("ranks", list(range(1, len(answers) + 1)))
+    if not isinstance(ranks, list) or len(ranks) != len(answers):
+        got = len(ranks) if isinstance(ranks, list) else type(ranks).__name__
+        raise BadRow(f"ranks has {got} entries for {len(answers)} answers; expected one rank per answer")
+    if not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks):
+        raise BadRow(f"ranks must be integers (lower is better), got {ranks}")
+    if len(set(ranks)) == 1:
+        raise BadRow("all answers are tied; expected at least two different ranks")
     return {"prompt": prompt, "answers": answers, "ranks": ranks}
 
 
-def prompt_row(row: dict) -> dict:
-    """A prompt for PPO from any SFT or ranking row; `best_answer` when the row ranks answers (for the gold
-    win rate), else None."""
-    if "messages" in row and "prompt" not in row:
-        return {"prompt": sft_row(row)["prompt"], "best_answer": None}
-    if "answers" in row or "chosen" in row:
-        ranked = ranking_row(row)
-        best = min(ranked["ranks"])
-        return {"prompt": ranked["prompt"], "best_answer": ranked["answers"][ranked["ranks"].index(best)]}
-    if "prompt" not in row:
-        raise BadRow('expected "prompt" or "messages"')
-    return {"prompt": _messages(row["prompt"], "prompt"), "best_answer": None}
-
-
-def read_rows(path: str | Path, parse: Callable[[dict], dict], skip_bad_rows: bool = False) -> tuple[list[dict], list[str]]:
-    """(usable rows, one message per bad row) of one file. Without `skip_bad_rows`, bad rows raise InputError."""
-    path = Path(path)
-    rows, bad = [], []
-    for number, row in _jsonl_rows(path):
-        try:
-            if isinstance(row, BadRow):
-                raise row
-            rows.append(parse(row))
-        except BadRow as e:
-            bad.append(f"{path}:{number}: {e}")
-    if bad and not skip_bad_rows:
-        shown = bad[:SHOWN_PER_FILE]
-        if len(bad) > len(shown):
-            shown.append(f"{path}: {len(bad) - len(shown)} more bad rows (fix them, or set data.skip_bad_rows)")
-        raise InputError(shown)
-    if not rows:
-        raise InputError(f"{path}: no usable rows; expected at least one JSON object per line")
-    return rows, bad
-
-
-def _problems(paths: list[str], parse: Callable[[dict], dict], skip_bad_rows: bool) -> list[str]:
-    problems = []
-    for path in paths:
-        try:
-            read_rows(path, parse, skip_bad_rows)
-        except InputError as e:
-            problems += e.problems
-    return problems
-
-
-def sft_problems(paths: list[str]) -> list[str]:
-    """Every unusable SFT file or row among `paths` (empty when all are fine)."""
-    return _problems(paths, sft_row, skip_bad_rows=False)
-
-
-def prompt_problems(paths: list[str]) -> list[str]:
-    """Every unusable prompt file or row among `paths`."""
-    return _problems(paths, prompt_row, skip_bad_rows=False)
-
-
-def ranking_problems(paths: list[str], skip_bad_rows: bool = False) -> list[str]:
-    """Every unusable ranking file or row among `paths` (bad rows pass when they may be skipped)."""
-    return _problems(paths, ranking_row, skip_bad_rows)
+def _is_preference(row: dict) -> bool:
+    return "answers" in row or "chosen" in row or "rejected" in row
 
 
 def prompt_and_reference(row: dict) -> dict:
-    """A prompt and its reference answer (or None): an SFT row's completion or last message, or a ranking
-    row's best answer."""
-    parsed = prompt_row(row)
-    reference = parsed["best_answer"]
-    if reference is None and "completion" in row:
-        completion = row["completion"]
-        reference = completion if isinstance(completion, str) else completion[0]["content"]
-    elif reference is None and "messages" in row:
-        reference = row["messages"][-1]["content"]
-    return {"prompt": parsed["prompt"], "reference": reference}
+    """A prompt from any SFT or preference row, and its reference answer: an SFT completion's last turn, the
+    best of ranked answers, or None for a bare `{"prompt"}`."""
+    if _is_preference(row):
+        ranked = ranking_row(row)
+        best = ranked["answers"][ranked["ranks"].index(min(ranked["ranks"]))]
+        return {"prompt": ranked["prompt"], "reference": best}
+    if "messages" in row or "completion" in row:
+        parsed = sft_row(row)
+        return {"prompt": parsed["prompt"], "reference": parsed["completion"][-1]["content"]}
+    if "prompt" not in row:
+        raise BadRow('expected "prompt" or "messages"' + (" (a text row has no prompt)" if "text" in row else ""))
+    return {"prompt": messages(row["prompt"], "prompt"), "reference": None}
 
 
-def distinct_prompts(paths: list, max_prompts: int | None = None) -> list[dict]:
-    """The distinct prompts of the files in file order (at most `max_prompts`), each with its reference
+def prompt_row(row: dict) -> dict:
+    """A prompt for PPO from any SFT or preference row; `best_answer` when the row ranks answers (for the gold
+    win rate), else None."""
+    parsed = prompt_and_reference(row)
+    return {"prompt": parsed["prompt"], "best_answer": parsed["reference"] if _is_preference(row) else None}
+
+
+def prompt_row_with_reference(row: dict) -> dict:
+    """`prompt_row` and the row's reference answer (`prompt_and_reference`), for judges that compare with it."""
+    parsed = prompt_and_reference(row)
+    return {**prompt_row(row), "reference": parsed["reference"]}
+
+
+def _parsed_rows(source, parse: Callable[[dict], dict]):
+    """(where, parsed row or BadRow) of one source, streamed."""
+    for where, row in source_rows(source):
+        if isinstance(row, BadRow):
+            yield where, row
+            continue
+        try:
+            yield where, parse(row)
+        except BadRow as e:
+            yield where, e
+
+
+def _refuse(label: str, bad: list[str], count: int) -> InputError:
+    shown = bad[:SHOWN_PER_FILE]
+    if count > len(shown):
+        shown.append(f"{label}: {count - len(shown)} more bad rows (fix them, or set data.skip_bad_rows)")
+    return InputError(shown)
+
+
+def read_rows(source: DataSource | str | Path, parse: Callable[[dict], dict],
+              skip_bad_rows: bool = False) -> tuple[list[dict], list[str]]:
+    """(usable rows, one message per bad row) of one source. Without `skip_bad_rows`, bad rows raise InputError."""
+    source = source_of(source)
+    rows, bad = [], []
+    for where, row in _parsed_rows(source, parse):
+        if isinstance(row, BadRow):
+            bad.append(f"{where}: {row}")
+        else:
+            rows.append(row)
+    if bad and not skip_bad_rows:
+        raise _refuse(source.label(), bad, len(bad))
+    if not rows:
+        raise InputError(f"{source.label()}: no usable rows; expected at least one row")
+    return rows, bad
+
+
+def check_rows(source: DataSource | str | Path, parse: Callable[[dict], dict], skip_bad_rows: bool = False) -> list[str]:
+    """The problems of one source, streamed: no row is kept, so a million rows cost one row's memory."""
+    source = source_of(source)
+    bad, count, usable = [], 0, 0
+    try:
+        for where, row in _parsed_rows(source, parse):
+            if isinstance(row, BadRow):
+                count += 1
+                if len(bad) < SHOWN_PER_FILE:
+                    bad.append(f"{where}: {row}")
+            else:
+                usable += 1
+    except InputError as e:
+        return e.problems
+    if count and not skip_bad_rows:
+        return _refuse(source.label(), bad, count).problems
+    return [] if usable else [f"{source.label()}: no usable rows; expected at least one row"]
+
+
+def _problems(sources: Iterable, parse: Callable[[dict], dict], skip_bad_rows: bool) -> list[str]:
+    return [p for source in sources for p in check_rows(source, parse, skip_bad_rows)]
+
+
+def sft_problems(sources: Iterable, loss_on: str = "completion") -> list[str]:
+    """Every unusable SFT source or row among `sources` (empty when all are fine), and a stage whose rows mix
+    plain text with chat (one TRL dataset holds one shape), or that trains assistant turns of plain text."""
+    problems, shapes = [], {}  # shapes: "text" or "chat" -> the first source with such rows
+    for source in map(source_of, sources):
+        def parse(row: dict, label: str = source.label()) -> dict:
+            parsed = sft_row(row)
+            shapes.setdefault("text" if "text" in parsed else "chat", label)
+            return parsed
+
+        problems += check_rows(source, parse)
+    if len(shapes) == 2:
+        problems.append(f"{shapes['text']}: text rows, and {shapes['chat']}: chat rows, in one stage; expected one "
+                        "shape per SFT stage (train text and chat in two stages)")
+    elif "text" in shapes and loss_on == "assistant":
+        problems.append(f"{shapes['text']}: text rows have no assistant turns; loss_on: assistant expects chat rows")
+    return problems
+
+
+def prompt_problems(sources: Iterable) -> list[str]:
+    """Every unusable prompt source or row among `sources`."""
+    return _problems(sources, prompt_row, skip_bad_rows=False)
+
+
+def ranking_problems(sources: Iterable, skip_bad_rows: bool = False) -> list[str]:
+    """Every unusable preference source or row among `sources` (bad rows pass when they may be skipped)."""
+    return _problems(sources, ranking_row, skip_bad_rows)
+
+
+def distinct_prompts(sources: list, max_prompts: int | None = None) -> list[dict]:
+    """The distinct prompts of the sources in order (at most `max_prompts`), each with its reference
     answer (`prompt_and_reference`)."""
     prompts, seen = [], set()
-    for path in paths:
-        rows, _ = read_rows(path, prompt_and_reference)
+    for source in sources:
+        rows, _ = read_rows(source, prompt_and_reference)
         for row in rows:
             key = repr(row["prompt"])
             if key not in seen:
                 seen.add(key)
                 prompts.append(row)
     return prompts[:max_prompts]
-
-
-def prompt_row_with_reference(row: dict) -> dict:
-    """`prompt_row` and the row's reference answer (`prompt_and_reference`), for judges that compare with it."""
-    return {**prompt_row(row), "reference": prompt_and_reference(row)["reference"]}

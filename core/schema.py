@@ -28,6 +28,10 @@ class InputDir(str):
     """An absolute path to an existing directory; the content of every file in it enters the fingerprint."""
 
 
+class HubDataset(str):
+    """A Hugging Face Hub dataset `owner/name@revision`; the commit its revision names enters the fingerprint."""
+
+
 def _resolve(value: str | Path, info: ValidationInfo) -> Path:
     base = Path((info.context or {}).get("base_dir", "."))
     return (base / Path(value).expanduser()).resolve()
@@ -71,6 +75,32 @@ def _hub_model(value: str) -> str:
     return value
 
 
+#: what a data entry's `path` may name: rows (`datasets` reads all but .jsonl), or a pretraining corpus
+ROW_FORMATS = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
+TEXT_FORMATS = (".txt", ".md", ".text")
+
+
+def _data_path(value: str, info: ValidationInfo) -> InputFile | InputDir:
+    """A data file in a format we read, or a folder (a `save_to_disk` dataset, or data files laid out as on
+    the Hub)."""
+    path = _resolve(value, info)
+    if path.is_dir():
+        return InputDir(path)
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    if path.suffix not in ROW_FORMATS + TEXT_FORMATS:
+        raise ValueError(f"unsupported format {path.suffix!r} ({path}); expected {', '.join(ROW_FORMATS + TEXT_FORMATS)} "
+                         "or a folder (save_to_disk, or data files)")
+    return InputFile(path)
+
+
+def _hub_dataset(value: str) -> HubDataset:
+    """A Hub dataset `owner/name@revision`: the revision is required, as for models."""
+    if not _HUB_ID.match(value):
+        raise ValueError(f"expected owner/name@revision (e.g. Anthropic/hh-rlhf@<commit> or @main), got {value!r}")
+    return HubDataset(value)
+
+
 def _output_path(value: str, info: ValidationInfo) -> str:
     return str(_resolve(value, info))
 
@@ -80,6 +110,8 @@ DirPath = Annotated[str, AfterValidator(_existing_dir)]
 OutputPath = Annotated[str, AfterValidator(_output_path)]
 GgufPath = Annotated[str, AfterValidator(_gguf_file)]
 HubModel = Annotated[str, AfterValidator(_hub_model)]
+DataPath = Annotated[str, AfterValidator(_data_path)]
+HubDatasetId = Annotated[str, AfterValidator(_hub_dataset)]
 
 
 def volatile(default: Any = None, **kwargs: Any) -> Any:

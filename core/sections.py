@@ -8,10 +8,11 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
+from core.datasources import DataSource, DataSources
 from core.numbers import fmt
 from core.schema import DirPath, FilePath, GgufPath, HubModel, StageConfig, StrictModel, volatile
 
@@ -128,32 +129,21 @@ class LoraSettings(StrictModel):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
-class DataFile(StrictModel):
-    """One data file and how much of it goes into each epoch."""
-
-    path: FilePath
-    weight: float = Field(1.0, gt=0, description="rows per epoch = weight x rows in the file (2: twice; 0.5: a seeded half)")
-
-
-def _path_as_data_file(value):
-    return {"path": value} if isinstance(value, str) else value
-
-
-#: training files, each a path or {path, weight}
-DataFiles = list[Annotated[DataFile, BeforeValidator(_path_as_data_file)]]
+#: training sources, each a path or a DataSource mapping ({path|hub, config, split, columns, weight})
+DataFiles = DataSources
 
 
 class ChatData(StrictModel):
-    """JSONL files of chat examples; a plain path is a DataFile with weight 1."""
+    """Sources of chat rows (files, folders, Hub datasets: core.datasources); a plain path has weight 1."""
 
     train: DataFiles = Field(min_length=1)
-    validation: list[FilePath] = []
+    validation: DataSources = Field([], description="held-out sources (their weights are not used)")
     validation_fraction: float = Field(0.05, ge=0, lt=0.5, description="of training rows, when `validation` is empty")
     max_length: int = Field(512, ge=8, description="tokens per example (prompt + answer); longer ones are truncated")
 
-    def files(self) -> list[str]:
-        """Every data file, training then validation."""
-        return [f.path for f in self.train] + list(self.validation)
+    def files(self) -> list[DataSource]:
+        """Every data source, training then validation."""
+        return [*self.train, *self.validation]
 
 
 class SampleSettings(StrictModel):
@@ -177,7 +167,7 @@ class PromptFiles(StrictModel):
     """Prompts from any SFT or ranking row shape (`prompt` or `messages`); a reference answer is kept when the
     row has one (an SFT completion, or the best of ranked answers)."""
 
-    prompts: list[FilePath] = Field(min_length=1)
+    prompts: DataSources = Field(min_length=1)
     max_prompts: int | None = Field(None, ge=1, description="the first N distinct prompts; default: all")
     max_length: int = Field(256, ge=8, description="prompt tokens; longer prompts keep their end")
 

@@ -62,6 +62,12 @@ def model_card(manifest: dict) -> str:
             lines += ["| data file | bytes | sha256 |", "|---|---|---|"]
             lines += [f"| {Path(f['path']).name} | {fmt(f['size'])} | `{f['sha256']}` |" for f in files]
             lines.append("")
+        hub = m.get("hub_datasets") or []
+        if hub:
+            lines += ["| Hub dataset | revision | commit | config / split |", "|---|---|---|---|"]
+            lines += [f"| [{h['hub']}](https://huggingface.co/datasets/{h['hub']}) | {h['revision']} | `{h['commit']}` | "
+                      f"{h.get('config') or 'default'} / {h['split']} |" for h in hub]
+            lines.append("")
         lines += ["<details><summary>config</summary>", "", "```json",
                   json.dumps(m.get("config") or {}, indent=2, sort_keys=True), "```", "", "</details>", ""]
     return "\n".join(lines)

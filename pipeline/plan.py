@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.checkpoints import resume_point
+from core.datasources import hub_records
 from core.errors import InputError
 from core.fingerprint import fingerprint, fingerprint_payload, input_files, payload_changes
 from core.hashing import FileHasher
@@ -181,6 +182,7 @@ def stage_spec(pipeline: Pipeline, name: str, statuses: dict[str, StageState], h
         "run_dir": str(pipeline.run_dir),
         "stage_dir": str(status.dirs.root),
         "data_files": data_files,
+        "hub_datasets": hub_records(stage),
         "restart": restart,
         "state": status.state,
         "reason": status.reason,

@@ -67,6 +67,12 @@ def launch_command(pipeline: Pipeline, name: str, spec_path: Path) -> list[str]:
     return cmd + ["-m", pipeline.stages[name].module, "--spec", str(spec_path)]
 
 
+def data_problems(pipeline: Pipeline, names: list[str]) -> list[str]:
+    """The content problems of the data of the stages `names` (files read, rows checked): `rlhf plan` and
+    `rlhf run` check the same, so a plan that says run does not then refuse."""
+    return [p for name in names for p in pipeline.stages[name].data_problems()]
+
+
 def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str | None = None,
                  restart: list[str] | None = None, dry_run: bool = False, console: Console | None = None) -> None:
     """Plan, then launch every stage that is not fresh, in order; raise StageFailed on the first failure."""
@@ -85,7 +91,7 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
             if not dry_run:
                 _write_report(pipeline, console, only_if_outdated=True)
             return
-        problems = [p for name in plan.to_run for p in pipeline.stages[name].data_problems()]
+        problems = data_problems(pipeline, plan.to_run)
         if problems:
             raise InputError(problems)
         statuses = plan.statuses

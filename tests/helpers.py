@@ -227,3 +227,24 @@ def kill_during(stage: Path, path: Path, *args: str) -> int:
     proc.wait()
     assert read_manifest(StageDirs(stage)) is None
     return complete_checkpoints(StageDirs(stage))[-1].step
+
+
+def hub_dataset_cache(cache: Path, repo: str, commit: str, splits: dict[str, list[dict]], *,
+                      config_yaml: str | None = None, branch: str = "main") -> Path:
+    """A Hugging Face Hub cache (HF_HUB_CACHE) holding dataset `repo` at `commit`, as a download leaves it:
+    `datasets--owner--name/snapshots/<commit>/` with Parquet files per split (data/<split>-00000-of-00001.parquet,
+    the Hub's layout) and README.md metadata when `config_yaml` is given, and refs/<branch> naming the commit.
+    Returns the snapshot folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = cache / f"datasets--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / commit
+    (snapshot / "data").mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        pq.write_table(pa.Table.from_pylist(rows), snapshot / "data" / f"{split}-00000-of-00001.parquet")
+    if config_yaml is not None:
+        (snapshot / "README.md").write_text(f"---\n{config_yaml}\n---\n# {repo}\n", encoding="utf-8")
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / branch).write_text(commit)
+    return snapshot

@@ -237,6 +237,10 @@ def _lineage(doc: Document, records: list[StageRecord], pipeline: Pipeline) -> N
                  for f in m.get("data_files") or []]
         if files:
             doc.add(Table(["data file", "bytes", "sha256"], files))
+        hub = [[h["hub"], h["revision"], f"`{h['commit'][:16]}`", f"{h.get('config') or 'default'} / {h['split']}"]
+               for h in m.get("hub_datasets") or []]
+        if hub:
+            doc.add(Table(["Hub dataset", "revision", "commit", "config / split"], hub))
 
 
 def _shown_path(path: str, pipeline: Pipeline) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from datasets import Dataset, Features, Json, Value
 
 from core.errors import InputError
 from core.records import read_rows
@@ -20,15 +21,22 @@ from stages.common.entry import StageContext
 from stages.common.hf_models import DEFAULT_LOADING, Loading, load_config, load_tokenizer, model_ref, resolve_hub
 
 DEFAULT_CHAT_TEMPLATE = (
+    "{%- if tools -%}{{ 'Tools:\n' + (tools | tojson) + '\n\n' }}{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'system' -%}{{ message['content'] + '\n\n' }}"
     "{%- elif message['role'] == 'user' -%}{{ '### User:\n' + message['content'] + '\n\n' }}"
-    "{%- else -%}{{ '### Assistant:\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{%- elif message['role'] == 'tool' -%}{{ '### Tool:\n' + message['content'] + '\n\n' }}"
+    "{%- else -%}{{ '### Assistant:\n' }}{% generation %}{{ message['content'] }}"
+    "{%- if message.get('tool_calls') -%}"
+    "{{ ('\n' if message['content'] else '') + 'Tool calls: ' + (message['tool_calls'] | tojson) }}"
+    "{%- endif -%}{{ eos_token }}{% endgeneration %}"
     "{{ '\n\n' if not loop.last else '' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '### Assistant:\n' }}{%- endif -%}"
 )
+#: the columns of normalised rows that hold chat messages
+MESSAGE_COLUMNS = ("prompt", "completion", "messages")
 
 
 def input_model(ctx: StageContext):
@@ -51,7 +59,7 @@ def load_chat_tokenizer(source: Path, chat_template: str, loading: Loading = DEF
     return tokenizer
 
 
-def _weighted(rows: list[dict], weight: float, rng: random.Random) -> list[dict]:
+def weighted(rows: list, weight: float, rng: random.Random) -> list:
     """`weight` x the rows: whole copies, then a seeded sample for the fraction."""
     whole, fraction = divmod(weight, 1.0)
     extra = rng.sample(rows, round(fraction * len(rows)))
@@ -69,8 +77,10 @@ class ChatRows:
 
 
 def source_label(path: str, paths: list[str]) -> str:
-    """A short name for a data file: its folder (data/reward/wordnet/heldout.jsonl -> wordnet; a stage's
-    artifact file -> the stage), or folder/stem when two files share a folder."""
+    """A short name for a data source: a file's folder (data/reward/wordnet/heldout.jsonl -> wordnet; a
+    stage's artifact file -> the stage), or folder/stem when two files share a folder; a Hub dataset's name."""
+    if "@" in path and not Path(path).exists():  # owner/name@revision [config/split]
+        return path.split("@")[0].split("/")[-1]
     p = Path(path)
     folder = p.parent.parent.name if p.parent.name == "artifact" else p.parent.name  # a stage's artifact: the stage
     if sum(Path(q).parent == p.parent for q in paths) > 1:
@@ -90,13 +100,13 @@ def load_rows(data, parse, seed: int, skip_bad_rows: bool = False) -> ChatRows:
         skipped += len(bad)
         return rows
 
-    files = [(f.path, f.weight) for f in data.train]
-    per_file = [read(path) for path, _ in files]
+    files = [(source, source.weight) for source in data.train]
+    per_file = [read(source) for source, _ in files]
     if data.validation:
-        paths = list(data.validation)
-        by_source = {source_label(path, paths): read(path) for path in paths}
+        paths = [source.label() for source in data.validation]
+        by_source = {source_label(path, paths): read(source) for path, source in zip(paths, data.validation)}
     else:
-        paths = [path for path, _ in files]
+        paths = [source.label() for source, _ in files]
         by_source = {}
         for i, rows in enumerate(per_file):
             order = list(range(len(rows)))
@@ -104,11 +114,20 @@ def load_rows(data, parse, seed: int, skip_bad_rows: bool = False) -> ChatRows:
             held = set(order[: max(1, round(len(rows) * data.validation_fraction))])
             by_source[source_label(paths[i], paths)] = [r for j, r in enumerate(rows) if j in held]
             per_file[i] = [r for j, r in enumerate(rows) if j not in held]
-    train = [row for rows, (_, weight) in zip(per_file, files) for row in _weighted(rows, weight, rng)]
+    train = [row for rows, (_, weight) in zip(per_file, files) for row in weighted(rows, weight, rng)]
     validation = [row for rows in by_source.values() for row in rows]
     if not train or not validation:
         raise InputError(f"data: {len(train)} training and {len(validation)} validation rows; expected some of each")
     return ChatRows(train, validation, by_source, skipped)
+
+
+def chat_dataset(rows: list[dict]) -> Dataset:
+    """Normalised rows as a `datasets.Dataset` for TRL. Message columns use the Json feature, so each message
+    keeps exactly its own keys (Arrow structs would give every message every key, None where it had none,
+    and chat templates test `message.tool_calls is defined`)."""
+    columns = sorted({key for row in rows for key in row})
+    features = Features({key: Json() if key in MESSAGE_COLUMNS else Value("string") for key in columns})
+    return Dataset.from_list([{key: row.get(key) for key in columns} for row in rows], features=features)
 
 
 def interleaved(by_source: dict[str, list[dict]]) -> list[dict]:
@@ -136,7 +155,7 @@ def sample_prompts(rows: ChatRows, count: int) -> list[list[dict]]:
     for row in interleaved(rows.validation_by_source):
         if len(chosen) == count:
             break
-        if repr(row["prompt"]) not in seen:
+        if "prompt" in row and repr(row["prompt"]) not in seen:  # text rows have none
             seen.add(repr(row["prompt"]))
             chosen.append(row["prompt"])
     return chosen

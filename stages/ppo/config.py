@@ -9,11 +9,12 @@ from typing import Literal
 from pydantic import Field
 
 from core.corpus import corpus_problems
+from core.datasources import DataSources
 from core.errors import InputError
 from core.labelers import SimulatedLabeler, judge_problems
 from core.numbers import fmt, percent
 from core.records import prompt_problems
-from core.schema import FilePath, Panel, StageConfig, StrictModel, volatile
+from core.schema import Panel, StageConfig, StrictModel, volatile
 from core.sections import ChatData, LoadingSettings, LoraSettings, Problems, SamplingSettings, TrainSettings, too_long
 
 
@@ -41,7 +42,7 @@ class KLSettings(StrictModel):
 class PtxSettings(StrictModel):
     """PPO-ptx (InstructGPT): a pretraining-loss term on a text corpus, added to the policy loss."""
 
-    data: list[FilePath] = Field(min_length=1, description=".txt / .jsonl corpus, as for pretrain")
+    data: DataSources = Field(min_length=1, description="corpus sources, as for pretrain")
     coef: float = Field(1.0, gt=0, description="weight of the language-modelling loss")
     block_size: int = Field(128, ge=8)
     batch_size: int = Field(4, ge=1, description="blocks per optimizer step (one PPO mini-batch), over all processes")

@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field
 
 from core.corpus import corpus_problems
-from core.schema import DirPath, FilePath, Panel, StageConfig, StrictModel
+from core.datasources import DataSources
+from core.schema import DirPath, Panel, StageConfig, StrictModel
 from core.sections import (
     ModelSource,
     Problems,
@@ -52,10 +53,11 @@ class PretrainModel(ModelSource):
 
 
 class PretrainData(StrictModel):
-    """Plain-text corpus: .txt (paragraphs separated by blank lines) or .jsonl with a "text" field."""
+    """Plain-text corpus: .txt (paragraphs separated by blank lines), or any row source (.jsonl, .parquet, a
+    folder, a Hub dataset) with a "text" column (`columns: {content: text}` renames another)."""
 
-    train: list[FilePath] = Field(min_length=1)
-    validation: list[FilePath] = []
+    train: DataSources = Field(min_length=1, description="corpus sources, mixed by weight")
+    validation: DataSources = []
     validation_fraction: float = Field(0.05, ge=0, lt=0.5, description="of documents, when `validation` is empty")
     block_size: int = Field(128, ge=8)
 

@@ -27,6 +27,7 @@ from transformers import (
 
 from core.corpus import read_documents
 from core.errors import InputError
+from stages.common.chat import weighted
 from stages.common.entry import StageContext
 from stages.common.hf_models import (
     Loading,
@@ -130,14 +131,23 @@ def packed_blocks(documents: list[str], tokenizer, block_size: int):
 
 
 def split_documents(cfg: PretrainStage) -> tuple[list[str], list[str]]:
-    """(train, validation) documents: the validation files, or a seeded fraction held out by document."""
-    train = [d for path in cfg.data.train for d in read_documents(path)]
+    """(train, validation) documents: the validation sources, or a seeded fraction of each training source
+    held out by document (before weighting, so a repeated document never lands on both sides); training
+    sources mixed by weight."""
+    rng = random.Random(cfg.train.seed)
+    per_source = [read_documents(source) for source in cfg.data.train]
     if cfg.data.validation:
-        return train, [d for path in cfg.data.validation for d in read_documents(path)]
-    order = list(range(len(train)))
-    random.Random(cfg.train.seed).shuffle(order)
-    held = set(order[: max(1, round(len(train) * cfg.data.validation_fraction))])
-    return [d for i, d in enumerate(train) if i not in held], [d for i, d in enumerate(train) if i in held]
+        validation = [d for source in cfg.data.validation for d in read_documents(source)]
+    else:
+        validation = []
+        for i, docs in enumerate(per_source):
+            order = list(range(len(docs)))
+            rng.shuffle(order)
+            held = set(order[: max(1, round(len(docs) * cfg.data.validation_fraction))])
+            validation += [d for j, d in enumerate(docs) if j in held]
+            per_source[i] = [d for j, d in enumerate(docs) if j not in held]
+    train = [d for docs, source in zip(per_source, cfg.data.train) for d in weighted(docs, source.weight, rng)]
+    return train, validation
 
 
 def train(ctx: StageContext) -> dict:

@@ -20,8 +20,8 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, Trainer, set_seed
 from transformers.utils import logging
 
+from core.datasources import source_of
 from core.records import ranking_row
-from core.sections import DataFile
 from stages.common.chat import check_context_length, input_model, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.hf_models import Loading, hub_commit_of, loaded_as, locate, parameter_count
@@ -130,7 +130,7 @@ def train(ctx: StageContext) -> dict:
     # data: prompts with ranked answers (bad rows refused, or skipped and counted)
     data = cfg.data
     if "rankings" in ctx.inputs:  # a rank stage's labels join the training files
-        ranked = DataFile.model_construct(path=str(ctx.inputs["rankings"] / RANKINGS_FILE), weight=1.0)
+        ranked = source_of(ctx.inputs["rankings"] / RANKINGS_FILE)
         data = data.model_copy(update={"train": [*data.train, ranked]})
     rows = load_rows(data, ranking_row, cfg.train.seed, cfg.data.skip_bad_rows)
     train_rows, val_rows = rows.train, rows.validation

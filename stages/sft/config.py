@@ -12,7 +12,8 @@ from core.sections import ChatData, ChatStage, LoraSettings, SampleSettings, los
 
 
 class SftData(ChatData):
-    """Rows `{"prompt", "completion"}` (text or messages) or `{"messages": [...]}` (the last turn is the answer)."""
+    """Rows `{"text"}`, `{"prompt", "completion"}` (strings or messages) or `{"messages": [...]}` (the last
+    turn is the answer; `tool` turns and extra message keys pass to the chat template, as does `tools`)."""
 
     packing: bool = Field(False, description="pack several short examples into each max_length sequence")
 
@@ -22,20 +23,25 @@ class SftStage(ChatStage):
 
     kind: Literal["sft"]
     data: SftData
-    loss_on: Literal["completion", "all"] = Field("completion", description="answer tokens only, or the whole sequence")
+    loss_on: Literal["completion", "assistant", "all"] = Field(
+        "completion", description="completion: the last answer (a row's completion) only; assistant: every assistant "
+        "turn of a conversation (the chat template's {% generation %} markers); all: the whole sequence")
     lora: LoraSettings | None = None
     samples: SampleSettings = SampleSettings()
 
     module = "stages.sft"
     headline = ("eval/loss", "eval/perplexity")
-    version = 2  # 2: samples record the prompt's messages (PPO answers the same prompts)
-    about = ("Supervised fine-tuning on instruction data; the loss counts the answer tokens only (unless "
-             "`loss_on: all`). Validation is on held-out instructions.")
+    # 2: samples record the prompt's messages (PPO answers the same prompts)
+    # 3: the default chat template renders tool turns and tool calls; text rows train as language modelling
+    version = 3
+    about = ("Supervised fine-tuning on instruction data; the loss counts the answer tokens only (every assistant "
+             "turn with `loss_on: assistant`, everything with `loss_on: all`). Validation is on held-out instructions.")
     panels = (Panel("", "loss (nats per token)", (("loss", "train"), ("eval_loss", "validation"))),)
 
     def data_problems(self) -> list[str]:
-        """Unreadable files and unusable rows, with file and line."""
-        return sft_problems(self.data.files())
+        """Unreadable sources and unusable rows, with source and line; text rows mixed with chat rows, or
+        under `loss_on: assistant`."""
+        return sft_problems(self.data.files(), loss_on=self.loss_on)
 
     @classmethod
     def findings(cls, metrics: dict) -> str:

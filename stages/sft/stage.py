@@ -3,9 +3,10 @@
     accelerate launch -m stages.sft --config configs/pipelines/tiny.yaml --stage sft
 
 The model comes from `inputs.model` (e.g. the pretrain stage) or `model.path`. Every row is turned into a
-chat prompt and one assistant answer; the tokenizer gets our chat template when it has none. By default
-the loss covers the answer tokens only (TRL's completion mask: the prompt is context); `loss_on: all`
-trains on the whole sequence. With `lora`, a peft adapter is trained, kept in `artifact/adapter/`, and
+chat prompt and its answer (or stays plain text: language modelling); the tokenizer gets our chat template
+when it has none. By default the loss covers the last answer only (TRL's completion mask: the prompt is
+context); `loss_on: assistant` covers every assistant turn (TRL's assistant mask, from the template's
+{% generation %} markers); `loss_on: all` trains on the whole sequence. With `lora`, a peft adapter is trained, kept in `artifact/adapter/`, and
 merged into the saved weights so the artifact loads with plain transformers.
 """
 
@@ -15,13 +16,15 @@ import math
 
 import torch
 from accelerate import PartialState
-from datasets import Dataset
 from peft import PeftModel
 from transformers import Trainer, set_seed
 from trl import SFTConfig, SFTTrainer
+from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
+from core.errors import InputError
 from core.records import sft_row
 from stages.common.chat import (
+    chat_dataset,
     check_context_length,
     generate_answers,
     input_model,
@@ -102,7 +105,7 @@ def save_sft_artifact(trainer, tokenizer, directory) -> None:
         save_merged(model, tokenizer, directory)
 
 
-def sft_arguments(ctx: StageContext) -> SFTConfig:
+def sft_arguments(ctx: StageContext, text_rows: bool = False) -> SFTConfig:
     """TRL's SFTConfig for this stage. Made before the model is loaded: under ZeRO-3 it registers DeepSpeed's
     config, so that transformers loads the model as partitions (zero.Init), never whole on every process."""
     cfg: SftStage = ctx.config
@@ -110,11 +113,34 @@ def sft_arguments(ctx: StageContext) -> SFTConfig:
         ctx, cfg.train, config_class=SFTConfig,
         max_length=cfg.data.max_length,
         packing=cfg.data.packing,
-        completion_only_loss=cfg.loss_on == "completion",
+        completion_only_loss=cfg.loss_on == "completion" and not text_rows,
+        assistant_only_loss=cfg.loss_on == "assistant",
         dataset_num_proc=None,
         eval_packing=False,  # validation loss per example, comparable with and without packing
         include_num_input_tokens_seen="non_padding",
     )
+
+
+def trl_rows(rows: list[dict], loss_on: str) -> list[dict]:
+    """Rows as TRL takes them: prompt/completion (the completion's loss, or all), whole conversations for
+    `loss_on: assistant` (TRL masks everything but the assistant turns), text rows as they are."""
+    if loss_on != "assistant":
+        return rows
+    return [{"messages": row["prompt"] + row["completion"], **({"tools": row["tools"]} if "tools" in row else {})}
+            for row in rows]
+
+
+def check_assistant_masks(tokenizer, name: str) -> None:
+    """`loss_on: assistant` needs a chat template with {% generation %} markers, or one TRL can swap in; refuse
+    before the model is loaded when there is neither."""
+    if has_generation_markers(tokenizer.chat_template):
+        return
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError:
+        raise InputError(f"stage {name}: loss_on: assistant needs a chat template with {{% generation %}} markers; "
+                         "the model's template has none and TRL has no training version of it: set chat_template: "
+                         "default, or a .jinja file with the markers") from None
 
 
 def build_trainer(ctx: StageContext, model, tokenizer, rows, args: SFTConfig) -> AnswerOnlySFTTrainer:
@@ -123,8 +149,8 @@ def build_trainer(ctx: StageContext, model, tokenizer, rows, args: SFTConfig) ->
     trainer = AnswerOnlySFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(rows.train),
-        eval_dataset=Dataset.from_list(rows.validation),
+        train_dataset=chat_dataset(trl_rows(rows.train, cfg.loss_on)),
+        eval_dataset=chat_dataset(trl_rows(rows.validation, cfg.loss_on)),
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora),
     )
@@ -140,15 +166,17 @@ def train(ctx: StageContext) -> dict:
     quiet_libraries()
     set_seed(cfg.train.seed)
 
-    # data: every row as a chat prompt and one assistant answer
+    # data: every row as a chat prompt and its answer, or plain text
     rows = load_rows(cfg.data, sft_row, cfg.train.seed)
     train_rows, val_rows = rows.train, rows.validation
 
     # model and tokenizer (with a chat template)
-    args = sft_arguments(ctx)
+    args = sft_arguments(ctx, text_rows="text" in train_rows[0])
     source, loading = input_model(ctx), Loading.of(cfg.model)
     check_context_length(source, cfg.data.max_length, "data.max_length", loading)
     tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
+    if cfg.loss_on == "assistant":
+        check_assistant_masks(tokenizer, name)
     model = load_causal_lm(source, loading)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     n_params = parameter_count(model)

@@ -37,7 +37,7 @@ def test_valid_pipeline_resolves_paths_against_the_file(tmp_path, corpus):
     path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus.relative_to(tmp_path))})
     pipeline = load_pipeline(path)
     assert pipeline.run_dir == tmp_path / "run"
-    assert pipeline.stages["pre"].data.train == [str(corpus)]
+    assert [source.path for source in pipeline.stages["pre"].data.train] == [str(corpus)]
     assert pipeline.stages["pre"].train.micro_batch_size is None  # defaults are filled in
 
 
@@ -64,7 +64,7 @@ def test_bad_values_name_the_key_path_and_line(tmp_path, corpus, dotted, value, 
 def test_missing_data_file(tmp_path, corpus):
     stage = edit(pretrain_stage(corpus), "data.train", ["nope.txt"])
     path = write_pipeline(tmp_path / "p.yaml", {"pre": stage})
-    assert problems(path) == [f"{path}:{line_of(path, 'nope.txt')}: stages.pre.data.train.0: "
+    assert problems(path) == [f"{path}:{line_of(path, 'nope.txt')}: stages.pre.data.train.0.path: "
                               f"file not found: {tmp_path / 'nope.txt'}"]
 
 

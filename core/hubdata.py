@@ -1,0 +1,35 @@
+"""Hub datasets at a pinned revision: the local snapshot of `owner/name@revision` and the commit it names.
+
+Torch-free. `huggingface_hub` downloads the dataset repository's files once (or, with `HF_HUB_OFFLINE=1`,
+finds them in the HF cache, where `refs/<branch>` names the commit), so that the fingerprint, the data checks
+and the stage read one commit's files.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+from core.errors import InputError
+
+
+@lru_cache(maxsize=None)
+def hub_snapshot(hub: str) -> Path:
+    """The local folder of a Hub dataset's files at the commit `owner/name@revision` names now (a folder
+    named after the commit); InputError saying why when neither the network nor the cache has it."""
+    repo, _, revision = hub.rpartition("@")
+    try:
+        return Path(snapshot_download(repo, repo_type="dataset", revision=revision))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        raise InputError(f"{hub}: not in the HF cache and the Hub cannot be reached ({type(e).__name__}); "
+                         "download it where there is a network, or fill HF_HUB_CACHE") from None
+    except HfHubHTTPError as e:
+        raise InputError(f"{hub}: the Hub refused it: {str(e).splitlines()[0]}") from None
+
+
+def hub_commit(hub: str) -> str:
+    """The commit `owner/name@revision` resolves to."""
+    return hub_snapshot(hub).name
