@@ -14,6 +14,7 @@ from core.errors import InputError, StageFailed
 from core.layout import RUN_RECORD
 from core.lock import RunLock
 from core.schema import LaunchSettings
+from pipeline.assets import ACCELERATE_CONFIGS, EMBEDDED_PIPELINE
 from pipeline.clean import apply, clean_plan, human_size
 from pipeline.config import load_pipeline
 from pipeline.export import export_stage, push_to_hub
@@ -22,9 +23,6 @@ from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
 from pipeline.report import write_report
 from pipeline.runner import data_problems, make_console, run_pipeline, status_table
 from pipeline.status import show_status
-
-EMBEDDED_PIPELINE = Path(__file__).resolve().parent.parent / "configs" / "pipelines" / "tiny.yaml"
-ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 
 
 def _parser() -> argparse.ArgumentParser:

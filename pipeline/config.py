@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 from core.errors import InputError
 from core.schema import LaunchSettings, OutputPath, StageConfig, StrictModel
 from pipeline import dag
+from pipeline.assets import embedded_run_dir
 from pipeline.overrides import apply_defaults, apply_overrides, parse_override, recorded_overrides
 from pipeline.registry import KINDS
 
@@ -58,10 +59,14 @@ class _PipelineFile(StrictModel):
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
     """Read and validate a pipeline file with `--set` overrides (None: those the latest `rlhf run` of this file
-    recorded in its run directory) and its `defaults:`; raise InputError listing every problem, one line each."""
+    recorded in its run directory) and its `defaults:`; raise InputError listing every problem, one line each.
+    The embedded pipeline, when installed rather than checked out, runs in ./runs/tiny (pipeline.assets)."""
     path = Path(path)
     raw, lines = _read_yaml(path)
     context = {"base_dir": path.resolve().parent}
+    installed_run_dir = embedded_run_dir(path)
+    if installed_run_dir is not None:
+        raw["run_dir"] = str(installed_run_dir)
     if overrides is None:
         run_dir = raw.get("run_dir")
         overrides = recorded_overrides(context["base_dir"] / run_dir, path) if isinstance(run_dir, str) else []

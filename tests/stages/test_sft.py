@@ -75,6 +75,73 @@ def test_labels_mask_exactly_the_prompt_tokens(tmp_path, loss_on):
         assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
 
 
+TOOL_CALL = {"role": "assistant", "content": "",
+             "tool_calls": [{"type": "function", "function": {"name": "lookup", "arguments": {"word": "rose"}}}]}
+CONVERSATIONS = [sft_row({"messages": [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": f"What is a rose {i}?"}, {"role": "assistant", "content": "A flower."},
+    {"role": "user", "content": "Look it up."}, TOOL_CALL, {"role": "tool", "name": "lookup", "content": "a shrub"},
+    {"role": "assistant", "content": f"A shrub {i}."}],
+    "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}) for i in range(6)]
+
+
+def trained_text(trainer, tokenizer) -> dict[str, str]:
+    """Each training sequence -> the text of its trained (label != -100) tokens, as the collator builds them."""
+    out = {}
+    for example in trainer.train_dataset:
+        batch = trainer.data_collator([example])
+        ids, labels = batch["input_ids"][0], batch["labels"][0]
+        out[tokenizer.decode(ids[ids != tokenizer.pad_token_id] if "attention_mask" not in batch else ids)] = \
+            tokenizer.decode(ids[labels != -100])
+    return out
+
+
+@pytest.mark.parametrize("loss_on", ["completion", "assistant"])
+def test_loss_on_assistant_trains_every_assistant_turn_and_completion_the_last(tmp_path, loss_on):
+    from stages.sft.stage import build_trainer, sft_arguments
+
+    model, tokenizer = tiny_causal_lm(tmp_path)
+    rows = ChatRows(train=CONVERSATIONS, validation=CONVERSATIONS[:2], validation_by_source={"c": CONVERSATIONS[:2]},
+                    skipped=0)
+    ctx = sft_context(tmp_path, loss_on=loss_on)
+    trainer = build_trainer(ctx, model, tokenizer, rows, sft_arguments(ctx))
+    trained = set(trained_text(trainer, tokenizer).values())
+    eos = tokenizer.eos_token
+    tool_call = 'Tool calls: [{"type": "function", "function": {"name": "lookup", "arguments": {"word": "rose"}}}]'
+    if loss_on == "assistant":  # every assistant turn, the tool call and each end of turn; never user or tool text
+        assert trained == {f"A flower.{eos}{tool_call}{eos}A shrub {i}.{eos}" for i in range(6)}
+    else:
+        assert trained == {f"A shrub {i}.{eos}" for i in range(6)}
+    # the tools and the tool turn reach the chat template
+    text = tokenizer.decode(trainer.train_dataset[0]["input_ids"])
+    assert text.startswith('Tools:\n[{"type": "function"') and "### Tool:\na shrub" in text
+
+
+def test_text_rows_train_on_every_token(tmp_path):
+    from stages.sft.stage import build_trainer, sft_arguments
+
+    model, tokenizer = tiny_causal_lm(tmp_path)
+    texts = [sft_row({"text": f"Row {i}: the quick brown fox jumps over the lazy dog."}) for i in range(6)]
+    rows = ChatRows(train=texts, validation=texts[:2], validation_by_source={"t": texts[:2]}, skipped=0)
+    ctx = sft_context(tmp_path)
+    trainer = build_trainer(ctx, model, tokenizer, rows, sft_arguments(ctx, text_rows=True))
+    for example in trainer.train_dataset:
+        batch = trainer.data_collator([example])
+        assert (batch["labels"][0] == batch["input_ids"][0]).all()
+        assert tokenizer.decode(batch["input_ids"][0]).startswith("Row ")
+
+
+def test_loss_on_assistant_is_refused_before_loading_when_the_template_has_no_generation_markers(tmp_path):
+    from core.errors import InputError
+    from stages.sft.stage import check_assistant_masks
+
+    _, tokenizer = tiny_causal_lm(tmp_path)
+    check_assistant_masks(tokenizer, "sft")  # ours has the markers
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(InputError, match="loss_on: assistant needs a chat template with {% generation %} markers"):
+        check_assistant_masks(tokenizer, "sft")
+
+
 @pytest.mark.slow
 def test_sft_run_plain_and_lora(tmp_path, tiny_chat_run):
     run = tiny_chat_run

