@@ -169,6 +169,11 @@ def train(ctx: StageContext) -> dict:
     # data: every row as a chat prompt and its answer, or plain text
     rows = load_rows(cfg.data, sft_row, cfg.train.seed)
     train_rows, val_rows = rows.train, rows.validation
+    earlier = sum(any(m["role"] == "assistant" for m in row.get("prompt", [])) for row in train_rows)
+    if earlier and cfg.loss_on == "completion":
+        print(f"[{name}] {earlier} of {len(train_rows)} training conversations have earlier assistant turns: with "
+              "loss_on: completion they are context, only the last answer is trained (loss_on: assistant trains "
+              "every assistant turn)", flush=True)
 
     # model and tokenizer (with a chat template)
     args = sft_arguments(ctx, text_rows="text" in train_rows[0])

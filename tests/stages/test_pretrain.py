@@ -215,3 +215,31 @@ def test_bf16_trains_on_a_cpu_and_fp16_is_refused_in_one_line(tmp_path, corpus):
     assert refused.returncode == 2
     assert "error: train.precision: fp16 needs a CUDA GPU" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "fp16-run" / "pre" / "artifact").exists()
+
+
+def test_corpus_sources_mix_by_weight_with_held_out_documents_taken_first(tmp_path, corpus):
+    """A Parquet corpus whose text column is renamed (`columns: {content: text}`) beside a .txt file: each
+    source holds out its own share before weighting, so no repeated document lands on both sides."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.corpus import read_documents
+    from stages.pretrain.config import PretrainStage
+    from stages.pretrain.stage import split_documents
+
+    parquet = tmp_path / "web.parquet"
+    pq.write_table(pa.table({"content": [f"web page {i} about gardens and roses." for i in range(40)],
+                             "url": [f"u{i}" for i in range(40)]}), parquet)
+    stage = pretrain_stage(corpus)
+    stage["data"]["train"] = [{"path": str(corpus), "weight": 0.5},
+                              {"path": str(parquet), "columns": {"content": "text"}, "weight": 2.0}]
+    cfg = PretrainStage.model_validate(stage)
+    train, validation = split_documents(cfg)
+    web_train = [d for d in train if d.startswith("web page")]
+    web_held = [d for d in validation if d.startswith("web page")]
+    assert len(web_held) == 4 and len(web_train) == 2 * 36  # 10 % held out, then every document twice
+    assert not set(web_held) & set(web_train)
+    book = len(read_documents(corpus))
+    book_held = len(validation) - len(web_held)
+    assert book_held == round(0.1 * book)
+    assert len(train) - len(web_train) == round(0.5 * (book - book_held))  # a seeded half of the rest

@@ -130,3 +130,13 @@ def test_a_hub_dataset_is_read_at_its_revision_from_the_filled_cache(tmp_path):
                       config_yaml=yaml)
     out = probe_hub(tmp_path / "hub")
     assert out["fingerprinted"]["commit"] == "b" * 40 and len(out["answers"]) == 1
+
+
+def test_a_corpus_source_needs_a_text_column(tmp_path):
+    from core.corpus import corpus_problems, read_documents
+
+    path = tmp_path / "web.parquet"
+    pq.write_table(pa.table({"content": ["a page.", "another page."]}), path)
+    assert corpus_problems([str(path)]) == [f'{path} row 0: expected a non-empty string "text" (columns: content; '
+                                            "rename one with the entry's columns)"]
+    assert read_documents(DataSource(path=str(path), columns={"content": "text"})) == ["a page.", "another page."]
