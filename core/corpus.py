@@ -53,7 +53,7 @@ def corpus_problems(sources: list) -> list[str]:
         try:
             if source.is_corpus_text():
                 read_documents(source)
-            elif not any(True for _ in _row_documents(source)):
+            elif sum(1 for _ in _row_documents(source)) == 0:  # every row checked, none kept
                 problems.append(f"{source.label()}: no text (empty); expected at least one document")
         except InputError as e:
             problems += e.problems

@@ -156,7 +156,7 @@ def _overrides(args: argparse.Namespace) -> list[str] | None:
 def _plan(config: str, overrides: list[str] | None) -> None:
     pipeline = load_pipeline(config, overrides)
     if pipeline.overrides:
-        make_console().print("with overrides: " + " ".join(f"--set {o}" for o in pipeline.overrides))
+        make_console().print("with overrides: " + " ".join(f"--set {o}" for o in pipeline.overrides), markup=False)
     try:
         plan = make_plan(pipeline)
     except InputError as e:  # a conflict: still show the table, then the problem

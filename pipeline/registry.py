@@ -6,11 +6,14 @@ Adding a kind is a folder `stages/<kind>/` (config.py, stage.py, __main__.py) an
 from __future__ import annotations
 
 from core.schema import StageConfig
+from stages.dpo.config import DpoStage
 from stages.eval.config import EvalStage
+from stages.grpo.config import GrpoStage
 from stages.ppo.config import PpoStage
 from stages.pretrain.config import PretrainStage
 from stages.rank.config import RankStage
 from stages.reward.config import RewardStage
+from stages.rloo.config import RlooStage
 from stages.sample.config import SampleStage
 from stages.sft.config import SftStage
 
@@ -21,5 +24,8 @@ KINDS: dict[str, type[StageConfig]] = {
     "sample": SampleStage,
     "rank": RankStage,
     "ppo": PpoStage,
+    "dpo": DpoStage,
+    "grpo": GrpoStage,
+    "rloo": RlooStage,
     "eval": EvalStage,
 }

@@ -82,7 +82,7 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
         if not dry_run:  # what later commands on this run directory (or file) read the pipeline as
             atomic_write_json(pipeline.run_dir / RUN_RECORD, {"pipeline": str(pipeline.path), "overrides": pipeline.overrides})
         if pipeline.overrides:
-            console.print("with overrides: " + " ".join(f"--set {o}" for o in pipeline.overrides))
+            console.print("with overrides: " + " ".join(f"--set {o}" for o in pipeline.overrides), markup=False)
         hasher = hasher_for(pipeline)
         plan = make_plan(pipeline, only, start, restart, hasher)
         console.print(status_table(plan.statuses, plan))

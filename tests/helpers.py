@@ -248,3 +248,30 @@ def hub_dataset_cache(cache: Path, repo: str, commit: str, splits: dict[str, lis
     (root / "refs").mkdir(exist_ok=True)
     (root / "refs" / branch).write_text(commit)
     return snapshot
+
+
+def word_salad_pairs(path: Path, split: str = "train", words: int = 10) -> Path:
+    """Preference pairs a tiny model can learn in a hundred steps: for each answer-quality prompt, the first
+    `words` words of its real answer (chosen) against the same words shuffled (rejected), equal in length."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for line in (DATA / "reward" / "answer-quality" / f"{split}.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        kept = row["answers"][0].split()[:words]
+        if len(set(kept)) < 5:
+            continue
+        shuffled = kept[:]
+        while shuffled == kept:
+            rng.shuffle(shuffled)
+        rows.append({"prompt": row["prompt"], "chosen": " ".join(kept), "rejected": " ".join(shuffled)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def brevity(prompt: list[dict], answers: list[str], reference: str | None) -> list[float]:
+    """A rule reward a tiny policy can learn in a few steps (for the critic-free RL kinds' tests): shorter
+    answers score higher."""
+    return [-float(len(answer.split())) for answer in answers]

@@ -35,8 +35,8 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '### Assistant:\n' }}{%- endif -%}"
 )
-#: the columns of normalised rows that hold chat messages
-MESSAGE_COLUMNS = ("prompt", "completion", "messages")
+#: the columns of normalised rows that hold plain strings; every other one (messages, above all) is Json
+STRING_COLUMNS = ("text", "tools")
 
 
 def input_model(ctx: StageContext):
@@ -126,7 +126,7 @@ def chat_dataset(rows: list[dict]) -> Dataset:
     keeps exactly its own keys (Arrow structs would give every message every key, None where it had none,
     and chat templates test `message.tool_calls is defined`)."""
     columns = sorted({key for row in rows for key in row})
-    features = Features({key: Json() if key in MESSAGE_COLUMNS else Value("string") for key in columns})
+    features = Features({key: Value("string") if key in STRING_COLUMNS else Json() for key in columns})
     return Dataset.from_list([{key: row.get(key) for key in columns} for row in rows], features=features)
 
 

@@ -200,6 +200,17 @@ def _one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {text}"[:500]
 
 
+def peak_memory_gb() -> float | None:
+    """The main process's peak: accelerator memory allocated (CUDA), else its peak resident set (Linux)."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return round(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024 / 1e9, 3)
+    except (OSError, StopIteration):
+        return None
+
+
 def _run_attempt(train: Callable[[StageContext], dict], *, spec: dict, config: StageConfig, dirs: StageDirs,
                  state: PartialState, progress: StageProgress, started_at: datetime, t0: float) -> None:
     """Sort out checkpoints, train, and commit the artifact and manifest (main process)."""
@@ -215,6 +226,7 @@ def _run_attempt(train: Callable[[StageContext], dict], *, spec: dict, config: S
     if ctx.resume_from and state.is_main_process:
         print(f"[{ctx.name}] resuming from {ctx.resume_from.path.name} (step {ctx.resume_from.step})", flush=True)
     metrics = train(ctx)
+    metrics.setdefault("resources/peak_memory_gb", peak_memory_gb())
     state.wait_for_everyone()
     if state.is_main_process:
         manifest = stage_manifest(spec, metrics=metrics, resumed_from=ctx.resume_from.step if ctx.resume_from else None,

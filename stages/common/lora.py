@@ -6,9 +6,11 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from peft import LoraConfig
+from accelerate import PartialState
+from peft import LoraConfig, PeftModel
 
 from core.sections import LoraSettings
+from stages.common.hf_trainer import save_artifact
 
 
 def lora_config(settings: LoraSettings | None):
@@ -28,3 +30,13 @@ def save_merged(peft_model, tokenizer, directory: Path) -> None:
     merged.config.use_cache = True
     merged.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+
+
+def save_causal_lm_artifact(trainer, tokenizer, directory: Path) -> None:
+    """A Trainer stage's causal LM: full weights + tokenizer; with LoRA, the weights merged and the adapter in
+    `adapter/` (sft, dpo)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not isinstance(model, PeftModel):
+        save_artifact(trainer, directory)
+    elif PartialState().is_main_process:
+        save_merged(model, tokenizer, directory)

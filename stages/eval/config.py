@@ -20,6 +20,7 @@ from pydantic import Field
 
 from core.labelers import JudgeLabeler, SimulatedLabeler, judge_problems
 from core.numbers import fmt, percent
+from core.progress import format_duration
 from core.records import prompt_problems
 from core.schema import StageConfig
 from core.sections import LoadingSettings, Problems, PromptFiles, SamplingSettings, too_long
@@ -115,12 +116,14 @@ class EvalStage(StageConfig):
         if not rows:
             return []
         interval = lambda r, key: f"{fmt(r[key])} [{fmt(r[f'{key}_low'])}, {fmt(r[f'{key}_high'])}]"  # noqa: E731
-        comparison = [[r["name"], interval(r, "judge_score"),
+        comparison = [[r["name"], r.get("kind") or "", interval(r, "judge_score"),
                        "baseline" if r["name"] == metrics.get("eval/baseline") else interval(r, "win_rate"),
-                       interval(r, "kl"), fmt(r["length"]), percent(r["stop_rate"]), fmt(r["distinct_2"])]
+                       interval(r, "kl"), fmt(r["length"]), percent(r["stop_rate"]), fmt(r["distinct_2"]),
+                       format_duration(r.get("wall_time_s")), fmt(r.get("peak_memory_gb"))]
                       for r in rows]
-        tables = [("Policies (95% intervals)", ["policy", "judge score", "win rate vs baseline",
-                                                "KL to reference (nats)", "length", "stop rate", "distinct-2"],
+        tables = [("Policies (95% intervals; wall time and peak memory of the stage that trained each)",
+                   ["policy", "kind", "judge score", f"win rate vs {metrics.get('eval/baseline')}",
+                    "KL to reference (nats)", "length", "stop rate", "distinct-2", "wall time", "peak memory (GB)"],
                    comparison)]
         samples = metrics.get("samples") or []
         if samples:

@@ -85,11 +85,20 @@ def train(ctx: StageContext) -> dict:
                           {"judge": cfg.judge.describe(), "judge_fingerprint": inputs.get("judge", {}).get("fingerprint"),
                            "reference_fingerprint": inputs[reference_role]["fingerprint"],
                            "policy_fingerprints": {n: inputs[f"policies.{n}"]["fingerprint"] for n in policies}})
+    training = {n: training_cost(ctx.input_manifest(f"policies.{n}")) for n in policies}
     metrics = eval_metrics(rows, scores, prompts, baseline=cfg.baseline_name(), judge=cfg.judge.describe(),
-                           samples=cfg.samples, seed=cfg.seed)
+                           samples=cfg.samples, seed=cfg.seed, training=training)
     if state.is_main_process:
         write_scalars(ctx, metrics, step=len(prompts))
     return metrics
+
+
+def training_cost(manifest: dict | None) -> dict:
+    """What training a policy cost, from its stage's manifest: kind, wall time (its last attempt), peak memory."""
+    if not manifest:
+        return {}
+    return {"kind": manifest.get("kind"), "wall_time_s": manifest.get("wall_time_s"),
+            "peak_memory_gb": (manifest.get("metrics") or {}).get("resources/peak_memory_gb")}
 
 
 def refuse_proxy_judge(ctx: StageContext, policies: dict[str, str]) -> None:
@@ -150,10 +159,11 @@ def judge_scores(cfg: EvalStage, ctx: StageContext, prompts: list[dict], rows: l
 
 
 def eval_metrics(rows: list[dict], scores: list[list[float]], prompts: list[dict], *, baseline: str, judge: str,
-                 samples: int, seed: int) -> dict:
+                 samples: int, seed: int, training: dict[str, dict] | None = None) -> dict:
     """Per policy, with 95% bootstrap intervals over prompts: judge score, win rate against the baseline
     (paired by prompt, ties half), KL to the reference; and length, stop rate, distinct-2. `policies` holds
-    them as a table, `eval/<policy>/<metric>` flat for scripts and status."""
+    them as a table, `eval/<policy>/<metric>` flat for scripts and status; `training` adds what each policy's
+    stage cost (kind, wall time, peak memory) to its row."""
     names = [r["policy"] for r in rows]
     base = names.index(baseline)
     table = []
@@ -165,10 +175,11 @@ def eval_metrics(rows: list[dict], scores: list[list[float]], prompts: list[dict
                  "stop_rate": mean([float(s) for s in row["stopped"]]), "distinct_2": distinct_n(row["answers"], 2)}
         for key, values in (("judge_score", judged), ("win_rate", wins), ("kl", row["kl"])):
             entry[f"{key}_low"], entry[f"{key}_high"] = bootstrap_interval(values, seed=seed)
+        entry.update((training or {}).get(row["policy"], {}))
         table.append(entry)
     metrics: dict = {"eval/prompts": len(prompts), "eval/baseline": baseline, "eval/judge": judge}
     for entry in table:
-        metrics.update({f"eval/{entry['name']}/{k}": v for k, v in entry.items() if k != "name"})
+        metrics.update({f"eval/{entry['name']}/{k}": v for k, v in entry.items() if k not in ("name", "kind")})
     others = [e for e in table if e["name"] != baseline]
     if others:
         best = max(others, key=lambda e: e["win_rate"])

@@ -15,8 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-from accelerate import PartialState
-from peft import PeftModel
 from transformers import Trainer, set_seed
 from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
@@ -40,10 +38,9 @@ from stages.common.hf_trainer import (
     evaluate_before_training,
     gradient_accumulation,
     quiet_libraries,
-    save_artifact,
     training_arguments,
 )
-from stages.common.lora import lora_config, save_merged
+from stages.common.lora import lora_config, save_causal_lm_artifact
 from stages.sft.config import SftStage
 
 
@@ -94,15 +91,6 @@ class RowPackedCollator:
 
         return {"input_ids": padded("input_ids", self.pad_token_id), "labels": padded("labels", -100),
                 "position_ids": padded("position_ids", None)}
-
-
-def save_sft_artifact(trainer, tokenizer, directory) -> None:
-    """Full weights + tokenizer; with LoRA, the weights merged and the adapter in `adapter/`."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if not isinstance(model, PeftModel):
-        save_artifact(trainer, directory)
-    elif PartialState().is_main_process:
-        save_merged(model, tokenizer, directory)
 
 
 def sft_arguments(ctx: StageContext, text_rows: bool = False) -> SFTConfig:
@@ -203,7 +191,7 @@ def train(ctx: StageContext) -> dict:
     sft_answers = generate_answers(tuned, tokenizer, prompts, cfg.samples.max_new_tokens)
 
     # artifact: causal LM + tokenizer with the chat template (adapter alongside with LoRA)
-    save_sft_artifact(trainer, tokenizer, ctx.staged_artifact)
+    save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
     micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
     return hub_commit_of(source) | {
         "eval/loss": evaluation["eval_loss"],

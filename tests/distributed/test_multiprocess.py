@@ -72,6 +72,13 @@ def mixed_run(tmp_path_factory) -> Path:
         "judged_ddp": launched(eval_stage({"sft": "sft_ddp", "ppo": "ppo_ddp"}, prompts=10, judge=rule), "ddp"),
     })
     stages["ranked_single"]["save_every"] = stages["ranked_ddp"]["save_every"] = 5
+    # dpo from the DDP SFT policy: under DDP, and under ZeRO-3 with TRL's reference copy as a ZeRO-3 engine
+    for config in ("ddp", "zero3"):
+        stages[f"dpo_{config}"] = launched(
+            {"kind": "dpo", "inputs": {"policy": "sft_ddp"}, "data": {"train": [str(rankings)], "max_length": 64,
+                                                                     "validation_fraction": 0.2, "skip_bad_rows": True},
+             "samples": {"count": 1, "max_new_tokens": 4}, "train": {"batch_size": 8, "learning_rate": 1e-3, **chat}},
+            config)
     for stage in ("sft_ddp", "sft_zero3"):
         stages[stage]["data"]["max_length"] = 64
     path = write_pipeline(directory / "p.yaml", stages)
@@ -91,7 +98,7 @@ def test_every_stage_kind_runs_on_two_processes_and_reloads(mixed_run):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     for stage in ("pre_ddp", "pre_zero2", "pre_zero3", "sft_ddp", "sft_zero3", "rm_ddp", "rm_zero3", "ppo_ddp",
-                  "ppo_zero2", "ppo_zero3"):
+                  "ppo_zero2", "ppo_zero3", "dpo_ddp", "dpo_zero3"):
         manifest = read_manifest(StageDirs(mixed_run / stage))
         assert manifest["world_size"] == 2, stage
         loader = AutoModelForSequenceClassification if stage.startswith("rm") else AutoModelForCausalLM

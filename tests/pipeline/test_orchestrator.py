@@ -172,7 +172,7 @@ def test_stale_reason_names_the_changed_key(tmp_path, corpus):
     assert stage_states(load_pipeline(path))["a"].reason == "config changed: train.learning_rate"
     corpus.write_text("New text.\n")
     assert stage_states(load_pipeline(path))["a"].reason == ("config changed: train.learning_rate; "
-                                                               "data changed: data.train.0")
+                                                               "data changed: data.train.0.path")
 
 
 def test_file_hasher_cache_skips_unchanged_files(tmp_path):
@@ -235,9 +235,9 @@ def test_bad_data_is_refused_before_any_launch(tmp_path, corpus):
     result = rlhf("run", write_pipeline(tmp_path / "p.yaml", stages))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"error: {empty}: no text (empty file); expected at least one document",
+        f"error: {empty}: no text (empty); expected at least one document",
         f"error: {latin}:1: not valid UTF-8 (byte 3); expected UTF-8 text",
-        f'error: {bad_json}:2: expected an object with a non-empty string "text"',
+        f'error: {bad_json}:2: expected a non-empty string "text" (columns: txt; rename one with the entry\'s columns)',
     ]
     assert not any((tmp_path / "run").glob("*/logs"))
 

@@ -1,0 +1,193 @@
+"""The critic-free RL kinds (grpo, rloo) on TRL's GRPOTrainer and RLOOTrainer: prompts, reward functions that
+score as the reward stage and PPO score, the trainer wired to our checkpoints, held-out metrics, the artifact.
+
+The reward stage's model is a TRL reward *function* here, not a model TRL loads: it scores each answer through
+stages.common.scoring (the rendered chat, the classifier's own pooling), so grpo, rloo, PPO and the reward
+stage read one score. It is a whole frozen copy on every process (as PPO's `frozen_models: replicate`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+
+from accelerate import PartialState
+from transformers import AutoModelForSequenceClassification, set_seed
+
+from core.group_rl import GroupRLStage
+from core.records import prompt_row_with_reference
+from stages.common.chat import chat_dataset, load_chat_tokenizer, load_rows
+from stages.common.entry import StageContext
+from stages.common.hf_models import (
+    Loading,
+    hub_commit_of,
+    load_causal_lm,
+    loaded_as,
+    model_ref,
+    parameter_count,
+    resolve_hub,
+)
+from stages.common.hf_trainer import (
+    attach,
+    evaluate_before_training,
+    gradient_accumulation,
+    quiet_libraries,
+    training_arguments,
+)
+from stages.common.lora import lora_config, save_causal_lm_artifact
+from stages.common.scoring import score_chats
+
+
+class RewardModelScore:
+    """A TRL reward function: the reward stage's model scores each (prompt, answer) chat."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, model_dir, *, loading: Loading, max_length: int, batch_size: int):
+        self.device = PartialState().device
+        self.tokenizer = load_chat_tokenizer(model_dir, "auto", loading)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, **loading.model_kwargs())
+        self.model.to(self.device).eval().requires_grad_(False)
+        self.max_length, self.batch_size = max_length, batch_size
+
+    def __call__(self, prompts, completions, **_) -> list[float]:
+        answers = [answer_text(c) for c in completions]
+        return score_chats(self.model, self.tokenizer, prompts, answers, max_length=self.max_length,
+                           batch_size=self.batch_size, device=self.device).tolist()
+
+
+class RuleScore:
+    """A TRL reward function from a rule `module:function(prompt, answers, reference) -> scores`, called once per
+    group of answers to one prompt (TRL passes a group's answers one after another)."""
+
+    __name__ = "rule"
+
+    def __init__(self, function: str):
+        module, _, name = function.partition(":")
+        self.function = function
+        self.rule = getattr(importlib.import_module(module), name)
+
+    def __call__(self, prompts, completions, reference=None, **_) -> list[float]:
+        references = reference if reference is not None else [None] * len(prompts)
+        scores: list[float] = []
+        rows = list(zip(prompts, completions, references))
+        for _, group in itertools.groupby(rows, key=lambda row: repr(row[0])):
+            group = list(group)
+            prompt, ref = group[0][0], group[0][2] or None
+            found = list(self.rule(prompt, [answer_text(c) for _, c, _ in group], ref))
+            if len(found) != len(group):
+                raise ValueError(f"{self.function} returned {len(found)} scores for {len(group)} answers")
+            scores += [float(s) for s in found]
+        return scores
+
+
+def answer_text(completion) -> str:
+    """A completion as text: TRL gives conversational ones as `[{"role": "assistant", "content": ...}]`."""
+    return completion[-1]["content"] if isinstance(completion, list) else completion
+
+
+def reward_functions(ctx: StageContext) -> list:
+    """The stage's reward functions, in the order of `reward_weights`: the reward model, then the rule."""
+    cfg: GroupRLStage = ctx.config
+    functions = []
+    reward_dir = ctx.inputs.get("reward") or cfg.reward_model
+    if reward_dir is not None:
+        functions.append(RewardModelScore(reward_dir, loading=Loading.of(cfg.model),
+                                          max_length=cfg.reward_max_length, batch_size=cfg.train.batch_size))
+    if cfg.reward_rule is not None:
+        functions.append(RuleScore(cfg.reward_rule.function))
+    return functions
+
+
+def prompt_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """({prompt, reference}) rows for TRL, and how many were left out as longer than `max_length` tokens."""
+    kept = []
+    for row in rows:
+        ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)
+        if len(ids["input_ids"]) <= max_length:
+            kept.append({"prompt": row["prompt"], "reference": row["reference"] or ""})
+    return kept, len(rows) - len(kept)
+
+
+def group_arguments(ctx: StageContext, config_class: type, **algorithm):
+    """TRL's GRPOConfig / RLOOConfig for the stage (before the model loads: ZeRO-3 registers its config)."""
+    cfg: GroupRLStage = ctx.config
+    generation = cfg.generation
+    return training_arguments(
+        ctx, cfg.train, config_class=config_class,
+        num_generations=generation.num_generations,
+        num_generations_eval=generation.num_generations,
+        max_completion_length=generation.max_new_tokens,
+        temperature=generation.temperature,
+        top_p=generation.top_p,
+        mask_truncated_completions=generation.mask_truncated_completions,
+        use_vllm=generation.use_vllm,
+        vllm_mode=generation.vllm_mode,
+        beta=cfg.beta,
+        reward_weights=cfg.reward_weights,
+        log_completions=False,
+        remove_unused_columns=False,  # the `reference` column reaches the rule
+        **algorithm,
+    )
+
+
+def train_group_rl(ctx: StageContext, trainer_class: type, args) -> dict:
+    """Train the policy with `trainer_class` (GRPOTrainer or RLOOTrainer), evaluate before and after on
+    held-out prompts, save; the manifest metrics."""
+    cfg: GroupRLStage = ctx.config
+    name = ctx.spec["stage"]
+    quiet_libraries()
+    set_seed(cfg.train.seed)
+
+    rows = load_rows(cfg.data, prompt_row_with_reference, cfg.train.seed)
+    source = ctx.inputs.get("policy") or resolve_hub(model_ref(cfg.model.source()))
+    loading = Loading.of(cfg.model)
+    tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
+    train_rows, long_train = prompt_rows(rows.train[: cfg.data.max_prompts], tokenizer, cfg.data.max_length)
+    eval_rows, long_eval = prompt_rows(rows.validation[: cfg.evaluation_prompts], tokenizer, cfg.data.max_length)
+    model = load_causal_lm(source, loading)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    rewards = reward_functions(ctx)
+    n_params = parameter_count(model)
+    print(f"[{name}] {n_params / 1e6:.2f} M parameters from {source}{loaded_as(model)}; {len(train_rows)} train / "
+          f"{len(eval_rows)} held-out prompts ({long_train + long_eval} longer than data.max_length left out), "
+          f"{cfg.generation.num_generations} answers each; rewards: {', '.join(f.__name__ for f in rewards)}",
+          flush=True)
+
+    trainer = trainer_class(model=model, reward_funcs=rewards, args=args, train_dataset=chat_dataset(train_rows),
+                            eval_dataset=chat_dataset(eval_rows), processing_class=tokenizer,
+                            peft_config=lora_config(cfg.lora))
+    attach(trainer, ctx, cfg.train)
+    base = evaluate_before_training(trainer)  # the input policy on the held-out prompts
+    result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
+    evaluation = trainer.evaluate()
+    save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
+
+    micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
+    reward_names = [f.__name__ for f in rewards]
+    return hub_commit_of(source) | {
+        "eval/reward": evaluation.get("eval_reward"),
+        "eval/base_reward": base.get("eval_reward"),
+        "eval/reward_std": evaluation.get("eval_reward_std"),
+        **{f"eval/{n}_reward": evaluation.get(f"eval_rewards/{n}/mean") for n in reward_names},
+        "eval/kl": evaluation.get("eval_kl"),
+        "eval/length": evaluation.get("eval_completions/mean_length"),
+        "eval/base_length": base.get("eval_completions/mean_length"),
+        "eval/stop_rate": _stop_rate(evaluation),
+        "eval/base_stop_rate": _stop_rate(base),
+        "train/loss": result.training_loss,
+        "train/steps": trainer.state.global_step,
+        "train/runtime_s": result.metrics.get("train_runtime"),
+        "train/answers": trainer.state.global_step * cfg.train.batch_size,
+        "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
+        "model/parameters": n_params,
+        "model/trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "data/train_prompts": len(train_rows),
+        "data/validation_prompts": len(eval_rows),
+        "data/long_prompts_left_out": long_train + long_eval,
+    }
+
+
+def _stop_rate(metrics: dict) -> float | None:
+    clipped = metrics.get("eval_completions/clipped_ratio")
+    return None if clipped is None else 1.0 - clipped

@@ -1,0 +1,139 @@
+"""Direct preference optimisation: preference rows -> TRL's DPOTrainer -> HF causal LM.
+
+    accelerate launch -m stages.dpo --config configs/pipelines/compare.yaml --stage dpo
+
+The policy comes from `inputs.policy` (an sft-like stage) or `model.path/gguf/hub`. The reference is the
+same starting model (TRL copies it), another stage's model (`inputs.reference`), or with LoRA the policy with
+its adapter switched off. Every preference shape is read by core.records; rankings become prompt-weighted
+pairs (stages.dpo.pairs). The Trainer owns checkpoints and resume, as in the sft stage; the artifact loads
+with plain transformers (merged weights, and `adapter/` with LoRA).
+"""
+
+from __future__ import annotations
+
+from transformers import set_seed
+from trl import DPOConfig, DPOTrainer
+
+from core.datasources import source_of
+from core.records import ranking_row
+from stages.common.chat import (
+    chat_dataset,
+    check_context_length,
+    generate_answers,
+    load_chat_tokenizer,
+    load_rows,
+    prompt_text,
+    sample_prompts,
+)
+from stages.common.entry import StageContext
+from stages.common.hf_models import (
+    Loading,
+    gathered,
+    hub_commit_of,
+    load_causal_lm,
+    loaded_as,
+    model_ref,
+    parameter_count,
+    resolve_hub,
+)
+from stages.common.hf_trainer import attach, gradient_accumulation, quiet_libraries, training_arguments
+from stages.common.lora import lora_config, save_causal_lm_artifact
+from stages.dpo.config import DpoStage
+from stages.dpo.pairs import prompt_weighted_pairs
+from stages.rank.config import RANKINGS_FILE
+
+
+def policy_source(ctx: StageContext):
+    """The policy's starting model: the upstream stage's artifact, or the config's model source (a Hub model
+    pinned to its commit)."""
+    return ctx.inputs.get("policy") or resolve_hub(model_ref(ctx.config.model.source()))
+
+
+def dpo_arguments(ctx: StageContext) -> DPOConfig:
+    """TRL's DPOConfig for this stage (made before the models are loaded: under ZeRO-3 it registers
+    DeepSpeed's config, so transformers loads them as partitions)."""
+    cfg: DpoStage = ctx.config
+    return training_arguments(
+        ctx, cfg.train, config_class=DPOConfig,
+        max_length=cfg.data.max_length,
+        beta=cfg.dpo.beta,
+        loss_type=cfg.dpo.losses(),
+        loss_weights=cfg.dpo.loss_weights,
+        label_smoothing=cfg.dpo.label_smoothing,
+        precompute_ref_log_probs=cfg.dpo.precompute_ref_log_probs,
+        dataset_num_proc=None,
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def build_trainer(ctx: StageContext, model, tokenizer, train_pairs: list[dict], val_pairs: list[dict], args: DPOConfig,
+                  reference=None) -> DPOTrainer:
+    """The DPOTrainer for this stage: conversational pairs, our checkpoints and log lines."""
+    cfg: DpoStage = ctx.config
+    trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=chat_dataset(train_pairs),
+                         eval_dataset=chat_dataset(val_pairs), processing_class=tokenizer,
+                         peft_config=lora_config(cfg.lora))
+    return attach(trainer, ctx, cfg.train)
+
+
+def train(ctx: StageContext) -> dict:
+    """Optimise the policy on the pairs, evaluate on held-out pairs, sample and save; the manifest metrics."""
+    cfg: DpoStage = ctx.config
+    name = ctx.spec["stage"]
+    quiet_libraries()
+    set_seed(cfg.train.seed)
+
+    data = cfg.data
+    if "rankings" in ctx.inputs:  # a rank stage's labels join the training sources
+        data = data.model_copy(update={"train": [*data.train, source_of(ctx.inputs["rankings"] / RANKINGS_FILE)]})
+    rows = load_rows(data, ranking_row, cfg.train.seed, cfg.data.skip_bad_rows)
+    if rows.skipped:
+        print(f"[{name}] skipped {rows.skipped} bad rows (data.skip_bad_rows)", flush=True)
+    train_pairs = prompt_weighted_pairs(rows.train, cfg.train.seed)
+    val_pairs = prompt_weighted_pairs(rows.validation, cfg.train.seed + 1)
+
+    args = dpo_arguments(ctx)
+    source, loading = policy_source(ctx), Loading.of(cfg.model)
+    check_context_length(source, cfg.data.max_length, "data.max_length", loading)
+    tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
+    model = load_causal_lm(source, loading)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    reference = load_causal_lm(ctx.inputs["reference"], loading) if "reference" in ctx.inputs else None
+    n_params = parameter_count(model)
+    print(f"[{name}] {n_params / 1e6:.2f} M parameters from {source}{loaded_as(model)}; {len(rows.train)} train / "
+          f"{len(rows.validation)} validation prompts as {len(train_pairs)} / {len(val_pairs)} pairs; reference: "
+          f"{ctx.inputs.get('reference') or ('the policy, adapter off' if cfg.lora else 'a copy of the policy')}",
+          flush=True)
+
+    prompts = sample_prompts(rows, cfg.samples.count)
+    with gathered(model):
+        base_answers = generate_answers(model, tokenizer, prompts, cfg.samples.max_new_tokens)
+
+    trainer = build_trainer(ctx, model, tokenizer, train_pairs, val_pairs, args, reference)
+    result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
+    evaluation = trainer.evaluate()
+    tuned = trainer.accelerator.unwrap_model(trainer.model)
+    dpo_answers = generate_answers(tuned, tokenizer, prompts, cfg.samples.max_new_tokens)
+
+    save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
+    micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
+    return hub_commit_of(source) | {
+        "eval/loss": evaluation["eval_loss"],
+        "eval/reward_accuracy": evaluation["eval_rewards/accuracies"],
+        "eval/reward_margin": evaluation["eval_rewards/margins"],
+        "eval/chosen_reward": evaluation["eval_rewards/chosen"],
+        "eval/rejected_reward": evaluation["eval_rewards/rejected"],
+        "train/loss": result.training_loss,
+        "train/steps": trainer.state.global_step,
+        "train/runtime_s": result.metrics.get("train_runtime"),
+        "train/tokens": trainer.state.num_input_tokens_seen,
+        "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
+        "model/parameters": n_params,
+        "model/trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "data/train_prompts": len(rows.train),
+        "data/train_pairs": len(train_pairs),
+        "data/validation_pairs": len(val_pairs),
+        "data/skipped_rows": rows.skipped,
+        "samples": [{"prompt": prompt_text(p), "messages": p, "base": b, "dpo": d}
+                    for p, b, d in zip(prompts, base_answers, dpo_answers)],
+    }

@@ -1,0 +1,41 @@
+"""The grpo and rloo configs: TRL's loss list, whole groups per step, a reward, weights that match it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from core.errors import InputError
+from stages.grpo.config import GRPO_LOSSES
+from tests.helpers import DATA, write_pipeline
+
+
+def test_the_grpo_losses_are_trls():
+    import trl
+
+    help_text = trl.GRPOConfig.__dataclass_fields__["loss_type"].metadata["help"]
+    listed = re.findall(r"'([a-z_]+)'", help_text.split("Supported values are")[1].split(". ")[0])
+    assert tuple(listed) == GRPO_LOSSES
+
+
+def test_group_configs_refuse_what_cannot_run(tmp_path):
+    from pipeline.config import load_pipeline
+
+    stage = {"kind": "grpo", "model": {"path": str(tmp_path)}, "data": {"train": [str(DATA / "sft" / "chatterbot" / "train.jsonl")]},
+             "generation": {"num_generations": 3}, "reward_weights": [1.0, 2.0], "train": {"max_steps": 1, "batch_size": 8}}
+    path = write_pipeline(tmp_path / "p.yaml", {"g": stage})
+    with pytest.raises(InputError) as raised:
+        load_pipeline(path)
+    text = "\n".join(raised.value.problems)
+    assert "stages.g.inputs: expected a reward: inputs.reward (a reward stage) or reward_model, and/or reward_rule" in text
+    assert "stages.g.train.batch_size: must be a multiple of generation.num_generations (3)" in text
+    assert "stages.g.reward_weights: 2 weights for 0 rewards" in text
+    stage.update(generation={"num_generations": 4}, reward_weights=None,
+                 reward_rule={"kind": "rule", "function": "tests.helpers:brevity"})
+    assert load_pipeline(write_pipeline(path, {"g": stage})).stages["g"].beta == 0.04
+    stage["kind"] = "rloo"
+    assert load_pipeline(write_pipeline(path, {"g": stage})).stages["g"].beta == 0.05  # TRL's RLOO default
+    stage["reward_rule"]["function"] = "no_such_module:f"
+    with pytest.raises(InputError, match="stages.g.reward_rule.function: module 'no_such_module' cannot be imported"):
+        load_pipeline(write_pipeline(path, {"g": stage}))
