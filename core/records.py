@@ -14,7 +14,8 @@ Preference rows -> `{"prompt": [messages], "answers": [str], "ranks": [int]}` (l
   `{"prompt", "answers": [best, ..., worst]}`, `{"prompt", "answers", "ranks"}` (ties allowed, never paired),
   `{"prompt", "chosen", "rejected"}` (explicit prompt, answers as strings or messages), or `{"chosen",
   "rejected"}` alone (implicit prompt, as hh-rlhf: their shared beginning is the prompt).
-Unpaired rows `{"prompt", "completion", "label"}` (KTO's shape) are refused by name where answers are compared.
+Unpaired rows `{"prompt", "completion", "label"}` (KTO's shape) -> `{"prompt", "completions", "labels"}` for the kto
+kind (which also splits rankings at their median rank); refused by name where answers are compared.
 """
 
 from __future__ import annotations
@@ -103,6 +104,30 @@ def ranking_row(row: dict) -> dict:
     if len(set(ranks)) == 1:
         raise BadRow("all answers are tied; expected at least two different ranks")
     return {"prompt": prompt, "answers": answers, "ranks": ranks}
+
+
+def unpaired_row(row: dict) -> dict:
+    """Answers labelled desirable or not, for KTO: `{prompt, completions: [str], labels: [bool]}`. An unpaired
+    row `{prompt, completion, label}` gives one; a ranking gives its answers ranked above the median rank
+    (desirable) and below it (undesirable), those at the median left out. BadRow if unusable."""
+    if _is_unpaired(row):
+        prompt = messages(row["prompt"], "prompt") if "prompt" in row else None
+        if prompt is None:
+            raise BadRow('an unpaired row needs "prompt", "completion" and "label"')
+        label = row["label"]
+        if not isinstance(label, bool):
+            raise BadRow(f"label must be true (desirable) or false (undesirable), got {label!r}")
+        return {"prompt": prompt, "completions": [answer(row["completion"], prompt, "completion")], "labels": [label]}
+    ranked = ranking_row(row)
+    ranks = sorted(ranked["ranks"])
+    median = (ranks[(len(ranks) - 1) // 2] + ranks[len(ranks) // 2]) / 2
+    kept = [(a, r < median) for a, r in zip(ranked["answers"], ranked["ranks"]) if r != median]
+    return {"prompt": ranked["prompt"], "completions": [a for a, _ in kept], "labels": [d for _, d in kept]}
+
+
+def unpaired_problems(sources: Iterable, skip_bad_rows: bool = False) -> list[str]:
+    """Every unusable unpaired or preference source or row among `sources`."""
+    return _problems(sources, unpaired_row, skip_bad_rows)
 
 
 def _is_preference(row: dict) -> bool:

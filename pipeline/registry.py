@@ -9,6 +9,7 @@ from core.schema import StageConfig
 from stages.dpo.config import DpoStage
 from stages.eval.config import EvalStage
 from stages.grpo.config import GrpoStage
+from stages.kto.config import KtoStage
 from stages.ppo.config import PpoStage
 from stages.pretrain.config import PretrainStage
 from stages.rank.config import RankStage
@@ -25,6 +26,7 @@ KINDS: dict[str, type[StageConfig]] = {
     "rank": RankStage,
     "ppo": PpoStage,
     "dpo": DpoStage,
+    "kto": KtoStage,
     "grpo": GrpoStage,
     "rloo": RlooStage,
     "eval": EvalStage,

@@ -273,5 +273,5 @@ def word_salad_pairs(path: Path, split: str = "train", words: int = 10) -> Path:
 
 def brevity(prompt: list[dict], answers: list[str], reference: str | None) -> list[float]:
     """A rule reward a tiny policy can learn in a few steps (for the critic-free RL kinds' tests): shorter
-    answers score higher."""
-    return [-float(len(answer.split())) for answer in answers]
+    answers score higher, by characters (by words, a policy learns to drop the spaces)."""
+    return [-len(answer) / 10 for answer in answers]

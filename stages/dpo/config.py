@@ -8,34 +8,15 @@ from typing import Literal
 from pydantic import Field
 
 from core.numbers import fmt
+from core.preference import PreferenceStage
 from core.records import ranking_problems
 from core.schema import Panel, StrictModel
-from core.sections import (
-    ChatData,
-    ChatStage,
-    DataFiles,
-    LoraSettings,
-    Problems,
-    SampleSettings,
-    source_positions,
-    too_long,
-)
+from core.sections import Problems
 
-#: TRL 1.16's DPO losses (DPOConfig.loss_type); tests/unit/test_dpo_config.py checks the list against TRL
+#: TRL 1.16's DPO losses (DPOConfig.loss_type); tests/unit/test_dpo.py checks the list against TRL
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 DpoLoss = Literal[DPO_LOSSES]
-
-
-class DpoData(ChatData):
-    """Preference rows in every shape the project reads (pairs with an explicit or implicit prompt, K-wise
-    rankings). A ranking of K answers becomes its untied pairs, each prompt weighted once: every epoch of the
-    pair set holds each prompt the same number of times, cycling through its pairs. With `inputs.rankings` (a
-    rank stage) its rankings join the training sources, which may then be none."""
-
-    train: DataFiles = []
-
-    skip_bad_rows: bool = Field(False, description="skip unusable rows (counted and recorded) instead of refusing the file")
 
 
 class DpoSettings(StrictModel):
@@ -54,18 +35,14 @@ class DpoSettings(StrictModel):
         return [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
 
 
-class DpoStage(ChatStage):
+class DpoStage(PreferenceStage):
     """DPO from a policy (an sft-like stage) on preference rows, against a frozen reference: the policy's own
     starting point, another stage (`inputs.reference`), or with LoRA the adapter switched off."""
 
     kind: Literal["dpo"]
-    data: DpoData
     dpo: DpoSettings = DpoSettings()
-    lora: LoraSettings | None = None
-    samples: SampleSettings = SampleSettings()
 
     module = "stages.dpo"
-    input_roles = {"policy": False, "reference": False, "rankings": False}
     headline = ("eval/reward_accuracy", "eval/reward_margin")
     live = ("loss", "eval_rewards/accuracies")
     about = ("Direct preference optimisation (Rafailov et al. 2023, TRL's DPOTrainer): the policy learns to prefer "
@@ -79,16 +56,8 @@ class DpoStage(ChatStage):
               Panel("reward margin (held-out pairs)", "beta x log-ratio margin", (("eval_rewards/margins", "held-out"),)))
 
     def input_problems(self) -> Problems:
-        """Exactly one policy source (inputs.policy or model.path/gguf/hub); batches; a usable template; loss
-        weights that match the losses."""
-        sources = (["inputs.policy"] if "policy" in self.inputs else []) + self.model.set_sources()
-        problems = [] if len(sources) == 1 else [(("model",), "give exactly one of inputs.policy, model.path, model.gguf, "
-                                                              f"model.hub (found: {', '.join(sources) or 'none'})")]
-        if "model" in self.inputs:
-            problems.append((("inputs", "model"), "the dpo kind calls its input model `policy` (inputs.policy)"))
-        problems += [p for p in super().input_problems() if p[0] != ("model",)]
-        if not self.data.train and "rankings" not in self.inputs:
-            problems.append((("data", "train"), "expected training sources, or a rank stage as inputs.rankings"))
+        """As every preference kind; loss weights that match the losses."""
+        problems = super().input_problems()
         weights = self.dpo.loss_weights
         if weights is not None and len(weights) != len(self.dpo.losses()):
             problems.append((("dpo", "loss_weights"), f"{len(weights)} weights for {len(self.dpo.losses())} losses"))
@@ -97,14 +66,6 @@ class DpoStage(ChatStage):
     def data_problems(self) -> list[str]:
         """Unreadable sources and unusable rows (unless data.skip_bad_rows), with source and line."""
         return ranking_problems(self.data.files(), skip_bad_rows=self.data.skip_bad_rows)
-
-    def output_positions(self, upstream: dict[str, int | None]) -> int | None:
-        """The policy's position range."""
-        return upstream.get("policy") if "policy" in self.inputs else source_positions(self.model.source())
-
-    def length_problems(self, upstream: dict[str, int | None]) -> Problems:
-        """Pairs longer than the policy's positions."""
-        return too_long(("data", "max_length"), self.data.max_length, self.output_positions(upstream), "data.max_length")
 
     @classmethod
     def findings(cls, metrics: dict) -> str:

@@ -14,39 +14,24 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
-from core.datasources import source_of
 from core.records import ranking_row
 from stages.common.chat import (
     chat_dataset,
-    check_context_length,
     generate_answers,
-    load_chat_tokenizer,
-    load_rows,
     prompt_text,
     sample_prompts,
 )
 from stages.common.entry import StageContext
 from stages.common.hf_models import (
-    Loading,
     gathered,
     hub_commit_of,
-    load_causal_lm,
-    loaded_as,
-    model_ref,
     parameter_count,
-    resolve_hub,
 )
 from stages.common.hf_trainer import attach, gradient_accumulation, quiet_libraries, training_arguments
 from stages.common.lora import lora_config, save_causal_lm_artifact
+from stages.common.preference import policy_and_reference, preference_rows
 from stages.dpo.config import DpoStage
 from stages.dpo.pairs import prompt_weighted_pairs
-from stages.rank.config import RANKINGS_FILE
-
-
-def policy_source(ctx: StageContext):
-    """The policy's starting model: the upstream stage's artifact, or the config's model source (a Hub model
-    pinned to its commit)."""
-    return ctx.inputs.get("policy") or resolve_hub(model_ref(ctx.config.model.source()))
 
 
 def dpo_arguments(ctx: StageContext) -> DPOConfig:
@@ -83,27 +68,14 @@ def train(ctx: StageContext) -> dict:
     quiet_libraries()
     set_seed(cfg.train.seed)
 
-    data = cfg.data
-    if "rankings" in ctx.inputs:  # a rank stage's labels join the training sources
-        data = data.model_copy(update={"train": [*data.train, source_of(ctx.inputs["rankings"] / RANKINGS_FILE)]})
-    rows = load_rows(data, ranking_row, cfg.train.seed, cfg.data.skip_bad_rows)
-    if rows.skipped:
-        print(f"[{name}] skipped {rows.skipped} bad rows (data.skip_bad_rows)", flush=True)
+    rows = preference_rows(ctx, ranking_row)
     train_pairs = prompt_weighted_pairs(rows.train, cfg.train.seed)
     val_pairs = prompt_weighted_pairs(rows.validation, cfg.train.seed + 1)
-
     args = dpo_arguments(ctx)
-    source, loading = policy_source(ctx), Loading.of(cfg.model)
-    check_context_length(source, cfg.data.max_length, "data.max_length", loading)
-    tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
-    model = load_causal_lm(source, loading)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    reference = load_causal_lm(ctx.inputs["reference"], loading) if "reference" in ctx.inputs else None
+    source, tokenizer, model, reference = policy_and_reference(ctx)
     n_params = parameter_count(model)
-    print(f"[{name}] {n_params / 1e6:.2f} M parameters from {source}{loaded_as(model)}; {len(rows.train)} train / "
-          f"{len(rows.validation)} validation prompts as {len(train_pairs)} / {len(val_pairs)} pairs; reference: "
-          f"{ctx.inputs.get('reference') or ('the policy, adapter off' if cfg.lora else 'a copy of the policy')}",
-          flush=True)
+    print(f"[{name}] {len(rows.train)} train / {len(rows.validation)} validation prompts as {len(train_pairs)} / "
+          f"{len(val_pairs)} pairs", flush=True)
 
     prompts = sample_prompts(rows, cfg.samples.count)
     with gathered(model):

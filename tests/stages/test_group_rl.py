@@ -30,11 +30,12 @@ def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_cha
     grpo = group_stage("grpo", tiny_chat_run, max_steps=16)
     grpo.update(reward_rule=BREVITY, reward_model=str(tiny_chat_run / "rm" / "artifact"), reward_weights=[0.1, 1.0])
     rloo = group_stage("rloo", tiny_chat_run)
-    rloo.update(reward_rule=BREVITY, lora={"r": 4, "alpha": 8})
-    rloo["train"]["learning_rate"] = 1e-2
+    rloo["reward_rule"] = BREVITY
+    rloo_lora = group_stage("rloo", tiny_chat_run, learning_rate=3e-2)
+    rloo_lora.update(reward_rule=BREVITY, lora={"r": 4, "alpha": 8})
     # grpo_resume: the same grpo stage, killed after its first checkpoint and resumed
-    path = write_pipeline(tmp_path / "p.yaml", {"grpo": grpo, "rloo": rloo, "grpo_resume": grpo})
-    result = rlhf("run", path, "--only", "grpo", "rloo")
+    path = write_pipeline(tmp_path / "p.yaml", {"grpo": grpo, "rloo": rloo, "rloo_lora": rloo_lora, "grpo_resume": grpo})
+    result = rlhf("run", path, "--only", "grpo", "rloo", "rloo_lora")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = tmp_path / "run"
 
@@ -46,7 +47,9 @@ def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_cha
         AutoModelForCausalLM.from_pretrained(run / name / "artifact")
     grpo_metrics = read_manifest(StageDirs(run / "grpo"))["metrics"]
     assert grpo_metrics["eval/reward_model_reward"] is not None and grpo_metrics["eval/rule_reward"] is not None
-    assert (run / "rloo" / "artifact" / "adapter" / "adapter_config.json").is_file()
+    assert (run / "rloo_lora" / "artifact" / "adapter" / "adapter_config.json").is_file()
+    assert read_manifest(StageDirs(run / "rloo_lora"))["metrics"]["eval/kl"] > 0  # the adapter moved the policy
+    AutoModelForCausalLM.from_pretrained(run / "rloo_lora" / "artifact")
 
     # killed after its first checkpoint and resumed: it finishes from that step
     reference = load_file(run / "grpo" / "artifact" / "model.safetensors")

@@ -113,3 +113,19 @@ def test_prompts_come_from_every_shape_with_their_reference():
     assert prompt_row(hh) == {"prompt": [USER], "best_answer": "6."}
     with pytest.raises(BadRow, match="a text row has no prompt"):
         prompt_row({"text": "Once upon a time."})
+
+
+def test_unpaired_rows_and_rankings_become_labelled_answers_for_kto():
+    from core.records import unpaired_row
+
+    assert unpaired_row({"prompt": USER["content"], "completion": "6.", "label": True}) == {
+        "prompt": [USER], "completions": ["6."], "labels": [True]}
+    assert unpaired_row({"prompt": [USER], "completion": [ASSISTANT], "label": False})["labels"] == [False]
+    # a ranking splits at its median rank: above desirable, below undesirable, at the median left out
+    four = unpaired_row({"prompt": "p", "answers": ["a", "b", "c", "d"]})
+    assert (four["completions"], four["labels"]) == (["a", "b", "c", "d"], [True, True, False, False])
+    three = unpaired_row({"prompt": "p", "answers": ["a", "b", "c"], "ranks": [1, 2, 3]})
+    assert (three["completions"], three["labels"]) == (["a", "c"], [True, False])
+    assert unpaired_row({"prompt": "p", "chosen": "a", "rejected": "b"})["labels"] == [True, False]
+    with pytest.raises(BadRow, match="label must be true .desirable. or false"):
+        unpaired_row({"prompt": "p", "completion": "c", "label": "yes"})

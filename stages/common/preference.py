@@ -1,0 +1,43 @@
+"""What the preference kinds' stages (dpo, kto) share: the policy and reference they load, their rows (with a
+rank stage's rankings), held-out samples before and after, and the artifact."""
+
+from __future__ import annotations
+
+from core.datasources import source_of
+from stages.common.chat import check_context_length, load_chat_tokenizer, load_rows
+from stages.common.entry import StageContext
+from stages.common.hf_models import Loading, load_causal_lm, loaded_as, model_ref, parameter_count, resolve_hub
+from stages.rank.config import RANKINGS_FILE
+
+
+def policy_source(ctx: StageContext):
+    """The policy's starting model: the upstream stage's artifact, or the config's model source (a Hub model
+    pinned to its commit)."""
+    return ctx.inputs.get("policy") or resolve_hub(model_ref(ctx.config.model.source()))
+
+
+def preference_rows(ctx: StageContext, parse):
+    """The stage's rows (stages.common.chat.ChatRows), a rank stage's rankings among the training sources."""
+    cfg = ctx.config
+    data = cfg.data
+    if "rankings" in ctx.inputs:
+        data = data.model_copy(update={"train": [*data.train, source_of(ctx.inputs["rankings"] / RANKINGS_FILE)]})
+    rows = load_rows(data, parse, cfg.train.seed, cfg.data.skip_bad_rows)
+    if rows.skipped:
+        print(f"[{ctx.name}] skipped {rows.skipped} bad rows (data.skip_bad_rows)", flush=True)
+    return rows
+
+
+def policy_and_reference(ctx: StageContext):
+    """(source, tokenizer, policy, reference or None: the trainer copies the policy, or switches LoRA off)."""
+    cfg = ctx.config
+    source, loading = policy_source(ctx), Loading.of(cfg.model)
+    check_context_length(source, cfg.data.max_length, "data.max_length", loading)
+    tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
+    model = load_causal_lm(source, loading)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    reference = load_causal_lm(ctx.inputs["reference"], loading) if "reference" in ctx.inputs else None
+    print(f"[{ctx.name}] {parameter_count(model) / 1e6:.2f} M parameters from {source}{loaded_as(model)}; reference: "
+          f"{ctx.inputs.get('reference') or ('the policy, adapter off' if cfg.lora else 'a copy of the policy')}",
+          flush=True)
+    return source, tokenizer, model, reference

@@ -1,0 +1,77 @@
+"""KTO: answers labelled desirable or not -> TRL's KTOTrainer -> HF causal LM.
+
+    accelerate launch -m stages.kto --config PIPELINE.yaml --stage kto
+
+As the dpo stage (stages.common.preference), on unpaired rows: `{prompt, completion, label}`, or rankings split
+at their median rank (core.records.unpaired_row).
+"""
+
+from __future__ import annotations
+
+from transformers import set_seed
+from trl import KTOConfig, KTOTrainer
+
+from core.records import unpaired_row
+from stages.common.chat import chat_dataset, generate_answers, prompt_text, sample_prompts
+from stages.common.entry import StageContext
+from stages.common.hf_models import gathered, hub_commit_of, parameter_count
+from stages.common.hf_trainer import attach, gradient_accumulation, quiet_libraries, training_arguments
+from stages.common.lora import lora_config, save_causal_lm_artifact
+from stages.common.preference import policy_and_reference, preference_rows
+from stages.kto.config import KtoStage
+
+
+def labelled(rows: list[dict]) -> list[dict]:
+    """One conversational KTO row `{prompt, completion, label}` per labelled answer."""
+    return [{"prompt": row["prompt"], "completion": [{"role": "assistant", "content": answer}], "label": label}
+            for row in rows for answer, label in zip(row["completions"], row["labels"])]
+
+
+def train(ctx: StageContext) -> dict:
+    """Optimise the policy on the labelled answers, evaluate on held-out ones, sample and save."""
+    cfg: KtoStage = ctx.config
+    quiet_libraries()
+    set_seed(cfg.train.seed)
+    rows = preference_rows(ctx, unpaired_row)
+    train_rows, val_rows = labelled(rows.train), labelled(rows.validation)
+    args = training_arguments(
+        ctx, cfg.train, config_class=KTOConfig, max_length=cfg.data.max_length, beta=cfg.kto.beta,
+        loss_type=cfg.kto.loss_type, desirable_weight=cfg.kto.desirable_weight,
+        undesirable_weight=cfg.kto.undesirable_weight, precompute_ref_log_probs=cfg.kto.precompute_ref_log_probs,
+        dataset_num_proc=None)
+    source, tokenizer, model, reference = policy_and_reference(ctx)
+    n_params = parameter_count(model)
+    prompts = sample_prompts(rows, cfg.samples.count)
+    with gathered(model):
+        base_answers = generate_answers(model, tokenizer, prompts, cfg.samples.max_new_tokens)
+
+    trainer = attach(KTOTrainer(model=model, ref_model=reference, args=args, train_dataset=chat_dataset(train_rows),
+                                eval_dataset=chat_dataset(val_rows), processing_class=tokenizer,
+                                peft_config=lora_config(cfg.lora)), ctx, cfg.train)
+    result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
+    evaluation = trainer.evaluate()
+    tuned = trainer.accelerator.unwrap_model(trainer.model)
+    kto_answers = generate_answers(tuned, tokenizer, prompts, cfg.samples.max_new_tokens)
+    save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
+
+    micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
+    return hub_commit_of(source) | {
+        "eval/loss": evaluation["eval_loss"],
+        "eval/reward_margin": evaluation.get("eval_rewards/margins"),
+        "eval/chosen_reward": evaluation.get("eval_rewards/chosen"),
+        "eval/rejected_reward": evaluation.get("eval_rewards/rejected"),
+        "eval/kl": evaluation.get("eval_kl"),
+        "train/loss": result.training_loss,
+        "train/steps": trainer.state.global_step,
+        "train/runtime_s": result.metrics.get("train_runtime"),
+        "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
+        "model/parameters": n_params,
+        "model/trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "data/train_prompts": len(rows.train),
+        "data/train_answers": len(train_rows),
+        "data/desirable_fraction": sum(r["label"] for r in train_rows) / max(1, len(train_rows)),
+        "data/validation_answers": len(val_rows),
+        "data/skipped_rows": rows.skipped,
+        "samples": [{"prompt": prompt_text(p), "messages": p, "base": b, "kto": k}
+                    for p, b, k in zip(prompts, base_answers, kto_answers)],
+    }
