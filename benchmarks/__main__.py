@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, section in (("pretrain", lambda: suite.pretrain(pipeline, peak, rounds)),
                           ("sft", lambda: suite.sft(pipeline, rounds)),
                           ("reward", lambda: suite.reward(pipeline)), ("ppo", lambda: suite.ppo(pipeline, size)),
+                          ("dpo", lambda: suite.dpo(pipeline)), ("grpo", lambda: suite.grpo(pipeline, size)),
                           ("orchestrator", lambda: suite.orchestrator(pipeline, args.quick)),
                           ("data", lambda: suite.data_checks(args.workdir.resolve(), args.quick))):
         start = time.perf_counter()

@@ -139,3 +139,55 @@ def trl_reward_on_pairs(manifest: dict, model_dir: Path) -> tuple[Measured, floa
         result = trainer.train()
     steps = trainer.state.global_step
     return Measured(result.metrics["train_runtime"], steps * pair_batch / per_prompt, steps), per_prompt
+
+
+def trl_dpo(manifest: dict, model_dir: Path) -> Measured:
+    """TRL's `DPOTrainer` as documented, on the pairs our dpo stage trains on (the same prompt-weighted pairs of
+    the same rankings), the same model, batch and steps (pairs/s)."""
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    from core.records import ranking_row
+    from stages.common.chat import chat_dataset, load_chat_tokenizer, load_rows
+    from stages.dpo.config import DpoStage
+    from stages.dpo.pairs import prompt_weighted_pairs
+
+    cfg = DpoStage.model_validate(manifest["config"])
+    pairs = prompt_weighted_pairs(load_rows(cfg.data, ranking_row, cfg.train.seed).train, cfg.train.seed)
+    tokenizer = load_chat_tokenizer(model_dir, "auto")
+    set_seed(cfg.train.seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with tempfile.TemporaryDirectory() as out:
+        args = DPOConfig(**_common_args(manifest["config"], out), max_length=cfg.data.max_length, beta=cfg.dpo.beta,
+                         **NO_RECOMPUTE)
+        trainer = _quiet(DPOTrainer(model=model, args=args, train_dataset=chat_dataset(pairs), processing_class=tokenizer))
+        result = trainer.train()
+    steps = trainer.state.global_step
+    return Measured(result.metrics["train_runtime"], steps * cfg.train.batch_size, steps)
+
+
+def trl_grpo(manifest: dict, policy_dir: Path, reward_dir: Path) -> Measured:
+    """TRL's `GRPOTrainer` as documented: the reward model passed as a model (TRL scores it its own way), the
+    same prompts, policy, answers per step, answer length and steps (answers/s)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+    from trl import GRPOConfig, GRPOTrainer
+
+    from core.records import prompt_row_with_reference
+    from stages.common.chat import chat_dataset, load_chat_tokenizer, load_rows
+    from stages.grpo.config import GrpoStage
+
+    cfg = GrpoStage.model_validate(manifest["config"])
+    rows = load_rows(cfg.data, prompt_row_with_reference, cfg.train.seed).train
+    tokenizer = load_chat_tokenizer(policy_dir, "auto")
+    set_seed(cfg.train.seed)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir)
+    reward = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+    with tempfile.TemporaryDirectory() as out:
+        args = GRPOConfig(**_common_args(manifest["config"], out), num_generations=cfg.generation.num_generations,
+                          max_completion_length=cfg.generation.max_new_tokens, beta=cfg.beta, **NO_RECOMPUTE)
+        trainer = _quiet(GRPOTrainer(model=model, reward_funcs=reward, args=args,
+                                     train_dataset=chat_dataset([{"prompt": r["prompt"]} for r in rows]),
+                                     processing_class=tokenizer, reward_processing_classes=load_chat_tokenizer(reward_dir, "auto")))
+        result = trainer.train()
+    steps = trainer.state.global_step
+    return Measured(result.metrics["train_runtime"], steps * cfg.train.batch_size, steps)

@@ -218,3 +218,29 @@ def data_checks(workdir: Path, quick: bool) -> list[Row]:
     return [Row("data", f"check {rows:,} rows ({name}): {measure}", ours, baseline, unit,
                 "vs the rows parsed into a list", lower_is_better=True)
             for name, measure, ours, baseline, unit in data.rows_table(workdir / "data", rows)]
+
+
+def dpo(pipeline: Path) -> list[Row]:
+    """Our dpo stage vs TRL's DPOTrainer called directly on the same pairs (pairs/s): what the wrapper costs."""
+    manifest = run_stage_here(pipeline, "dpo")
+    m = manifest["metrics"]
+    ours = m["train/steps"] * manifest["config"]["train"]["batch_size"] / m["train/runtime_s"]
+    base = baselines.trl_dpo(manifest, artifact(pipeline, "sft_packed"))
+    return [Row("dpo", "ours vs TRL DPOTrainer", ours, base.rate, "pairs/s", "same pairs, model, batch and steps")]
+
+
+def grpo(pipeline: Path, size: Size) -> list[Row]:
+    """Our grpo stage vs TRL's GRPOTrainer called directly (answers/s), and PPO vs GRPO: seconds per 1,000
+    answers at equal answer length (PPO's iterations after the first, GRPO's training loop)."""
+    manifest = run_stage_here(pipeline, "grpo")
+    m = manifest["metrics"]
+    ours = m["train/answers"] / m["train/runtime_s"]
+    base = baselines.trl_grpo(manifest, artifact(pipeline, "sft_packed"), artifact(pipeline, "rm_k4"))
+    batch, length = size.ppo_settings[-1]
+    history = [r for r in stage_history(pipeline, f"ppo_b{batch}_t{length}") if "time/iteration" in r][1:]
+    ppo_per_1000 = 1000 * statistics.fmean(r["time/iteration"] for r in history) / batch
+    return [Row("grpo", "ours vs TRL GRPOTrainer", ours, base.rate, "answers/s",
+                "TRL scores with the reward model its own way"),
+            Row("grpo", f"GRPO vs PPO: s per 1,000 answers of {length} tokens", 1000 / ours, ppo_per_1000, "s",
+                f"PPO: {batch} prompts per iteration, 2 epochs; GRPO: {batch} answers per step, K = 4",
+                lower_is_better=True)]

@@ -81,6 +81,15 @@ def pipeline_file(workdir: Path, size: Size) -> Path:
                   "data": {"train": [str(k8_rankings(workdir / "wordnet-k8.jsonl"))], "max_length": 96},
                   "train": train(size.reward_steps, 8, 3e-3)},
     }
+    # dpo on the K = 4 rankings as prompt-weighted pairs; grpo against rm_k4 at the answer length of a PPO setting
+    stages["dpo"] = {"kind": "dpo", "inputs": {"policy": "sft_packed"},
+                     "data": {"train": [str(DATA / "reward" / "answer-quality" / "train.jsonl")], "max_length": 96},
+                     "samples": {"count": 0}, "train": train(size.reward_steps, 8, 1e-3)}
+    batch, length = size.ppo_settings[-1]
+    stages["grpo"] = {"kind": "grpo", "inputs": {"policy": "sft_packed", "reward": "rm_k4"},
+                      "data": {"train": sft_files, "max_length": 64, "validation_fraction": 0.05},
+                      "generation": {"num_generations": 4, "max_new_tokens": length}, "evaluation_prompts": 4,
+                      "train": train(size.ppo_iterations, batch, 3e-4, lr_scheduler="constant", log_every=1)}
     # the smallest real stage, for the launch overhead of `rlhf run` vs `accelerate launch`
     probe = workdir / "probe.txt"
     probe.write_text((DATA / "pretrain" / "austen" / "persuasion.txt").read_text()[:40_000])

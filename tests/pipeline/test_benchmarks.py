@@ -22,14 +22,15 @@ def test_quick_benchmarks_print_a_full_table(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     sections = {row["section"] for row in rows}
-    assert sections == {"pretrain", "sft", "reward", "ppo", "orchestrator", "data"}
+    assert sections == {"pretrain", "sft", "reward", "ppo", "dpo", "grpo", "orchestrator", "data"}
     for row in rows:
         assert row["ours"] is not None and math.isfinite(row["ours"]) and row["ours"] > 0, row
         if row["baseline"] is not None:
             assert math.isfinite(row["ratio"]) and row["ratio"] > 0, row
     measures = {row["measure"] for row in rows}
     assert {"K=4: K-wise vs pairs (TRL)", "K=8: K-wise vs pairs (TRL)", "ours, packed vs TRL padded",
-            "tokens/s vs HF Trainer", "rlhf run, all fresh", "check 20,000 rows (parquet): peak memory"} <= measures
+            "tokens/s vs HF Trainer", "rlhf run, all fresh", "check 20,000 rows (parquet): peak memory",
+            "ours vs TRL DPOTrainer", "ours vs TRL GRPOTrainer"} <= measures
     assert "| section | measure | ours | baseline | unit | ratio | notes |" in result.stdout
     assert "peak matmul (float32)" in result.stdout
 
