@@ -4,6 +4,7 @@ advantage taken against the others of its group, a KL penalty to the reference (
 
 from __future__ import annotations
 
+import importlib.util
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -40,6 +41,8 @@ class GroupGeneration(StrictModel):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     mask_truncated_completions: bool = Field(False, description="leave answers cut at max_new_tokens out of the loss")
+    missing_eos_penalty: float | None = Field(None, gt=0, description="subtracted from the reward of an answer cut at "
+                                                                     "max_new_tokens (as PPO's)")
     use_vllm: bool = Field(False, description="generate with vLLM (a CUDA machine with `pip install vllm`); off on CPU")
     vllm_mode: Literal["colocate", "server"] = Field("colocate", description="vLLM in the training processes, or "
                                                                             "a `trl vllm-serve` server")
@@ -91,6 +94,8 @@ class GroupRLStage(StageConfig):
         if self.reward_weights is not None and len(self.reward_weights) != len(rewards):
             problems.append((("reward_weights",), f"{len(self.reward_weights)} weights for {len(rewards)} rewards "
                                                   f"({', '.join(rewards)})"))
+        if self.generation.use_vllm and importlib.util.find_spec("vllm") is None:
+            problems.append((("generation", "use_vllm"), "needs the vllm package (pip install vllm, on a CUDA machine)"))
         if self.train.batch_size % self.generation.num_generations:
             problems.append((("train", "batch_size"), f"must be a multiple of generation.num_generations "
                                                       f"({self.generation.num_generations}): whole groups per step"))

@@ -81,13 +81,27 @@ class RuleScore:
         return scores
 
 
+class MissingEosPenalty:
+    """A TRL reward function: minus `penalty` for an answer that never reached EOS (cut at max_new_tokens), as
+    PPO's `generation.missing_eos_penalty`; TRL's completion ids end at the first EOS."""
+
+    __name__ = "missing_eos"
+
+    def __init__(self, eos_token_id: int, penalty: float):
+        self.eos_token_id, self.penalty = eos_token_id, penalty
+
+    def __call__(self, prompts, completions, completion_ids, **_) -> list[float]:
+        return [0.0 if self.eos_token_id in ids else -self.penalty for ids in completion_ids]
+
+
 def answer_text(completion) -> str:
     """A completion as text: TRL gives conversational ones as `[{"role": "assistant", "content": ...}]`."""
     return completion[-1]["content"] if isinstance(completion, list) else completion
 
 
-def reward_functions(ctx: StageContext) -> list:
-    """The stage's reward functions, in the order of `reward_weights`: the reward model, then the rule."""
+def reward_functions(ctx: StageContext, eos_token_id: int) -> list:
+    """The stage's reward functions, in the order of `reward_weights`: the reward model, then the rule; then
+    the missing-EOS penalty (weight 1)."""
     cfg: GroupRLStage = ctx.config
     functions = []
     reward_dir = ctx.inputs.get("reward") or cfg.reward_model
@@ -96,7 +110,16 @@ def reward_functions(ctx: StageContext) -> list:
                                           max_length=cfg.reward_max_length, batch_size=cfg.train.batch_size))
     if cfg.reward_rule is not None:
         functions.append(RuleScore(cfg.reward_rule.function))
+    if cfg.generation.missing_eos_penalty is not None:
+        functions.append(MissingEosPenalty(eos_token_id, cfg.generation.missing_eos_penalty))
     return functions
+
+
+def reward_weights(cfg: GroupRLStage) -> list[float] | None:
+    """TRL's reward_weights: the config's (for the reward model and rule), and 1 for the missing-EOS penalty."""
+    if cfg.reward_weights is None:
+        return None
+    return [*cfg.reward_weights, *([1.0] if cfg.generation.missing_eos_penalty is not None else [])]
 
 
 def prompt_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
@@ -124,7 +147,7 @@ def group_arguments(ctx: StageContext, config_class: type, **algorithm):
         use_vllm=generation.use_vllm,
         vllm_mode=generation.vllm_mode,
         beta=cfg.beta,
-        reward_weights=cfg.reward_weights,
+        reward_weights=reward_weights(cfg),
         log_completions=False,
         remove_unused_columns=False,  # the `reference` column reaches the rule
         **algorithm,
@@ -147,7 +170,7 @@ def train_group_rl(ctx: StageContext, trainer_class: type, args) -> dict:
     eval_rows, long_eval = prompt_rows(rows.validation[: cfg.evaluation_prompts], tokenizer, cfg.data.max_length)
     model = load_causal_lm(source, loading)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    rewards = reward_functions(ctx)
+    rewards = reward_functions(ctx, tokenizer.eos_token_id)
     n_params = parameter_count(model)
     print(f"[{name}] {n_params / 1e6:.2f} M parameters from {source}{loaded_as(model)}; {len(train_rows)} train / "
           f"{len(eval_rows)} held-out prompts ({long_train + long_eval} longer than data.max_length left out), "

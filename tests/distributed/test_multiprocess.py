@@ -4,6 +4,7 @@ holds across process counts; a ZeRO stage killed with SIGKILL resumes."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow
 
 ACCELERATE = REPO / "configs" / "accelerate"
+TRL_KIND_STAGES = ("dpo_ddp", "dpo_zero3", "kto_ddp", "kto_zero2", "grpo_ddp", "grpo_zero3", "rloo_ddp", "rloo_zero2")
 
 
 def launched(stage: dict, config: str) -> dict:
@@ -72,13 +74,18 @@ def mixed_run(tmp_path_factory) -> Path:
         "judged_ddp": launched(eval_stage({"sft": "sft_ddp", "ppo": "ppo_ddp"}, prompts=10, judge=rule), "ddp"),
     })
     stages["ranked_single"]["save_every"] = stages["ranked_ddp"]["save_every"] = 5
-    # dpo from the DDP SFT policy: under DDP, and under ZeRO-3 with TRL's reference copy as a ZeRO-3 engine
-    for config in ("ddp", "zero3"):
-        stages[f"dpo_{config}"] = launched(
-            {"kind": "dpo", "inputs": {"policy": "sft_ddp"}, "data": {"train": [str(rankings)], "max_length": 64,
-                                                                     "validation_fraction": 0.2, "skip_bad_rows": True},
-             "samples": {"count": 1, "max_new_tokens": 4}, "train": {"batch_size": 8, "learning_rate": 1e-3, **chat}},
-            config)
+    # the TRL-based kinds from the DDP SFT policy, each under DDP and a ZeRO stage (TRL's reference copies
+    # become DeepSpeed engines; grpo/rloo generate with gathered ZeRO-3 weights)
+    preference = {"inputs": {"policy": "sft_ddp"}, "samples": {"count": 1, "max_new_tokens": 4},
+                  "data": {"train": [str(rankings)], "max_length": 64, "validation_fraction": 0.2, "skip_bad_rows": True},
+                  "train": {"batch_size": 8, "learning_rate": 1e-3, **chat}}
+    group = {"inputs": {"policy": "sft_ddp", "reward": "rm_ddp"}, "generation": {"num_generations": 4, "max_new_tokens": 8},
+             "data": {"train": [str(REPO / "data" / "sft" / "chatterbot" / "train.jsonl")], "max_length": 40},
+             "evaluation_prompts": 4, "train": {"batch_size": 8, "learning_rate": 1e-3, "max_steps": 3, "save_every": 3}}
+    for kind, configs, settings in (("dpo", ("ddp", "zero3"), preference), ("kto", ("ddp", "zero2"), preference),
+                                    ("grpo", ("ddp", "zero3"), group), ("rloo", ("ddp", "zero2"), group)):
+        for config in configs:
+            stages[f"{kind}_{config}"] = launched({"kind": kind, **copy.deepcopy(settings)}, config)
     for stage in ("sft_ddp", "sft_zero3"):
         stages[stage]["data"]["max_length"] = 64
     path = write_pipeline(directory / "p.yaml", stages)
@@ -98,7 +105,7 @@ def test_every_stage_kind_runs_on_two_processes_and_reloads(mixed_run):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     for stage in ("pre_ddp", "pre_zero2", "pre_zero3", "sft_ddp", "sft_zero3", "rm_ddp", "rm_zero3", "ppo_ddp",
-                  "ppo_zero2", "ppo_zero3", "dpo_ddp", "dpo_zero3"):
+                  "ppo_zero2", "ppo_zero3", *TRL_KIND_STAGES):
         manifest = read_manifest(StageDirs(mixed_run / stage))
         assert manifest["world_size"] == 2, stage
         loader = AutoModelForSequenceClassification if stage.startswith("rm") else AutoModelForCausalLM
@@ -129,8 +136,8 @@ def test_the_global_batch_holds_across_process_counts_and_engines(mixed_run):
               for s in ("pre_single", "pre_ddp", "pre_zero2", "pre_zero3")}
     for stage, loss in losses.items():
         assert loss == pytest.approx(losses["pre_single"], rel=1e-4), losses
-    for stage in ("sft_ddp", "sft_zero3", "rm_ddp", "rm_zero3"):
-        assert read_manifest(StageDirs(mixed_run / stage))["metrics"]["train/effective_batch"] == 8
+    for stage in ("sft_ddp", "sft_zero3", "rm_ddp", "rm_zero3", *TRL_KIND_STAGES):
+        assert read_manifest(StageDirs(mixed_run / stage))["metrics"]["train/effective_batch"] == 8, stage
 
 
 def weights(directory: Path) -> list:

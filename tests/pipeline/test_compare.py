@@ -23,7 +23,7 @@ SHRUNK = {
     "stages.ppo.generation.max_new_tokens": 24,
     "stages.grpo.train.max_steps": 4, "stages.grpo.generation.max_new_tokens": 24, "stages.grpo.evaluation_prompts": 8,
     "stages.rloo.train.max_steps": 4, "stages.rloo.generation.max_new_tokens": 24, "stages.rloo.evaluation_prompts": 8,
-    "stages.dpo.train.max_steps": 20, "stages.dpo.train.eval_every": 20,
+    "stages.dpo.train.max_steps": 20,
     "stages.judged.data.max_prompts": 24, "stages.judged.generation.max_new_tokens": 24,
 }
 

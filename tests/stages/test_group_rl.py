@@ -29,6 +29,7 @@ def group_stage(kind: str, run, **train) -> dict:
 def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_chat_run):
     grpo = group_stage("grpo", tiny_chat_run, max_steps=16)
     grpo.update(reward_rule=BREVITY, reward_model=str(tiny_chat_run / "rm" / "artifact"), reward_weights=[0.1, 1.0])
+    grpo["generation"]["missing_eos_penalty"] = 1.0
     rloo = group_stage("rloo", tiny_chat_run)
     rloo["reward_rule"] = BREVITY
     rloo_lora = group_stage("rloo", tiny_chat_run, learning_rate=3e-2)
@@ -47,6 +48,8 @@ def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_cha
         AutoModelForCausalLM.from_pretrained(run / name / "artifact")
     grpo_metrics = read_manifest(StageDirs(run / "grpo"))["metrics"]
     assert grpo_metrics["eval/reward_model_reward"] is not None and grpo_metrics["eval/rule_reward"] is not None
+    # the penalty of answers cut at max_new_tokens: minus 1 times the share that never stopped
+    assert grpo_metrics["eval/missing_eos_reward"] == pytest.approx(grpo_metrics["eval/stop_rate"] - 1, abs=1e-6)
     assert (run / "rloo_lora" / "artifact" / "adapter" / "adapter_config.json").is_file()
     assert read_manifest(StageDirs(run / "rloo_lora"))["metrics"]["eval/kl"] > 0  # the adapter moved the policy
     AutoModelForCausalLM.from_pretrained(run / "rloo_lora" / "artifact")

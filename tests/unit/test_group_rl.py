@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import pytest
@@ -31,6 +32,10 @@ def test_group_configs_refuse_what_cannot_run(tmp_path):
     assert "stages.g.inputs: expected a reward: inputs.reward (a reward stage) or reward_model, and/or reward_rule" in text
     assert "stages.g.train.batch_size: must be a multiple of generation.num_generations (3)" in text
     assert "stages.g.reward_weights: 2 weights for 0 rewards" in text
+    if importlib.util.find_spec("vllm") is None:
+        stage["generation"]["use_vllm"] = True
+        with pytest.raises(InputError, match="stages.g.generation.use_vllm: needs the vllm package"):
+            load_pipeline(write_pipeline(path, {"g": stage}))
     stage.update(generation={"num_generations": 4}, reward_weights=None,
                  reward_rule={"kind": "rule", "function": "tests.helpers:brevity"})
     assert load_pipeline(write_pipeline(path, {"g": stage})).stages["g"].beta == 0.04
