@@ -154,9 +154,11 @@ def group_arguments(ctx: StageContext, config_class: type, **algorithm):
     )
 
 
-def train_group_rl(ctx: StageContext, trainer_class: type, args) -> dict:
+def train_group_rl(ctx: StageContext, trainer_class: type, make_arguments) -> dict:
     """Train the policy with `trainer_class` (GRPOTrainer or RLOOTrainer), evaluate before and after on
-    held-out prompts, save; the manifest metrics."""
+    held-out prompts, save; the manifest metrics. The reward functions come before `make_arguments()`: under
+    ZeRO-3 the arguments make transformers load models as partitions, and the frozen reward model is a whole
+    copy on each process."""
     cfg: GroupRLStage = ctx.config
     name = ctx.spec["stage"]
     quiet_libraries()
@@ -168,9 +170,10 @@ def train_group_rl(ctx: StageContext, trainer_class: type, args) -> dict:
     tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
     train_rows, long_train = prompt_rows(rows.train[: cfg.data.max_prompts], tokenizer, cfg.data.max_length)
     eval_rows, long_eval = prompt_rows(rows.validation[: cfg.evaluation_prompts], tokenizer, cfg.data.max_length)
+    rewards = reward_functions(ctx, tokenizer.eos_token_id)
+    args = make_arguments()
     model = load_causal_lm(source, loading)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    rewards = reward_functions(ctx, tokenizer.eos_token_id)
     n_params = parameter_count(model)
     print(f"[{name}] {n_params / 1e6:.2f} M parameters from {source}{loaded_as(model)}; {len(train_rows)} train / "
           f"{len(eval_rows)} held-out prompts ({long_train + long_eval} longer than data.max_length left out), "
