@@ -33,6 +33,7 @@ def test_dpo_learns_preferences_saves_plain_artifacts_and_resumes_exactly(tmp_pa
     lora = dpo_stage(policy, ranking_subset(tmp_path / "rankings.jsonl", rows=200),
                      DATA / "reward" / "answer-quality" / "heldout.jsonl", max_steps=12, learning_rate=1e-2)
     lora["lora"] = {"r": 4, "alpha": 8}
+    lora["dpo"]["precompute_ref_log_probs"] = True  # the reference (adapter off) scored once, up front
     # dpo_resume: the same stage, killed after its first checkpoint and resumed
     path = write_pipeline(tmp_path / "p.yaml", {"dpo": dpo_stage(policy, *pairs), "dpo_lora": lora,
                                                 "dpo_resume": dpo_stage(policy, *pairs)})

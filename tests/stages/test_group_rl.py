@@ -35,7 +35,8 @@ def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_cha
     rloo_lora = group_stage("rloo", tiny_chat_run, learning_rate=3e-2)
     rloo_lora.update(reward_rule=BREVITY, lora={"r": 4, "alpha": 8})
     # grpo_resume: the same grpo stage, killed after its first checkpoint and resumed
-    path = write_pipeline(tmp_path / "p.yaml", {"grpo": grpo, "rloo": rloo, "rloo_lora": rloo_lora, "grpo_resume": grpo})
+    path = write_pipeline(tmp_path / "p.yaml", {"grpo": grpo, "rloo": rloo, "rloo_lora": rloo_lora, "grpo_resume": grpo,
+                                                "rloo_resume": rloo})
     result = rlhf("run", path, "--only", "grpo", "rloo", "rloo_lora")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = tmp_path / "run"
@@ -62,6 +63,12 @@ def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_cha
     manifest = read_manifest(StageDirs(run / "grpo_resume"))
     assert manifest["resumed_from_step"] == step and manifest["metrics"]["train/steps"] == 16
     resumed = load_file(run / "grpo_resume" / "artifact" / "model.safetensors")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    step = kill_during(run / "rloo_resume", path, "--only", "rloo_resume")
+    assert rlhf("run", path, "--only", "rloo_resume").returncode == 0
+    assert read_manifest(StageDirs(run / "rloo_resume"))["resumed_from_step"] == step
+    reference = load_file(run / "rloo" / "artifact" / "model.safetensors")
+    resumed = load_file(run / "rloo_resume" / "artifact" / "model.safetensors")
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 
