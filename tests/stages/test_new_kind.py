@@ -97,7 +97,8 @@ def test_a_noop_kind_runs_through_the_orchestrator_and_the_launcher(tmp_path):
     first = run(tmp_path, env, "run", str(path))
     assert first.returncode == 0, first.stdout + first.stderr
     manifest = read_manifest(StageDirs(tmp_path / "run" / "hello"))
-    assert manifest["kind"] == "noop" and manifest["metrics"] == {"noop/characters": 5}
+    assert manifest["kind"] == "noop" and manifest["metrics"]["noop/characters"] == 5
+    assert manifest["metrics"]["resources/peak_memory_gb"] > 0  # every stage records its peak
     assert manifest["inputs"]["source"]["stage"] == "pre"
     written = (tmp_path / "run" / "hello" / "artifact" / "message.txt").read_text().splitlines()
     assert "config.json" in written and written[-1] == "hello"
@@ -113,5 +114,5 @@ def test_a_noop_kind_runs_through_the_orchestrator_and_the_launcher(tmp_path):
     assert "config changed: message" in plan.stdout
     changed = run(tmp_path, env, "run", str(path))
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert read_manifest(StageDirs(tmp_path / "run" / "hello"))["metrics"] == {"noop/characters": 11}
+    assert read_manifest(StageDirs(tmp_path / "run" / "hello"))["metrics"]["noop/characters"] == 11
     assert json.loads((tmp_path / "run" / "report" / "report.json").read_text())["stages"]["hello"]["state"] == "fresh"
