@@ -18,7 +18,6 @@ ours (e.g. `{question: prompt, response: completion}`).
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -28,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, Field, model_validator
 from core.errors import InputError
 from core.hubdata import hub_commit, hub_snapshot
 from core.schema import TEXT_FORMATS, DataPath, HubDatasetId, StrictModel
-from core.textfiles import BadRow
+from core.textfiles import BadRow, jsonl_objects
 
 #: the `datasets` builder of each local file format (JSON lines are ours: bad rows keep their line number)
 BUILDERS = {".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
@@ -91,7 +90,7 @@ def source_rows(source: DataSource | str | Path) -> Iterator[tuple[str, dict | B
         raise InputError(f"{source.path}: a {Path(source.path).suffix} file is a pretraining corpus; rows need "
                          f".jsonl, .json, .parquet, .csv, .arrow or a dataset folder")
     if source.path is not None and Path(source.path).suffix == ".jsonl":
-        rows = _jsonl_rows(Path(source.path))
+        rows = ((f"{source.path}:{number}", row) for number, row in jsonl_objects(Path(source.path)))
     else:
         rows = _dataset_rows(source)
     for where, row in rows:
@@ -105,29 +104,6 @@ def _selected(row: dict, columns: dict[str, str], where: str) -> dict | BadRow:
     if missing:
         return BadRow(f"no column {missing[0]!r} (columns: {', '.join(row)}); check the entry's columns mapping")
     return {ours: row[theirs] for theirs, ours in columns.items()}
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
-    try:
-        handle = open(path, "rb")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield where, BadRow(f"not valid UTF-8 (byte {e.start} of the line); expected UTF-8 JSON lines")
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                yield where, BadRow(f"not valid JSON ({e.msg}); expected one object per line")
-                continue
-            yield where, row if isinstance(row, dict) else BadRow(f"expected a JSON object, got {type(row).__name__}")
 
 
 def _dataset_rows(source: DataSource) -> Iterator[tuple[str, dict]]:

@@ -10,9 +10,6 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
 from core.errors import InputError
 
 
@@ -20,6 +17,11 @@ from core.errors import InputError
 def hub_snapshot(hub: str) -> Path:
     """The local folder of a Hub dataset's files at the commit `owner/name@revision` names now (a folder
     named after the commit); InputError saying why when neither the network nor the cache has it."""
+    # here, not at the top: the fingerprint imports this module, and huggingface_hub's 0.35 s import would slow
+    # every `rlhf status` and plan, Hub data or not
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
     repo, _, revision = hub.rpartition("@")
     try:
         return Path(snapshot_download(repo, repo_type="dataset", revision=revision))

@@ -1,4 +1,4 @@
-"""Reading data files as text, torch-free: UTF-8 with the bad line named, JSON lines one object each."""
+"""Reading data files as text, torch-free: UTF-8 with the bad line named, JSON lines one object each, streamed."""
 
 from __future__ import annotations
 
@@ -26,14 +26,25 @@ def read_utf8(path: Path, expected: str) -> str:
         raise InputError(f"{path}:{line}: not valid UTF-8 (byte {e.start}); expected {expected}") from None
 
 
-def jsonl_objects(text: str) -> Iterator[tuple[int, dict | BadRow]]:
-    """(line number, parsed object or why the line is unusable) for each non-blank line."""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            yield number, BadRow(f"not valid JSON ({e.msg}); expected one object per line")
-            continue
-        yield number, row if isinstance(row, dict) else BadRow(f"expected a JSON object, got {type(row).__name__}")
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict | BadRow]]:
+    """(line number, parsed object or why the line is unusable) for each non-blank line of a JSON-lines file,
+    read line by line (a bad byte is named by its line, and the file is never held whole)."""
+    try:
+        handle = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield number, BadRow(f"not valid UTF-8 (byte {e.start} of the line); expected UTF-8 JSON lines")
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                yield number, BadRow(f"not valid JSON ({e.msg}); expected one object per line")
+                continue
+            yield number, row if isinstance(row, dict) else BadRow(f"expected a JSON object, got {type(row).__name__}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset, Features, Json, Value
 
+from core.datasources import DataSource
 from core.errors import InputError
 from core.records import read_rows
 from stages.common.entry import StageContext
@@ -76,14 +77,14 @@ class ChatRows:
     skipped: int
 
 
-def source_label(path: str, paths: list[str]) -> str:
+def source_label(source: DataSource, sources: list[DataSource]) -> str:
     """A short name for a data source: a file's folder (data/reward/wordnet/heldout.jsonl -> wordnet; a
     stage's artifact file -> the stage), or folder/stem when two files share a folder; a Hub dataset's name."""
-    if "@" in path and not Path(path).exists():  # owner/name@revision [config/split]
-        return path.split("@")[0].split("/")[-1]
-    p = Path(path)
+    if source.hub is not None:
+        return source.hub.rpartition("@")[0].split("/")[-1]
+    p = Path(source.path)
     folder = p.parent.parent.name if p.parent.name == "artifact" else p.parent.name  # a stage's artifact: the stage
-    if sum(Path(q).parent == p.parent for q in paths) > 1:
+    if sum(s.path is not None and Path(s.path).parent == p.parent for s in sources) > 1:
         return f"{folder}/{p.stem}"
     return folder
 
@@ -94,27 +95,24 @@ def load_rows(data, parse, seed: int, skip_bad_rows: bool = False) -> ChatRows:
     rng = random.Random(seed)
     skipped = 0
 
-    def read(path) -> list[dict]:
+    def read(source) -> list[dict]:
         nonlocal skipped
-        rows, bad = read_rows(path, parse, skip_bad_rows)
+        rows, bad = read_rows(source, parse, skip_bad_rows)
         skipped += len(bad)
         return rows
 
-    files = [(source, source.weight) for source in data.train]
-    per_file = [read(source) for source, _ in files]
+    per_file = [read(source) for source in data.train]
     if data.validation:
-        paths = [source.label() for source in data.validation]
-        by_source = {source_label(path, paths): read(source) for path, source in zip(paths, data.validation)}
+        by_source = {source_label(source, data.validation): read(source) for source in data.validation}
     else:
-        paths = [source.label() for source, _ in files]
         by_source = {}
         for i, rows in enumerate(per_file):
             order = list(range(len(rows)))
             rng.shuffle(order)
             held = set(order[: max(1, round(len(rows) * data.validation_fraction))])
-            by_source[source_label(paths[i], paths)] = [r for j, r in enumerate(rows) if j in held]
+            by_source[source_label(data.train[i], data.train)] = [r for j, r in enumerate(rows) if j in held]
             per_file[i] = [r for j, r in enumerate(rows) if j not in held]
-    train = [row for rows, (_, weight) in zip(per_file, files) for row in weighted(rows, weight, rng)]
+    train = [row for rows, source in zip(per_file, data.train) for row in weighted(rows, source.weight, rng)]
     validation = [row for rows in by_source.values() for row in rows]
     if not train or not validation:
         raise InputError(f"data: {len(train)} training and {len(validation)} validation rows; expected some of each")

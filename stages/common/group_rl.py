@@ -30,9 +30,9 @@ from stages.common.hf_models import (
 from stages.common.hf_trainer import (
     attach,
     evaluate_before_training,
-    gradient_accumulation,
     quiet_libraries,
     training_arguments,
+    training_metrics,
 )
 from stages.common.lora import lora_config, save_causal_lm_artifact
 from stages.common.scoring import score_chats
@@ -189,7 +189,6 @@ def train_group_rl(ctx: StageContext, trainer_class: type, make_arguments) -> di
     evaluation = trainer.evaluate()
     save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
 
-    micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
     reward_names = [f.__name__ for f in rewards]
     return hub_commit_of(source) | {
         "eval/reward": evaluation.get("eval_reward"),
@@ -201,13 +200,8 @@ def train_group_rl(ctx: StageContext, trainer_class: type, make_arguments) -> di
         "eval/base_length": base.get("eval_completions/mean_length"),
         "eval/stop_rate": _stop_rate(evaluation),
         "eval/base_stop_rate": _stop_rate(base),
-        "train/loss": result.training_loss,
-        "train/steps": trainer.state.global_step,
-        "train/runtime_s": result.metrics.get("train_runtime"),
+        **training_metrics(trainer, result, cfg.train, n_params),
         "train/answers": trainer.state.global_step * cfg.train.batch_size,
-        "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
-        "model/parameters": n_params,
-        "model/trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "data/train_prompts": len(train_rows),
         "data/validation_prompts": len(eval_rows),
         "data/long_prompts_left_out": long_train + long_eval,

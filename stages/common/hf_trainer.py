@@ -84,6 +84,20 @@ def training_arguments(ctx: StageContext, train: TrainSettings, config_class: ty
     return config_class(**kwargs)
 
 
+def training_metrics(trainer: Trainer, result, train: TrainSettings, parameters: int) -> dict:
+    """What a Trainer stage's manifest records of its training: loss, steps, runtime, the effective batch, and
+    the model's parameters (all, and those trained)."""
+    micro, accumulation = gradient_accumulation(train, trainer.accelerator.num_processes)
+    return {
+        "train/loss": result.training_loss,
+        "train/steps": trainer.state.global_step,
+        "train/runtime_s": result.metrics.get("train_runtime"),
+        "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
+        "model/parameters": parameters,
+        "model/trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    }
+
+
 def quiet_libraries() -> None:
     """No per-batch progress bars from datasets/transformers in the logs: LogLines reports progress."""
     datasets.disable_progress_bars()

@@ -27,7 +27,7 @@ from stages.common.hf_models import (
     hub_commit_of,
     parameter_count,
 )
-from stages.common.hf_trainer import attach, gradient_accumulation, quiet_libraries, training_arguments
+from stages.common.hf_trainer import attach, quiet_libraries, training_arguments, training_metrics
 from stages.common.lora import lora_config, save_causal_lm_artifact
 from stages.common.preference import policy_and_reference, preference_rows
 from stages.dpo.config import DpoStage
@@ -88,20 +88,14 @@ def train(ctx: StageContext) -> dict:
     dpo_answers = generate_answers(tuned, tokenizer, prompts, cfg.samples.max_new_tokens)
 
     save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
-    micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
     return hub_commit_of(source) | {
         "eval/loss": evaluation["eval_loss"],
         "eval/reward_accuracy": evaluation["eval_rewards/accuracies"],
         "eval/reward_margin": evaluation["eval_rewards/margins"],
         "eval/chosen_reward": evaluation["eval_rewards/chosen"],
         "eval/rejected_reward": evaluation["eval_rewards/rejected"],
-        "train/loss": result.training_loss,
-        "train/steps": trainer.state.global_step,
-        "train/runtime_s": result.metrics.get("train_runtime"),
+        **training_metrics(trainer, result, cfg.train, n_params),
         "train/tokens": trainer.state.num_input_tokens_seen,
-        "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
-        "model/parameters": n_params,
-        "model/trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "data/train_prompts": len(rows.train),
         "data/train_pairs": len(train_pairs),
         "data/validation_pairs": len(val_pairs),

@@ -15,7 +15,7 @@ from core.records import unpaired_row
 from stages.common.chat import chat_dataset, generate_answers, prompt_text, sample_prompts
 from stages.common.entry import StageContext
 from stages.common.hf_models import gathered, hub_commit_of, parameter_count
-from stages.common.hf_trainer import attach, gradient_accumulation, quiet_libraries, training_arguments
+from stages.common.hf_trainer import attach, quiet_libraries, training_arguments, training_metrics
 from stages.common.lora import lora_config, save_causal_lm_artifact
 from stages.common.preference import policy_and_reference, preference_rows
 from stages.kto.config import KtoStage
@@ -54,19 +54,13 @@ def train(ctx: StageContext) -> dict:
     kto_answers = generate_answers(tuned, tokenizer, prompts, cfg.samples.max_new_tokens)
     save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
 
-    micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
     return hub_commit_of(source) | {
         "eval/loss": evaluation["eval_loss"],
         "eval/reward_margin": evaluation.get("eval_rewards/margins"),
         "eval/chosen_reward": evaluation.get("eval_rewards/chosen"),
         "eval/rejected_reward": evaluation.get("eval_rewards/rejected"),
         "eval/kl": evaluation.get("eval_kl"),
-        "train/loss": result.training_loss,
-        "train/steps": trainer.state.global_step,
-        "train/runtime_s": result.metrics.get("train_runtime"),
-        "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
-        "model/parameters": n_params,
-        "model/trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        **training_metrics(trainer, result, cfg.train, n_params),
         "data/train_prompts": len(rows.train),
         "data/train_answers": len(train_rows),
         "data/desirable_fraction": sum(r["label"] for r in train_rows) / max(1, len(train_rows)),

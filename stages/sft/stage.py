@@ -36,9 +36,9 @@ from stages.common.hf_models import Loading, gathered, hub_commit_of, load_causa
 from stages.common.hf_trainer import (
     attach,
     evaluate_before_training,
-    gradient_accumulation,
     quiet_libraries,
     training_arguments,
+    training_metrics,
 )
 from stages.common.lora import lora_config, save_causal_lm_artifact
 from stages.sft.config import SftStage
@@ -192,17 +192,11 @@ def train(ctx: StageContext) -> dict:
 
     # artifact: causal LM + tokenizer with the chat template (adapter alongside with LoRA)
     save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
-    micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
     return hub_commit_of(source) | {
         "eval/loss": evaluation["eval_loss"],
         "eval/perplexity": math.exp(evaluation["eval_loss"]),
-        "train/loss": result.training_loss,
-        "train/steps": trainer.state.global_step,
-        "train/runtime_s": result.metrics.get("train_runtime"),
+        **training_metrics(trainer, result, cfg.train, n_params),
         "train/tokens": trainer.state.num_input_tokens_seen,  # real (non-padding) tokens, across resumes
-        "train/effective_batch": micro * accumulation * trainer.accelerator.num_processes,
-        "model/parameters": n_params,
-        "model/trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "data/train_examples": len(train_rows),
         "data/validation_examples": len(val_rows),
         "eval/base_loss": base_eval.get("eval_loss"),
