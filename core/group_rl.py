@@ -5,6 +5,7 @@ advantage taken against the others of its group, a KL penalty to the reference (
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -101,6 +102,10 @@ class GroupRLStage(StageConfig):
                                                       f"({self.generation.num_generations}): whole groups per step"))
         return problems
 
+    def world_problems(self, world: int) -> Problems:
+        """Batches that do not split over `world` processes."""
+        return self.train.world_problems(world)
+
     def data_problems(self) -> list[str]:
         """Unreadable prompt sources and rows without a prompt."""
         return prompt_problems(self.data.files())
@@ -122,3 +127,11 @@ class GroupRLStage(StageConfig):
         return (f"Held-out reward {fmt(metrics['eval/reward'])} (the reward it was optimised against; SFT: "
                 f"{fmt(metrics.get('eval/base_reward'))}), KL {fmt(metrics.get('eval/kl'))}, answers of "
                 f"{fmt(metrics.get('eval/length'))} tokens, stop rate {percent(metrics.get('eval/stop_rate'))}.")
+
+
+def eval_micro_batch(micro: int, *, world: int, num_generations: int) -> int:
+    """Answers per process in an evaluation batch such that the global batch holds whole groups (TRL groups the
+    gathered rewards by `num_generations`): `micro` when it does, else the largest multiple of the smallest
+    size that does, at most `micro` (that size itself when `micro` is smaller)."""
+    unit = num_generations // math.gcd(num_generations, world)
+    return max(unit, micro - micro % unit)

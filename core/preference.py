@@ -51,6 +51,10 @@ class PreferenceStage(ChatStage):
             problems.append((("data", "train"), "expected training sources, or a rank stage as inputs.rankings"))
         return problems
 
+    def world_problems(self, world: int) -> Problems:
+        """Batches that do not split over `world` processes."""
+        return self.train.world_problems(world)
+
     def output_positions(self, upstream: dict[str, int | None]) -> int | None:
         """The policy's position range."""
         return upstream.get("policy") if "policy" in self.inputs else source_positions(self.model.source())

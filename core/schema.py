@@ -198,6 +198,11 @@ class StageConfig(StrictModel):
         on: (key path, message)."""
         return []
 
+    def world_problems(self, world: int) -> list[tuple[tuple, str]]:
+        """Settings that do not fit `world` processes (e.g. a batch that does not split evenly): (key path,
+        message). Checked by `rlhf plan`/`rlhf run` from the launch settings, and by the stage at start."""
+        return []
+
     def data_problems(self) -> list[str]:
         """Problems in the content of the stage's data files (read before any stage is launched)."""
         return []

@@ -44,6 +44,15 @@ class TrainSettings(StrictModel):
         [], description="trackers besides tensorboard (which always writes to logs/tensorboard)")
     liger_kernel: bool | None = Field(None, description="Liger's fused kernels in the Trainer (pip install liger-kernel)")
 
+    def world_problems(self, world: int) -> Problems:
+        """A batch that does not split into equal micro-batches over `world` processes (as the Trainer kinds'
+        gradient accumulation splits it)."""
+        micro = min(self.micro_batch_size or self.batch_size, max(1, self.batch_size // world))
+        if self.batch_size % (micro * world) or self.batch_size < world:
+            return [(("train", "batch_size"), f"{self.batch_size} must be a multiple of micro_batch_size ({micro}) "
+                                              f"x processes ({world})")]
+        return []
+
     def batch_problems(self) -> Problems:
         """A micro-batch that does not divide the global batch; Liger asked for but not installed."""
         micro = self.micro_batch_size or self.batch_size

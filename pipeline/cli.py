@@ -21,7 +21,7 @@ from pipeline.export import export_stage, push_to_hub
 from pipeline.labeling import export_rows, import_rows, labeling_task, make_server
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
 from pipeline.report import write_report
-from pipeline.runner import data_problems, make_console, run_pipeline, status_table
+from pipeline.runner import before_launch_problems, make_console, run_pipeline, status_table
 from pipeline.status import show_status
 
 
@@ -163,7 +163,7 @@ def _plan(config: str, overrides: list[str] | None) -> None:
         make_console().print(status_table(stage_states(pipeline)))
         raise e
     make_console().print(status_table(plan.statuses, plan))
-    problems = data_problems(pipeline, plan.to_run)  # what `rlhf run` would refuse before launching
+    problems = before_launch_problems(pipeline, plan.to_run)  # what `rlhf run` would refuse before launching
     if problems:
         raise InputError(problems)
 

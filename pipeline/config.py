@@ -49,6 +49,20 @@ class Pipeline:
             num_processes=override.num_processes or own.num_processes or self.launch.num_processes,
         )
 
+    def world_size(self, name: str) -> int:
+        """How many processes the stage is launched on: `num_processes`, else its accelerate config's, else 1
+        (what pipeline.runner's `accelerate launch` line gives)."""
+        launch = self.launch_for(name)
+        if launch.num_processes:
+            return launch.num_processes
+        if launch.accelerate_config:
+            try:
+                accelerate = yaml.safe_load(Path(launch.accelerate_config).read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                return 1  # accelerate itself names the unreadable file at launch
+            return int(accelerate.get("num_processes") or 1)
+        return 1
+
 
 class _PipelineFile(StrictModel):
     run_dir: OutputPath

@@ -67,10 +67,16 @@ def launch_command(pipeline: Pipeline, name: str, spec_path: Path) -> list[str]:
     return cmd + ["-m", pipeline.stages[name].module, "--spec", str(spec_path)]
 
 
-def data_problems(pipeline: Pipeline, names: list[str]) -> list[str]:
-    """The content problems of the data of the stages `names` (files read, rows checked): `rlhf plan` and
-    `rlhf run` check the same, so a plan that says run does not then refuse."""
-    return [p for name in names for p in pipeline.stages[name].data_problems()]
+def before_launch_problems(pipeline: Pipeline, names: list[str]) -> list[str]:
+    """What the stages `names` would refuse once launched: the content of their data (files read, rows
+    checked) and batch sizes that do not fit their process count. `rlhf plan` and `rlhf run` check the same,
+    so a plan that says run does not then refuse."""
+    problems = [p for name in names for p in pipeline.stages[name].data_problems()]
+    for name in names:
+        world = pipeline.world_size(name)
+        problems += [f"stage {name}: {'.'.join(map(str, loc))}: {message} (on {world} processes)"
+                     for loc, message in pipeline.stages[name].world_problems(world)]
+    return problems
 
 
 def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str | None = None,
@@ -91,7 +97,7 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
             if not dry_run:
                 _write_report(pipeline, console, only_if_outdated=True)
             return
-        problems = data_problems(pipeline, plan.to_run)
+        problems = before_launch_problems(pipeline, plan.to_run)
         if problems:
             raise InputError(problems)
         statuses = plan.statuses

@@ -33,8 +33,23 @@ def sampling_logits(logits: torch.Tensor, *, temperature: float, top_p: float = 
     return TopPLogitsWarper(top_p, filter_value=REMOVED_LOGIT)(None, flat).view_as(scaled)
 
 
+def nucleus_with_token(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float, top_p: float) -> torch.Tensor:
+    """fp32 sampling logits (`sampling_logits`) with each position's `tokens` [N] or [B, T] kept in the nucleus.
+
+    The nucleus is rebuilt from a second forward, not the one `generate` sampled from; in bf16/fp16 its
+    boundary moves, and a token sampled at the edge can fall outside it (log-prob -1e9, a KL of ~-1e9, a
+    ratio of exp(1e9)). Keeping the sampled token's own logit makes its log-prob finite by construction; where
+    it was inside the nucleus anyway (always, in fp32) nothing changes."""
+    truncated = sampling_logits(logits, temperature=temperature, top_p=top_p)
+    if top_p >= 1.0:
+        return truncated
+    index = tokens.unsqueeze(-1)
+    own = (logits.float() / temperature).gather(-1, index)
+    return truncated.scatter(-1, index, own)
+
+
 def _chunk_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    log_p = torch.log_softmax(sampling_logits(logits, temperature=temperature, top_p=top_p), dim=-1)
+    log_p = torch.log_softmax(nucleus_with_token(logits, tokens, temperature=temperature, top_p=top_p), dim=-1)
     return log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
@@ -51,7 +66,8 @@ def _chunks(length: int, size: int):
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float = 1.0, top_p: float = 1.0,
                    chunk_positions: int = CHUNK_POSITIONS) -> torch.Tensor:
     """[B, T] fp32 log p(token) under the sampling distribution of `logits` [B, T, V] (position t predicts
-    tokens[:, t]; T ≥ 1), differentiable when `logits` is."""
+    tokens[:, t]; T ≥ 1), differentiable when `logits` is. Under top-p, the nucleus always holds the token
+    itself (`nucleus_with_token`), so every log-prob is finite."""
     differentiable = torch.is_grad_enabled() and logits.requires_grad
     rows = []
     for row in range(logits.shape[0]):

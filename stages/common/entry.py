@@ -171,6 +171,10 @@ def run_stage(train: Callable[[StageContext], dict], config_class: type[StageCon
             return
         dirs = StageDirs(Path(spec["stage_dir"]))
         config = config_class.model_validate(spec["config"], context={"base_dir": Path(spec["pipeline"]).parent})
+        misfits = config.world_problems(state.num_processes)
+        if misfits:
+            raise InputError([f"stage {spec['stage']}: {'.'.join(map(str, loc))}: {message} "
+                              f"(on {state.num_processes} processes)" for loc, message in misfits])
         lock = RunLock(Path(spec["run_dir"])) if (args.config and state.is_main_process) else contextlib.nullcontext()
         with lock:
             progress = StageProgress(dirs, spec["stage"], spec["fingerprint"], state.is_main_process)

@@ -14,7 +14,7 @@ import itertools
 from accelerate import PartialState
 from transformers import AutoModelForSequenceClassification, set_seed
 
-from core.group_rl import GroupRLStage
+from core.group_rl import GroupRLStage, eval_micro_batch
 from core.records import prompt_row_with_reference
 from stages.common.chat import chat_dataset, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
@@ -30,6 +30,7 @@ from stages.common.hf_models import (
 from stages.common.hf_trainer import (
     attach,
     evaluate_before_training,
+    gradient_accumulation,
     quiet_libraries,
     training_arguments,
     training_metrics,
@@ -136,10 +137,13 @@ def group_arguments(ctx: StageContext, config_class: type, **algorithm):
     """TRL's GRPOConfig / RLOOConfig for the stage (before the model loads: ZeRO-3 registers its config)."""
     cfg: GroupRLStage = ctx.config
     generation = cfg.generation
+    micro, _ = gradient_accumulation(cfg.train, PartialState().num_processes)
     return training_arguments(
         ctx, cfg.train, config_class=config_class,
         num_generations=generation.num_generations,
         num_generations_eval=generation.num_generations,
+        per_device_eval_batch_size=eval_micro_batch(micro, world=PartialState().num_processes,
+                                                    num_generations=generation.num_generations),
         max_completion_length=generation.max_new_tokens,
         temperature=generation.temperature,
         top_p=generation.top_p,

@@ -11,6 +11,7 @@ from core.numbers import fmt
 from core.preference import PreferenceStage
 from core.records import unpaired_problems
 from core.schema import Panel, StrictModel
+from core.sections import Problems
 
 
 class KtoSettings(StrictModel):
@@ -38,6 +39,25 @@ class KtoStage(PreferenceStage):
              "reward model, no sampling. The margin is the policy's own verdict; judge with an eval stage.")
     panels = (Panel("training loss", "KTO loss", (("loss", "train"),)),
               Panel("reward margin (held-out)", "desirable - undesirable reward", (("eval_rewards/margins", "held-out"),)))
+
+    def input_problems(self) -> Problems:
+        """The preference kinds' checks; TRL's KL estimate pairs answers inside a per-process batch, so one needs
+        at least two (TRL raises on one)."""
+        problems = super().input_problems()
+        if self.kto.loss_type == "kto" and min(self.train.micro_batch_size or self.train.batch_size,
+                                               self.train.batch_size) < 2:
+            problems.append((("train", "micro_batch_size" if self.train.micro_batch_size else "batch_size"),
+                             "kto needs at least 2 answers per process and micro-batch: its KL reference point "
+                             "pairs each answer with another prompt's (or use kto.loss_type: apo_zero_unpaired)"))
+        return problems
+
+    def world_problems(self, world: int) -> Problems:
+        """Batches that split over `world` processes, with at least two answers per process."""
+        problems = super().world_problems(world)
+        if self.kto.loss_type == "kto" and self.train.batch_size // world < 2:
+            problems.append((("train", "batch_size"), f"kto needs at least 2 answers per process: "
+                                                      f"{self.train.batch_size} over {world} processes leaves fewer"))
+        return problems
 
     def data_problems(self) -> list[str]:
         """Unreadable sources and unusable rows (unless data.skip_bad_rows), with source and line."""

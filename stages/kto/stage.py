@@ -18,13 +18,8 @@ from stages.common.hf_models import gathered, hub_commit_of, parameter_count
 from stages.common.hf_trainer import attach, quiet_libraries, training_arguments, training_metrics
 from stages.common.lora import lora_config, save_causal_lm_artifact
 from stages.common.preference import policy_and_reference, preference_rows
+from stages.kto.examples import labelled
 from stages.kto.config import KtoStage
-
-
-def labelled(rows: list[dict]) -> list[dict]:
-    """One conversational KTO row `{prompt, completion, label}` per labelled answer."""
-    return [{"prompt": row["prompt"], "completion": [{"role": "assistant", "content": answer}], "label": label}
-            for row in rows for answer, label in zip(row["completions"], row["labels"])]
 
 
 def train(ctx: StageContext) -> dict:
@@ -33,7 +28,8 @@ def train(ctx: StageContext) -> dict:
     quiet_libraries()
     set_seed(cfg.train.seed)
     rows = preference_rows(ctx, unpaired_row)
-    train_rows, val_rows = labelled(rows.train), labelled(rows.validation)
+    train_rows = labelled(rows.train, seed=cfg.train.seed)
+    val_rows = labelled(rows.validation, seed=cfg.train.seed)
     args = training_arguments(
         ctx, cfg.train, config_class=KTOConfig, max_length=cfg.data.max_length, beta=cfg.kto.beta,
         loss_type=cfg.kto.loss_type, desirable_weight=cfg.kto.desirable_weight,

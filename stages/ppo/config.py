@@ -45,7 +45,8 @@ class PtxSettings(StrictModel):
     data: DataSources = Field(min_length=1, description="corpus sources, as for pretrain")
     coef: float = Field(1.0, gt=0, description="weight of the language-modelling loss")
     block_size: int = Field(128, ge=8)
-    batch_size: int = Field(4, ge=1, description="blocks per optimizer step (one PPO mini-batch), over all processes")
+    batch_size: int = Field(4, ge=1, description="blocks per optimizer step (one PPO mini-batch), over all "
+                                                        "processes; rounded up to a multiple of the process count")
 
 
 class PpoSettings(StrictModel):
@@ -142,6 +143,11 @@ class PpoStage(StageConfig):
                 problems.append((("inputs", "judge"), "the judge is the reward model PPO optimises, so it would "
                                                       "flatter PPO; judge with an independent one"))
         return problems + (self.model.loading_problems() if self.model else [])
+
+    def world_problems(self, world: int) -> Problems:
+        """Rollout, mini- and micro-batches that do not split over `world` processes."""
+        return batch_problems(rollout=self.ppo.rollout_batch_size, mini=self.ppo.mini_batch_size,
+                              micro=self.ppo.micro_batch_size, world=world)
 
     def data_problems(self) -> list[str]:
         """Unreadable prompt files or rows, and an unreadable ptx corpus."""

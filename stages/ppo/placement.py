@@ -74,12 +74,17 @@ def build_models(accelerator: Accelerator, *, policy_dir: Path, reward_dir: Path
     if activation_checkpointing:  # recompute the trained pair's activations in backward: memory for compute
         loaded.policy.activation_checkpointing_enable()
         loaded.value.classifier.activation_checkpointing_enable()
+    for trained_role in (loaded.policy, loaded.value):
+        disable_dropout(trained_role)
     groups = [{"params": [p for p in loaded.policy.parameters() if p.requires_grad]},
               {"params": list(loaded.value.parameters()), "lr": critic_learning_rate}]
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, weight_decay=weight_decay)
     scheduler = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=updates)
     trained, optimizer, scheduler = accelerator.prepare(PolicyAndValue(loaded.policy, loaded.value), optimizer,
                                                         scheduler)
+    # train mode (dropout is off, so the log-probs of a rollout and of its update agree): transformers only
+    # recomputes checkpointed activations in a module that is training
+    trained.train()
     placement = dict(mode=frozen_models, offload=offload_frozen)
     if lora is None:
         reference = place_frozen(loaded.reference, accelerator, **placement,
@@ -115,6 +120,16 @@ class Generators:
                                                             self.accelerator),
                            self.tokenizer, sample=sample, **self.settings,
                            synced_gpus=needs_synced_generation(self.models.reference, self.accelerator))
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off in every layer and in attention (as TRL does for its RL trainers, plus the attention
+    probabilities' dropout that transformers applies from the config in training mode)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def is_deepspeed(accelerator: Accelerator) -> bool:

@@ -13,8 +13,10 @@ from core.errors import InputError
 
 class PtxBatches:
     """Packed `block_size` blocks of a corpus in one seeded order that every process shares: each optimizer step
-    takes the next `batch_size` blocks of it, dealt out over the processes (rank r takes every world-th one),
-    so no two processes train on the same block.
+    takes the next `batch_size` blocks of it, rounded up to a multiple of the process count, dealt out over
+    the processes (rank r takes every world-th one), so no two processes train on the same block and every
+    process runs as many ptx forwards as the others (under ZeRO-3 each forward is a collective: unequal
+    counts hang).
 
     The position is checkpointed (state_dict), so a resumed run continues with the same blocks.
     """
@@ -31,6 +33,7 @@ class PtxBatches:
             raise InputError(f"ppo.ptx.data: fewer than block_size ({block_size}) tokens of text")
         self.blocks = torch.tensor(stream[:usable]).view(-1, block_size)
         self.batch_size = batch_size
+        self.step_blocks = -(-batch_size // world_size) * world_size  # equal shares on every process
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.device = device
@@ -38,17 +41,17 @@ class PtxBatches:
         self._order: tuple[int, list[int]] = (-1, [])  # (epoch, its shuffled block order)
 
     def _indices(self) -> list[int]:
-        """This process's share of the next `batch_size` blocks of the shared order."""
+        """This process's share of the next `step_blocks` blocks of the shared order."""
         count = len(self.blocks)
         out = []
-        for k in range(self.position + self.rank, self.position + self.batch_size, self.world_size):
+        for k in range(self.position + self.rank, self.position + self.step_blocks, self.world_size):
             epoch, offset = divmod(k, count)
             if self._order[0] != epoch:
                 order = list(range(count))
                 random.Random(self.seed + epoch).shuffle(order)
                 self._order = (epoch, order)
             out.append(self._order[1][offset])
-        self.position += self.batch_size
+        self.position += self.step_blocks
         return out
 
     def next_step(self, parts: int) -> list[torch.Tensor | None]:

@@ -30,7 +30,8 @@ def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_cha
     grpo = group_stage("grpo", tiny_chat_run, max_steps=16)
     grpo.update(reward_rule=BREVITY, reward_model=str(tiny_chat_run / "rm" / "artifact"), reward_weights=[0.1, 1.0])
     grpo["generation"]["missing_eos_penalty"] = 1.0
-    rloo = group_stage("rloo", tiny_chat_run)
+    # 2 answers per forward, 4 per group: the held-out evaluation crashed on it ('shape [-1, 4]', issue 23.6)
+    rloo = group_stage("rloo", tiny_chat_run, micro_batch_size=2)
     rloo["reward_rule"] = BREVITY
     rloo_lora = group_stage("rloo", tiny_chat_run, learning_rate=3e-2)
     rloo_lora.update(reward_rule=BREVITY, lora={"r": 4, "alpha": 8})

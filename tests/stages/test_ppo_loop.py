@@ -203,7 +203,7 @@ def test_activation_checkpointing_and_offloaded_frozen_models_train_the_pair_to_
     scorer.save_pretrained(tmp_path / "reward")
     torch.manual_seed(5)
     trajectory = rollout(roles_of(policy, scorer), generator(policy, tokenizer, 8), tokenizer)
-    trained = []
+    trained, layer_forwards = [], []
     for saving in (False, True):
         models, opt = build_models(Accelerator(cpu=True), policy_dir=tmp_path / "policy", reward_dir=tmp_path / "reward",
                                    lora=None, frozen_models="auto", offload_frozen=saving, learning_rate=1e-3,
@@ -216,7 +216,13 @@ def test_activation_checkpointing_and_offloaded_frozen_models_train_the_pair_to_
             rescored = rollout(models, generator(models.trained.policy, tokenizer, 8), tokenizer)
         assert torch.isfinite(rescored.scores).all()
         torch.manual_seed(6)
+        calls = []  # early in the layer: the recompute stops once backward has what it needs
+        hook = models.trained.policy.model.layers[0].self_attn.q_proj.register_forward_hook(lambda *_: calls.append(1))
         iteration(models, opt, trajectory, KLController(0.05), epochs=1)
+        hook.remove()
+        layer_forwards.append(len(calls))
         trained.append([p.detach().clone() for p in models.trained.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*trained))
+    # backward recomputed the checkpointed layers (issue 23.5: in eval mode transformers never did)
+    assert layer_forwards[1] > layer_forwards[0] > 0
     assert any(not torch.equal(a, p) for a, p in zip(trained[0], policy.parameters()))  # it did train

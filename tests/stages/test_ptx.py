@@ -42,3 +42,16 @@ def test_a_step_is_split_over_its_micro_batches_and_resumes_where_it_was(tmp_pat
     resumed = batches(corpus, tokenizer, rank=0, world=1, batch_size=3)
     resumed.load_state_dict(saved)
     assert torch.equal(resumed.next_step(parts=1)[0], expected)
+
+
+def test_an_odd_batch_gives_every_process_an_equal_share(tmp_path):
+    # unequal shares make one ZeRO-3 rank run a forward the other never joins (issue 23.7): 3 blocks over 2
+    # processes become 2 each, still disjoint
+    corpus = small_corpus(tmp_path, paragraphs=80)
+    tokenizer = train_tokenizer(corpus.read_text().split("\n\n"), 512, 2)
+    ranks = [batches(corpus, tokenizer, rank=r, world=2, batch_size=3) for r in (0, 1)]
+    for _ in range(3):
+        steps = [b.next_step(parts=2) for b in ranks]
+        assert [[p is None for p in step] for step in steps] == [[False, False]] * 2  # the same forwards
+        shares = [rows(step) for step in steps]
+        assert len(shares[0]) == len(shares[1]) == 2 and not shares[0] & shares[1]

@@ -19,9 +19,12 @@ def logits():
 
 
 def whole_logprobs(logits, tokens, temperature, top_p):
+    """The nucleus of the scaled logits, plus the token itself (whose own logit is kept), all at once."""
     scaled = logits.float() / temperature
     if top_p < 1:
-        scaled = TopPLogitsWarper(top_p, filter_value=-1e9)(None, scaled.reshape(-1, V)).view_as(scaled)
+        truncated = TopPLogitsWarper(top_p, filter_value=-1e9)(None, scaled.reshape(-1, V)).view_as(scaled)
+        own = torch.nn.functional.one_hot(tokens, V).bool()
+        scaled = torch.where(own, scaled, truncated)
     return torch.log_softmax(scaled, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
@@ -49,6 +52,29 @@ def test_chunked_log_probs_and_gradients_equal_the_whole_computation(logits, tem
     expected, = torch.autograd.grad((whole * weights).sum(), logits)
     got, = torch.autograd.grad((chunked * weights).sum(), logits)
     assert torch.equal(got, expected)
+
+
+def test_a_sampled_token_outside_the_rebuilt_nucleus_keeps_a_finite_log_prob():
+    # bf16 moves the nucleus boundary between the forward that sampled and the one that scores: the token
+    # actually sampled can fall outside the rebuilt nucleus (issue 23.1: its log-prob was -1e9)
+    logits = torch.log(torch.tensor([[[0.5, 0.3, 0.15, 0.05]]]))
+    inside, outside = torch.tensor([[0]]), torch.tensor([[3]])
+    nucleus = token_logprobs(logits, inside, top_p=0.7)
+    assert torch.allclose(nucleus, torch.log(torch.tensor([[0.5 / 0.8]])))  # renormalised over {0, 1}
+    edge = token_logprobs(logits, outside, top_p=0.7)
+    assert torch.isfinite(edge).all() and edge.item() > -10
+    # its probability is renormalised over the nucleus plus itself: log(0.05 / 0.85)
+    assert torch.allclose(edge, torch.log(torch.tensor([[0.05 / 0.85]])))
+
+
+def test_bf16_rescoring_never_gives_the_sampled_token_minus_1e9():
+    # the same logits, sampled from in one precision path and rescored in another, as PPO does
+    torch.manual_seed(1)
+    exact = 4 * torch.randn(64, 32, 500)
+    sampled = torch.multinomial(torch.softmax(sampling_logits(exact, temperature=0.7, top_p=0.95).view(-1, 500), -1), 1)
+    tokens = sampled.view(64, 32)
+    rescored = token_logprobs(exact.to(torch.bfloat16), tokens, temperature=0.7, top_p=0.95)
+    assert rescored.min() > -50
 
 
 def test_backward_keeps_only_the_incoming_logits_not_fp32_copies(logits):
