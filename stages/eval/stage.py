@@ -51,6 +51,8 @@ def train(ctx: StageContext) -> dict:
     prompts = distinct_prompts(cfg.data.prompts, cfg.data.max_prompts)
     mine = list(range(len(prompts)))[state.process_index :: state.num_processes]
     tokenizer = load_chat_tokenizer(ctx.inputs[reference_role], "auto", loading)
+    for name in policies:
+        check_same_chat_tokenizer(tokenizer, ctx.inputs[f"policies.{name}"], name=name, loading=loading)
     reference = load_causal_lm(ctx.inputs[reference_role], loading).to(state.device).eval()
     rows = rows_so_far(ctx)
     if state.is_main_process:
@@ -114,6 +116,19 @@ def refuse_proxy_judge(ctx: StageContext, policies: dict[str, str]) -> None:
             if proxy and proxy.get("fingerprint") == judge["fingerprint"]:
                 raise InputError(f"{ctx.name}: inputs.judge: {judge['stage']} is the reward model policy {name!r} "
                                  "was optimised against, so it would flatter it; judge with an independent one")
+
+
+def check_same_chat_tokenizer(tokenizer, policy_dir, *, name: str, loading: Loading) -> None:
+    """Every policy is prompted with the reference's tokenizer and chat template, and its KL is taken against
+    the reference's log-probs of the same tokens: a policy with another vocabulary or template would be
+    prompted in a format it was not trained on, so it is refused."""
+    own = load_chat_tokenizer(policy_dir, "auto", loading)
+    if own.get_vocab() != tokenizer.get_vocab():
+        raise InputError(f"inputs.policies.{name} ({policy_dir}): its tokenizer's vocabulary differs from the "
+                         "reference's; compare policies trained from one base")
+    if own.chat_template != tokenizer.chat_template:
+        raise InputError(f"inputs.policies.{name} ({policy_dir}): its chat template differs from the reference's, so "
+                         "it would be prompted in a format it was not trained on; compare policies that share one")
 
 
 def answered_keys() -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable, ContextManager, NamedTuple
+from typing import Any, Callable, ContextManager, NamedTuple
 
 import torch
 from peft import get_peft_model
@@ -42,13 +42,16 @@ class PpoModels(NamedTuple):
     DeepSpeed inference engines). `autocast` is the mixed precision the frozen roles run under: the one
     accelerate gives the trained pair's forward, so that with the same weights the reference computes
     exactly the policy's log-probs (a KL of 0 at the start) in any precision. The frozen roles are on the
-    device within `frozen_in_use()` (outside it they may be offloaded to host memory)."""
+    device within `frozen_in_use()` (outside it they may be offloaded to host memory). `reward_tokenizer` is
+    the reward artifact's own tokenizer and chat template, which it was trained to read (None: the policy's,
+    for models built on one tokenizer)."""
 
     trained: nn.Module
     reference: nn.Module
     reward: nn.Module
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
     frozen_in_use: Callable[[], ContextManager] = contextlib.nullcontext
+    reward_tokenizer: Any = None
 
 
 class PolicyAndValue(nn.Module):

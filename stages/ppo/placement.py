@@ -31,6 +31,7 @@ from transformers.integrations import unset_hf_deepspeed_config
 from trl.models.utils import add_hooks, remove_hooks
 
 from core.errors import InputError
+from stages.common.chat import load_chat_tokenizer
 from stages.common.entry import check_precision
 from stages.common.generation import HFGenerator
 from stages.common.hf_models import DEFAULT_LOADING, Loading
@@ -97,7 +98,8 @@ def build_models(accelerator: Accelerator, *, policy_dir: Path, reward_dir: Path
     if offload_frozen and not is_deepspeed(accelerator):
         offloaded = [reward] if lora is not None else [reference, reward]
         in_use = functools.partial(on_device, offloaded, accelerator.device)
-    models = PpoModels(trained, reference, reward, autocast=accelerator.autocast, frozen_in_use=in_use)
+    models = PpoModels(trained, reference, reward, autocast=accelerator.autocast, frozen_in_use=in_use,
+                       reward_tokenizer=load_chat_tokenizer(reward_dir, "auto", loading))
     return models, Optimization(accelerator, optimizer, scheduler, max_grad_norm, deepspeed=is_deepspeed(accelerator))
 
 

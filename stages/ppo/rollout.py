@@ -51,7 +51,8 @@ def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Te
     itself), only the reference log-probs and the scores.
 
     The reward model scores each answer as stages.common.scoring does for every stage: the decoded answer
-    in the rendered chat (at most `max_length` tokens), read by the classifier's own pooling."""
+    in the chat rendered by the reward model's own tokenizer and template (`models.reward_tokenizer`: the
+    reward stage trained on those; at most `max_length` tokens), read by the classifier's own pooling."""
     mask = response_mask(responses, tokenizer.eos_token_id)
     prompt_length = queries.shape[1]
     keys = ("logprobs", "entropy", "values") if with_policy else ()
@@ -72,7 +73,8 @@ def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Te
         # stays finite for any sampled token
         out["ref_logprobs"].append(token_logprobs(ref_logits, responses[part], temperature=temperature))
     with models.autocast():
-        scores = score_chats(models.reward, tokenizer, prompts, decode_answers(tokenizer, responses, mask),
+        scores = score_chats(models.reward, models.reward_tokenizer or tokenizer, prompts,
+                             decode_answers(tokenizer, responses, mask),
                              max_length=max_length, batch_size=micro_batch_size, device=queries.device)
     return {"response_mask": mask, "scores": scores, **{k: torch.cat(v) for k, v in out.items()}}
 

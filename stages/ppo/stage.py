@@ -245,7 +245,8 @@ class PhaseTimer:
 
 
 def check_same_tokenizer(tokenizer, reward_dir, loading: Loading) -> None:
-    """The reward model reads the policy's chats in the policy's tokens, so both must share one vocabulary."""
+    """The critic starts from the reward model and reads the policy's tokens, so both must share one vocabulary
+    (the reward model itself scores the chats rendered by its own tokenizer and template)."""
     if load_tokenizer(reward_dir, loading).get_vocab() != tokenizer.get_vocab():
         raise InputError(f"inputs.reward ({reward_dir}): its tokenizer differs from the policy's; train the reward "
                          "model from the same base (e.g. from the SFT stage)")

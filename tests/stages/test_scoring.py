@@ -5,6 +5,7 @@ pad token is its EOS and whose template adds text after EOS (as SmolLM2's ChatML
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -93,3 +94,36 @@ def test_sampling_with_pad_equal_to_eos_stops_and_scores(pad_is_eos):
     out = score_answers(models, queries, query_mask, tokenizer=tokenizer, prompts=PROMPTS, responses=responses,
                         temperature=1.0, micro_batch_size=2, max_length=128)
     assert torch.isfinite(out["scores"]).all() and out["scores"].shape == (2,)
+
+
+def test_ppo_scores_with_the_reward_models_own_template_when_the_policy_uses_another(pad_is_eos):
+    # a reward stage trained on ChatML while the SFT stage set another chat_template: PPO fed it the policy's
+    # `### User:`-style text (issue 23.3); it renders the chat with the reward artifact's own template
+    reward_tokenizer, policy, reward = pad_is_eos
+    policy_tokenizer = copy.deepcopy(reward_tokenizer)
+    policy_tokenizer.chat_template = ("{%- for m in messages -%}{{ '### ' + m['role'] + ': ' + m['content'] + eos_token }}"
+                                      "{%- endfor -%}{%- if add_generation_prompt -%}{{ '### assistant: ' }}{%- endif -%}")
+    models = PpoModels(PolicyAndValue(policy, ScalarPerToken(reward)), freeze(policy), freeze(reward),
+                       reward_tokenizer=reward_tokenizer)
+    queries, query_mask = encode_prompts(policy_tokenizer, PROMPTS, max_length=64, device="cpu")
+    answers = [policy_tokenizer(a, add_special_tokens=False)["input_ids"] + [policy_tokenizer.eos_token_id] for a in ANSWERS]
+    width = max(map(len, answers))
+    responses = torch.tensor([a + [policy_tokenizer.pad_token_id] * (width - len(a)) for a in answers])
+    out = score_answers(models, queries, query_mask, tokenizer=policy_tokenizer, prompts=PROMPTS, responses=responses,
+                        temperature=1.0, micro_batch_size=2, max_length=128)
+    assert out["scores"].tolist() == pytest.approx(plain_scores(reward, reward_tokenizer), abs=1e-5)
+
+
+def test_eval_refuses_a_policy_whose_chat_template_differs_from_the_references(pad_is_eos, tmp_path):
+    from core.errors import InputError
+    from stages.common.hf_models import Loading
+    from stages.eval.stage import check_same_chat_tokenizer
+
+    tokenizer, _, _ = pad_is_eos
+    tokenizer.save_pretrained(tmp_path / "same")
+    check_same_chat_tokenizer(tokenizer, tmp_path / "same", name="sft", loading=Loading())
+    other = copy.deepcopy(tokenizer)
+    other.chat_template = "{%- for m in messages -%}{{ m['content'] + eos_token }}{%- endfor -%}"
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(InputError, match=r"inputs.policies.dpo .*its chat template differs from the reference's"):
+        check_same_chat_tokenizer(tokenizer, tmp_path / "other", name="dpo", loading=Loading())
