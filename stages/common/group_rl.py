@@ -22,6 +22,7 @@ from stages.common.hf_models import (
     Loading,
     hub_commit_of,
     load_causal_lm,
+    locate,
     loaded_as,
     model_ref,
     parameter_count,
@@ -133,6 +134,16 @@ def prompt_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict
     return kept, len(rows) - len(kept)
 
 
+def reference_arguments(cfg: GroupRLStage, source, loading: Loading) -> dict:
+    """`model_init_kwargs` for TRL's reference model: without LoRA and with beta > 0, TRL loads the reference
+    itself from the policy's `config._name_or_path`, and only these arguments carry the rest of the source: a
+    Hub model's pinned commit, a GGUF file's name, remote code (TRL takes dtype and attention from the policy).
+    {} when TRL loads no reference."""
+    if cfg.beta == 0 or cfg.lora is not None:
+        return {}
+    return {"model_init_kwargs": {**locate(source)[1], **loading.code_kwargs()}}
+
+
 def group_arguments(ctx: StageContext, config_class: type, **algorithm):
     """TRL's GRPOConfig / RLOOConfig for the stage (before the model loads: ZeRO-3 registers its config)."""
     cfg: GroupRLStage = ctx.config
@@ -162,7 +173,7 @@ def train_group_rl(ctx: StageContext, trainer_class: type, make_arguments) -> di
     """Train the policy with `trainer_class` (GRPOTrainer or RLOOTrainer), evaluate before and after on
     held-out prompts, save; the manifest metrics. The reward functions come before `make_arguments()`: under
     ZeRO-3 the arguments make transformers load models as partitions, and the frozen reward model is a whole
-    copy on each process."""
+    copy on each process. `make_arguments(**extra)` passes `extra` to the TRL config."""
     cfg: GroupRLStage = ctx.config
     name = ctx.spec["stage"]
     quiet_libraries()
@@ -175,7 +186,7 @@ def train_group_rl(ctx: StageContext, trainer_class: type, make_arguments) -> di
     train_rows, long_train = prompt_rows(rows.train[: cfg.data.max_prompts], tokenizer, cfg.data.max_length)
     eval_rows, long_eval = prompt_rows(rows.validation[: cfg.evaluation_prompts], tokenizer, cfg.data.max_length)
     rewards = reward_functions(ctx, tokenizer.eos_token_id)
-    args = make_arguments()
+    args = make_arguments(**reference_arguments(cfg, source, loading))
     model = load_causal_lm(source, loading)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     n_params = parameter_count(model)

@@ -28,16 +28,25 @@ def preference_rows(ctx: StageContext, parse):
     return rows
 
 
-def policy_and_reference(ctx: StageContext):
-    """(source, tokenizer, policy, reference or None: the trainer copies the policy, or switches LoRA off)."""
+def policy_and_reference(ctx: StageContext, *, precompute_ref_log_probs: bool):
+    """(source, tokenizer, policy, reference): `inputs.reference`, else a second copy of the policy's source,
+    or None where TRL needs no reference model (LoRA switches the adapter off; precomputed log-probs come from
+    the policy before training)."""
     cfg = ctx.config
     source, loading = policy_source(ctx), Loading.of(cfg.model)
     check_context_length(source, cfg.data.max_length, "data.max_length", loading)
     tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
     model = load_causal_lm(source, loading)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    reference = load_causal_lm(ctx.inputs["reference"], loading) if "reference" in ctx.inputs else None
+    if "reference" in ctx.inputs:
+        reference = load_causal_lm(ctx.inputs["reference"], loading)
+    elif cfg.lora is None and not precompute_ref_log_probs:
+        # without one, TRL would reload the policy from `config._name_or_path`: a GGUF file's folder (which
+        # transformers cannot read), a Hub model without its pinned commit, no remote code
+        reference = load_causal_lm(source, loading)
+    else:
+        reference = None  # LoRA: the adapter switched off; precomputed: the policy itself, before training
     print(f"[{ctx.name}] {parameter_count(model) / 1e6:.2f} M parameters from {source}{loaded_as(model)}; reference: "
-          f"{ctx.inputs.get('reference') or ('the policy, adapter off' if cfg.lora else 'a copy of the policy')}",
+          f"{ctx.inputs.get('reference') or ('the policy, adapter off' if cfg.lora else 'the policy as loaded')}",
           flush=True)
     return source, tokenizer, model, reference

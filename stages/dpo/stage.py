@@ -72,7 +72,8 @@ def train(ctx: StageContext) -> dict:
     train_pairs = prompt_weighted_pairs(rows.train, cfg.train.seed)
     val_pairs = prompt_weighted_pairs(rows.validation, cfg.train.seed + 1)
     args = dpo_arguments(ctx)
-    source, tokenizer, model, reference = policy_and_reference(ctx)
+    source, tokenizer, model, reference = policy_and_reference(
+        ctx, precompute_ref_log_probs=cfg.dpo.precompute_ref_log_probs)
     n_params = parameter_count(model)
     print(f"[{name}] {len(rows.train)} train / {len(rows.validation)} validation prompts as {len(train_pairs)} / "
           f"{len(val_pairs)} pairs", flush=True)

@@ -15,5 +15,5 @@ from stages.grpo.config import GrpoStage
 def train(ctx: StageContext) -> dict:
     """Train with GRPO; the manifest metrics (stages.common.group_rl)."""
     cfg: GrpoStage = ctx.config
-    return train_group_rl(ctx, GRPOTrainer, lambda: group_arguments(
-        ctx, GRPOConfig, loss_type=cfg.loss_type, epsilon=cfg.epsilon, scale_rewards=cfg.scale_rewards))
+    return train_group_rl(ctx, GRPOTrainer, lambda **reference: group_arguments(
+        ctx, GRPOConfig, loss_type=cfg.loss_type, epsilon=cfg.epsilon, scale_rewards=cfg.scale_rewards, **reference))

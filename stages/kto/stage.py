@@ -35,7 +35,8 @@ def train(ctx: StageContext) -> dict:
         loss_type=cfg.kto.loss_type, desirable_weight=cfg.kto.desirable_weight,
         undesirable_weight=cfg.kto.undesirable_weight, precompute_ref_log_probs=cfg.kto.precompute_ref_log_probs,
         dataset_num_proc=None)
-    source, tokenizer, model, reference = policy_and_reference(ctx)
+    source, tokenizer, model, reference = policy_and_reference(
+        ctx, precompute_ref_log_probs=cfg.kto.precompute_ref_log_probs)
     n_params = parameter_count(model)
     prompts = sample_prompts(rows, cfg.samples.count)
     with gathered(model):

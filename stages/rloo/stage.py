@@ -15,5 +15,5 @@ from stages.rloo.config import RlooStage
 def train(ctx: StageContext) -> dict:
     """Train with RLOO; the manifest metrics (stages.common.group_rl)."""
     cfg: RlooStage = ctx.config
-    return train_group_rl(ctx, RLOOTrainer, lambda: group_arguments(
-        ctx, RLOOConfig, epsilon=cfg.epsilon, normalize_advantages=cfg.normalize_advantages))
+    return train_group_rl(ctx, RLOOTrainer, lambda **reference: group_arguments(
+        ctx, RLOOConfig, epsilon=cfg.epsilon, normalize_advantages=cfg.normalize_advantages, **reference))
