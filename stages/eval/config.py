@@ -14,6 +14,7 @@ pipeline before anything runs and from the fingerprints when the stage starts.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -23,12 +24,11 @@ from core.numbers import fmt, percent
 from core.progress import format_duration
 from core.records import prompt_problems
 from core.schema import StageConfig
+from core.scorers import REWARD_ROLES
 from core.sections import LoadingSettings, Problems, PromptFiles, SamplingSettings, too_long
 
 #: the artifact's file: every policy's answer to every prompt, with the judge's scores
 ANSWERS_FILE = "answers.jsonl"
-#: inputs roles that name the reward model a stage was optimised against
-REWARD_ROLES = ("reward",)
 
 
 class EvalStage(StageConfig):
@@ -70,17 +70,21 @@ class EvalStage(StageConfig):
         return problems
 
     def pipeline_problems(self, stages: dict[str, StageConfig]) -> Problems:
-        """The judge is none of the reward models the policies were optimised against."""
-        judge = self.inputs.get("judge")
-        if judge is None:
+        """The judge is none of the reward models the policies were optimised against (by stage name or path
+        here; by the weights' content when the stage starts)."""
+        judge_stage = self.inputs.get("judge")
+        judge_path = Path(self.judge.model).resolve() if isinstance(self.judge, JudgeLabeler) and self.judge.model \
+            else None
+        if judge_stage is None and judge_path is None:
             return []
         for name, source in self.family("policies").items():
             for ancestor in [source, *_ancestors(stages, source)]:
                 stage = stages[ancestor]
-                if any(stage.inputs.get(role) == judge for role in REWARD_ROLES):
-                    return [(("inputs", "judge"), f"{judge!r} is the reward model {ancestor!r} optimised policy "
-                                                  f"{name!r} against, so it would flatter it; judge with an "
-                                                  "independent one (a reward stage trained on other labels, or a rule)")]
+                reward_path = getattr(stage, "reward_model", None)
+                if judge_path is not None and reward_path is not None and Path(reward_path).resolve() == judge_path:
+                    return [(("judge", "model"), _proxy_message(str(judge_path), ancestor, name))]
+                if judge_stage is not None and any(stage.inputs.get(role) == judge_stage for role in REWARD_ROLES):
+                    return [(("inputs", "judge"), _proxy_message(judge_stage, ancestor, name))]
         return []
 
     def data_problems(self) -> list[str]:
@@ -105,6 +109,7 @@ class EvalStage(StageConfig):
         baseline = metrics.get("eval/baseline")
         parts = [f"{r['name']} wins {percent(r['win_rate'])} (95% interval {percent(r['win_rate_low'])}–"
                  f"{percent(r['win_rate_high'])}) at KL {fmt(r['kl'])} nats, stop rate {percent(r['stop_rate'])}"
+                 + (" (optimised on the judge's own rule: RLVR)" if r.get("optimised_on_judge") else "")
                  for r in rows if r["name"] != baseline]
         return (f"Judged by {metrics.get('eval/judge')} on {metrics.get('eval/prompts')} held-out prompts, against "
                 f"{baseline}: " + "; ".join(parts) + ".") if parts else ""
@@ -116,7 +121,9 @@ class EvalStage(StageConfig):
         if not rows:
             return []
         interval = lambda r, key: f"{fmt(r[key])} [{fmt(r[f'{key}_low'])}, {fmt(r[f'{key}_high'])}]"  # noqa: E731
-        comparison = [[r["name"], r.get("kind") or "", interval(r, "judge_score"),
+        comparison = [[r["name"], (r.get("kind") or "") + (" (RLVR: optimised on the judge's rule)"
+                                                           if r.get("optimised_on_judge") else ""),
+                       interval(r, "judge_score"),
                        "baseline" if r["name"] == metrics.get("eval/baseline") else interval(r, "win_rate"),
                        interval(r, "kl"), fmt(r["length"]), percent(r["stop_rate"]), fmt(r["distinct_2"]),
                        format_duration(r.get("wall_time_s")), fmt(r.get("peak_memory_gb"))]
@@ -132,6 +139,11 @@ class EvalStage(StageConfig):
             tables.append(("Sample answers (judge scores)", headers,
                            [[s["prompt"]] + [v for n in names for v in (s[n], fmt(s[f"{n}_score"]))] for s in samples]))
         return tables
+
+
+def _proxy_message(judge: str, ancestor: str, policy: str) -> str:
+    return (f"{judge!r} is the reward model {ancestor!r} optimised policy {policy!r} against, so it would flatter "
+            "it; judge with an independent one (a reward stage trained on other labels, or a rule)")
 
 
 def _ancestors(stages: dict[str, StageConfig], name: str) -> list[str]:

@@ -26,6 +26,7 @@ from accelerate.utils import gather_object
 from core.atomic import atomic_write_json
 from core.errors import InputError
 from core.records import distinct_prompts
+from core.scorers import optimised_against, weights_digest
 from core.stats import bootstrap_interval, distinct_n, mean, paired_wins
 from stages.common.chat import check_context_length, load_chat_tokenizer, prompt_text
 from stages.common.distribution import policy_logits, token_logprobs
@@ -36,7 +37,7 @@ from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
 from stages.common.row_checkpoints import commit_rows, rows_so_far, write_rows
 from stages.common.tensorboard import write_scalars
-from stages.eval.config import ANSWERS_FILE, REWARD_ROLES, EvalStage
+from stages.eval.config import ANSWERS_FILE, EvalStage
 
 
 def train(ctx: StageContext) -> dict:
@@ -46,7 +47,7 @@ def train(ctx: StageContext) -> dict:
     quiet_libraries()
     loading = Loading.of(cfg.model)
     policies = cfg.family("policies")
-    refuse_proxy_judge(ctx, policies)
+    on_judge_rule = judge_independence(ctx, policies)
     reference_role = "reference" if "reference" in ctx.inputs else f"policies.{cfg.baseline_name()}"
     prompts = distinct_prompts(cfg.data.prompts, cfg.data.max_prompts)
     mine = list(range(len(prompts)))[state.process_index :: state.num_processes]
@@ -87,7 +88,8 @@ def train(ctx: StageContext) -> dict:
                           {"judge": cfg.judge.describe(), "judge_fingerprint": inputs.get("judge", {}).get("fingerprint"),
                            "reference_fingerprint": inputs[reference_role]["fingerprint"],
                            "policy_fingerprints": {n: inputs[f"policies.{n}"]["fingerprint"] for n in policies}})
-    training = {n: training_cost(ctx.input_manifest(f"policies.{n}")) for n in policies}
+    training = {n: {**training_cost(ctx.input_manifest(f"policies.{n}")), "optimised_on_judge": on_judge_rule[n]}
+                for n in policies}
     metrics = eval_metrics(rows, scores, prompts, baseline=cfg.baseline_name(), judge=cfg.judge.describe(),
                            samples=cfg.samples, seed=cfg.seed, training=training)
     if state.is_main_process:
@@ -103,19 +105,23 @@ def training_cost(manifest: dict | None) -> dict:
             "peak_memory_gb": (manifest.get("metrics") or {}).get("resources/peak_memory_gb")}
 
 
-def refuse_proxy_judge(ctx: StageContext, policies: dict[str, str]) -> None:
-    """Refuse a judge whose artifact is a reward model a policy was optimised against (by fingerprint, so a
-    copy of the proxy under another stage name is caught too)."""
-    judge = ctx.spec["inputs"].get("judge")
-    if judge is None:
-        return
+def judge_independence(ctx: StageContext, policies: dict[str, str]) -> dict[str, bool]:
+    """Refuse a judge model whose weights are a reward model a policy (or an ancestor of it) was optimised
+    against, however it was named (another stage, a path, grpo/rloo's reward_model); compared by content.
+    Return, per policy, whether it was optimised on the judge's own rule (RLVR: legitimate, and said so)."""
+    cfg: EvalStage = ctx.config
+    judge_dir = ctx.inputs.get("judge") or getattr(cfg.judge, "model", None)
+    judge_digest = weights_digest(judge_dir) if judge_dir is not None and cfg.judge.kind == "judge" else None
+    judge_rule = cfg.judge.function if cfg.judge.kind == "rule" else None
+    on_judge_rule = {}
     for name in policies:
-        manifest = ctx.input_manifest(f"policies.{name}") or {}
-        for role in REWARD_ROLES:
-            proxy = (manifest.get("inputs") or {}).get(role)
-            if proxy and proxy.get("fingerprint") == judge["fingerprint"]:
-                raise InputError(f"{ctx.name}: inputs.judge: {judge['stage']} is the reward model policy {name!r} "
-                                 "was optimised against, so it would flatter it; judge with an independent one")
+        optimised = optimised_against(ctx.input_manifest(f"policies.{name}"))
+        if judge_digest is not None and judge_digest in optimised.models:
+            raise InputError(f"{ctx.name}: the judge ({judge_dir}) has the weights of the reward model that "
+                             f"{optimised.models[judge_digest]} optimised policy {name!r} against, so it would "
+                             "flatter it; judge with an independent one")
+        on_judge_rule[name] = judge_rule is not None and judge_rule in optimised.rules
+    return on_judge_rule
 
 
 def check_same_chat_tokenizer(tokenizer, policy_dir, *, name: str, loading: Loading) -> None:

@@ -34,6 +34,7 @@ from core.checkpoints import commit_checkpoint
 from core.errors import InputError
 from core.history import append_record, attempt_marker, read_history
 from core.records import prompt_row_with_reference
+from core.scorers import weights_digest
 from stages.common.chat import check_context_length, interleaved, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.generation import encode_prompts
@@ -81,6 +82,7 @@ def train(ctx: StageContext) -> dict:
         check_context_length(ctx.inputs[role], chat_length, "data.max_length + generation.max_new_tokens", loading)
     tokenizer = load_chat_tokenizer(ctx.inputs["policy"], "auto", loading)
     check_same_tokenizer(tokenizer, ctx.inputs["reward"], loading)
+    refuse_proxy_judge(cfg, judge_dir=ctx.inputs.get("judge"), reward_dir=ctx.inputs["reward"])
     lora = lora_config(cfg.lora)
     models, optimization = build_models(
         accelerator, policy_dir=ctx.inputs["policy"], reward_dir=ctx.inputs["reward"], lora=lora,
@@ -250,6 +252,18 @@ def check_same_tokenizer(tokenizer, reward_dir, loading: Loading) -> None:
     if load_tokenizer(reward_dir, loading).get_vocab() != tokenizer.get_vocab():
         raise InputError(f"inputs.reward ({reward_dir}): its tokenizer differs from the policy's; train the reward "
                          "model from the same base (e.g. from the SFT stage)")
+
+
+def refuse_proxy_judge(cfg: PpoStage, *, judge_dir, reward_dir) -> None:
+    """evaluation.judge must not be the reward model PPO optimises, however it is named (inputs.judge another
+    stage with the same weights, judge.model a path to the reward artifact): compared by the weights' content."""
+    judge = cfg.evaluation.judge
+    if judge is None or judge.kind != "judge":
+        return
+    judge_dir = judge_dir or judge.model
+    if weights_digest(judge_dir) == weights_digest(reward_dir):
+        raise InputError(f"evaluation.judge ({judge_dir}) has the weights of inputs.reward, the reward model PPO "
+                         "optimises, so it would flatter PPO; judge with an independent one")
 
 
 def save_checkpoint(ctx: StageContext, accelerator: Accelerator, *, step: int, keep_last: int) -> None:
