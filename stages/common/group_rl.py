@@ -60,27 +60,34 @@ class RewardModelScore:
 
 class RuleScore:
     """A TRL reward function from a rule `module:function(prompt, answers, reference) -> scores`, called once per
-    group of answers to one prompt (TRL passes a group's answers one after another)."""
+    group of answers to one prompt. TRL passes a group's answers one after another; a run of the same prompt
+    longer than `group_size` (the prompt drawn twice in a row) is that many groups, never one merged group."""
 
     __name__ = "rule"
 
-    def __init__(self, function: str):
+    def __init__(self, function: str, *, group_size: int):
         module, _, name = function.partition(":")
-        self.function = function
+        self.function, self.group_size = function, group_size
         self.rule = getattr(importlib.import_module(module), name)
 
     def __call__(self, prompts, completions, reference=None, **_) -> list[float]:
         references = reference if reference is not None else [None] * len(prompts)
         scores: list[float] = []
         rows = list(zip(prompts, completions, references))
-        for _, group in itertools.groupby(rows, key=lambda row: repr(row[0])):
-            group = list(group)
+        for group in self._groups(rows):
             prompt, ref = group[0][0], group[0][2] or None
             found = list(self.rule(prompt, [answer_text(c) for _, c, _ in group], ref))
             if len(found) != len(group):
                 raise ValueError(f"{self.function} returned {len(found)} scores for {len(group)} answers")
             scores += [float(s) for s in found]
         return scores
+
+    def _groups(self, rows: list[tuple]) -> list[list[tuple]]:
+        groups = []
+        for _, run in itertools.groupby(rows, key=lambda row: repr(row[0])):
+            run = list(run)
+            groups += [run[start : start + self.group_size] for start in range(0, len(run), self.group_size)]
+        return groups
 
 
 class MissingEosPenalty:
@@ -97,8 +104,9 @@ class MissingEosPenalty:
 
 
 def answer_text(completion) -> str:
-    """A completion as text: TRL gives conversational ones as `[{"role": "assistant", "content": ...}]`."""
-    return completion[-1]["content"] if isinstance(completion, list) else completion
+    """A completion as text, stripped as the reward stage and PPO read answers (TRL gives conversational ones
+    as `[{"role": "assistant", "content": ...}]`)."""
+    return (completion[-1]["content"] if isinstance(completion, list) else completion).strip()
 
 
 def reward_functions(ctx: StageContext, eos_token_id: int) -> list:
@@ -111,7 +119,7 @@ def reward_functions(ctx: StageContext, eos_token_id: int) -> list:
         functions.append(RewardModelScore(reward_dir, loading=Loading.of(cfg.model),
                                           max_length=cfg.reward_max_length, batch_size=cfg.train.batch_size))
     if cfg.reward_rule is not None:
-        functions.append(RuleScore(cfg.reward_rule.function))
+        functions.append(RuleScore(cfg.reward_rule.function, group_size=cfg.generation.num_generations))
     if cfg.generation.missing_eos_penalty is not None:
         functions.append(MissingEosPenalty(eos_token_id, cfg.generation.missing_eos_penalty))
     return functions

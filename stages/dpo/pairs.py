@@ -14,18 +14,25 @@ def untied_pairs(ranking: dict) -> list[tuple[str, str]]:
 def prompt_weighted_pairs(rankings: list[dict], seed: int) -> list[dict]:
     """Conversational DPO rows `{prompt, chosen, rejected}` in which every prompt appears equally often.
 
-    A prompt with P untied pairs appears E times, E = the largest P of any prompt, cycling through its pairs
-    from a seeded start: over the set each prompt weighs the same (as the reward kind averages a prompt's
-    pairs) and each of its pairs ~E/P times. With pairs only (P = 1 everywhere) it is the rows as they are.
+    TRL's DPO has no per-example weights, so weighting is by the rows themselves: every prompt appears E times,
+    E = the mean number of untied pairs per prompt (rounded, at least 1), so the set is about as large as the
+    pairs themselves. A prompt with more pairs than E gives a seeded sample of E of them; one with fewer cycles
+    through its own from a seeded start. Over the set each prompt weighs the same (as the reward kind
+    averages a prompt's pairs); with pairs only (one per prompt) it is the rows as they are. (Repeating every
+    prompt as often as the largest count instead made 120 copies of a lone pair beside a ranking of 16.)
     """
     rng = random.Random(seed)
     per_prompt = [untied_pairs(r) for r in rankings]
-    repeats = max((len(p) for p in per_prompt), default=0)
+    counts = [len(p) for p in per_prompt if p]
+    repeats = max(1, round(sum(counts) / len(counts))) if counts else 0
     rows = []
     for ranking, pairs in zip(rankings, per_prompt):
-        start = rng.randrange(len(pairs))
-        for k in range(repeats):
-            better, worse = pairs[(start + k) % len(pairs)]
+        if len(pairs) > repeats:
+            chosen_pairs = rng.sample(pairs, repeats)
+        else:
+            start = rng.randrange(len(pairs))
+            chosen_pairs = [pairs[(start + k) % len(pairs)] for k in range(repeats)]
+        for better, worse in chosen_pairs:
             rows.append({"prompt": ranking["prompt"], "chosen": [{"role": "assistant", "content": better}],
                          "rejected": [{"role": "assistant", "content": worse}]})
     return rows

@@ -26,11 +26,24 @@ def test_every_prompt_weighs_the_same_and_its_pairs_evenly():
     pair = {"prompt": [{"role": "user", "content": "two"}], "answers": ["x", "y"], "ranks": [1, 2]}
     rows = prompt_weighted_pairs([four, pair], seed=0)
     by_prompt = Counter(r["prompt"][0]["content"] for r in rows)
-    assert by_prompt == {"four": 6, "two": 6}  # 6 = the 6 pairs of the 4-answer ranking
+    assert by_prompt == {"four": 4, "two": 4}  # 4 = the mean pair count, (6 + 1) / 2 rounded
     four_pairs = Counter((r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows if r["prompt"] == four["prompt"])
-    assert set(four_pairs) == set(untied_pairs(four)) and set(four_pairs.values()) == {1}
+    assert set(four_pairs) <= set(untied_pairs(four)) and set(four_pairs.values()) == {1}  # a sample, no repeats
+    uniform = prompt_weighted_pairs([four, {**four, "prompt": USER}], seed=0)
+    assert len(uniform) == 12 and len({(r["prompt"][0]["content"], r["chosen"][0]["content"],
+                                        r["rejected"][0]["content"]) for r in uniform}) == 12  # every pair once
     assert prompt_weighted_pairs([pair], seed=0) == [{"prompt": pair["prompt"], "chosen": [{"role": "assistant", "content": "x"}],
                                                       "rejected": [{"role": "assistant", "content": "y"}]}]
+
+
+def test_one_long_ranking_does_not_multiply_the_set():
+    # K = 16 (120 pairs) beside 9 plain pairs: every prompt 120 times made 1,200 rows (issue 23.9)
+    sixteen = {"prompt": [{"role": "user", "content": "long"}], "answers": [str(i) for i in range(16)],
+               "ranks": list(range(1, 17))}
+    pairs = [{"prompt": [{"role": "user", "content": f"p{i}"}], "answers": ["x", "y"], "ranks": [1, 2]} for i in range(9)]
+    rows = prompt_weighted_pairs([sixteen, *pairs], seed=0)
+    assert len(rows) <= 120 + 9 + 10
+    assert len(set(Counter(r["prompt"][0]["content"] for r in rows).values())) == 1  # still equal per prompt
 
 
 def test_the_loss_types_are_trls():

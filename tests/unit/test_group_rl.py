@@ -44,3 +44,25 @@ def test_group_configs_refuse_what_cannot_run(tmp_path):
     stage["reward_rule"]["function"] = "no_such_module:f"
     with pytest.raises(InputError, match="stages.g.reward_rule.function: module 'no_such_module' cannot be imported"):
         load_pipeline(write_pipeline(path, {"g": stage}))
+
+
+def seen_groups(prompt, answers, reference):
+    """A rule that records the groups it was called with (for the test below)."""
+    SEEN.append(list(answers))
+    return [float(len(answers))] * len(answers)
+
+
+SEEN: list[list[str]] = []
+
+
+def test_a_rule_scores_each_group_alone_and_reads_stripped_answers():
+    # the same prompt drawn twice in a row: two groups of 4, not one of 8 (issue 23.9); answers stripped as
+    # the reward stage and PPO read them
+    from stages.common.group_rl import RuleScore
+
+    SEEN.clear()
+    score = RuleScore("tests.unit.test_group_rl:seen_groups", group_size=4)
+    prompts = [[{"role": "user", "content": "Hi"}]] * 8 + [[{"role": "user", "content": "Bye"}]] * 4
+    completions = [[{"role": "assistant", "content": f" answer {i}\n"}] for i in range(12)]
+    assert score(prompts, completions) == [4.0] * 12
+    assert SEEN == [[f"answer {i}" for i in range(start, start + 4)] for start in (0, 4, 8)]
