@@ -6,7 +6,7 @@ Inputs `policies.<name>` (causal-LM artifacts: SFT, PPO, ...), `reference` (the 
 baseline policy) and `judge` (a reward stage) unless the judge is `judge.model` or a rule. Each policy in turn
 samples one answer per prompt (seeded alike, each process its share of the prompts); the reference scores the
 same tokens, giving a sample estimate of KL(policy || reference) per answer (the policy's log-probs under the
-sampling distribution, temperature and top-p, against the reference's at the same temperature, as PPO's KL
+sampling distribution, temperature and top-p, against the reference's built the same way, as PPO's KL
 penalty). A policy's answers are a checkpoint (the rows so far), so a killed stage resumes after the last
 policy it finished. Then the judge scores every policy's answer to a prompt together (a rule sees them side by
 side).
@@ -159,9 +159,9 @@ def answer_with_kl(policy, reference, tokenizer, prompts: list[list[dict]], *, c
         ids, attention = torch.cat([queries, responses], 1), torch.cat([query_mask, mask], 1)
         logprobs = token_logprobs(policy_logits(policy, ids, attention, prompt_length=queries.shape[1]), responses,
                                   temperature=settings.temperature, top_p=settings.top_p)
-        # the reference untruncated, as in PPO's penalty: finite for any token the policy sampled
+        # the reference's distribution built as the policy's, as in PPO's penalty (stages.common.distribution)
         ref_logprobs = token_logprobs(policy_logits(reference, ids, attention, prompt_length=queries.shape[1]),
-                                      responses, temperature=settings.temperature)
+                                      responses, temperature=settings.temperature, top_p=settings.top_p)
         kls = ((logprobs - ref_logprobs) * mask).sum(1).tolist()
         stopped = ((responses == tokenizer.eos_token_id) & mask.bool()).any(1).tolist()
         for text, kl, length, stop in zip(decode_answers(tokenizer, responses, mask), kls, mask.sum(1).tolist(), stopped):

@@ -69,9 +69,9 @@ def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Te
             del logits
         with models.autocast():
             ref_logits = policy_logits(models.reference, ids, attention, prompt_length=prompt_length)
-        # untruncated: the KL penalty compares the sampling policy with the whole reference distribution, so it
-        # stays finite for any sampled token
-        out["ref_logprobs"].append(token_logprobs(ref_logits, responses[part], temperature=temperature))
+        # the reference's distribution built as the policy's (temperature, top-p nucleus holding the sampled
+        # token: finite for any token): with the same weights the KL is 0, not -log(nucleus mass) per token
+        out["ref_logprobs"].append(token_logprobs(ref_logits, responses[part], temperature=temperature, top_p=top_p))
     with models.autocast():
         scores = score_chats(models.reward, models.reward_tokenizer or tokenizer, prompts,
                              decode_answers(tokenizer, responses, mask),

@@ -50,6 +50,7 @@ def bf16_roles(tiny, tmp_path: Path) -> None:
     tokenizer, policy, scorer = tiny
     policy.save_pretrained(tmp_path / "policy")
     scorer.save_pretrained(tmp_path / "reward")
+    tokenizer.save_pretrained(tmp_path / "reward")  # PPO scores with the reward artifact's own tokenizer
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
     models, _ = build_models(accelerator, policy_dir=tmp_path / "policy", reward_dir=tmp_path / "reward", lora=None,
                              frozen_models="auto", learning_rate=1e-3, critic_learning_rate=1e-3, betas=(0.9, 0.95),

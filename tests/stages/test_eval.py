@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +17,7 @@ from core.layout import StageDirs
 from core.manifest import read_manifest
 from stages.common.chat import load_chat_tokenizer
 from stages.common.scoring import score_chats
-from stages.eval.stage import refuse_proxy_judge
+from stages.eval.stage import judge_independence
 from tests.helpers import DATA, chat_pipeline, rlhf
 
 POLICIES = ["sft", "ppo", "ppo_lora"]
@@ -63,14 +64,21 @@ def test_the_metrics_compare_each_policy_with_the_baseline_with_intervals(tiny_c
     assert [s["prompt"] for s in metrics["samples"]] == [row["prompt"][-1]["content"] for row in answers[:3]]
 
 
-def test_a_judge_with_the_fingerprint_of_a_policys_proxy_is_refused_when_the_stage_starts(tiny_chat_run):
-    """A copy of the proxy reward model under another stage name passes the pipeline check, not this one."""
+def test_a_copy_of_a_policys_proxy_as_judge_is_refused_when_the_stage_starts(tmp_path, tiny_chat_run):
+    """A copy of the proxy reward model under another stage name passes the pipeline check, not this one:
+    the judge is compared with what each policy was optimised against by its weights."""
+    shutil.copytree(tiny_chat_run / "rm", tmp_path / "rm_copy")
     spec = json.loads((tiny_chat_run / "judged" / "spec.json").read_text())
-    spec["inputs"]["judge"]["fingerprint"] = read_manifest(StageDirs(tiny_chat_run / "rm"))["fingerprint"]
-    ctx = SimpleNamespace(name="judged", spec=spec,
-                          input_manifest=lambda role: read_manifest(StageDirs(tiny_chat_run / spec["inputs"][role]["stage"])))
-    with pytest.raises(InputError, match="'ppo' was optimised against"):
-        refuse_proxy_judge(ctx, {"sft": "sft", "ppo": "ppo"})
+    spec["inputs"]["judge"] = {"stage": "rm_copy", "artifact": str(tmp_path / "rm_copy" / "artifact")}
+    config = SimpleNamespace(judge=SimpleNamespace(kind="judge"))
+    ctx = SimpleNamespace(name="judged", spec=spec, config=config, inputs={"judge": spec["inputs"]["judge"]["artifact"]},
+                          input_manifest=lambda role: read_manifest(StageDirs(Path(spec["inputs"][role]["artifact"]).parent)))
+    with pytest.raises(InputError, match="optimised policy 'ppo' against"):
+        judge_independence(ctx, {"sft": "sft", "ppo": "ppo"})
+    # the independent judge this pipeline ships passes
+    spec["inputs"]["judge"] = {"stage": "rm_own", "artifact": str(tiny_chat_run / "rm_own" / "artifact")}
+    ctx.inputs = {"judge": spec["inputs"]["judge"]["artifact"]}
+    assert judge_independence(ctx, {"sft": "sft", "ppo": "ppo"}) == {"sft": False, "ppo": False}
 
 
 def test_an_interrupted_eval_resumes_after_the_last_policy_it_finished(tmp_path, tiny_chat_run):

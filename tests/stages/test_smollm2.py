@@ -54,7 +54,9 @@ def smol_run(tmp_path_factory) -> Path:
                "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-5, **bf16}},
         "ppo": {"kind": "ppo", "inputs": {"policy": "sft", "reward": "rm"}, "lora": {"r": 4, "alpha": 8},
                 "data": {"train": [chat("train.jsonl", 16)], "validation": [chat("heldout.jsonl", 4)], "max_length": 48},
-                "generation": {"max_new_tokens": 8},
+                # the shipped configs' sampling: in bf16 a token at the top-p edge fell outside its rescored
+                # nucleus (log-prob -1e9, issue 23.1)
+                "generation": {"max_new_tokens": 8, "temperature": 0.7, "top_p": 0.95},
                 "ppo": {"rollout_batch_size": 4, "mini_batch_size": 4, "micro_batch_size": 2, "epochs": 1},
                 "evaluation": {"prompts": 4, "samples": 2},
                 "train": {"max_steps": 2, "learning_rate": 1e-4, "lr_scheduler": "constant", **bf16}},
