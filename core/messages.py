@@ -137,3 +137,8 @@ def tools_json(value, what: str = "tools") -> str:
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise BadRow(f"{what} must be a list of tool schemas (objects)")
     return json.dumps(without_nones(value))
+
+
+def prompt_text(prompt: list[dict]) -> str:
+    """A chat prompt as one line for tables: the last user turn."""
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), prompt[-1]["content"])

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from core.datasources import DataSource, source_of, source_rows
 from core.errors import InputError
+from core.instructions import instructions_of
 from core.messages import answer, implicit_prompt, messages, text_value, tools_json
 from core.textfiles import BadRow
 
@@ -136,24 +137,28 @@ def _is_preference(row: dict) -> bool:
 
 def prompt_and_reference(row: dict) -> dict:
     """A prompt from any SFT or preference row, and its reference answer: an SFT completion's last turn, the
-    best of ranked answers, or None for a bare `{"prompt"}`."""
+    best of ranked answers, or None for a bare `{"prompt"}`; with `instructions` when the row carries
+    verifiable ones (IFEval's `instruction_id_list` and `kwargs`: core/instructions.py)."""
+    instructions = instructions_of(row)
+    extras = {"instructions": instructions} if instructions else {}
     if _is_preference(row):
         ranked = ranking_row(row)
         best = ranked["answers"][ranked["ranks"].index(min(ranked["ranks"]))]
-        return {"prompt": ranked["prompt"], "reference": best}
+        return {"prompt": ranked["prompt"], "reference": best, **extras}
     if "messages" in row or "completion" in row:
         parsed = sft_row(row)
-        return {"prompt": parsed["prompt"], "reference": parsed["completion"][-1]["content"]}
+        return {"prompt": parsed["prompt"], "reference": parsed["completion"][-1]["content"], **extras}
     if "prompt" not in row:
         raise BadRow('expected "prompt" or "messages"' + (" (a text row has no prompt)" if "text" in row else ""))
-    return {"prompt": messages(row["prompt"], "prompt"), "reference": None}
+    return {"prompt": messages(row["prompt"], "prompt"), "reference": None, **extras}
 
 
 def prompt_row(row: dict) -> dict:
     """A prompt for PPO from any SFT or preference row; `best_answer` when the row ranks answers (for the gold
-    win rate), else None."""
+    win rate), else None; its `instructions` when it has them."""
     parsed = prompt_and_reference(row)
-    return {"prompt": parsed["prompt"], "best_answer": parsed["reference"] if _is_preference(row) else None}
+    extras = {"instructions": parsed["instructions"]} if "instructions" in parsed else {}
+    return {"prompt": parsed["prompt"], "best_answer": parsed["reference"] if _is_preference(row) else None, **extras}
 
 
 def prompt_row_with_reference(row: dict) -> dict:

@@ -48,3 +48,43 @@ def token_f1(answer: str, reference: str) -> float:
         return 0.0
     precision, recall = common / len(a), common / len(b)
     return 2 * precision * recall / (precision + recall)
+
+
+def bootstrap_ratio_interval(numerators: Sequence[float], denominators: Sequence[float], *, confidence: float = 0.95,
+                             resamples: int = 2000, seed: int = 0) -> tuple[float, float] | tuple[None, None]:
+    """A percentile bootstrap interval of sum(numerators) / sum(denominators), resampling the pairs (e.g. per
+    prompt: instructions followed / instructions asked, so a prompt's instructions stay together)."""
+    pairs = [(n, d) for n, d in zip(numerators, denominators)]
+    if not pairs or not sum(d for _, d in pairs):
+        return None, None
+    rng = random.Random(seed)
+    count = len(pairs)
+    ratios = []
+    for _ in range(resamples):
+        drawn = [pairs[rng.randrange(count)] for _ in range(count)]
+        total = sum(d for _, d in drawn)
+        ratios.append(sum(n for n, _ in drawn) / total if total else 0.0)
+    ratios.sort()
+    tail = (1 - confidence) / 2
+    return ratios[int(tail * (resamples - 1))], ratios[int(round((1 - tail) * (resamples - 1)))]
+
+
+def paired_difference_interval(first: Sequence, second: Sequence, statistic, *, confidence: float = 0.95,
+                               resamples: int = 1000, seed: int = 0) -> tuple[float, float] | tuple[None, None]:
+    """A percentile bootstrap interval of statistic(second) - statistic(first), resampling the pairs together
+    (two policies' answers to the same prompts); `statistic` maps a list of items to a number or None."""
+    if not first or len(first) != len(second):
+        return None, None
+    rng = random.Random(seed)
+    count = len(first)
+    differences = []
+    for _ in range(resamples):
+        drawn = [rng.randrange(count) for _ in range(count)]
+        a, b = statistic([first[i] for i in drawn]), statistic([second[i] for i in drawn])
+        if a is not None and b is not None:
+            differences.append(b - a)
+    if not differences:
+        return None, None
+    differences.sort()
+    tail = (1 - confidence) / 2
+    return differences[int(tail * (len(differences) - 1))], differences[int(round((1 - tail) * (len(differences) - 1)))]

@@ -70,6 +70,7 @@ def write_report(pipeline: Pipeline) -> Path:
     doc = Document(f"Run report: {pipeline.path.stem}")
     doc.add(Paragraph(f"Pipeline `{pipeline.path}` · run directory `{pipeline.run_dir}` · written "
                       f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"))
+    _verdict(doc, records, pipeline)
     _summary(doc, records, plots_cache)
     for record in records:
         _stage_section(doc, record, plots_cache)
@@ -121,6 +122,50 @@ def _history_key(record: StageRecord) -> str:
     carries a timestamp, change whenever the history does)."""
     return json.dumps([record.kind, len(record.history), record.history[-1] if record.history else None],
                       sort_keys=True, default=str)
+
+
+def _verdict(doc: Document, records: list[StageRecord], pipeline: Pipeline) -> None:
+    """First: what the eval stages found (objective and guard, with the numbers that say so), then the settings
+    that produced it: the `--set` overrides and each trained stage's hyperparameters."""
+    doc.add(Heading(2, "Verdict"))
+    judged = [r for r in records if r.kind == "eval" and r.metrics.get("policies")]
+    if not judged:
+        doc.add(Paragraph("No eval stage has finished: nothing in this run has judged its policies independently "
+                          "yet (a reward model's own scores are not a verdict)."))
+    for r in judged:
+        stale = "" if r.view.state == "fresh" else f" (stale: {r.view.detail or r.view.state})"
+        doc.add(Heading(3, f"{r.name}{stale}"), Paragraph(r.config_class.findings(r.metrics)))
+        for heading, headers, rows in r.config_class.tables(r.metrics)[:2]:
+            doc.add(Paragraph(heading), Table(headers, rows))
+    if pipeline.overrides:
+        doc.add(Paragraph("Run with overrides: " + " ".join(f"`--set {o}`" for o in pipeline.overrides)))
+    settings = [row for row in (_hyperparameters(r) for r in records) if row]
+    if settings:
+        doc.add(Paragraph("Hyperparameters of the trained stages (the rest of each stage's config is in its "
+                          "manifest):"), Table(["stage", "kind", "settings"], settings))
+
+
+#: (section, key) pairs shown as a stage's hyperparameters when its config has them
+_HYPERPARAMETERS = (("train", "max_steps"), ("train", "batch_size"), ("train", "learning_rate"),
+                    ("train", "precision"), ("ppo", "rollout_batch_size"), ("ppo", "epochs"), ("ppo", "kl"),
+                    ("ppo", "ptx"), ("generation", "temperature"), ("generation", "top_p"),
+                    ("generation", "num_generations"), ("", "beta"), ("", "loss_type"), ("", "lora"),
+                    ("", "samples_per_prompt"), ("labeler", "function"), ("labeler", "temperature"))
+
+
+def _hyperparameters(record: StageRecord) -> list[str] | None:
+    """[stage, kind, "key value, ..."] from the manifest's config; None for a stage that has not run."""
+    config = ((record.manifest or {}).get("config")) or {}
+    shown = []
+    for section, key in _HYPERPARAMETERS:
+        holder = config.get(section) if section else config
+        value = holder.get(key) if isinstance(holder, dict) else None
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {fmt(v)}" for k, v in value.items() if v is not None and not isinstance(v, list))
+        shown.append(f"{f'{section}.' if section else ''}{key} {fmt(value) if not isinstance(value, str) else value}")
+    return [record.name, record.kind, "; ".join(shown)] if shown else None
 
 
 def _summary(doc: Document, records: list[StageRecord], plots_cache: _PlotCache) -> None:
@@ -181,7 +226,7 @@ def _stage_section(doc: Document, r: StageRecord, plots_cache: _PlotCache) -> No
 
 def _samples(doc: Document, records: list[StageRecord]) -> None:
     """Greedy answers to the same held-out prompts: base -> SFT -> PPO with reward-model scores (from each
-    PPO stage), and base -> SFT for SFT stages no PPO stage has shown."""
+    PPO stage), and input -> trained for the SFT stages no PPO stage has shown and for DPO and KTO stages."""
     shown_sft = set()
     tables = []
     for r in records:
@@ -194,9 +239,13 @@ def _samples(doc: Document, records: list[StageRecord]) -> None:
                     for s in r.metrics["samples"]]
             tables.append((f"{r.name}: base → {policy} → {r.name}", headers, rows))
     for r in records:
-        if r.kind == "sft" and r.name not in shown_sft and r.metrics.get("samples"):
-            rows = [[s["prompt"], s.get("base", "–"), s.get("sft", "–")] for s in r.metrics["samples"]]
-            tables.append((f"{r.name}: base → {r.name}", ["prompt", "base model", "SFT model"], rows))
+        samples = r.metrics.get("samples") or []
+        # sft, dpo, kto: greedy answers of the input model ("base") and the trained one (under the kind's name)
+        if r.kind == "ppo" or r.name in shown_sft or not any(r.kind in s for s in samples):
+            continue
+        source = next((i.get("stage") for i in ((r.manifest or {}).get("inputs") or {}).values()), None) or "base"
+        rows = [[s["prompt"], s.get("base", "–"), s.get(r.kind, "–")] for s in samples]
+        tables.append((f"{r.name}: {source} → {r.name}", ["prompt", f"{source} model", f"{r.name} model"], rows))
     if not tables:
         return
     doc.add(Heading(2, "Sample answers"))

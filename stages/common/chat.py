@@ -180,6 +180,3 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     return [a.strip() for a in answers]
 
 
-def prompt_text(prompt: list[dict]) -> str:
-    """A chat prompt as one line for tables: the last user turn."""
-    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), prompt[-1]["content"])

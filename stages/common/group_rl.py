@@ -8,8 +8,8 @@ stage read one score. It is a whole frozen copy on every process (as PPO's `froz
 
 from __future__ import annotations
 
-import importlib
 import itertools
+import json
 
 from accelerate import PartialState
 from transformers import AutoModelForSequenceClassification, set_seed
@@ -36,6 +36,7 @@ from stages.common.hf_trainer import (
     training_arguments,
     training_metrics,
 )
+from stages.common.labelers import rule_function
 from stages.common.lora import lora_config, save_causal_lm_artifact
 from stages.common.scoring import score_chats
 
@@ -66,17 +67,18 @@ class RuleScore:
     __name__ = "rule"
 
     def __init__(self, function: str, *, group_size: int):
-        module, _, name = function.partition(":")
         self.function, self.group_size = function, group_size
-        self.rule = getattr(importlib.import_module(module), name)
+        self.rule = rule_function(function)
 
-    def __call__(self, prompts, completions, reference=None, **_) -> list[float]:
+    def __call__(self, prompts, completions, reference=None, instructions=None, **_) -> list[float]:
         references = reference if reference is not None else [None] * len(prompts)
+        checks = instructions if instructions is not None else [""] * len(prompts)
         scores: list[float] = []
-        rows = list(zip(prompts, completions, references))
+        rows = list(zip(prompts, completions, references, checks))
         for group in self._groups(rows):
-            prompt, ref = group[0][0], group[0][2] or None
-            found = list(self.rule(prompt, [answer_text(c) for _, c, _ in group], ref))
+            prompt, ref, check = group[0][0], group[0][2] or None, group[0][3]
+            found = list(self.rule(prompt, [answer_text(c) for _, c, _, _ in group], ref,
+                                   json.loads(check) if check else None))
             if len(found) != len(group):
                 raise ValueError(f"{self.function} returned {len(found)} scores for {len(group)} answers")
             scores += [float(s) for s in found]
@@ -138,7 +140,9 @@ def prompt_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict
     for row in rows:
         ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)
         if len(ids["input_ids"]) <= max_length:
-            kept.append({"prompt": row["prompt"], "reference": row["reference"] or ""})
+            # the instructions as JSON text: their kwargs differ by instruction, which one Arrow column cannot hold
+            kept.append({"prompt": row["prompt"], "reference": row["reference"] or "",
+                         "instructions": json.dumps(row["instructions"]) if row.get("instructions") else ""})
     return kept, len(rows) - len(kept)
 
 

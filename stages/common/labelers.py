@@ -5,12 +5,14 @@ answer in its chat, through stages.common.scoring like every stage."""
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from core.labelers import JudgeLabeler, LmJudgeLabeler, RuleLabeler
-from stages.common.chat import load_chat_tokenizer, prompt_text
+from core.messages import prompt_text
+from stages.common.chat import load_chat_tokenizer
 from stages.common.distribution import position_ids
 from stages.common.generation import encode_prompts
 from stages.common.hf_models import Loading, load_causal_lm, load_tokenizer, model_ref
@@ -20,11 +22,11 @@ from stages.common.scoring import score_chats
 def labeler_scores(labeler: RuleLabeler | JudgeLabeler | LmJudgeLabeler, *, judge_dir, device):
     """A function from sample rows to each row's K scores (higher is better)."""
     if isinstance(labeler, RuleLabeler):
-        module, _, name = labeler.function.partition(":")
-        rule = getattr(importlib.import_module(module), name)
+        rule = rule_function(labeler.function)
 
         def by_rule(rows: list[dict]) -> list[list[float]]:
-            scored = [list(rule(row["prompt"], row["answers"], row.get("reference"))) for row in rows]
+            scored = [list(rule(row["prompt"], row["answers"], row.get("reference"), row.get("instructions")))
+                      for row in rows]
             for row, scores in zip(rows, scored):
                 if len(scores) != len(row["answers"]):
                     raise ValueError(f"{labeler.function} returned {len(scores)} scores for "
@@ -46,6 +48,20 @@ def labeler_scores(labeler: RuleLabeler | JudgeLabeler | LmJudgeLabeler, *, judg
                            batch_size=labeler.batch_size, device=device).tolist()
         return per_row(flat, rows)
     return by_judge
+
+
+def rule_function(function: str):
+    """The rule `module:function` as `(prompt, answers, reference, instructions) -> scores`: a prompt's
+    verifiable instructions reach only a rule that takes an `instructions` keyword."""
+    module, _, name = function.partition(":")
+    rule = getattr(importlib.import_module(module), name)
+    takes_instructions = "instructions" in inspect.signature(rule).parameters
+
+    def call(prompt: list[dict], answers: list[str], reference: str | None, instructions: list[dict] | None):
+        if takes_instructions:
+            return rule(prompt, answers, reference, instructions=instructions)
+        return rule(prompt, answers, reference)
+    return call
 
 
 def lm_judge(labeler: LmJudgeLabeler, *, device):

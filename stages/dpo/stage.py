@@ -14,11 +14,11 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
+from core.messages import prompt_text
 from core.records import ranking_row
 from stages.common.chat import (
     chat_dataset,
     generate_answers,
-    prompt_text,
     sample_prompts,
 )
 from stages.common.entry import StageContext

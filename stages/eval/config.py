@@ -26,6 +26,7 @@ from core.records import prompt_problems
 from core.schema import StageConfig
 from core.scorers import REWARD_ROLES
 from core.sections import LoadingSettings, Problems, PromptFiles, SamplingSettings, too_long
+from core.verdict import GUARD_NAMES, points, verdicts
 
 #: the artifact's file: every policy's answer to every prompt, with the judge's scores
 ANSWERS_FILE = "answers.jsonl"
@@ -47,7 +48,7 @@ class EvalStage(StageConfig):
     module = "stages.eval"
     input_roles = {"policies": True, "judge": False, "reference": False}
     input_families = frozenset({"policies"})
-    headline = ("eval/prompts", "eval/best_policy", "eval/best_win_rate")
+    headline = ("eval/prompts", "eval/best_policy", "eval/best_prompt_loose_diff", "eval/best_win_rate")
     live = ("eval/policies_done",)
     about = ("Every policy answers the same held-out prompts with the same sampling settings and seed, and one "
              "judge, independent of the reward models the policies were optimised against, scores every answer. "
@@ -102,36 +103,66 @@ class EvalStage(StageConfig):
 
     @classmethod
     def findings(cls, metrics: dict) -> str:
-        """Each policy's win rate against the baseline with its interval, at its KL, by the judge."""
-        rows = metrics.get("policies") or []
-        if not rows:
+        """The verdict against the baseline, per policy: the objective (IFEval's checkers on prompts with
+        instructions, else the judge's win rate) with its paired interval, beside the guard (core/verdict.py)."""
+        sentences = verdicts(metrics)
+        if not sentences:
             return ""
-        baseline = metrics.get("eval/baseline")
-        parts = [f"{r['name']} wins {percent(r['win_rate'])} (95% interval {percent(r['win_rate_low'])}–"
-                 f"{percent(r['win_rate_high'])}) at KL {fmt(r['kl'])} nats, stop rate {percent(r['stop_rate'])}"
-                 + (" (optimised on the judge's own rule: RLVR)" if r.get("optimised_on_judge") else "")
-                 for r in rows if r["name"] != baseline]
-        return (f"Judged by {metrics.get('eval/judge')} on {metrics.get('eval/prompts')} held-out prompts, against "
-                f"{baseline}: " + "; ".join(parts) + ".") if parts else ""
+        objective = (f"IFEval's checkers on {metrics.get('eval/instruction_prompts')} held-out prompts with "
+                     "instructions" if metrics.get("eval/instruction_prompts")
+                     else f"{metrics.get('eval/judge')} on {metrics.get('eval/prompts')} held-out prompts")
+        return f"Judged by {objective}, against {metrics.get('eval/baseline')}: " + "; ".join(sentences) + "."
 
     @classmethod
     def tables(cls, metrics: dict) -> list[tuple[str, list[str], list[list]]]:
-        """The comparison table (one row per policy) and the sample answers."""
+        """The objective table (IFEval's four metrics, with the paired difference to the baseline), the guard
+        table, the per-instruction table and the sample answers; without instructions, the judge's table."""
         rows = metrics.get("policies") or []
         if not rows:
             return []
-        interval = lambda r, key: f"{fmt(r[key])} [{fmt(r[f'{key}_low'])}, {fmt(r[f'{key}_high'])}]"  # noqa: E731
-        comparison = [[r["name"], (r.get("kind") or "") + (" (RLVR: optimised on the judge's rule)"
-                                                           if r.get("optimised_on_judge") else ""),
-                       interval(r, "judge_score"),
-                       "baseline" if r["name"] == metrics.get("eval/baseline") else interval(r, "win_rate"),
-                       interval(r, "kl"), fmt(r["length"]), percent(r["stop_rate"]), fmt(r["distinct_2"]),
-                       format_duration(r.get("wall_time_s")), fmt(r.get("peak_memory_gb"))]
-                      for r in rows]
-        tables = [("Policies (95% intervals; wall time and peak memory of the stage that trained each)",
-                   ["policy", "kind", "judge score", f"win rate vs {metrics.get('eval/baseline')}",
-                    "KL to reference (nats)", "length", "stop rate", "distinct-2", "wall time", "peak memory (GB)"],
-                   comparison)]
+        baseline = metrics.get("eval/baseline")
+        interval = lambda r, key: "–" if r.get(key) is None else \
+            f"{fmt(r[key])} [{fmt(r.get(f'{key}_low'))}, {fmt(r.get(f'{key}_high'))}]"  # noqa: E731
+        share = lambda r, key: "–" if r.get(key) is None else \
+            f"{percent(r[key])} [{percent(r.get(f'{key}_low'))}, {percent(r.get(f'{key}_high'))}]"  # noqa: E731
+        diff = lambda r, key: "baseline" if r["name"] == baseline else \
+            f"{points(r.get(f'{key}_diff'))} [{points(r.get(f'{key}_diff_low'))}, {points(r.get(f'{key}_diff_high'))}]"  # noqa: E731
+        signed = lambda r, key: "–" if r.get(f"{key}_diff") is None else \
+            f"{r[f'{key}_diff']:+.3f} [{r[f'{key}_diff_low']:+.3f}, {r[f'{key}_diff_high']:+.3f}]"  # noqa: E731
+        kind = lambda r: (r.get("kind") or "") + (" (RLVR: optimised on the judge's rule)"  # noqa: E731
+                                                  if r.get("optimised_on_judge") else "")
+        cost = lambda r: [format_duration(r.get("wall_time_s")), fmt(r.get("peak_memory_gb"))]  # noqa: E731
+        tables = []
+        if any(r.get("prompt_loose") is not None for r in rows):
+            tables.append(("IFEval on held-out prompts (95% intervals over prompts; differences in points, paired "
+                           f"by prompt against {baseline})",
+                           ["policy", "kind", "prompt loose", "vs baseline", "prompt strict", "instruction loose",
+                            "vs baseline", "instruction strict", "KL to reference (nats)", "wall time",
+                            "peak memory (GB)"],
+                           [[r["name"], kind(r), share(r, "prompt_loose"), diff(r, "prompt_loose"),
+                             share(r, "prompt_strict"), share(r, "instruction_loose"), diff(r, "instruction_loose"),
+                             share(r, "instruction_strict"), interval(r, "kl"), *cost(r)] for r in rows]))
+        else:
+            tables.append(("Policies (95% intervals; wall time and peak memory of the stage that trained each)",
+                           ["policy", "kind", "judge score", f"win rate vs {baseline}", "KL to reference (nats)",
+                            "wall time", "peak memory (GB)"],
+                           [[r["name"], kind(r), interval(r, "judge_score"),
+                             "baseline" if r["name"] == baseline else interval(r, "win_rate"), interval(r, "kl"),
+                             *cost(r)] for r in rows]))
+        tables.append(("Guard against degenerate wins (differences to the baseline with 95% paired intervals)",
+                       ["policy", "function-word share", "distinct-2", "repeated 3-grams", "content-word F1",
+                        "length (tokens)", "stop rate", "judge score", "worse beyond interval"],
+                       [[r["name"], *(fmt(r.get(k)) + ("" if r["name"] == baseline else f" ({signed(r, k)})")
+                                      for k in GUARD_NAMES), fmt(r.get("length")), percent(r.get("stop_rate")),
+                         interval(r, "judge_score"),
+                         "baseline" if r["name"] == baseline else ", ".join(r.get("guard_worse") or []) or "none"]
+                        for r in rows]))
+        types = sorted({t for r in rows for t in (r.get("instruction_types") or {})})
+        if types:
+            cell = lambda r, t: "–" if t not in (r.get("instruction_types") or {}) else \
+                f"{percent(r['instruction_types'][t]['loose'])} of {r['instruction_types'][t]['count']}"  # noqa: E731
+            tables.append(("Per instruction type (loose accuracy, of how many asked)",
+                           ["instruction", *(r["name"] for r in rows)], [[t, *(cell(r, t) for r in rows)] for t in types]))
         samples = metrics.get("samples") or []
         if samples:
             names = [r["name"] for r in rows]

@@ -25,10 +25,14 @@ from accelerate.utils import gather_object
 
 from core.atomic import atomic_write_json
 from core.errors import InputError
+from core.guard import guard_differences, guard_metrics, worse_beyond_interval
+from core.instruction_metrics import instruction_metrics, per_instruction_type
+from core.instructions import Checked, check
+from core.messages import prompt_text
 from core.records import distinct_prompts
 from core.scorers import optimised_against, weights_digest
-from core.stats import bootstrap_interval, distinct_n, mean, paired_wins
-from stages.common.chat import check_context_length, load_chat_tokenizer, prompt_text
+from core.stats import bootstrap_interval, mean, paired_wins
+from stages.common.chat import check_context_length, load_chat_tokenizer
 from stages.common.distribution import policy_logits, token_logprobs
 from stages.common.entry import StageContext
 from stages.common.generation import HFGenerator, decode_answers, encode_prompts, response_mask
@@ -169,12 +173,18 @@ def answer_with_kl(policy, reference, tokenizer, prompts: list[list[dict]], *, c
     return out
 
 
+def checked_answers(answers: list[str], prompts: list[dict]) -> list[list[Checked]]:
+    """Each answer to a prompt with verifiable instructions, checked by IFEval's checkers (others left out)."""
+    return [check(answer, p["instructions"], prompt_text(p["prompt"]))
+            for answer, p in zip(answers, prompts) if p.get("instructions")]
+
+
 def judge_scores(cfg: EvalStage, ctx: StageContext, prompts: list[dict], rows: list[dict], *, mine: list[int],
                  device) -> list[list[float]]:
     """[prompt][policy] the judge's scores; each process judges its share, every process gets them all."""
     score = labeler_scores(cfg.judge, judge_dir=ctx.inputs.get("judge"), device=device)
     judged = [{"prompt": prompts[i]["prompt"], "answers": [r["answers"][i] for r in rows],
-               "reference": prompts[i]["reference"]} for i in mine]
+               "reference": prompts[i]["reference"], "instructions": prompts[i].get("instructions")} for i in mine]
     scored = list(zip(mine, score(judged))) if judged else []
     return [s for _, s in sorted(gather_object(scored), key=lambda item: item[0])]
 
@@ -182,28 +192,44 @@ def judge_scores(cfg: EvalStage, ctx: StageContext, prompts: list[dict], rows: l
 def eval_metrics(rows: list[dict], scores: list[list[float]], prompts: list[dict], *, baseline: str, judge: str,
                  samples: int, seed: int, training: dict[str, dict] | None = None) -> dict:
     """Per policy, with 95% bootstrap intervals over prompts: judge score, win rate against the baseline
-    (paired by prompt, ties half), KL to the reference; and length, stop rate, distinct-2. `policies` holds
-    them as a table, `eval/<policy>/<metric>` flat for scripts and status; `training` adds what each policy's
-    stage cost (kind, wall time, peak memory) to its row."""
+    (paired by prompt, ties half), KL to the reference; the guard against degenerate wins (core/guard.py:
+    function-word share, distinct-2, repeated 3-grams, content-word overlap with the reference and its paired
+    difference to the baseline, length, stop rate); and on prompts with verifiable instructions, IFEval's four
+    metrics with the paired difference to the baseline and a per-instruction table. `policies` holds them as
+    a table, `eval/<policy>/<metric>` flat for scripts and status; `training` adds what each policy's stage
+    cost (kind, wall time, peak memory) to its row."""
     names = [r["policy"] for r in rows]
     base = names.index(baseline)
+    references = [p["reference"] for p in prompts]
+    checked = [checked_answers(row["answers"], prompts) for row in rows]
     table = []
     for j, row in enumerate(rows):
         judged = [s[j] for s in scores]
         wins = paired_wins([s[base] for s in scores], judged)
         entry = {"name": row["policy"], "judge_score": mean(judged), "win_rate": mean(wins), "kl": mean(row["kl"]),
-                 "length": mean([float(n) for n in row["lengths"]]),
-                 "stop_rate": mean([float(s) for s in row["stopped"]]), "distinct_2": distinct_n(row["answers"], 2)}
+                 **guard_metrics(row["answers"], references=references, stopped=row["stopped"], lengths=row["lengths"])}
         for key, values in (("judge_score", judged), ("win_rate", wins), ("kl", row["kl"])):
             entry[f"{key}_low"], entry[f"{key}_high"] = bootstrap_interval(values, seed=seed)
+        if j != base:
+            entry.update(guard_differences(row["answers"], rows[base]["answers"], references=references, seed=seed))
+            entry["guard_worse"] = worse_beyond_interval(entry)
+        if checked[j]:
+            entry.update(instruction_metrics(checked[j], baseline=checked[base] if j != base else None, seed=seed))
+            entry["instruction_types"] = per_instruction_type(checked[j])
         entry.update((training or {}).get(row["policy"], {}))
         table.append(entry)
-    metrics: dict = {"eval/prompts": len(prompts), "eval/baseline": baseline, "eval/judge": judge}
+    metrics: dict = {"eval/prompts": len(prompts), "eval/baseline": baseline, "eval/judge": judge,
+                     "eval/instruction_prompts": len(checked[0]) if checked else 0}
     for entry in table:
-        metrics.update({f"eval/{entry['name']}/{k}": v for k, v in entry.items() if k not in ("name", "kind")})
+        metrics.update({f"eval/{entry['name']}/{k}": v for k, v in entry.items()
+                        if k not in ("name", "kind", "instruction_types")})
     others = [e for e in table if e["name"] != baseline]
     if others:
-        best = max(others, key=lambda e: e["win_rate"])
+        if checked[0]:  # the objective: IFEval's prompt-level loose accuracy, paired with the baseline
+            best = max(others, key=lambda e: e["prompt_loose_diff"])
+            metrics["eval/best_prompt_loose_diff"] = best["prompt_loose_diff"]
+        else:
+            best = max(others, key=lambda e: e["win_rate"])
         metrics["eval/best_policy"], metrics["eval/best_win_rate"] = best["name"], best["win_rate"]
     metrics["policies"] = table
     metrics["samples"] = [{"prompt": prompt_text(prompts[i]["prompt"]),

@@ -11,8 +11,9 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import KTOConfig, KTOTrainer
 
+from core.messages import prompt_text
 from core.records import unpaired_row
-from stages.common.chat import chat_dataset, generate_answers, prompt_text, sample_prompts
+from stages.common.chat import chat_dataset, generate_answers, sample_prompts
 from stages.common.entry import StageContext
 from stages.common.hf_models import gathered, hub_commit_of, parameter_count
 from stages.common.hf_trainer import attach, quiet_libraries, training_arguments, training_metrics

@@ -10,9 +10,11 @@ every answer. Metrics (names the report and users' scripts rely on):
   optimised, so it flatters PPO: read it beside the rest;
 - eval/gold_win_rate (and _low, _high): on prompts that carry a human ranking, share where PPO's answer is
   closer than SFT's to the human-preferred answer by token F1 (ties count half); null when none carries one;
-- eval/{sft,ppo}_stop_rate, _length, _distinct_2: per policy, the share of answers that end with EOS, their
-  mean length in tokens, and distinct word bigrams over all bigrams (reward hacking by repetition drives
-  the stop rate and distinct-2 down while the reward model's score climbs);
+- eval/{sft,ppo}_stop_rate, _length, _distinct_2, _function_word_share, _repeated_3gram_share, _content_f1: per
+  policy, the guard against degenerate wins (core/guard.py): the share of answers that end with EOS, their
+  mean length in tokens, distinct word bigrams over all bigrams, the share of function words, of repeated
+  3-grams within an answer, and overlap with the reference on content words (reward hacking by repetition
+  or function words moves these while the reward model's score climbs);
 - eval/judge_win_rate (and _low, _high), eval/{sft,ppo}_judge_score: with `evaluation.judge`, the same
   comparison by an independent judge, the verdict to trust.
 
@@ -28,8 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from core.stats import bootstrap_interval, distinct_n, mean, paired_wins, token_f1
-from stages.common.chat import prompt_text
+from core.messages import prompt_text
+from core.guard import guard_metrics
+from core.stats import bootstrap_interval, mean, paired_wins, token_f1
 from stages.common.generation import Generator, decode_answers, encode_prompts
 from stages.ppo.models import PpoModels
 from stages.ppo.rollout import score_answers
@@ -77,8 +80,8 @@ def answers_and_scores(models: PpoModels, generator: Generator, tokenizer, *, pr
 def judged(judge: Judge, rows: list[dict], *answers: list[str]) -> list[list[float]]:
     """[policy][prompt] the judge's scores of each policy's answers to `rows` (a rule sees a prompt's answers
     side by side)."""
-    scored = judge([{"prompt": row["prompt"], "answers": list(options), "reference": row.get("reference")}
-                    for row, options in zip(rows, zip(*answers))])
+    scored = judge([{"prompt": row["prompt"], "answers": list(options), "reference": row.get("reference"),
+                     "instructions": row.get("instructions")} for row, options in zip(rows, zip(*answers))])
     return [list(column) for column in zip(*scored)] if scored else [[] for _ in answers]
 
 
@@ -91,8 +94,7 @@ def held_out_point(models: PpoModels, generator: Generator, tokenizer, *, rows: 
                                  max_prompt_length=max_prompt_length, max_chat_length=max_chat_length,
                                  temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, device=device)
     point = {"heldout/proxy_score": mean(answers.scores), "heldout/kl": mean(answers.kls),
-             "heldout/stop_rate": mean([float(s) for s in answers.stopped]),
-             "heldout/length": mean([float(n) for n in answers.lengths])}
+             **{f"heldout/{key}": value for key, value in guard_of(answers, rows).items()}}
     if judge is not None:
         point["heldout/judge_score"] = mean(judged(judge, rows, answers.answers)[0])
     return point
@@ -131,10 +133,14 @@ def compare_policies(models: PpoModels, make_generator: Callable[..., Generator]
                         "eval/judge_win_rate": mean(judge_wins)})
         metrics["eval/judge_win_rate_low"], metrics["eval/judge_win_rate_high"] = bootstrap_interval(judge_wins, seed=seed)
     for name, policy in (("sft", sft), ("ppo", ppo)):
-        metrics[f"eval/{name}_stop_rate"] = mean([float(s) for s in policy.stopped])
-        metrics[f"eval/{name}_length"] = mean([float(n) for n in policy.lengths])
-        metrics[f"eval/{name}_distinct_2"] = distinct_n(policy.answers, 2)
+        metrics.update({f"eval/{name}_{key}": value for key, value in guard_of(policy, rows).items()})
     return metrics
+
+
+def guard_of(answers: PolicyAnswers, rows: list[dict]) -> dict:
+    """The guard against degenerate wins (core/guard.py) over one policy's answers to `rows`."""
+    return guard_metrics(answers.answers, references=[row.get("reference") for row in rows], stopped=answers.stopped,
+                         lengths=answers.lengths)
 
 
 def sample_prompts_for_table(upstream: dict | None, rows: list[dict], count: int) -> tuple[list[list[dict]], list[str | None]]:

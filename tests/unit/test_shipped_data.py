@@ -18,7 +18,7 @@ def rows(path):
 
 def test_every_dataset_folder_says_where_it_comes_from():
     for folder in (DATA / "pretrain" / "austen", DATA / "reward" / "wordnet", DATA / "reward" / "answer-quality",
-                   DATA / "sft"):
+                   DATA / "sft", DATA / "instructions"):
         readme = (folder / "README.md").read_text()
         assert "licen" in readme.lower() and "data/scripts/build_" in readme
 
