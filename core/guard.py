@@ -104,12 +104,34 @@ def guard_differences(answers: Sequence[str], baseline: Sequence[str], *, refere
     return out
 
 
-def worse_beyond_interval(entry: dict) -> list[str]:
-    """The language metrics of an eval table row whose difference to the baseline is worse with its whole 95%
-    interval (e.g. function-word share up with the interval above 0)."""
+def length_differences(lengths: Sequence[int], baseline: Sequence[int], *, stopped: Sequence[bool],
+                       baseline_stopped: Sequence[bool], seed: int = 0) -> dict[str, float | None]:
+    """Length (tokens) and stop rate minus the baseline's, with paired bootstrap intervals: an answer that
+    collapsed to a few tokens, or that rambles to the token limit, follows some instructions by saying nothing."""
+    out: dict[str, float | None] = {}
+    for name, ours, theirs in (("length", lengths, baseline), ("stop_rate", stopped, baseline_stopped)):
+        values, base = [float(v) for v in ours], [float(v) for v in theirs]
+        out[f"{name}_diff"] = (mean(values) or 0.0) - (mean(base) or 0.0) if values else None
+        out[f"{name}_diff_low"], out[f"{name}_diff_high"] = paired_difference_interval(base, values, mean, seed=seed)
+    return out
+
+
+#: an answer shorter than this share of the baseline's, with the whole interval, has collapsed
+COLLAPSED_LENGTH = 0.5
+
+
+def worse_beyond_interval(entry: dict, *, baseline_length: float | None = None) -> list[str]:
+    """The guard metrics of an eval table row that are worse than the baseline's with their whole 95% interval:
+    function-word share or repeated 3-grams up, distinct-2 or content-word overlap down, the stop rate down
+    (answers cut at the limit), and the length down by more than half (`COLLAPSED_LENGTH` of the baseline's)."""
     worse = []
     for name, direction in WORSE_WHEN.items():
         low, high = entry.get(f"{name}_diff_low"), entry.get(f"{name}_diff_high")
         if low is not None and high is not None and (low > 0 if direction > 0 else high < 0):
             worse.append(name)
+    if entry.get("stop_rate_diff_high") is not None and entry["stop_rate_diff_high"] < 0:
+        worse.append("stop_rate")
+    high = entry.get("length_diff_high")
+    if baseline_length and high is not None and high < -COLLAPSED_LENGTH * baseline_length:
+        worse.append("length")
     return worse

@@ -3,7 +3,8 @@
 On prompts with verifiable instructions the objective is IFEval's prompt-level loose accuracy, and a policy
 won only when the 95% interval of its paired difference to the baseline is above 0; otherwise the judge's
 paired win rate, won when its interval is above one half. Beside it, always, the guard: the language held
-unless a guard metric is worse than the baseline's with its whole interval (core/guard.py).
+unless a guard metric is worse than the baseline's with its whole interval, or the answers collapsed to less
+than half their length (core/guard.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from core.numbers import fmt, percent
 
 GUARD_NAMES = {"function_word_share": "function-word share", "distinct_2": "distinct-2",
                "repeated_3gram_share": "repeated 3-grams", "content_f1": "content-word overlap with the reference"}
+#: guard metrics named in a verdict beside the language ones (not columns of their own in the guard table)
+SHAPE_NAMES = {"length": "length (tokens)", "stop_rate": "stop rate"}
 
 
 def points(value: float | None) -> str:
@@ -43,7 +46,8 @@ def guard_clause(row: dict, baseline: dict) -> str:
         return "the guard was not measured"
     if not worse:
         return "language held (no guard metric worse than the baseline's beyond its 95% interval)"
-    named = [f"{GUARD_NAMES[name]} {fmt(baseline.get(name))} → {fmt(row.get(name))}" for name in worse]
+    named = [f"{({**GUARD_NAMES, **SHAPE_NAMES})[name]} {fmt(baseline.get(name))} → {fmt(row.get(name))}"
+             for name in worse]
     return "language degraded: " + ", ".join(named)
 
 

@@ -75,8 +75,11 @@ def arguments(instruction_id: str, *, question: str, answer: str, rng: random.Ra
     if instruction_id == "keywords:forbidden_words":
         return {"forbidden_words": [rng.choice(words[:6])]} if words else None
     if instruction_id == "length_constraints:number_words":
+        # both relations, equally often: "less than" alone would teach that shorter is better
         length = len(answer.split())
-        return {"num_words": rng.randint(5, length - 1), "relation": "less than"} if length > 6 else None
+        if rng.random() < 0.5:
+            return {"num_words": rng.randint(5, length - 1), "relation": "less than"} if length > 6 else None
+        return {"num_words": rng.randint(max(2, length // 2), length), "relation": "at least"} if length >= 4 else None
     if instruction_id == "detectable_format:number_highlighted_sections":
         return {"num_highlights": 1}
     if instruction_id == "length_constraints:number_paragraphs":
@@ -96,6 +99,8 @@ def title_of(question: str) -> str:
 
 def follow(answer: str, instruction_id: str, kwargs: dict, *, question: str) -> str:
     """`answer` changed to follow one instruction."""
+    if instruction_id == "length_constraints:number_words" and kwargs["relation"] == "at least":
+        return answer  # drawn no longer than the answer
     if instruction_id == "length_constraints:number_words":
         words = answer.split()[: kwargs["num_words"] - 1]
         while words and len(re.findall(r"\w+", " ".join(words))) >= kwargs["num_words"]:

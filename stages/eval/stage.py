@@ -25,7 +25,7 @@ from accelerate.utils import gather_object
 
 from core.atomic import atomic_write_json
 from core.errors import InputError
-from core.guard import guard_differences, guard_metrics, worse_beyond_interval
+from core.guard import guard_differences, guard_metrics, length_differences, worse_beyond_interval
 from core.instruction_metrics import instruction_metrics, per_instruction_type
 from core.instructions import Checked, check
 from core.messages import prompt_text
@@ -212,7 +212,9 @@ def eval_metrics(rows: list[dict], scores: list[list[float]], prompts: list[dict
             entry[f"{key}_low"], entry[f"{key}_high"] = bootstrap_interval(values, seed=seed)
         if j != base:
             entry.update(guard_differences(row["answers"], rows[base]["answers"], references=references, seed=seed))
-            entry["guard_worse"] = worse_beyond_interval(entry)
+            entry.update(length_differences(row["lengths"], rows[base]["lengths"], stopped=row["stopped"],
+                                            baseline_stopped=rows[base]["stopped"], seed=seed))
+            entry["guard_worse"] = worse_beyond_interval(entry, baseline_length=mean(rows[base]["lengths"]))
         if checked[j]:
             entry.update(instruction_metrics(checked[j], baseline=checked[base] if j != base else None, seed=seed))
             entry["instruction_types"] = per_instruction_type(checked[j])

@@ -28,8 +28,14 @@ def plackett_luce_ranks(scores: list[float], temperature: float, rng: random.Ran
 
 
 def labeled_ranks(scores: list[float], *, temperature: float, rng: random.Random) -> list[int]:
-    """The labeler's ranks of one prompt's answers: by score, or drawn with `temperature` > 0."""
-    return plackett_luce_ranks(scores, temperature, rng) if temperature > 0 else ranks_by_score(scores)
+    """The labeler's ranks of one prompt's answers: by score, or drawn with `temperature` > 0 over the distinct
+    scores. Answers with equal scores tie either way: a labeler that cannot tell them apart has no preference,
+    and a draw would invent one (with a checker's scores, most answers of a weak model tie)."""
+    if temperature <= 0:
+        return ranks_by_score(scores)
+    levels = sorted(set(scores), reverse=True)
+    rank_of_level = dict(zip(levels, plackett_luce_ranks(levels, temperature, rng)))
+    return [rank_of_level[score] for score in scores]
 
 
 def tied_pairs(ranks: list[int]) -> tuple[int, int]:

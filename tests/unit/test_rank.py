@@ -20,6 +20,14 @@ def test_ranks_by_score_put_the_best_first_and_tie_equal_scores():
     assert labeled_ranks([0.5, 0.5], temperature=0, rng=random.Random(0)) == [1, 1]
 
 
+def test_a_noisy_labeler_keeps_equal_scores_tied_and_swaps_the_others():
+    rng = random.Random(0)
+    draws = [labeled_ranks([0.5, 0.5, 0.45, 0.0], temperature=0.1, rng=rng) for _ in range(500)]
+    assert all(d[0] == d[1] for d in draws)  # never a preference between answers it cannot tell apart
+    swapped = sum(d[2] < d[0] for d in draws) / len(draws)
+    assert 0.2 < swapped < 0.5 and all(sorted(set(d)) == [1, 2, 3] for d in draws)
+
+
 def test_a_plackett_luce_labeler_swaps_close_answers_often_and_far_ones_rarely():
     rng = random.Random(0)
     draws = [plackett_luce_ranks([0.0, 0.1, 3.0], 0.5, rng) for _ in range(2000)]

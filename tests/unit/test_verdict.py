@@ -42,3 +42,17 @@ def test_a_degenerate_policy_is_worse_beyond_its_interval_and_an_equal_one_is_no
     worse = worse_beyond_interval(guard_differences(degenerate, references, references=references))
     assert set(worse) == {"function_word_share", "distinct_2", "repeated_3gram_share", "content_f1"}
     assert worse_beyond_interval(guard_differences(references, references, references=references)) == []
+
+
+def test_answers_collapsed_to_a_few_tokens_are_a_degraded_win():
+    from core.guard import length_differences
+
+    lengths = length_differences([3] * 30, [30] * 30, stopped=[True] * 30, baseline_stopped=[False] * 30)
+    assert lengths["length_diff"] == -27 and lengths["length_diff_high"] == -27
+    assert worse_beyond_interval(lengths, baseline_length=30.0) == ["length"]
+    assert worse_beyond_interval(length_differences([20] * 30, [30] * 30, stopped=[True] * 30,
+                                                    baseline_stopped=[True] * 30), baseline_length=30.0) == []
+    rambling = length_differences([48] * 30, [30] * 30, stopped=[False] * 30, baseline_stopped=[True] * 30)
+    assert worse_beyond_interval(rambling, baseline_length=30.0) == ["stop_rate"]
+    [verdict] = verdicts(table(guard_worse=["length"], length=3.0))
+    assert "language degraded: length (tokens) 30 → 3" in verdict
