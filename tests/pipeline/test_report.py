@@ -105,7 +105,11 @@ def test_report_summary_shows_each_stage_headline_metrics_as_the_manifest_has_th
     _, md, summary, stages = report
     for name, manifest in stages.items():
         assert summary["stages"][name]["metrics"] == {k: v for k, v in manifest["metrics"].items() if k != "samples"}
-        row = next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
+        # the verdict first, with each trained stage's settings
+        assert md.index("## Verdict") < md.index("## Summary")
+        assert f"| {name} | {manifest['kind']} |" in md[md.index("Hyperparameters"):md.index("## Summary")]
+        summary_section = md[md.index("## Summary"):]
+        row = next(line for line in summary_section.splitlines() if line.startswith(f"| {name} |"))
         assert "| fresh |" in row
         headline = [key for key in KINDS[manifest["kind"]].headline if manifest["metrics"].get(key) is not None]
         assert headline, name
