@@ -10,6 +10,7 @@ from stages.dpo.config import DpoStage
 from stages.eval.config import EvalStage
 from stages.grpo.config import GrpoStage
 from stages.kto.config import KtoStage
+from stages.model.config import ModelStage
 from stages.ppo.config import PpoStage
 from stages.pretrain.config import PretrainStage
 from stages.rank.config import RankStage
@@ -19,6 +20,7 @@ from stages.sample.config import SampleStage
 from stages.sft.config import SftStage
 
 KINDS: dict[str, type[StageConfig]] = {
+    "model": ModelStage,
     "pretrain": PretrainStage,
     "sft": SftStage,
     "reward": RewardStage,

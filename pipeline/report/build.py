@@ -243,7 +243,8 @@ def _samples(doc: Document, records: list[StageRecord]) -> None:
         # sft, dpo, kto: greedy answers of the input model ("base") and the trained one (under the kind's name)
         if r.kind == "ppo" or r.name in shown_sft or not any(r.kind in s for s in samples):
             continue
-        source = next((i.get("stage") for i in ((r.manifest or {}).get("inputs") or {}).values()), None) or "base"
+        inputs = (r.manifest or {}).get("inputs") or {}
+        source = (inputs.get("policy") or inputs.get("model") or {}).get("stage") or "base"
         rows = [[s["prompt"], s.get("base", "–"), s.get(r.kind, "–")] for s in samples]
         tables.append((f"{r.name}: {source} → {r.name}", ["prompt", f"{source} model", f"{r.name} model"], rows))
     if not tables:

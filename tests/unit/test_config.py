@@ -71,8 +71,8 @@ def test_missing_data_file(tmp_path, corpus):
 def test_unknown_kind_and_missing_sections(tmp_path, corpus):
     stages = {"a": {"kind": "pretrian"}, "b": {"kind": "pretrain", "data": {"train": [str(corpus)]}}}
     found = problems(write_pipeline(tmp_path / "p.yaml", stages))
-    assert any("stages.a.kind: unknown stage kind 'pretrian' (expected one of: dpo, eval, grpo, kto, ppo, pretrain, rank, "
-               "reward, rloo, sample, sft)" in p
+    assert any("stages.a.kind: unknown stage kind 'pretrian' (expected one of: dpo, eval, grpo, kto, model, ppo, pretrain, "
+               "rank, reward, rloo, sample, sft)" in p
                for p in found), found
     assert any("stages.b.train: missing required key" in p for p in found)
 
@@ -249,3 +249,20 @@ def test_loading_settings_that_need_a_missing_package_are_refused_before_anythin
     del stage["model"]["attn_implementation"], stage["train"]["liger_kernel"]
     write_pipeline(path, {"pre": stage})
     assert load_pipeline(path).stages["pre"].model.dtype == "bf16"
+
+
+def test_a_model_stage_takes_exactly_one_source_and_passes_it_on_as_a_policy(tmp_path, corpus):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    (tmp_path / "mine.txt").write_text("{{ messages }}")
+    stages = {"a": {"kind": "model", "model": {"gguf": str(gguf), "path": str(tmp_path)}},
+              "b": {"kind": "model", "model": {}},
+              "c": {"kind": "model", "model": {"gguf": str(gguf)}, "chat_template": str(tmp_path / "mine.txt")},
+              "d": {"kind": "model", "model": {"gguf": str(gguf)}},
+              "s": {"kind": "sample", "inputs": {"policy": "d"}, "data": {"prompts": [str(corpus)]}}}
+    found = problems(write_pipeline(tmp_path / "p.yaml", stages))
+    assert any("stages.a.model: give exactly one of inputs.model, model.path, model.gguf, model.hub (found: "
+               "model.path, model.gguf)" in p for p in found), found
+    assert any("stages.b.model: give exactly one" in p and "(found: none)" in p for p in found), found
+    assert any("stages.c.chat_template: expected auto, default or a .jinja / .j2 file" in p for p in found), found
+    assert not any("stages.d" in p or "stages.s.inputs" in p for p in found), found
