@@ -78,7 +78,7 @@ class RuleScore:
         for group in self._groups(rows):
             prompt, ref, check = group[0][0], group[0][2] or None, group[0][3]
             found = list(self.rule(prompt, [answer_text(c) for _, c, _, _ in group], ref,
-                                   json.loads(check) if check else None))
+                                   instructions=json.loads(check) if check else None))
             if len(found) != len(group):
                 raise ValueError(f"{self.function} returned {len(found)} scores for {len(group)} answers")
             scores += [float(s) for s in found]

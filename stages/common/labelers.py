@@ -25,8 +25,8 @@ def labeler_scores(labeler: RuleLabeler | JudgeLabeler | LmJudgeLabeler, *, judg
         rule = rule_function(labeler.function)
 
         def by_rule(rows: list[dict]) -> list[list[float]]:
-            scored = [list(rule(row["prompt"], row["answers"], row.get("reference"), row.get("instructions")))
-                      for row in rows]
+            scored = [list(rule(row["prompt"], row["answers"], row.get("reference"),
+                                instructions=row.get("instructions"))) for row in rows]
             for row, scores in zip(rows, scored):
                 if len(scores) != len(row["answers"]):
                     raise ValueError(f"{labeler.function} returned {len(scores)} scores for "
@@ -51,13 +51,13 @@ def labeler_scores(labeler: RuleLabeler | JudgeLabeler | LmJudgeLabeler, *, judg
 
 
 def rule_function(function: str):
-    """The rule `module:function` as `(prompt, answers, reference, instructions) -> scores`: a prompt's
+    """The rule `module:function` as `(prompt, answers, reference, *, instructions) -> scores`: a prompt's
     verifiable instructions reach only a rule that takes an `instructions` keyword."""
     module, _, name = function.partition(":")
     rule = getattr(importlib.import_module(module), name)
     takes_instructions = "instructions" in inspect.signature(rule).parameters
 
-    def call(prompt: list[dict], answers: list[str], reference: str | None, instructions: list[dict] | None):
+    def call(prompt: list[dict], answers: list[str], reference: str | None, *, instructions: list[dict] | None):
         if takes_instructions:
             return rule(prompt, answers, reference, instructions=instructions)
         return rule(prompt, answers, reference)
