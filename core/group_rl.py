@@ -68,13 +68,22 @@ class GroupRLStage(StageConfig):
                                                            "is unset")
     train: TrainSettings = Field(description="batch_size = answers per optimizer step (num_generations per prompt)")
     evaluation_prompts: int = Field(32, ge=1, description="held-out prompts answered (num_generations each) at the end")
+    evaluation_judge: RuleLabeler | None = Field(
+        None, description="an independent rule, logged beside the reward at every evaluation (train.eval_every) and "
+                          "never trained on (weight 0): the report plots the proxy and the judge against the KL")
 
     input_roles: ClassVar[dict[str, bool]] = {"policy": False, "reward": False}
     headline = ("eval/reward", "eval/kl", "eval/length")
     live = ("loss", "reward")
     panels = (Panel("reward of the sampled answers", "reward", (("reward", "train"), ("eval_reward", "held-out"))),
               Panel("KL to the reference (TRL's per-token estimate)", "KL", (("kl", "train"),)),
-              Panel("answer length (tokens)", "tokens", (("completions/mean_length", "train"),)))
+              Panel("answer length (tokens)", "tokens", (("completions/mean_length", "train"),)),
+              # Gao et al. (2022), as PPO's: the proxy climbs with KL while an independent judge peaks and falls
+              Panel("held out: proxy (optimised reward) vs KL", "reward", (("eval_reward", "optimised reward"),),
+                    xlabel="KL to the reference (TRL's per-token estimate)", x="eval_kl"),
+              Panel("held out: independent judge vs KL", "judge score",
+                    (("eval_rewards/judge/mean", "evaluation_judge"),),
+                    xlabel="KL to the reference (TRL's per-token estimate)", x="eval_kl"))
 
     def input_problems(self) -> Problems:
         """A reward (a reward stage and/or a rule); weights matching them; batches that hold whole groups."""
@@ -92,6 +101,8 @@ class GroupRLStage(StageConfig):
                                           "reward_rule"))
         if self.reward_rule is not None:
             problems += [(("reward_rule", *loc[1:]), message) for loc, message in self.reward_rule.problems()]
+        if self.evaluation_judge is not None:
+            problems += [(("evaluation_judge", *loc[1:]), message) for loc, message in self.evaluation_judge.problems()]
         if self.reward_weights is not None and len(self.reward_weights) != len(rewards):
             problems.append((("reward_weights",), f"{len(self.reward_weights)} weights for {len(rewards)} rewards "
                                                   f"({', '.join(rewards)})"))

@@ -9,7 +9,6 @@ stage read one score. It is a whole frozen copy on every process (as PPO's `froz
 from __future__ import annotations
 
 import itertools
-import json
 
 from accelerate import PartialState
 from transformers import AutoModelForSequenceClassification, set_seed
@@ -64,21 +63,19 @@ class RuleScore:
     group of answers to one prompt. TRL passes a group's answers one after another; a run of the same prompt
     longer than `group_size` (the prompt drawn twice in a row) is that many groups, never one merged group."""
 
-    __name__ = "rule"
-
-    def __init__(self, function: str, *, group_size: int):
-        self.function, self.group_size = function, group_size
+    def __init__(self, function: str, *, group_size: int, name: str = "rule"):
+        self.function, self.group_size, self.__name__ = function, group_size, name
         self.rule = rule_function(function)
 
     def __call__(self, prompts, completions, reference=None, instructions=None, **_) -> list[float]:
         references = reference if reference is not None else [None] * len(prompts)
-        checks = instructions if instructions is not None else [""] * len(prompts)
+        checks = instructions if instructions is not None else [None] * len(prompts)
         scores: list[float] = []
         rows = list(zip(prompts, completions, references, checks))
         for group in self._groups(rows):
             prompt, ref, check = group[0][0], group[0][2] or None, group[0][3]
             found = list(self.rule(prompt, [answer_text(c) for _, c, _, _ in group], ref,
-                                   instructions=json.loads(check) if check else None))
+                                   instructions=check or None))
             if len(found) != len(group):
                 raise ValueError(f"{self.function} returned {len(found)} scores for {len(group)} answers")
             scores += [float(s) for s in found]
@@ -124,14 +121,21 @@ def reward_functions(ctx: StageContext, eos_token_id: int) -> list:
         functions.append(RuleScore(cfg.reward_rule.function, group_size=cfg.generation.num_generations))
     if cfg.generation.missing_eos_penalty is not None:
         functions.append(MissingEosPenalty(eos_token_id, cfg.generation.missing_eos_penalty))
+    if cfg.evaluation_judge is not None:
+        functions.append(RuleScore(cfg.evaluation_judge.function, group_size=cfg.generation.num_generations,
+                                   name="judge"))
     return functions
 
 
 def reward_weights(cfg: GroupRLStage) -> list[float] | None:
-    """TRL's reward_weights: the config's (for the reward model and rule), and 1 for the missing-EOS penalty."""
-    if cfg.reward_weights is None:
+    """TRL's reward_weights: the config's (for the reward model and rule; default 1 each), 1 for the missing-EOS
+    penalty, and 0 for the evaluation judge (TRL logs it as `rewards/judge/mean`; it moves no advantage)."""
+    if cfg.reward_weights is None and cfg.evaluation_judge is None:
         return None
-    return [*cfg.reward_weights, *([1.0] if cfg.generation.missing_eos_penalty is not None else [])]
+    trained = cfg.reward_weights or [1.0] * (int("reward" in cfg.inputs or cfg.reward_model is not None)
+                                             + int(cfg.reward_rule is not None))
+    return [*trained, *([1.0] if cfg.generation.missing_eos_penalty is not None else []),
+            *([0.0] if cfg.evaluation_judge is not None else [])]
 
 
 def prompt_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
@@ -140,9 +144,9 @@ def prompt_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict
     for row in rows:
         ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)
         if len(ids["input_ids"]) <= max_length:
-            # the instructions as JSON text: their kwargs differ by instruction, which one Arrow column cannot hold
+            # chat_dataset stores it with the Json feature: each instruction keeps its own kwargs
             kept.append({"prompt": row["prompt"], "reference": row["reference"] or "",
-                         "instructions": json.dumps(row["instructions"]) if row.get("instructions") else ""})
+                         "instructions": row.get("instructions")})
     return kept, len(rows) - len(kept)
 
 
@@ -222,6 +226,7 @@ def train_group_rl(ctx: StageContext, trainer_class: type, make_arguments) -> di
         "eval/base_reward": base.get("eval_reward"),
         "eval/reward_std": evaluation.get("eval_reward_std"),
         **{f"eval/{n}_reward": evaluation.get(f"eval_rewards/{n}/mean") for n in reward_names},
+        **({"eval/base_judge_reward": base.get("eval_rewards/judge/mean")} if cfg.evaluation_judge else {}),
         "eval/kl": evaluation.get("eval_kl"),
         "eval/length": evaluation.get("eval_completions/mean_length"),
         "eval/base_length": base.get("eval_completions/mean_length"),

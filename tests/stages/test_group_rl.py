@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from core.history import read_history
 from core.layout import StageDirs
 from core.manifest import read_manifest
 from tests.helpers import DATA, kill_during, rlhf, write_pipeline
@@ -31,8 +32,10 @@ def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_cha
     grpo.update(reward_rule=BREVITY, reward_model=str(tiny_chat_run / "rm" / "artifact"), reward_weights=[0.1, 1.0])
     grpo["generation"]["missing_eos_penalty"] = 1.0
     # 2 answers per forward, 4 per group: the held-out evaluation crashed on it ('shape [-1, 4]', issue 23.6)
-    rloo = group_stage("rloo", tiny_chat_run, micro_batch_size=2)
+    rloo = group_stage("rloo", tiny_chat_run, micro_batch_size=2, eval_every=4)
     rloo["reward_rule"] = BREVITY
+    # an independent judge logged at every evaluation, never trained on: the report's judge-vs-KL curve
+    rloo["evaluation_judge"] = {"kind": "rule", "function": "stages.rank.rules:content_overlap"}
     rloo_lora = group_stage("rloo", tiny_chat_run, learning_rate=3e-2)
     rloo_lora.update(reward_rule=BREVITY, lora={"r": 4, "alpha": 8})
     # grpo_resume: the same grpo stage, killed after its first checkpoint and resumed
@@ -52,6 +55,11 @@ def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_cha
     assert grpo_metrics["eval/reward_model_reward"] is not None and grpo_metrics["eval/rule_reward"] is not None
     # the penalty of answers cut at max_new_tokens: minus 1 times the share that never stopped
     assert grpo_metrics["eval/missing_eos_reward"] == pytest.approx(grpo_metrics["eval/stop_rate"] - 1, abs=1e-6)
+    points = [r for r in read_history(StageDirs(run / "rloo").metrics) if "eval_rewards/judge/mean" in r]
+    assert [p["step"] for p in points][:4] == [0, 4, 8, 12] and all("eval_kl" in p for p in points)
+    for point in points:  # weight 0: the reward TRL trains on is the rule's alone
+        assert point["eval_reward"] == pytest.approx(point["eval_rewards/rule/mean"], abs=1e-6)
+    assert read_manifest(StageDirs(run / "rloo"))["metrics"]["eval/base_judge_reward"] is not None
     assert (run / "rloo_lora" / "artifact" / "adapter" / "adapter_config.json").is_file()
     assert read_manifest(StageDirs(run / "rloo_lora"))["metrics"]["eval/kl"] > 0  # the adapter moved the policy
     AutoModelForCausalLM.from_pretrained(run / "rloo_lora" / "artifact")

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from core.errors import InputError
-from stages.grpo.config import GRPO_LOSSES
+from stages.grpo.config import GRPO_LOSSES, GrpoStage
 from tests.helpers import DATA, write_pipeline
 
 
@@ -66,3 +66,18 @@ def test_a_rule_scores_each_group_alone_and_reads_stripped_answers():
     completions = [[{"role": "assistant", "content": f" answer {i}\n"}] for i in range(12)]
     assert score(prompts, completions) == [4.0] * 12
     assert SEEN == [[f"answer {i}" for i in range(start, start + 4)] for start in (0, 4, 8)]
+
+
+def test_an_evaluation_judge_is_logged_with_weight_zero():
+    from stages.common.group_rl import reward_weights
+
+    judge = {"kind": "rule", "function": "stages.rank.rules:content_overlap"}
+    base = {"kind": "grpo", "model": {}, "inputs": {"policy": "sft", "reward": "rm"},
+            "data": {"train": [str(DATA / "sft" / "chatterbot" / "train.jsonl")]},
+            "train": {"max_steps": 1, "batch_size": 8}}
+    config = GrpoStage.model_validate({**base, "evaluation_judge": judge})
+    assert reward_weights(config) == [1.0, 0.0]
+    config = GrpoStage.model_validate({**base, "reward_rule": judge, "reward_weights": [0.5, 2.0],
+                                       "generation": {"missing_eos_penalty": 1.0}, "evaluation_judge": judge})
+    assert reward_weights(config) == [0.5, 2.0, 1.0, 0.0]
+    assert reward_weights(GrpoStage.model_validate(base)) is None
