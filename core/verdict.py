@@ -46,8 +46,9 @@ def guard_clause(row: dict, baseline: dict) -> str:
         return "the guard was not measured"
     if not worse:
         return "language held (no guard metric worse than the baseline's beyond its 95% interval)"
-    named = [f"{({**GUARD_NAMES, **SHAPE_NAMES})[name]} {fmt(baseline.get(name))} → {fmt(row.get(name))}"
-             for name in worse]
+    shown = lambda value, name: percent(value) if name == "stop_rate" else fmt(value)  # noqa: E731
+    named = [f"{({**GUARD_NAMES, **SHAPE_NAMES})[name]} {shown(baseline.get(name), name)} → "
+             f"{shown(row.get(name), name)}" for name in worse]
     return "language degraded: " + ", ".join(named)
 
 
