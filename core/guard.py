@@ -9,10 +9,9 @@ the reference on content words only (function words removed), which the objectiv
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 
-from core.stats import distinct_n, mean, paired_difference_interval
+from core.stats import distinct_n, mean, paired_difference_interval, tokens_f1
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -50,13 +49,8 @@ def repeated_ngram_share(text: str, n: int = 3) -> float:
 
 def content_f1(answer: str, reference: str) -> float:
     """Token F1 with the reference over content words only: "the a of the" shares nothing with any answer."""
-    a = [w for w in words(answer) if w not in FUNCTION_WORDS]
-    b = [w for w in words(reference) if w not in FUNCTION_WORDS]
-    common = sum((Counter(a) & Counter(b)).values())
-    if not a or not b or common == 0:
-        return 0.0
-    precision, recall = common / len(a), common / len(b)
-    return 2 * precision * recall / (precision + recall)
+    return tokens_f1([w for w in words(answer) if w not in FUNCTION_WORDS],
+                     [w for w in words(reference) if w not in FUNCTION_WORDS])
 
 
 def guard_metrics(answers: Sequence[str], *, references: Sequence[str | None], stopped: Sequence[bool],
@@ -78,7 +72,7 @@ def guard_metrics(answers: Sequence[str], *, references: Sequence[str | None], s
 WORSE_WHEN = {"function_word_share": +1, "distinct_2": -1, "repeated_3gram_share": +1, "content_f1": -1}
 
 
-def _statistics(references: Sequence[str | None]) -> dict:
+def _statistics() -> dict:
     """Each language metric as a statistic of (answer, reference) pairs."""
     return {
         "function_word_share": lambda pairs: function_word_share([a for a, _ in pairs]),
@@ -96,7 +90,7 @@ def guard_differences(answers: Sequence[str], baseline: Sequence[str], *, refere
     a paired bootstrap interval over prompts (`_diff_low`, `_diff_high`)."""
     ours, theirs = list(zip(answers, references)), list(zip(baseline, references))
     out: dict[str, float | None] = {}
-    for name, statistic in _statistics(references).items():
+    for name, statistic in _statistics().items():
         a, b = statistic(theirs), statistic(ours)
         out[f"{name}_diff"] = b - a if a is not None and b is not None else None
         out[f"{name}_diff_low"], out[f"{name}_diff_high"] = paired_difference_interval(theirs, ours, statistic,

@@ -22,9 +22,15 @@ def bootstrap_interval(values: Sequence[float], *, confidence: float = 0.95, res
         return None, None
     rng = random.Random(seed)
     n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return percentile_interval([sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples)],
+                               confidence=confidence)
+
+
+def percentile_interval(draws: Sequence[float], *, confidence: float = 0.95) -> tuple[float, float]:
+    """The central `confidence` interval of bootstrap draws (their percentiles)."""
+    ordered = sorted(draws)
     tail = (1 - confidence) / 2
-    return means[int(tail * (resamples - 1))], means[int(round((1 - tail) * (resamples - 1)))]
+    return ordered[int(tail * (len(ordered) - 1))], ordered[int(round((1 - tail) * (len(ordered) - 1)))]
 
 
 def paired_wins(first: Sequence[float], second: Sequence[float]) -> list[float]:
@@ -42,7 +48,11 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float | None:
 
 def token_f1(answer: str, reference: str) -> float:
     """SQuAD-style F1 between the lowercased word tokens of two texts (0 when either is empty)."""
-    a, b = _WORD.findall(answer.lower()), _WORD.findall(reference.lower())
+    return tokens_f1(_WORD.findall(answer.lower()), _WORD.findall(reference.lower()))
+
+
+def tokens_f1(a: Sequence[str], b: Sequence[str]) -> float:
+    """F1 of the tokens two lists share, counted with multiplicity (0 when either is empty)."""
     common = sum((Counter(a) & Counter(b)).values())
     if not a or not b or common == 0:
         return 0.0
@@ -64,9 +74,7 @@ def bootstrap_ratio_interval(numerators: Sequence[float], denominators: Sequence
         drawn = [pairs[rng.randrange(count)] for _ in range(count)]
         total = sum(d for _, d in drawn)
         ratios.append(sum(n for n, _ in drawn) / total if total else 0.0)
-    ratios.sort()
-    tail = (1 - confidence) / 2
-    return ratios[int(tail * (resamples - 1))], ratios[int(round((1 - tail) * (resamples - 1)))]
+    return percentile_interval(ratios, confidence=confidence)
 
 
 def paired_difference_interval(first: Sequence, second: Sequence, statistic, *, confidence: float = 0.95,
@@ -85,6 +93,4 @@ def paired_difference_interval(first: Sequence, second: Sequence, statistic, *, 
             differences.append(b - a)
     if not differences:
         return None, None
-    differences.sort()
-    tail = (1 - confidence) / 2
-    return differences[int(tail * (len(differences) - 1))], differences[int(round((1 - tail) * (len(differences) - 1)))]
+    return percentile_interval(differences, confidence=confidence)
