@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from core.atomic import atomic_write_json, fsync_dir
 from core.hashing import sha256_file
 from core.layout import StageDirs
+from core.removal import remove_inside
 
 MANIFEST_SCHEMA = 1
 #: the libraries whose versions shape a stage's result, recorded in every manifest
@@ -61,13 +61,13 @@ def commit_artifact(dirs: StageDirs, staged_artifact: Path, manifest: dict) -> N
     dirs.manifest.unlink(missing_ok=True)
     fsync_dir(dirs.root)
     previous = dirs.root / "artifact.previous"
-    shutil.rmtree(previous, ignore_errors=True)
+    remove_inside(previous, inside=dirs.root.parent)
     if dirs.artifact.exists():
         os.replace(dirs.artifact, previous)
     os.replace(staged_artifact, dirs.artifact)
     manifest = dict(manifest, outputs=describe_outputs(dirs, dirs.artifact))
     atomic_write_json(dirs.manifest, manifest)
-    shutil.rmtree(previous, ignore_errors=True)
+    remove_inside(previous, inside=dirs.root.parent)
 
 
 def versions() -> dict[str, str | None]:

@@ -186,6 +186,7 @@ def _status(target: Path, watch: float | None = None) -> None:
 def _clean(target: Path, keep_artifacts: bool, yes: bool, dry_run: bool) -> None:
     pipeline = _pipeline_of(target)
     console = make_console()
+    console.print(f"run directory: {pipeline.run_dir}")
     with contextlib.nullcontext() if dry_run else RunLock(pipeline.run_dir):  # never under a running `rlhf run`
         removals, kept = clean_plan(pipeline, keep_artifacts)
         table = Table(show_edge=False, pad_edge=False)
@@ -208,8 +209,8 @@ def _clean(target: Path, keep_artifacts: bool, yes: bool, dry_run: bool) -> None
         if artifacts and not yes:
             raise InputError(f"this removes the artifacts of {len(artifacts)} complete stage(s); add --yes to confirm, "
                              "or --keep-artifacts to remove only checkpoints")
-        apply(removals)
-        console.print(f"removed {len(removals)} paths, {total}")
+        apply(removals, pipeline.run_dir)
+        console.print(f"removed {len(removals)} paths, {total} from {pipeline.run_dir}")
 
 
 def _label(target: Path, args: argparse.Namespace) -> None:
@@ -242,7 +243,7 @@ def _pipeline_of(target: Path):
         if recorded is None:
             raise InputError(f"{target}: not a run directory with a readable pipeline file (no stage's spec.json "
                              "or manifest.json names one that still exists)")
-        target = recorded
+        return load_pipeline(recorded, run_dir=target)
     return load_pipeline(target)
 
 

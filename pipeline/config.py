@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from core.errors import InputError
+from core.layout import run_dir_problem
 from core.schema import LaunchSettings, OutputPath, StageConfig, StrictModel
 from pipeline import dag
 from pipeline.assets import embedded_run_dir
@@ -71,21 +72,27 @@ class _PipelineFile(StrictModel):
     stages: dict[str, dict[str, Any]] = Field(min_length=1)
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+def load_pipeline(path: str | Path, overrides: list[str] | None = None, *, run_dir: Path | None = None) -> Pipeline:
     """Read and validate a pipeline file with `--set` overrides (None: those the latest `rlhf run` of this file
     recorded in its run directory) and its `defaults:`; raise InputError listing every problem, one line each.
-    The embedded pipeline, when installed rather than checked out, runs in ./runs/tiny (pipeline.assets)."""
+    The embedded pipeline, when installed rather than checked out, runs in ./runs/tiny (pipeline.assets).
+    `run_dir` replaces the file's own: a command given a run directory acts on that directory, never on the
+    one the file names (a copy's commands must not reach the original)."""
     path = Path(path)
     raw, lines = _read_yaml(path)
     context = {"base_dir": path.resolve().parent}
     installed_run_dir = embedded_run_dir(path)
-    if installed_run_dir is not None:
+    if run_dir is not None:
+        raw["run_dir"] = str(Path(run_dir).resolve())
+    elif installed_run_dir is not None:
         raw["run_dir"] = str(installed_run_dir)
     if overrides is None:
-        run_dir = raw.get("run_dir")
-        overrides = recorded_overrides(context["base_dir"] / run_dir, path) if isinstance(run_dir, str) else []
+        recorded_in = raw.get("run_dir")
+        overrides = recorded_overrides(context["base_dir"] / recorded_in, path) if isinstance(recorded_in, str) else []
     set_keys = [parse_override(o)[0] for o in overrides]
     raw = apply_overrides(raw, overrides)
+    if run_dir is not None:  # over a recorded `--set run_dir=` too
+        raw["run_dir"] = str(Path(run_dir).resolve())
     if isinstance(raw.get("defaults"), dict) and isinstance(raw.get("stages"), dict):
         raw["stages"] = apply_defaults(raw["stages"], raw["defaults"],
                                        lambda kind: set(KINDS[kind].model_fields) if kind in KINDS else None)
@@ -106,6 +113,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         for loc, message in _describe(e, _PipelineFile):
             report(loc, message)
         raise InputError(problems) from None
+    run_dir_refused = run_dir_problem(Path(top.run_dir))
+    if run_dir_refused:
+        report(("run_dir",), run_dir_refused)
     stages: dict[str, StageConfig] = {}
     for name, raw_stage in top.stages.items():
         stage, found = _stage(name, raw_stage, stage_names=list(top.stages), context=context)
