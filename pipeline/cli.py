@@ -18,7 +18,8 @@ from pipeline.assets import ACCELERATE_CONFIGS, EMBEDDED_PIPELINE
 from pipeline.clean import apply, clean_plan, human_size
 from pipeline.config import load_pipeline
 from pipeline.export import export_stage, push_to_hub
-from pipeline.labeling import export_rows, import_rows, labeling_task, make_server
+from pipeline.label_server import is_loopback, make_server, page_address
+from pipeline.labeling import export_rows, import_rows, labeling_task
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
 from pipeline.report import write_report
 from pipeline.runner import before_launch_problems, make_console, run_pipeline, status_table
@@ -224,11 +225,18 @@ def _label(target: Path, args: argparse.Namespace) -> None:
         state = task.state()
         print(f"{task.stage}: {count} labels imported; {state['labeled']}/{task.min_labeled} ranked")
         return
-    server = make_server(task, args.host, args.port)
+    try:
+        server = make_server(task, args.host, args.port)
+    except OSError as e:
+        raise InputError(f"--host {args.host} --port {args.port}: cannot serve there ({e.strerror or e}); "
+                         "pick another port, or --port 0 for any free one") from None
     state = task.state()
-    host, port = server.server_address[:2]
+    if not is_loopback(args.host):
+        print(f"WARNING: --host {args.host} serves every prompt and answer of {task.stage} to anyone who can reach "
+              "this machine and has the address below (its token is the only lock); serve on 127.0.0.1 and "
+              "forward the port (ssh -L) unless that network is yours", file=sys.stderr, flush=True)
     print(f"labeling {task.stage}: {state['labeled']}/{task.min_labeled} ranked, {state['handled']} of {state['total']} "
-          f"handled; open http://{host}:{port}/ (Ctrl-C to stop: every submission is already saved)", flush=True)
+          f"handled; open {page_address(server)} (Ctrl-C to stop: every submission is already saved)", flush=True)
     try:
         server.serve_forever()
     finally:

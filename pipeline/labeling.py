@@ -1,8 +1,7 @@
 """`rlhf label`: people rank a rank stage's sampled answers, on a local page or through JSONL files.
 
-The page (label_page.html) is served on the loopback address by the standard library's HTTP server: it shows
-one prompt and its K answers at a time, a person gives each answer a rank (1 = best, ties allowed) and submits,
-or skips or flags the prompt. Every submission is appended to the stage's labels file at once
+The page (label_page.html, served by pipeline.label_server) shows one prompt and its K answers at a time, a
+person gives each answer a rank (1 = best, ties allowed) and submits, or skips or flags the prompt. Every submission is appended to the stage's labels file at once
 (core.labels: one write, fsynced), so closing the page or killing the server loses nothing, and the next
 visit goes on with the first prompt nobody has labeled. `--export` writes the prompts with their answers as
 JSONL for Label Studio or Argilla; `--import` reads rankings back (`{"prompt", "answers", "ranks"}`, the
@@ -12,9 +11,7 @@ reward kind's format), checked row by row before any is appended.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from core.errors import InputError
@@ -76,65 +73,6 @@ def labeling_task(pipeline: Pipeline, stage: str | None = None) -> LabelingTask:
                          "first (it stops at this stage to wait for labels)")
     return LabelingTask(stage, samples, [sample_key(r["prompt"], r["answers"]) for r in samples],
                         StageDirs.of(pipeline.run_dir, stage).labels, cfg.labeler.min_labeled)
-
-
-#: the page, shipped beside this module (package data)
-PAGE = Path(__file__).with_name("label_page.html")
-
-
-def _page() -> bytes:
-    return PAGE.read_bytes()
-
-
-def make_server(task: LabelingTask, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """The labeling page's HTTP server (not started): GET / the page, GET /api/state, POST /api/label."""
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, code: int, value: dict) -> None:
-            self._send(code, json.dumps(value, ensure_ascii=False).encode("utf-8"))
-
-        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
-            if self.path in ("/", "/index.html"):
-                self._send(200, _page(), "text/html; charset=utf-8")
-            elif self.path == "/api/state":
-                self._json(200, task.state())
-            else:
-                self._json(404, {"error": "not found"})
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/api/label":
-                self._json(404, {"error": "not found"})
-                return
-            try:
-                record = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            except ValueError:
-                self._json(400, {"error": "expected a JSON object"})
-                return
-            if not isinstance(record, dict):
-                self._json(400, {"error": "expected a JSON object"})
-                return
-            record = {k: record[k] for k in ("key", "ranks", "skip", "flag") if k in record}
-            problem = task.submission_problem(record)
-            if problem is not None:
-                self._json(400, {"error": problem})
-                return
-            with lock:
-                append_label(task.labels_path, {**record, "source": "page"})
-            self._json(200, task.state())
-
-        def log_message(self, format: str, *args) -> None:  # one quiet line per request is noise here
-            return
-
-    return ThreadingHTTPServer((host, port), Handler)
 
 
 def export_rows(task: LabelingTask, path: Path) -> int:
