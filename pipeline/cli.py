@@ -17,7 +17,7 @@ from core.schema import LaunchSettings
 from pipeline.assets import ACCELERATE_CONFIGS, EMBEDDED_PIPELINE
 from pipeline.clean import apply, clean_plan, human_size
 from pipeline.config import load_pipeline
-from pipeline.export import export_stage, push_to_hub
+from pipeline.export import export_stage, push_to_hub, verify_run
 from pipeline.label_server import is_loopback, make_server, page_address
 from pipeline.labeling import export_rows, import_rows, labeling_task
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("--import", dest="import_file", type=Path, metavar="FILE",
                        help="append rankings from JSONL ({prompt, answers, ranks}, or key and ranks)")
 
+    verify = sub.add_parser("verify", help="check every stage's artifact against the sha256 its manifest recorded "
+                            "(before sharing, exporting or trusting a run directory you received)")
+    verify.add_argument("target", help="RUN_DIR or pipeline file")
+
     export = sub.add_parser("export", help="a clean model folder of a stage (weights, tokenizer, adapter, model card)")
     export.add_argument("target", help="RUN_DIR or pipeline file")
     export.add_argument("stage")
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             _status(Path(args.target), args.watch)
         elif args.command == "label":
             _label(Path(args.target), args)
+        elif args.command == "verify":
+            return _verify(Path(args.target))
         elif args.command == "export":
             folder = export_stage(_pipeline_of(Path(args.target)), args.stage, args.to)
             print(f"exported {args.stage} to {folder}", flush=True)
@@ -212,6 +218,18 @@ def _clean(target: Path, keep_artifacts: bool, yes: bool, dry_run: bool) -> None
                              "or --keep-artifacts to remove only checkpoints")
         apply(removals, pipeline.run_dir)
         console.print(f"removed {len(removals)} paths, {total} from {pipeline.run_dir}")
+
+
+def _verify(target: Path) -> int:
+    """Print each stage's verdict; 1 when any artifact differs from its manifest."""
+    pipeline = _pipeline_of(target)
+    print(f"run directory: {pipeline.run_dir}")
+    found = verify_run(pipeline)
+    for stage, problems in found.items():
+        print(f"{stage}: {'ok' if not problems else '; '.join(problems)}")
+    if not found:
+        print("no stage has a manifest yet")
+    return 1 if any(found.values()) else 0
 
 
 def _label(target: Path, args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.errors import InputError
 from core.layout import StageDirs
-from core.manifest import read_manifest
+from core.manifest import output_problems, read_manifest
 from core.numbers import fmt
 from pipeline.config import Pipeline
 from pipeline.plan import stage_states
@@ -74,7 +74,9 @@ def model_card(manifest: dict) -> str:
 
 
 def export_stage(pipeline: Pipeline, stage: str, target: Path) -> Path:
-    """Write the clean model folder of a fresh stage to `target` (new or empty); return it."""
+    """Write the clean model folder of a fresh stage to `target` (new or empty); return it. Only the files the
+    manifest lists are copied, each checked against its recorded sha256 first (a run directory may have been
+    received from someone else or corrupted), never a symlink."""
     if stage not in pipeline.stages:
         raise InputError(f"{stage}: no such stage in {pipeline.path} (stages: {', '.join(pipeline.stages)})")
     state = stage_states(pipeline)[stage]
@@ -83,18 +85,39 @@ def export_stage(pipeline: Pipeline, stage: str, target: Path) -> Path:
     artifact = state.dirs.artifact
     if not (artifact / "config.json").is_file():
         raise InputError(f"{stage}: kind {state.kind} writes no model to export (its artifact has no config.json)")
+    if target.is_symlink():
+        raise InputError(f"--to {target}: a symlink; export into a new or empty folder")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InputError(f"--to {target}: exists and is not empty; export into a new or empty folder")
+    resolved = target.resolve()
+    if resolved == pipeline.run_dir.resolve() or pipeline.run_dir.resolve() in resolved.parents:
+        raise InputError(f"--to {target}: inside the run directory {pipeline.run_dir}; export outside it")
+    broken = output_problems(state.dirs, state.manifest, verify_hashes=True)
+    if broken:
+        raise InputError(f"{stage}: its artifact does not match its manifest ({'; '.join(broken)}); nothing exported "
+                         f"(`rlhf verify {pipeline.run_dir}` checks every stage)")
+    listed = [Path(entry["path"]) for entry in state.manifest.get("outputs", [])]
     target.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(artifact.iterdir()):
-        if entry.name in LEFT_OUT:
+    for relative in listed:
+        inside = relative.relative_to(artifact.relative_to(state.dirs.root))
+        if inside.parts[0] in LEFT_OUT:
             continue
-        if entry.is_dir():
-            shutil.copytree(entry, target / entry.name)
-        else:
-            shutil.copy2(entry, target / entry.name)
+        (target / inside).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(state.dirs.root / relative, target / inside, follow_symlinks=False)
     (target / "README.md").write_text(model_card(state.manifest), encoding="utf-8")
     return target
+
+
+def verify_run(pipeline: Pipeline) -> dict[str, list[str]]:
+    """Every stage with a manifest: the output files that are missing, symlinks or differ from their recorded
+    sha256 (every file read in full; [] when all match)."""
+    found = {}
+    for name in pipeline.stages:
+        dirs = StageDirs.of(pipeline.run_dir, name)
+        manifest = read_manifest(dirs)
+        if manifest is not None:
+            found[name] = output_problems(dirs, manifest, verify_hashes=True)
+    return found
 
 
 def push_to_hub(folder: Path, repo_id: str, *, private: bool) -> str:

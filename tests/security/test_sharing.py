@@ -1,0 +1,44 @@
+"""A run directory received from someone else: `rlhf verify` checks every artifact against its manifest's
+sha256, export copies only the files the manifest lists (never a planted symlink) after checking them, and
+a weights file rewritten at the same size is stale, not fresh."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.helpers import rlhf, status_row
+
+pytestmark = pytest.mark.slow
+
+
+def test_verify_and_export_trust_hashes_not_sizes_and_copy_only_listed_files(tiny_chat_run, tmp_path):
+    run = tmp_path / "received"
+    shutil.copytree(tiny_chat_run, run, symlinks=True)
+    verified = rlhf("verify", run)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"run directory: {run.resolve()}" in verified.stdout and "ppo: ok" in verified.stdout
+
+    secret = tmp_path / "id_ed25519"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (run / "ppo" / "artifact" / "notes.txt").symlink_to(secret)  # planted: not in the manifest
+    exported = rlhf("export", run, "ppo", "--to", tmp_path / "clean")
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert not (tmp_path / "clean" / "notes.txt").exists() and (tmp_path / "clean" / "model.safetensors").is_file()
+    inside = rlhf("export", run, "ppo", "--to", run / "ppo" / "artifact" / "copy")
+    assert inside.returncode == 2 and "inside the run directory" in inside.stderr
+
+    weights = run / "ppo" / "artifact" / "model.safetensors"
+    recorded = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(64)  # the same size, other bytes
+    weights.write_bytes(bytes(data))
+    assert "changed content" in status_row(run, "ppo")
+    os.utime(weights, ns=(recorded.st_atime_ns, recorded.st_mtime_ns))  # even with its old mtime put back:
+    failed = rlhf("verify", run)
+    assert failed.returncode == 1 and "ppo: artifact/model.safetensors changed content" in failed.stdout
+    refused = rlhf("export", run, "ppo", "--to", tmp_path / "corrupt")
+    assert refused.returncode == 2 and "does not match its manifest" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "corrupt").exists()
