@@ -62,12 +62,23 @@ def describe_outputs(dirs: StageDirs, directory: Path) -> list[dict]:
     ]
 
 
+def readable_as_umask_allows(directory: Path) -> None:
+    """Give every file under `directory` the mode a plain new file gets (0o666 less the umask): some writers
+    (safetensors) create weights 0600, which colleagues sharing the run directory or its export cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in directory.rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            os.chmod(file, 0o666 & ~umask)
+
+
 def commit_artifact(dirs: StageDirs, staged_artifact: Path, manifest: dict) -> None:
     """Replace the stage's artifact with `staged_artifact` and write its manifest, crash-safely.
 
     The old manifest goes first, so at every instant either a manifest matches the files on disk or there
     is no manifest (and the stage simply counts as not complete).
     """
+    readable_as_umask_allows(staged_artifact)
     dirs.manifest.unlink(missing_ok=True)
     fsync_dir(dirs.root)
     previous = dirs.root / "artifact.previous"

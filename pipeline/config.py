@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from core.errors import InputError
 from core.layout import run_dir_problem
+from core.textfiles import read_utf8
 from core.schema import LaunchSettings, OutputPath, StageConfig, StrictModel
 from pipeline import dag
 from pipeline.assets import embedded_run_dir
@@ -144,10 +145,14 @@ def _read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
     """The file's top-level mapping and the line of every key path in it."""
     if not path.is_file():
         raise InputError(f"{path}: pipeline file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, "a YAML pipeline file")
     try:
+        tree = yaml.compose(text)
+        if _expanded_size(tree) > MAX_YAML_NODES:
+            raise InputError(f"{path}: its aliases (*name) expand to more than {MAX_YAML_NODES} values; a pipeline file "
+                             "is never that big (a YAML alias bomb?)")
         raw = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text))
+        lines = _key_lines(tree)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -155,6 +160,29 @@ def _read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping with keys run_dir and stages, got {type(raw).__name__}")
     return raw, lines
+
+
+#: values a pipeline file may expand to, aliases counted at every use (the largest shipped one has ~600)
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node, sizes: dict | None = None) -> int:
+    """How many values the YAML node graph holds once every alias is expanded, counted without expanding
+    it (each shared node's size is computed once)."""
+    sizes = {} if sizes is None else sizes
+    if node is None:
+        return 0
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a cycle (a recursive alias) counts once instead of recursing forever
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = min(size, MAX_YAML_NODES + 1)
+    return sizes[id(node)]
 
 
 def _stage(name: str, raw: dict, *, stage_names: list[str], context: dict) -> tuple[StageConfig | None, list]:

@@ -18,6 +18,7 @@ from core.errors import InputError
 from core.labelers import HumanLabeler
 from core.labels import append_label, is_ranked, ranks_problem, read_labels, sample_key
 from core.layout import StageDirs
+from core.textfiles import BadRow, jsonl_objects
 from core.samples import SAMPLES_FILE, read_samples
 from pipeline.config import Pipeline
 
@@ -49,6 +50,10 @@ class LabelingTask:
         """Why a submission from the page or a file cannot be stored, or None."""
         if record.get("key") not in self.keys:
             return "unknown key: not one of this stage's sampled prompts (were the answers re-sampled?)"
+        if "skip" in record and not isinstance(record["skip"], bool):
+            return f"skip must be true or false, got {record['skip']!r}"
+        if "flag" in record and not isinstance(record["flag"], str):
+            return f"flag must be a text saying what is wrong with the prompt, got {record['flag']!r}"
         if record.get("skip") is True or (isinstance(record.get("flag"), str) and record["flag"].strip()):
             return None
         return ranks_problem(record.get("ranks"), len(self.samples[self.keys.index(record["key"])]["answers"]))
@@ -76,7 +81,12 @@ def labeling_task(pipeline: Pipeline, stage: str | None = None) -> LabelingTask:
 
 
 def export_rows(task: LabelingTask, path: Path) -> int:
-    """The prompts nobody has labeled, with their answers, as JSONL (`key`, `prompt`, `answers`); how many."""
+    """The prompts nobody has labeled, with their answers, as JSONL (`key`, `prompt`, `answers`), into a new file
+    in an existing folder; how many."""
+    if path.exists() or path.is_symlink():
+        raise InputError(f"--export {path}: exists; export into a new file (nothing is overwritten)")
+    if not path.parent.is_dir():
+        raise InputError(f"--export {path}: folder {path.parent} does not exist")
     labels = read_labels(task.labels_path)
     rows = [{"key": key, "prompt": row["prompt"], "answers": row["answers"]}
             for key, row in zip(task.keys, task.samples) if key not in labels]
@@ -90,19 +100,12 @@ def import_rows(task: LabelingTask, path: Path) -> int:
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     records, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            problems.append(f"{path}:{number}: not valid JSON")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{path}:{number}: expected a JSON object")
+    for number, row in jsonl_objects(path):
+        if isinstance(row, BadRow):
+            problems.append(f"{path}:{number}: {row}")
             continue
         key = row.get("key") or (sample_key(row["prompt"], row["answers"]) if "prompt" in row and "answers" in row else None)
-        record = {"key": key, **{k: row[k] for k in ("ranks", "skip", "flag") if k in row}}
+        record = {"key": key, **{k: row[k] for k in ("ranks", "skip", "flag", "labeler") if k in row}}
         problem = task.submission_problem(record)
         if problem is not None:
             problems.append(f"{path}:{number}: {problem}")

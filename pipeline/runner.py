@@ -173,7 +173,7 @@ def _stream(cmd: list[str], log: Path, progress_of: StageDirs | None = None, nam
     terminal (the log gets the output only). The stage runs in its own process group, so Ctrl-C or
     SIGTERM here stops all of its processes.
     """
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = stage_environment()
     cmd = _dying_with_this_process(cmd)
     with open(log, "w", encoding="utf-8") as out, _ProgressFromFile(progress_of, name) as bar:
         out.write("$ " + " ".join(cmd) + "\n")
@@ -242,6 +242,15 @@ class _ProgressFromFile:
             self._stop.set()
             self._thread.join()
             self._bar.stop()
+
+
+def stage_environment() -> dict[str, str]:
+    """The environment of a stage's processes: this package's own code first on the path and the current
+    directory not at all (PYTHONSAFEPATH), so a `core/` or `stages/` folder in the directory `rlhf run` was
+    started from (a received run directory, a download) is never imported."""
+    own = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join([own, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+    return dict(os.environ, PYTHONUNBUFFERED="1", PYTHONSAFEPATH="1", PYTHONPATH=path)
 
 
 def _dying_with_this_process(cmd: list[str]) -> list[str]:
