@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from core.datasources import source_rows
 from core.labels import sample_key
 from tests.helpers import REPO, pretrain_stage, rank_stage, rlhf, sample_stage, small_corpus, write_pipeline
 
@@ -125,3 +126,9 @@ def test_a_stage_never_imports_code_from_the_directory_rlhf_runs_in(tmp_path):
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert not marker.exists()
+
+
+def test_a_csv_with_a_byte_order_mark_reads_with_its_first_column_named_as_written(tmp_path):
+    table = tmp_path / "excel.csv"
+    table.write_bytes("prompt,chosen,rejected\nhi,yes,no\n".encode("utf-8-sig"))
+    assert [row for _, row in source_rows(table)] == [{"prompt": "hi", "chosen": "yes", "rejected": "no"}]
