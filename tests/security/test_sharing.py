@@ -4,8 +4,10 @@ a weights file rewritten at the same size is stale, not fresh."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import stat
 
 import pytest
 
@@ -42,3 +44,17 @@ def test_verify_and_export_trust_hashes_not_sizes_and_copy_only_listed_files(tin
     refused = rlhf("export", run, "ppo", "--to", tmp_path / "corrupt")
     assert refused.returncode == 2 and "does not match its manifest" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "corrupt").exists()
+
+
+def test_an_export_names_no_local_path_and_is_readable_by_the_group(tiny_chat_run, tmp_path):
+    folder = tmp_path / "lora"
+    done = rlhf("export", tiny_chat_run, "ppo_lora", "--to", folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    card = (folder / "README.md").read_text()
+    assert str(tiny_chat_run.parent) not in card and "/tmp/" not in card and "a local model" in card
+    adapter = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] is None  # trained from a local model: no path of this machine
+    umask = os.umask(0)
+    os.umask(umask)
+    for weights in (tiny_chat_run / "ppo_lora" / "artifact" / "model.safetensors", folder / "model.safetensors"):
+        assert stat.S_IMODE(weights.stat().st_mode) == 0o666 & ~umask, weights  # as any new file (safetensors: 0600)
