@@ -17,6 +17,7 @@ from core.schema import LaunchSettings
 from pipeline.assets import ACCELERATE_CONFIGS, EMBEDDED_PIPELINE
 from pipeline.clean import apply, clean_plan, human_size
 from pipeline.config import load_pipeline
+from pipeline.environment import environment, package_version
 from pipeline.export import export_stage, push_to_hub, verify_run
 from pipeline.label_server import is_loopback, make_server, page_address
 from pipeline.labeling import export_rows, import_rows, labeling_task
@@ -29,7 +30,9 @@ from pipeline.status import show_status
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description="Run an RLHF pipeline (pretrain -> sft -> sample -> rank -> reward -> ppo -> eval) "
                                      "declared in one YAML file, skipping stages whose inputs did not change.")
+    parser.add_argument("--version", action="version", version=f"rlhf-pipeline {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("env", help="versions of this package, Python and the stack, and the devices (for bug reports)")
 
     run = sub.add_parser("run", help="run every stage that is not fresh, in order; resume interrupted ones")
     run.add_argument("config", nargs="?", default=str(EMBEDDED_PIPELINE),
@@ -131,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             _status(Path(args.target), args.watch)
         elif args.command == "label":
             _label(Path(args.target), args)
+        elif args.command == "env":
+            for name, value in environment().items():
+                print(f"- {name}: {value}")
         elif args.command == "verify":
             return _verify(Path(args.target))
         elif args.command == "export":
