@@ -76,8 +76,8 @@ def test_requests_without_the_token_from_other_hosts_or_origins_or_as_forms_are_
     assert request(server, "POST", "/api/label", body, **own, Origin="http://evil.example",
                    Content_Type="application/json")[0] == 403
     assert request(server, "POST", "/api/label", body, **own, Content_Type="text/plain")[0] == 415
-    assert request(server, "POST", "/api/label", b"{}", **own, Content_Type="application/json",
-                   Content_Length_="x")[0] in (400, 411)
+    assert request(server, "POST", "/api/label", None, **own, Content_Type="application/json",
+                   Content_Length="x")[0] == 411
     huge = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
     huge.putrequest("POST", "/api/label", skip_host=True)
     for name, value in {"Host": own["Host"], "X-Label-Token": token, "Content-Type": "application/json",
