@@ -34,7 +34,7 @@ def checkpoint_dir(dirs: StageDirs, step: int) -> Path:
     return dirs.checkpoints / f"step-{step:06d}"
 
 
-def commit_checkpoint(dirs: StageDirs, written: Path, step: int, fingerprint: str, stage: str, keep_last: int) -> Path:
+def commit_checkpoint(dirs: StageDirs, written: Path, *, step: int, fingerprint: str, stage: str, keep_last: int) -> Path:
     """Make the fully written directory `written` the complete checkpoint of `step`: write the marker
     (fingerprint, step) into it, rename it to `step-NNNNNN`, then keep only the `keep_last` newest.
     Main process only, after every process has finished writing."""

@@ -285,7 +285,7 @@ def save_checkpoint(ctx: StageContext, accelerator: Accelerator, *, step: int, k
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(written / LOOP_STATE, loop_state)
-        commit_checkpoint(ctx.dirs, written, step, ctx.fingerprint, ctx.name, keep_last)
+        commit_checkpoint(ctx.dirs, written, step=step, fingerprint=ctx.fingerprint, stage=ctx.name, keep_last=keep_last)
     accelerator.wait_for_everyone()
 
 
