@@ -12,14 +12,17 @@ import threading
 import time
 from pathlib import Path
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
 from core.atomic import atomic_write_json
 from core.errors import InputError, StageFailed
+from core.hubdata import hub_model_problem
 from core.layout import RUN_RECORD, StageDirs
 from core.lock import RunLock
 from core.progress import bar_fields, new_attempt, progress_bar, read_progress, write_progress
+from core.sections import ModelSource
 from pipeline import dag
 from pipeline.config import Pipeline
 from pipeline.plan import RunPlan, StageState, hasher_for, make_plan, stage_spec, stage_state
@@ -67,11 +70,26 @@ def launch_command(pipeline: Pipeline, name: str, spec_path: Path) -> list[str]:
     return cmd + ["-m", pipeline.stages[name].module, "--spec", str(spec_path)]
 
 
+def hub_models(section) -> list[str]:
+    """Every `model.hub` (owner/name@revision) set anywhere in a stage's config (its model, a judge's)."""
+    found = []
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, ModelSource) and value.hub:
+            found.append(value.hub)
+        if isinstance(value, BaseModel):
+            found += hub_models(value)
+    return found
+
+
 def before_launch_problems(pipeline: Pipeline, names: list[str]) -> list[str]:
     """What the stages `names` would refuse once launched: the content of their data (files read, rows
-    checked) and batch sizes that do not fit their process count. `rlhf plan` and `rlhf run` check the same,
+    checked), Hub models neither cached nor reachable, and batch sizes that do not fit their process count. `rlhf plan` and `rlhf run` check the same,
     so a plan that says run does not then refuse."""
     problems = [p for name in names for p in pipeline.stages[name].data_problems()]
+    hubs = {hub: name for name in names for hub in hub_models(pipeline.stages[name])}
+    problems += [f"stage {name}: model.hub: {found}" for hub, name in hubs.items()
+                 if (found := hub_model_problem(hub)) is not None]
     for name in names:
         world = pipeline.world_size(name)
         problems += [f"stage {name}: {'.'.join(map(str, loc))}: {message} (on {world} processes)"
