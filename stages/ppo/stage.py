@@ -290,7 +290,13 @@ def save_checkpoint(ctx: StageContext, accelerator: Accelerator, *, step: int, k
 
 
 def read_loop_state(checkpoint: Path, *, stage: str) -> dict:
-    """The KL coefficient and ptx position a checkpoint saved (save_checkpoint)."""
+    """The KL coefficient and ptx position a checkpoint saved (save_checkpoint). A checkpoint holding accelerate
+    custom objects (pickles this stage neither writes nor loads: an older version's, or planted) is refused,
+    since accelerate's `load_state` would refuse it anyway, with a traceback."""
+    stray = sorted(checkpoint.glob("custom_checkpoint_*.pkl"))
+    if stray:
+        raise InputError(f"{stray[0]}: a pickled accelerate custom object, which this stage neither writes nor loads "
+                         f"(it could run code); remove it to resume, or re-run with --restart {stage}")
     try:
         state = json.loads((checkpoint / LOOP_STATE).read_text())
         float(state["kl"]["value"])

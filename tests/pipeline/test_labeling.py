@@ -95,7 +95,7 @@ def test_people_rank_on_the_page_and_a_killed_server_loses_nothing(awaiting):
     labels_file = StageDirs(run / "people").labels
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page()
+        page = browser.new_page(bypass_csp=True)  # Playwright's wait_for_function evaluates strings in the page
         proc, url = serve(run)
         try:
             page.goto(url)

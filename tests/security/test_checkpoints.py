@@ -1,6 +1,7 @@
-"""Resuming from a run directory someone else wrote runs none of their code: PPO's own loop state is JSON
-(accelerate would unpickle a custom checkpoint with `weights_only=False`), and a checkpoint file that torch's
-restricted unpickler refuses (DeepSpeed reloads its `*.pt` files with full pickle) stops the resume."""
+"""Resuming from a run directory someone else wrote runs none of their code: PPO's own loop state is JSON and
+a planted accelerate custom object (which accelerate would unpickle with `weights_only=False`) is refused
+unread, and a checkpoint file that torch's restricted unpickler refuses (DeepSpeed reloads its `*.pt` files
+with full pickle) stops the resume."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class _Payload:
         return (os.mknod, (self.marker,))
 
 
-def test_ppo_resumes_without_unpickling_a_planted_file_and_refuses_an_unsafe_one(tmp_path, tiny_chat_run):
+def test_ppo_refuses_planted_pickles_unread_and_resumes_without_them(tmp_path, tiny_chat_run):
     path = chat_pipeline(tmp_path)
     run = tmp_path / "run"
     for stage in ("pre", "sft", "rm"):
@@ -49,6 +50,11 @@ def test_ppo_resumes_without_unpickling_a_planted_file_and_refuses_an_unsafe_one
     assert "posix.mknod" in refused.stdout + refused.stderr and not marker.exists()
 
     shutil.rmtree(unsafe.parent)
+    stray = rlhf("run", path, "--only", "ppo")
+    assert stray.returncode != 0 and "custom_checkpoint_0.pkl: a pickled accelerate custom object" in stray.stdout
+    assert not marker.exists()
+
+    (checkpoint / "custom_checkpoint_0.pkl").unlink()
     done = rlhf("run", path, "--only", "ppo")
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"[ppo] resuming from step-{step:06d}" in done.stdout

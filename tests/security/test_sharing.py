@@ -32,6 +32,8 @@ def test_verify_and_export_trust_hashes_not_sizes_and_copy_only_listed_files(tin
     inside = rlhf("export", run, "ppo", "--to", run / "ppo" / "artifact" / "copy")
     assert inside.returncode == 2 and "inside the run directory" in inside.stderr
 
+    cleaned = rlhf("clean", run, "--keep-artifacts")  # the copy's checkpoints, so that ppo cannot resume
+    assert cleaned.returncode == 0 and (tiny_chat_run / "ppo" / "checkpoints").is_dir(), cleaned.stdout
     weights = run / "ppo" / "artifact" / "model.safetensors"
     recorded = weights.stat()
     data = bytearray(weights.read_bytes())
