@@ -67,7 +67,17 @@ def launch_command(pipeline: Pipeline, name: str, spec_path: Path) -> list[str]:
         cmd += ["--num_processes", str(launch.num_processes or 1)]
     if launch.accelerate_config and launch.num_processes:
         cmd += ["--num_processes", str(launch.num_processes)]
+    if not launcher and "OMP_NUM_THREADS" not in os.environ:
+        cmd += ["--num_cpu_threads_per_process", str(cpu_threads_per_process(pipeline.world_size(name)))]
     return cmd + ["-m", pipeline.stages[name].module, "--spec", str(spec_path)]
+
+
+def cpu_threads_per_process(processes: int) -> int:
+    """This machine's usable cores shared among a stage's local processes. Without it `accelerate launch` sets
+    OMP_NUM_THREADS=1 for any launch it does not know to be CPU-only (no `--cpu`, no config), so a one-process
+    stage on a CPU ran on one core however many there were."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, processes))
 
 
 def hub_models(section) -> list[str]:

@@ -236,6 +236,7 @@ def _run_attempt(train: Callable[[StageContext], dict], *, spec: dict, config: S
         print(f"[{ctx.name}] resuming from {ctx.resume_from.path.name} (step {ctx.resume_from.step})", flush=True)
     metrics = train(ctx)
     metrics.setdefault("resources/peak_memory_gb", peak_memory_gb())
+    metrics.setdefault("resources/cpu_threads", torch.get_num_threads())  # intra-op threads of the main process
     state.wait_for_everyone()
     if state.is_main_process:
         manifest = stage_manifest(spec, metrics=metrics, resumed_from=ctx.resume_from.step if ctx.resume_from else None,
