@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.atomic import atomic_write_json
 from core.layout import StageDirs
 from core.manifest import read_manifest
+from core.removal import remove_inside
 
 CHECKPOINT_MARKER = "rlhf-checkpoint.json"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
+#: what this project (and the Trainer under it) writes into checkpoints/: all that a clean-up may delete
+_OWN_DIR = re.compile(r"^(step|incoming|checkpoint)-\d+$")
 
 
 @dataclass(frozen=True)
@@ -32,16 +34,16 @@ def checkpoint_dir(dirs: StageDirs, step: int) -> Path:
     return dirs.checkpoints / f"step-{step:06d}"
 
 
-def commit_checkpoint(dirs: StageDirs, written: Path, step: int, fingerprint: str, stage: str, keep_last: int) -> Path:
+def commit_checkpoint(dirs: StageDirs, written: Path, *, step: int, fingerprint: str, stage: str, keep_last: int) -> Path:
     """Make the fully written directory `written` the complete checkpoint of `step`: write the marker
     (fingerprint, step) into it, rename it to `step-NNNNNN`, then keep only the `keep_last` newest.
     Main process only, after every process has finished writing."""
     atomic_write_json(written / CHECKPOINT_MARKER, {"fingerprint": fingerprint, "step": step, "stage": stage})
     final = checkpoint_dir(dirs, step)
-    shutil.rmtree(final, ignore_errors=True)
+    remove_inside(final, inside=dirs.root.parent)
     os.replace(written, final)
     for old in complete_checkpoints(dirs)[:-keep_last]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        remove_inside(old.path, inside=dirs.root.parent)
     return final
 
 
@@ -63,11 +65,13 @@ def complete_checkpoints(dirs: StageDirs) -> list[Checkpoint]:
 
 
 def incomplete_checkpoint_dirs(dirs: StageDirs) -> list[Path]:
-    """Directories under checkpoints/ that are not complete checkpoints (torn writes, library temp dirs)."""
+    """Directories under checkpoints/ named as this project or the Trainer names them that are not complete
+    checkpoints (torn writes). Anything else there is not ours and is left alone."""
     if not dirs.checkpoints.is_dir():
         return []
     complete = {c.path for c in complete_checkpoints(dirs)}
-    return sorted(p for p in dirs.checkpoints.iterdir() if p.is_dir() and p not in complete)
+    return sorted(p for p in dirs.checkpoints.iterdir()
+                  if _OWN_DIR.match(p.name) and (p.is_dir() or p.is_symlink()) and p not in complete)
 
 
 @dataclass(frozen=True)
@@ -96,4 +100,5 @@ def resume_point(dirs: StageDirs, current_fingerprint: str) -> ResumePoint:
 
 def discard_checkpoints(dirs: StageDirs) -> None:
     """Delete every checkpoint of a stage (for --restart): the next run starts at step 0."""
-    shutil.rmtree(dirs.checkpoints, ignore_errors=True)
+    for path in [c.path for c in complete_checkpoints(dirs)] + incomplete_checkpoint_dirs(dirs):
+        remove_inside(path, inside=dirs.root.parent)

@@ -138,8 +138,9 @@ def _open_dataset(source: DataSource):
 
 
 def _text_columns(datasets, path: Path):
-    """Every column of a CSV file as a string: CSV holds text, and type inference would make "6." a float."""
-    with open(path, newline="", encoding="utf-8") as handle:
+    """Every column of a CSV file as a string: CSV holds text, and type inference would make "6." a float.
+    A byte-order mark (Excel writes one) is not part of the first column's name."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         header = next(csv.reader(handle), [])
     return datasets.Features({name: datasets.Value("string") for name in header})
 

@@ -32,6 +32,30 @@ def hub_snapshot(hub: str) -> Path:
         raise InputError(f"{hub}: the Hub refused it: {str(e).splitlines()[0]}") from None
 
 
+def hub_model_problem(hub: str) -> str | None:
+    """Why the Hub model `owner/name@revision` cannot be loaded where this runs (not in the HF cache, and the
+    Hub unreachable, offline, or without it), or None. Asks the Hub only when the cache does not have it."""
+    from huggingface_hub import model_info, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    repo, _, revision = hub.rpartition("@")
+    try:
+        snapshot_download(repo, revision=revision, local_files_only=True)
+        return None
+    except LocalEntryNotFoundError:
+        pass
+    try:
+        model_info(repo, revision=revision, timeout=10)
+        return None
+    except OfflineModeIsEnabled:
+        return f"{hub}: not in the HF cache, and HF_HUB_OFFLINE is set; download it where there is a network"
+    except HfHubHTTPError as e:
+        return f"{hub}: the Hub refused it: {str(e).splitlines()[0]}"
+    except Exception as e:  # noqa: BLE001 - the HTTP client's connection errors (httpx's, not OSError)
+        return (f"{hub}: not in the HF cache and the Hub cannot be reached ({type(e).__name__}); download it where "
+                "there is a network, or fill HF_HUB_CACHE")
+
+
 def hub_commit(hub: str) -> str:
     """The commit `owner/name@revision` resolves to."""
     return hub_snapshot(hub).name

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
+import sys
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -27,6 +29,21 @@ class Noise(StrictModel):
                                                       "Plackett-Luce draw from softmax(score / temperature)")
 
 
+def locate_module(module: str) -> str | None:
+    """The file a dotted module name would import from, found as the import system finds it but without
+    executing any package's __init__ on the way (importlib.util.find_spec of a dotted name imports its
+    parents); None if there is none."""
+    parts = module.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
+    spec = importlib.util.find_spec(parts[0])  # a top-level name is found, not imported
+    for depth in range(1, len(parts)):
+        if spec is None or spec.submodule_search_locations is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: depth + 1]), spec.submodule_search_locations)
+    return spec.origin if spec is not None else None
+
+
 class RuleLabeler(Noise):
     """Scores from a Python function: `module:function(prompt, answers, reference) -> list[float]`."""
 
@@ -34,15 +51,17 @@ class RuleLabeler(Noise):
     function: str = Field(description="module:function, importable where the stage runs")
 
     def problems(self) -> Problems:
-        """A `module:function` whose module can be found."""
+        """A `module:function` whose module is a file that can be found, without running any of it (a plan
+        never executes a package), and is not the standard library's (no `os:system`)."""
         module, _, name = self.function.partition(":")
-        if not module or not name:
+        if not module or not name or not name.isidentifier():
             return [(("labeler", "function"), f"expected module:function, got {self.function!r}")]
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        return [] if found else [(("labeler", "function"), f"module {module!r} cannot be imported")]
+        if module.split(".")[0] in sys.stdlib_module_names or module.split(".")[0] in sys.builtin_module_names:
+            return [(("labeler", "function"), f"{module!r} is the standard library's: a rule is a function of "
+                                              "your own module (or stages.rank.rules)")]
+        if locate_module(module) is None:
+            return [(("labeler", "function"), f"module {module!r} cannot be imported")]
+        return []
 
     def describe(self) -> str:
         """Who ranked, for the manifest and the report."""

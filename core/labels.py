@@ -23,12 +23,17 @@ def sample_key(prompt: list[dict], answers: list[str]) -> str:
 
 
 def append_label(path: Path, record: dict) -> None:
-    """Append one submission durably (see the module docstring)."""
+    """Append one submission durably (see the module docstring). After a torn last line (a writer killed
+    mid-write) the record starts a line of its own, so the torn one cannot swallow it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps({**record, "time": round(time.time(), 3)}, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        while line:  # a short write (a full disk, a signal) leaves the rest to write, never silently dropped
+            line = line[os.write(fd, line):]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -19,6 +19,29 @@ from pathlib import Path
 
 #: in the run directory: {"pipeline": the file the latest `rlhf run` ran}
 RUN_RECORD = "pipeline.json"
+#: what only a run directory holds at its top (besides stage directories with a spec.json)
+_RUN_DIR_ENTRIES = (RUN_RECORD, ".lock", ".cache")
+
+
+def run_dir_problem(run_dir: Path) -> str | None:
+    """Why `run_dir` may not be used as a run directory, or None: it is the filesystem root or the home
+    directory, not a directory, or holds files this project did not write (a run deletes and replaces
+    things inside its run directory, so it must own it)."""
+    resolved = Path(run_dir).resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+        return f"{resolved} is the {'filesystem root' if resolved == Path(resolved.anchor) else 'home directory'}; " \
+               "give a directory of its own, e.g. runs/NAME"
+    if not resolved.exists():
+        return None
+    if not resolved.is_dir():
+        return f"{resolved} is a file, expected a directory"
+    entries = sorted(entry.name for entry in resolved.iterdir())
+    owned = any(name in _RUN_DIR_ENTRIES for name in entries) or any((resolved / n / "spec.json").is_file()
+                                                                       for n in entries)
+    if entries and not owned:
+        return (f"{resolved} holds files rlhf did not write ({', '.join(entries[:3])}{', …' if len(entries) > 3 else ''}); "
+                "give an empty or new directory")
+    return None
 
 
 @dataclass(frozen=True)

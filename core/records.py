@@ -14,6 +14,9 @@ Preference rows -> `{"prompt": [messages], "answers": [str], "ranks": [int]}` (l
   `{"prompt", "answers": [best, ..., worst]}`, `{"prompt", "answers", "ranks"}` (ties allowed, never paired),
   `{"prompt", "chosen", "rejected"}` (explicit prompt, answers as strings or messages), or `{"chosen",
   "rejected"}` alone (implicit prompt, as hh-rlhf: their shared beginning is the prompt).
+Named shapes of other tools, read as the shapes above: ShareGPT `{"conversations": [{"from", "value"}]}`
+(`human`/`gpt`/`system`, as LLaMA-Factory and axolotl read it) as `messages`; Alpaca `{"instruction", "input"?,
+"output"?}` as `prompt` (the instruction, then a blank line and the input when there is one) and `completion`.
 Unpaired rows `{"prompt", "completion", "label"}` (KTO's shape) -> `{"prompt", "completions", "labels"}` for the kto
 kind (which also splits rankings at their median rank); refused by name where answers are compared.
 """
@@ -36,12 +39,39 @@ PREFERENCE_IN_SFT = ('a preference row (chosen/rejected or answers); SFT expects
                      'or "messages"')
 
 
+#: ShareGPT's speakers as chat roles
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+                  "system": "system"}
+
+
+def named_shape(row: dict) -> dict:
+    """A ShareGPT or Alpaca row as the `messages` or `prompt`/`completion` row it means (see the module
+    docstring); any other row as it is. BadRow when a named shape is malformed."""
+    if "conversations" in row and "messages" not in row:
+        turns = row["conversations"]
+        if not isinstance(turns, list) or not all(isinstance(t, dict) and t.get("from") in SHAREGPT_ROLES
+                                                  and isinstance(t.get("value"), str) for t in turns):
+            raise BadRow(f"conversations must be a list of {{from, value}} turns with from one of "
+                         f"{', '.join(SHAREGPT_ROLES)} (ShareGPT)")
+        rest = {k: v for k, v in row.items() if k != "conversations"}
+        return {**rest, "messages": [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in turns]}
+    if "instruction" in row and "prompt" not in row and "messages" not in row:
+        instruction, given = row["instruction"], row.get("input") or ""
+        if not isinstance(instruction, str) or not isinstance(given, str):
+            raise BadRow("instruction and input must be strings (Alpaca)")
+        rest = {k: v for k, v in row.items() if k not in ("instruction", "input", "output")}
+        prompt = instruction + (f"\n\n{given}" if given.strip() else "")
+        return {**rest, "prompt": prompt, **({"completion": row["output"]} if "output" in row else {})}
+    return row
+
+
 def _is_unpaired(row: dict) -> bool:
     return "label" in row and "completion" in row and "chosen" not in row
 
 
 def sft_row(row: dict) -> dict:
     """One SFT example: `{"text"}`, or a chat prompt and its completion; BadRow if unusable."""
+    row = named_shape(row)
     if _is_unpaired(row):
         raise BadRow("an unpaired preference row (prompt, completion, label: KTO's shape); SFT expects \"text\", "
                      '"prompt" and "completion", or "messages"')
@@ -139,6 +169,7 @@ def prompt_and_reference(row: dict) -> dict:
     """A prompt from any SFT or preference row, and its reference answer: an SFT completion's last turn, the
     best of ranked answers, or None for a bare `{"prompt"}`; with `instructions` when the row carries
     verifiable ones (IFEval's `instruction_id_list` and `kwargs`: core/instructions.py)."""
+    row = named_shape(row)
     instructions = instructions_of(row)
     extras = {"instructions": instructions} if instructions else {}
     if _is_preference(row):

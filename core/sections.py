@@ -54,14 +54,20 @@ class TrainSettings(StrictModel):
         return []
 
     def batch_problems(self) -> Problems:
-        """A micro-batch that does not divide the global batch; Liger asked for but not installed."""
+        """A micro-batch that does not divide the global batch; Liger or a tracker asked for but not installed."""
         micro = self.micro_batch_size or self.batch_size
         problems = []
         if self.batch_size % micro:
             problems.append((("train", "micro_batch_size"), f"must divide train.batch_size ({self.batch_size})"))
         if self.liger_kernel and importlib.util.find_spec("liger_kernel") is None:
             problems.append((("train", "liger_kernel"), "needs the liger-kernel package (pip install liger-kernel)"))
-        return problems
+        return problems + self.tracker_problems()
+
+    def tracker_problems(self) -> Problems:
+        """A tracker in `report_to` that is not installed (found, not imported)."""
+        return [(("train", "report_to"), f"{tracker} is not installed (pip install {tracker.replace('_', '-')}), or "
+                                         "leave it out") for tracker in self.report_to
+                if importlib.util.find_spec(tracker) is None]
 
 
 class LoadingSettings(StrictModel):

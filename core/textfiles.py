@@ -47,4 +47,7 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, dict | BadRow]]:
             except ValueError as e:
                 yield number, BadRow(f"not valid JSON ({e.msg}); expected one object per line")
                 continue
+            except RecursionError:
+                yield number, BadRow("JSON nested too deeply; expected one flat object per line")
+                continue
             yield number, row if isinstance(row, dict) else BadRow(f"expected a JSON object, got {type(row).__name__}")

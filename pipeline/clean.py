@@ -12,12 +12,12 @@ Checkpoints of unfinished stages are always kept: they are how an interrupted or
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.checkpoints import complete_checkpoints, incomplete_checkpoint_dirs
 from core.manifest import read_manifest
+from core.removal import check_inside, remove_inside
 from pipeline.config import Pipeline
 from pipeline.plan import stage_states
 
@@ -33,7 +33,9 @@ class Removal:
 
 
 def tree_size(path: Path) -> int:
-    """Bytes under a file or directory."""
+    """Bytes under a file or directory (0 for a symlink: removing it frees nothing)."""
+    if path.is_symlink():
+        return 0
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -45,7 +47,7 @@ def clean_plan(pipeline: Pipeline, keep_artifacts: bool) -> tuple[list[Removal],
     kept: list[str] = []
 
     def remove(stage: str, path: Path, why: str) -> None:
-        if path.exists():
+        if path.exists() or path.is_symlink():
             removals.append(Removal(stage, path, tree_size(path), why))
 
     for name, status in stage_states(pipeline).items():
@@ -72,13 +74,13 @@ def clean_plan(pipeline: Pipeline, keep_artifacts: bool) -> tuple[list[Removal],
     return removals, kept
 
 
-def apply(removals: list[Removal]) -> None:
-    """Delete every path of the plan."""
+def apply(removals: list[Removal], run_dir: Path) -> None:
+    """Delete every path of the plan, each inside `run_dir` and never through a symlink; every path is checked
+    before the first is deleted, so a refusal leaves the directory as it was."""
     for removal in removals:
-        if removal.path.is_dir():
-            shutil.rmtree(removal.path)
-        else:
-            removal.path.unlink(missing_ok=True)
+        check_inside(removal.path, inside=run_dir)
+    for removal in removals:
+        remove_inside(removal.path, inside=run_dir)
 
 
 def human_size(size: int) -> str:

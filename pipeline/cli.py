@@ -17,8 +17,10 @@ from core.schema import LaunchSettings
 from pipeline.assets import ACCELERATE_CONFIGS, EMBEDDED_PIPELINE
 from pipeline.clean import apply, clean_plan, human_size
 from pipeline.config import load_pipeline
-from pipeline.export import export_stage, push_to_hub
-from pipeline.labeling import export_rows, import_rows, labeling_task, make_server
+from pipeline.environment import environment, package_version
+from pipeline.export import export_stage, push_to_hub, verify_run
+from pipeline.label_server import is_loopback, make_server, page_address
+from pipeline.labeling import export_rows, import_rows, labeling_task
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
 from pipeline.report import write_report
 from pipeline.runner import before_launch_problems, make_console, run_pipeline, status_table
@@ -28,7 +30,9 @@ from pipeline.status import show_status
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description="Run an RLHF pipeline (pretrain -> sft -> sample -> rank -> reward -> ppo -> eval) "
                                      "declared in one YAML file, skipping stages whose inputs did not change.")
+    parser.add_argument("--version", action="version", version=f"rlhf-pipeline {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("env", help="versions of this package, Python and the stack, and the devices (for bug reports)")
 
     run = sub.add_parser("run", help="run every stage that is not fresh, in order; resume interrupted ones")
     run.add_argument("config", nargs="?", default=str(EMBEDDED_PIPELINE),
@@ -81,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("--import", dest="import_file", type=Path, metavar="FILE",
                        help="append rankings from JSONL ({prompt, answers, ranks}, or key and ranks)")
 
+    verify = sub.add_parser("verify", help="check every stage's artifact against the sha256 its manifest recorded "
+                            "(before sharing, exporting or trusting a run directory you received)")
+    verify.add_argument("target", help="RUN_DIR or pipeline file")
+
     export = sub.add_parser("export", help="a clean model folder of a stage (weights, tokenizer, adapter, model card)")
     export.add_argument("target", help="RUN_DIR or pipeline file")
     export.add_argument("stage")
@@ -126,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             _status(Path(args.target), args.watch)
         elif args.command == "label":
             _label(Path(args.target), args)
+        elif args.command == "env":
+            for name, value in environment().items():
+                print(f"- {name}: {value}")
+        elif args.command == "verify":
+            return _verify(Path(args.target))
         elif args.command == "export":
             folder = export_stage(_pipeline_of(Path(args.target)), args.stage, args.to)
             print(f"exported {args.stage} to {folder}", flush=True)
@@ -186,6 +199,7 @@ def _status(target: Path, watch: float | None = None) -> None:
 def _clean(target: Path, keep_artifacts: bool, yes: bool, dry_run: bool) -> None:
     pipeline = _pipeline_of(target)
     console = make_console()
+    console.print(f"run directory: {pipeline.run_dir}")
     with contextlib.nullcontext() if dry_run else RunLock(pipeline.run_dir):  # never under a running `rlhf run`
         removals, kept = clean_plan(pipeline, keep_artifacts)
         table = Table(show_edge=False, pad_edge=False)
@@ -208,8 +222,20 @@ def _clean(target: Path, keep_artifacts: bool, yes: bool, dry_run: bool) -> None
         if artifacts and not yes:
             raise InputError(f"this removes the artifacts of {len(artifacts)} complete stage(s); add --yes to confirm, "
                              "or --keep-artifacts to remove only checkpoints")
-        apply(removals)
-        console.print(f"removed {len(removals)} paths, {total}")
+        apply(removals, pipeline.run_dir)
+        console.print(f"removed {len(removals)} paths, {total} from {pipeline.run_dir}")
+
+
+def _verify(target: Path) -> int:
+    """Print each stage's verdict; 1 when any artifact differs from its manifest."""
+    pipeline = _pipeline_of(target)
+    print(f"run directory: {pipeline.run_dir}")
+    found = verify_run(pipeline)
+    for stage, problems in found.items():
+        print(f"{stage}: {'ok' if not problems else '; '.join(problems)}")
+    if not found:
+        print("no stage has a manifest yet")
+    return 1 if any(found.values()) else 0
 
 
 def _label(target: Path, args: argparse.Namespace) -> None:
@@ -223,11 +249,18 @@ def _label(target: Path, args: argparse.Namespace) -> None:
         state = task.state()
         print(f"{task.stage}: {count} labels imported; {state['labeled']}/{task.min_labeled} ranked")
         return
-    server = make_server(task, args.host, args.port)
+    try:
+        server = make_server(task, args.host, args.port)
+    except OSError as e:
+        raise InputError(f"--host {args.host} --port {args.port}: cannot serve there ({e.strerror or e}); "
+                         "pick another port, or --port 0 for any free one") from None
     state = task.state()
-    host, port = server.server_address[:2]
+    if not is_loopback(args.host):
+        print(f"WARNING: --host {args.host} serves every prompt and answer of {task.stage} to anyone who can reach "
+              "this machine and has the address below (its token is the only lock); serve on 127.0.0.1 and "
+              "forward the port (ssh -L) unless that network is yours", file=sys.stderr, flush=True)
     print(f"labeling {task.stage}: {state['labeled']}/{task.min_labeled} ranked, {state['handled']} of {state['total']} "
-          f"handled; open http://{host}:{port}/ (Ctrl-C to stop: every submission is already saved)", flush=True)
+          f"handled; open {page_address(server)} (Ctrl-C to stop: every submission is already saved)", flush=True)
     try:
         server.serve_forever()
     finally:
@@ -242,7 +275,7 @@ def _pipeline_of(target: Path):
         if recorded is None:
             raise InputError(f"{target}: not a run directory with a readable pipeline file (no stage's spec.json "
                              "or manifest.json names one that still exists)")
-        target = recorded
+        return load_pipeline(recorded, run_dir=target)
     return load_pipeline(target)
 
 

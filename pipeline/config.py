@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from core.errors import InputError
+from core.layout import run_dir_problem
+from core.textfiles import read_utf8
 from core.schema import LaunchSettings, OutputPath, StageConfig, StrictModel
 from pipeline import dag
 from pipeline.assets import embedded_run_dir
@@ -71,21 +73,27 @@ class _PipelineFile(StrictModel):
     stages: dict[str, dict[str, Any]] = Field(min_length=1)
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+def load_pipeline(path: str | Path, overrides: list[str] | None = None, *, run_dir: Path | None = None) -> Pipeline:
     """Read and validate a pipeline file with `--set` overrides (None: those the latest `rlhf run` of this file
     recorded in its run directory) and its `defaults:`; raise InputError listing every problem, one line each.
-    The embedded pipeline, when installed rather than checked out, runs in ./runs/tiny (pipeline.assets)."""
+    The embedded pipeline, when installed rather than checked out, runs in ./runs/tiny (pipeline.assets).
+    `run_dir` replaces the file's own: a command given a run directory acts on that directory, never on the
+    one the file names (a copy's commands must not reach the original)."""
     path = Path(path)
     raw, lines = _read_yaml(path)
     context = {"base_dir": path.resolve().parent}
     installed_run_dir = embedded_run_dir(path)
-    if installed_run_dir is not None:
+    if run_dir is not None:
+        raw["run_dir"] = str(Path(run_dir).resolve())
+    elif installed_run_dir is not None:
         raw["run_dir"] = str(installed_run_dir)
     if overrides is None:
-        run_dir = raw.get("run_dir")
-        overrides = recorded_overrides(context["base_dir"] / run_dir, path) if isinstance(run_dir, str) else []
+        recorded_in = raw.get("run_dir")
+        overrides = recorded_overrides(context["base_dir"] / recorded_in, path) if isinstance(recorded_in, str) else []
     set_keys = [parse_override(o)[0] for o in overrides]
     raw = apply_overrides(raw, overrides)
+    if run_dir is not None:  # over a recorded `--set run_dir=` too
+        raw["run_dir"] = str(Path(run_dir).resolve())
     if isinstance(raw.get("defaults"), dict) and isinstance(raw.get("stages"), dict):
         raw["stages"] = apply_defaults(raw["stages"], raw["defaults"],
                                        lambda kind: set(KINDS[kind].model_fields) if kind in KINDS else None)
@@ -106,6 +114,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         for loc, message in _describe(e, _PipelineFile):
             report(loc, message)
         raise InputError(problems) from None
+    run_dir_refused = run_dir_problem(Path(top.run_dir))
+    if run_dir_refused:
+        report(("run_dir",), run_dir_refused)
     stages: dict[str, StageConfig] = {}
     for name, raw_stage in top.stages.items():
         stage, found = _stage(name, raw_stage, stage_names=list(top.stages), context=context)
@@ -134,10 +145,14 @@ def _read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
     """The file's top-level mapping and the line of every key path in it."""
     if not path.is_file():
         raise InputError(f"{path}: pipeline file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, "a YAML pipeline file")
     try:
+        tree = yaml.compose(text)
+        if _expanded_size(tree) > MAX_YAML_NODES:
+            raise InputError(f"{path}: its aliases (*name) expand to more than {MAX_YAML_NODES} values; a pipeline file "
+                             "is never that big (a YAML alias bomb?)")
         raw = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text))
+        lines = _key_lines(tree)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -145,6 +160,29 @@ def _read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping with keys run_dir and stages, got {type(raw).__name__}")
     return raw, lines
+
+
+#: values a pipeline file may expand to, aliases counted at every use (the largest shipped one has ~600)
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node, sizes: dict | None = None) -> int:
+    """How many values the YAML node graph holds once every alias is expanded, counted without expanding
+    it (each shared node's size is computed once)."""
+    sizes = {} if sizes is None else sizes
+    if node is None:
+        return 0
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a cycle (a recursive alias) counts once instead of recursing forever
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = min(size, MAX_YAML_NODES + 1)
+    return sizes[id(node)]
 
 
 def _stage(name: str, raw: dict, *, stage_names: list[str], context: dict) -> tuple[StageConfig | None, list]:

@@ -10,12 +10,13 @@ into a folder that does not exist yet or is empty: nothing already there is over
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from core.errors import InputError
 from core.layout import StageDirs
-from core.manifest import read_manifest
+from core.manifest import output_problems, read_manifest
 from core.numbers import fmt
 from pipeline.config import Pipeline
 from pipeline.plan import stage_states
@@ -40,6 +41,36 @@ def lineage(manifest: dict) -> list[dict]:
     return found
 
 
+def without_local_paths(value):
+    """`value` (a config) with every absolute path replaced by its file name: a model card says which file,
+    never where it sat on the machine that trained the model."""
+    if isinstance(value, dict):
+        return {k: without_local_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
+
+
+def hub_base(manifest: dict) -> tuple[str, str] | None:
+    """(owner/name, revision) of the Hub model the lineage started from, or None when it started locally."""
+    for m in lineage(manifest):
+        hub = ((m.get("config") or {}).get("model") or {}).get("hub")
+        if hub:
+            name, _, revision = hub.partition("@")
+            return name, revision
+    return None
+
+
+def base_model_line(manifest: dict) -> str:
+    """The model the lineage started from, as a card states it."""
+    base = hub_base(manifest)
+    if base:
+        return f"[{base[0]}](https://huggingface.co/{base[0]}) at revision `{base[1]}`"
+    return "a local model (not on the Hub): see the lineage below"
+
+
 def model_card(manifest: dict) -> str:
     """README.md of the exported folder: what the model is and how it was made, from the manifests."""
     chain = lineage(manifest)
@@ -48,6 +79,7 @@ def model_card(manifest: dict) -> str:
              f"# {manifest['stage']} ({manifest['kind']})", "",
              f"Exported by rlhf-pipeline from stage `{manifest['stage']}`, fingerprint `{manifest['fingerprint']}`, "
              f"completed {manifest.get('ended_at')} on {fmt(manifest.get('world_size'))} process(es).", "",
+             f"Base model: {base_model_line(manifest)}", "",
              "## Metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in metrics.items()]
     lines += ["", "## Lineage", "", "Each stage, nearest first: its fingerprint covers its config, the contents of "
@@ -69,12 +101,15 @@ def model_card(manifest: dict) -> str:
                       f"{h.get('config') or 'default'} / {h['split']} |" for h in hub]
             lines.append("")
         lines += ["<details><summary>config</summary>", "", "```json",
-                  json.dumps(m.get("config") or {}, indent=2, sort_keys=True), "```", "", "</details>", ""]
+                  json.dumps(without_local_paths(m.get("config") or {}), indent=2, sort_keys=True), "```", "",
+                  "</details>", ""]
     return "\n".join(lines)
 
 
 def export_stage(pipeline: Pipeline, stage: str, target: Path) -> Path:
-    """Write the clean model folder of a fresh stage to `target` (new or empty); return it."""
+    """Write the clean model folder of a fresh stage to `target` (new or empty); return it. Only the files the
+    manifest lists are copied, each checked against its recorded sha256 first (a run directory may have been
+    received from someone else or corrupted), never a symlink."""
     if stage not in pipeline.stages:
         raise InputError(f"{stage}: no such stage in {pipeline.path} (stages: {', '.join(pipeline.stages)})")
     state = stage_states(pipeline)[stage]
@@ -83,25 +118,62 @@ def export_stage(pipeline: Pipeline, stage: str, target: Path) -> Path:
     artifact = state.dirs.artifact
     if not (artifact / "config.json").is_file():
         raise InputError(f"{stage}: kind {state.kind} writes no model to export (its artifact has no config.json)")
+    if target.is_symlink():
+        raise InputError(f"--to {target}: a symlink; export into a new or empty folder")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InputError(f"--to {target}: exists and is not empty; export into a new or empty folder")
+    resolved = target.resolve()
+    if resolved == pipeline.run_dir.resolve() or pipeline.run_dir.resolve() in resolved.parents:
+        raise InputError(f"--to {target}: inside the run directory {pipeline.run_dir}; export outside it")
+    broken = output_problems(state.dirs, state.manifest, verify_hashes=True)
+    if broken:
+        raise InputError(f"{stage}: its artifact does not match its manifest ({'; '.join(broken)}); nothing exported "
+                         f"(`rlhf verify {pipeline.run_dir}` checks every stage)")
+    listed = [Path(entry["path"]) for entry in state.manifest.get("outputs", [])]
     target.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(artifact.iterdir()):
-        if entry.name in LEFT_OUT:
+    for relative in listed:
+        inside = relative.relative_to(artifact.relative_to(state.dirs.root))
+        if inside.parts[0] in LEFT_OUT:
             continue
-        if entry.is_dir():
-            shutil.copytree(entry, target / entry.name)
-        else:
-            shutil.copy2(entry, target / entry.name)
+        (target / inside).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(state.dirs.root / relative, target / inside, follow_symlinks=False)
+    adapter_config = target / "adapter" / "adapter_config.json"
+    if adapter_config.is_file():  # peft wrote the base model's local path: name it by Hub id, or say it was local
+        settings = json.loads(adapter_config.read_text())
+        base = hub_base(state.manifest)
+        settings["base_model_name_or_path"], settings["revision"] = base if base else (None, None)
+        adapter_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     (target / "README.md").write_text(model_card(state.manifest), encoding="utf-8")
     return target
+
+
+def verify_run(pipeline: Pipeline) -> dict[str, list[str]]:
+    """Every stage with a manifest: the output files that are missing, symlinks or differ from their recorded
+    sha256 (every file read in full; [] when all match)."""
+    found = {}
+    for name in pipeline.stages:
+        dirs = StageDirs.of(pipeline.run_dir, name)
+        manifest = read_manifest(dirs)
+        if manifest is not None:
+            found[name] = output_problems(dirs, manifest, verify_hashes=True)
+    return found
 
 
 def push_to_hub(folder: Path, repo_id: str, *, private: bool) -> str:
     """Upload the exported folder to a Hub model repository (created when missing); its URL."""
     from huggingface_hub import HfApi  # only for an upload: the rest of the CLI never needs it
 
+    from huggingface_hub.utils import RepositoryNotFoundError
+
     api = HfApi()
+    if private:
+        try:
+            existing = api.repo_info(repo_id, repo_type="model")
+        except RepositoryNotFoundError:
+            existing = None
+        if existing is not None and not existing.private:
+            raise InputError(f"--push-to-hub {repo_id} --private: that repository exists and is public; uploading "
+                             "would publish the model. Make it private on the Hub first, or push elsewhere")
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                                commit_message="Upload from rlhf-pipeline")

@@ -1,8 +1,7 @@
 """`rlhf label`: people rank a rank stage's sampled answers, on a local page or through JSONL files.
 
-The page (label_page.html) is served on the loopback address by the standard library's HTTP server: it shows
-one prompt and its K answers at a time, a person gives each answer a rank (1 = best, ties allowed) and submits,
-or skips or flags the prompt. Every submission is appended to the stage's labels file at once
+The page (label_page.html, served by pipeline.label_server) shows one prompt and its K answers at a time, a
+person gives each answer a rank (1 = best, ties allowed) and submits, or skips or flags the prompt. Every submission is appended to the stage's labels file at once
 (core.labels: one write, fsynced), so closing the page or killing the server loses nothing, and the next
 visit goes on with the first prompt nobody has labeled. `--export` writes the prompts with their answers as
 JSONL for Label Studio or Argilla; `--import` reads rankings back (`{"prompt", "answers", "ranks"}`, the
@@ -12,15 +11,14 @@ reward kind's format), checked row by row before any is appended.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from core.errors import InputError
 from core.labelers import HumanLabeler
 from core.labels import append_label, is_ranked, ranks_problem, read_labels, sample_key
 from core.layout import StageDirs
+from core.textfiles import BadRow, jsonl_objects
 from core.samples import SAMPLES_FILE, read_samples
 from pipeline.config import Pipeline
 
@@ -52,6 +50,10 @@ class LabelingTask:
         """Why a submission from the page or a file cannot be stored, or None."""
         if record.get("key") not in self.keys:
             return "unknown key: not one of this stage's sampled prompts (were the answers re-sampled?)"
+        if "skip" in record and not isinstance(record["skip"], bool):
+            return f"skip must be true or false, got {record['skip']!r}"
+        if "flag" in record and not isinstance(record["flag"], str):
+            return f"flag must be a text saying what is wrong with the prompt, got {record['flag']!r}"
         if record.get("skip") is True or (isinstance(record.get("flag"), str) and record["flag"].strip()):
             return None
         return ranks_problem(record.get("ranks"), len(self.samples[self.keys.index(record["key"])]["answers"]))
@@ -78,67 +80,13 @@ def labeling_task(pipeline: Pipeline, stage: str | None = None) -> LabelingTask:
                         StageDirs.of(pipeline.run_dir, stage).labels, cfg.labeler.min_labeled)
 
 
-#: the page, shipped beside this module (package data)
-PAGE = Path(__file__).with_name("label_page.html")
-
-
-def _page() -> bytes:
-    return PAGE.read_bytes()
-
-
-def make_server(task: LabelingTask, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """The labeling page's HTTP server (not started): GET / the page, GET /api/state, POST /api/label."""
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, code: int, value: dict) -> None:
-            self._send(code, json.dumps(value, ensure_ascii=False).encode("utf-8"))
-
-        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
-            if self.path in ("/", "/index.html"):
-                self._send(200, _page(), "text/html; charset=utf-8")
-            elif self.path == "/api/state":
-                self._json(200, task.state())
-            else:
-                self._json(404, {"error": "not found"})
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/api/label":
-                self._json(404, {"error": "not found"})
-                return
-            try:
-                record = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            except ValueError:
-                self._json(400, {"error": "expected a JSON object"})
-                return
-            if not isinstance(record, dict):
-                self._json(400, {"error": "expected a JSON object"})
-                return
-            record = {k: record[k] for k in ("key", "ranks", "skip", "flag") if k in record}
-            problem = task.submission_problem(record)
-            if problem is not None:
-                self._json(400, {"error": problem})
-                return
-            with lock:
-                append_label(task.labels_path, {**record, "source": "page"})
-            self._json(200, task.state())
-
-        def log_message(self, format: str, *args) -> None:  # one quiet line per request is noise here
-            return
-
-    return ThreadingHTTPServer((host, port), Handler)
-
-
 def export_rows(task: LabelingTask, path: Path) -> int:
-    """The prompts nobody has labeled, with their answers, as JSONL (`key`, `prompt`, `answers`); how many."""
+    """The prompts nobody has labeled, with their answers, as JSONL (`key`, `prompt`, `answers`), into a new file
+    in an existing folder; how many."""
+    if path.exists() or path.is_symlink():
+        raise InputError(f"--export {path}: exists; export into a new file (nothing is overwritten)")
+    if not path.parent.is_dir():
+        raise InputError(f"--export {path}: folder {path.parent} does not exist")
     labels = read_labels(task.labels_path)
     rows = [{"key": key, "prompt": row["prompt"], "answers": row["answers"]}
             for key, row in zip(task.keys, task.samples) if key not in labels]
@@ -152,19 +100,12 @@ def import_rows(task: LabelingTask, path: Path) -> int:
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     records, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            problems.append(f"{path}:{number}: not valid JSON")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{path}:{number}: expected a JSON object")
+    for number, row in jsonl_objects(path):
+        if isinstance(row, BadRow):
+            problems.append(f"{path}:{number}: {row}")
             continue
         key = row.get("key") or (sample_key(row["prompt"], row["answers"]) if "prompt" in row and "answers" in row else None)
-        record = {"key": key, **{k: row[k] for k in ("ranks", "skip", "flag") if k in row}}
+        record = {"key": key, **{k: row[k] for k in ("ranks", "skip", "flag", "labeler") if k in row}}
         problem = task.submission_problem(record)
         if problem is not None:
             problems.append(f"{path}:{number}: {problem}")

@@ -57,19 +57,20 @@ def stage_states(pipeline: Pipeline, hasher: FileHasher | None = None) -> dict[s
         if files:  # e.g. people's labels: a new one makes the stage stale
             payload["state_files"] = {f.relative_to(dirs.root).as_posix(): hasher.sha256(f) if f.is_file() else None
                                       for f in files}
-        statuses[name] = stage_state(name, stage.kind, dirs, payload, dict(stage.inputs))
+        statuses[name] = stage_state(name, stage.kind, dirs, payload, dict(stage.inputs), hasher=hasher)
     hasher.save()
     return statuses
 
 
-def stage_state(name: str, kind: str, dirs: StageDirs, payload: dict, inputs: dict[str, str]) -> StageState:
+def stage_state(name: str, kind: str, dirs: StageDirs, payload: dict, inputs: dict[str, str], *,
+                hasher: FileHasher | None = None) -> StageState:
     """The state of one stage whose fingerprint payload is `payload`, from its files on disk."""
     fp = fingerprint(payload)
     manifest = read_manifest(dirs)
     point = resume_point(dirs, fp)
     status = StageState(name, kind, dirs, fp, payload, "missing", "never run", manifest=manifest, inputs=inputs)
     if manifest is not None and manifest.get("fingerprint") == fp:
-        broken = output_problems(dirs, manifest)
+        broken = output_problems(dirs, manifest, hasher=hasher)
         if not broken:
             status.state, status.reason = "fresh", "up to date"
             return status

@@ -12,14 +12,17 @@ import threading
 import time
 from pathlib import Path
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
 from core.atomic import atomic_write_json
 from core.errors import InputError, StageFailed
+from core.hubdata import hub_model_problem
 from core.layout import RUN_RECORD, StageDirs
 from core.lock import RunLock
 from core.progress import bar_fields, new_attempt, progress_bar, read_progress, write_progress
+from core.sections import ModelSource
 from pipeline import dag
 from pipeline.config import Pipeline
 from pipeline.plan import RunPlan, StageState, hasher_for, make_plan, stage_spec, stage_state
@@ -64,14 +67,39 @@ def launch_command(pipeline: Pipeline, name: str, spec_path: Path) -> list[str]:
         cmd += ["--num_processes", str(launch.num_processes or 1)]
     if launch.accelerate_config and launch.num_processes:
         cmd += ["--num_processes", str(launch.num_processes)]
+    if not launcher and "OMP_NUM_THREADS" not in os.environ:
+        cmd += ["--num_cpu_threads_per_process", str(cpu_threads_per_process(pipeline.world_size(name)))]
     return cmd + ["-m", pipeline.stages[name].module, "--spec", str(spec_path)]
+
+
+def cpu_threads_per_process(processes: int) -> int:
+    """This machine's usable cores shared among a stage's local processes. Without it `accelerate launch` sets
+    OMP_NUM_THREADS=1 for any launch it does not know to be CPU-only (no `--cpu`, no config), so a one-process
+    stage on a CPU ran on one core however many there were."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, processes))
+
+
+def hub_models(section) -> list[str]:
+    """Every `model.hub` (owner/name@revision) set anywhere in a stage's config (its model, a judge's)."""
+    found = []
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, ModelSource) and value.hub:
+            found.append(value.hub)
+        if isinstance(value, BaseModel):
+            found += hub_models(value)
+    return found
 
 
 def before_launch_problems(pipeline: Pipeline, names: list[str]) -> list[str]:
     """What the stages `names` would refuse once launched: the content of their data (files read, rows
-    checked) and batch sizes that do not fit their process count. `rlhf plan` and `rlhf run` check the same,
+    checked), Hub models neither cached nor reachable, and batch sizes that do not fit their process count. `rlhf plan` and `rlhf run` check the same,
     so a plan that says run does not then refuse."""
     problems = [p for name in names for p in pipeline.stages[name].data_problems()]
+    hubs = {hub: name for name in names for hub in hub_models(pipeline.stages[name])}
+    problems += [f"stage {name}: model.hub: {found}" for hub, name in hubs.items()
+                 if (found := hub_model_problem(hub)) is not None]
     for name in names:
         world = pipeline.world_size(name)
         problems += [f"stage {name}: {'.'.join(map(str, loc))}: {message} (on {world} processes)"
@@ -173,7 +201,7 @@ def _stream(cmd: list[str], log: Path, progress_of: StageDirs | None = None, nam
     terminal (the log gets the output only). The stage runs in its own process group, so Ctrl-C or
     SIGTERM here stops all of its processes.
     """
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = stage_environment()
     cmd = _dying_with_this_process(cmd)
     with open(log, "w", encoding="utf-8") as out, _ProgressFromFile(progress_of, name) as bar:
         out.write("$ " + " ".join(cmd) + "\n")
@@ -242,6 +270,15 @@ class _ProgressFromFile:
             self._stop.set()
             self._thread.join()
             self._bar.stop()
+
+
+def stage_environment() -> dict[str, str]:
+    """The environment of a stage's processes: this package's own code first on the path and the current
+    directory not at all (PYTHONSAFEPATH), so a `core/` or `stages/` folder in the directory `rlhf run` was
+    started from (a received run directory, a download) is never imported."""
+    own = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join([own, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+    return dict(os.environ, PYTHONUNBUFFERED="1", PYTHONSAFEPATH="1", PYTHONPATH=path)
 
 
 def _dying_with_this_process(cmd: list[str]) -> list[str]:

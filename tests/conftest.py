@@ -1,6 +1,6 @@
 """Fixtures every tier shares, and the tier markers: `-m unit` (pure functions and configs, seconds),
 `-m stages` (tiny real trainings of one stage), `-m pipeline` (the orchestrator, report and benchmarks),
-`-m distributed` (two processes under DDP and DeepSpeed)."""
+`-m distributed` (two processes under DDP and DeepSpeed), `-m security` (hostile run directories and requests)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import chat_pipeline, rlhf, small_corpus
 
-TIERS = ("unit", "stages", "pipeline", "distributed")
+TIERS = ("unit", "stages", "pipeline", "distributed", "security")
 
 
 def pytest_collection_modifyitems(items):

@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +33,9 @@ from core.layout import StageDirs
 from core.lock import RunLock
 from core.manifest import commit_artifact, read_manifest, stage_manifest
 from core.progress import StageProgress
+from core.removal import remove_inside
 from core.schema import StageConfig
+from stages.common.checkpoint_safety import refuse_unsafe_pickles
 
 # before any stage module imports DeepSpeed (each `__main__` imports this module first): without CUDA it would
 # otherwise guess the accelerator and warn about it in every process's log
@@ -99,7 +100,11 @@ def spec_by_hand(config: Path, stage: str, restart: bool) -> dict:
 
 
 def _prepare_checkpoints(dirs: StageDirs, fingerprint: str, restart: bool, name: str) -> None:
-    """Main process: drop torn and leftover checkpoints; refuse checkpoints of another config."""
+    """Main process: drop torn and leftover checkpoints; refuse checkpoints of another config, and a
+    checkpoints folder that is a symlink (checkpoints are written and rotated there: never outside the run)."""
+    if dirs.checkpoints.is_symlink():
+        raise InputError(f"{dirs.checkpoints}: a symlink; rlhf writes and deletes checkpoints there, so it must be a "
+                         "folder of the run directory's own")
     if restart:
         discard_checkpoints(dirs)
     point = resume_point(dirs, fingerprint)
@@ -107,10 +112,8 @@ def _prepare_checkpoints(dirs: StageDirs, fingerprint: str, restart: bool, name:
         raise InputError(
             f"stage {name}: {dirs.checkpoints} holds an interrupted run (step {point.conflict.step}) under a "
             f"different config; re-run with --restart {name} to discard it, or restore the old config to resume")
-    for stale in point.leftovers:
-        shutil.rmtree(stale.path, ignore_errors=True)
-    for torn in incomplete_checkpoint_dirs(dirs):
-        shutil.rmtree(torn, ignore_errors=True)
+    for stale in [c.path for c in point.leftovers] + incomplete_checkpoint_dirs(dirs):
+        remove_inside(stale, inside=dirs.root.parent)
 
 
 def cpu_launch() -> str | None:
@@ -221,9 +224,11 @@ def _run_attempt(train: Callable[[StageContext], dict], *, spec: dict, config: S
     if state.is_main_process:
         dirs.root.mkdir(parents=True, exist_ok=True)
         _prepare_checkpoints(dirs, spec["fingerprint"], spec.get("restart", False), spec["stage"])
-        shutil.rmtree(dirs.staged_artifact, ignore_errors=True)
+        remove_inside(dirs.staged_artifact, inside=dirs.root.parent)
     state.wait_for_everyone()
     point = resume_point(dirs, spec["fingerprint"])
+    if point.resume is not None:
+        refuse_unsafe_pickles(point.resume.path, stage=spec["stage"])
     ctx = StageContext(spec=spec, config=config, dirs=dirs,
                        inputs={role: Path(i["artifact"]) for role, i in spec["inputs"].items()},
                        resume_from=point.resume, progress=progress)
@@ -231,6 +236,7 @@ def _run_attempt(train: Callable[[StageContext], dict], *, spec: dict, config: S
         print(f"[{ctx.name}] resuming from {ctx.resume_from.path.name} (step {ctx.resume_from.step})", flush=True)
     metrics = train(ctx)
     metrics.setdefault("resources/peak_memory_gb", peak_memory_gb())
+    metrics.setdefault("resources/cpu_threads", torch.get_num_threads())  # intra-op threads of the main process
     state.wait_for_everyone()
     if state.is_main_process:
         manifest = stage_manifest(spec, metrics=metrics, resumed_from=ctx.resume_from.step if ctx.resume_from else None,

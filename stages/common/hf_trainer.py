@@ -150,8 +150,8 @@ class CommitCheckpoints(TrainerCallback):
         partial.wait_for_everyone()
         if partial.is_main_process:
             written = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            commit_checkpoint(self.ctx.dirs, written, state.global_step, self.ctx.fingerprint, self.ctx.spec["stage"],
-                              self.keep_last)
+            commit_checkpoint(self.ctx.dirs, written, step=state.global_step, fingerprint=self.ctx.fingerprint,
+                              stage=self.ctx.spec["stage"], keep_last=self.keep_last)
             (Path(args.output_dir) / "README.md").unlink(missing_ok=True)  # TRL's model card, not a checkpoint
         partial.wait_for_everyone()
         return control

@@ -10,6 +10,7 @@ import inspect
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from core.errors import InputError
 from core.labelers import JudgeLabeler, LmJudgeLabeler, RuleLabeler
 from core.messages import prompt_text
 from stages.common.chat import load_chat_tokenizer
@@ -54,7 +55,10 @@ def rule_function(function: str):
     """The rule `module:function` as `(prompt, answers, reference, *, instructions) -> scores`: a prompt's
     verifiable instructions reach only a rule that takes an `instructions` keyword."""
     module, _, name = function.partition(":")
-    rule = getattr(importlib.import_module(module), name)
+    rule = getattr(importlib.import_module(module), name, None)
+    if not inspect.isfunction(rule) or rule.__module__ != module:
+        raise InputError(f"labeler function {function}: expected a Python function defined in {module} (not a "
+                         "builtin or a name it imports)")
     takes_instructions = "instructions" in inspect.signature(rule).parameters
 
     def call(prompt: list[dict], answers: list[str], reference: str | None, *, instructions: list[dict] | None):

@@ -36,4 +36,4 @@ def commit_rows(ctx: StageContext, rows: list[dict], *, keep_last: int = 2) -> N
     """The rows so far as checkpoint step-len(rows). Main process only."""
     written = ctx.dirs.checkpoints / f"incoming-{len(rows):06d}"
     write_rows(written / ROWS_FILE, rows)
-    commit_checkpoint(ctx.dirs, written, len(rows), ctx.fingerprint, ctx.name, keep_last)
+    commit_checkpoint(ctx.dirs, written, step=len(rows), fingerprint=ctx.fingerprint, stage=ctx.name, keep_last=keep_last)

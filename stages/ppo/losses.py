@@ -141,7 +141,7 @@ class KLController:
         self.value *= 1.0 + error * n_samples / self.horizon
 
     def state_dict(self) -> dict:
-        """For accelerate's checkpointing."""
+        """The JSON a checkpoint keeps of it (stages.ppo.stage.save_checkpoint)."""
         return {"value": self.value}
 
     def load_state_dict(self, state: dict) -> None:

@@ -61,7 +61,7 @@ class PtxBatches:
         return [self.blocks[blocks[j::parts]].to(self.device) if blocks[j::parts] else None for j in range(parts)]
 
     def state_dict(self) -> dict:
-        """For accelerate's checkpointing."""
+        """The JSON a checkpoint keeps of it (stages.ppo.stage.save_checkpoint)."""
         return {"position": self.position}
 
     def load_state_dict(self, state: dict) -> None:

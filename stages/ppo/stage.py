@@ -20,16 +20,19 @@ the optimizer, the scheduler, RNG, the KL coefficient and the PPO-ptx position.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 
+from core.atomic import atomic_write_json
 from core.checkpoints import commit_checkpoint
 from core.errors import InputError
 from core.history import append_record, attempt_marker, read_history
@@ -58,6 +61,8 @@ from stages.ppo.ptx import PtxBatches
 from stages.ppo.rollout import score_rollout
 from stages.ppo.update import advantages_and_returns, ppo_epochs, rollout_stats
 
+#: in each checkpoint: the loop's state that is not the models' (the KL coefficient, the ptx position)
+LOOP_STATE = "loop-state.json"
 
 def train(ctx: StageContext) -> dict:
     """Run PPO, evaluate SFT vs PPO, save the policy and the critic; return the manifest metrics."""
@@ -96,13 +101,11 @@ def train(ctx: StageContext) -> dict:
     generators = Generators(models, accelerator, tokenizer, max_new_tokens=gen.max_new_tokens,
                             temperature=gen.temperature, top_p=gen.top_p, batch_size=gen.batch_size)
     kl = KLController(ppo.kl.beta, ppo.kl.target, ppo.kl.horizon)
-    accelerator.register_for_checkpointing(kl)
     ptx = None
     if ppo.ptx is not None:
         ptx = PtxBatches(ppo.ptx.data, tokenizer, block_size=ppo.ptx.block_size, batch_size=ppo.ptx.batch_size,
                          seed=cfg.train.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
                          device=accelerator.device)
-        accelerator.register_for_checkpointing(ptx)
     if accelerator.is_main_process:
         placement = f"; ZeRO-{zero_stage(accelerator)}, frozen models {ppo.frozen_models}" if is_deepspeed(accelerator) else ""
         placement += ", frozen models offloaded to host memory" if ppo.offload_frozen else ""
@@ -111,10 +114,14 @@ def train(ctx: StageContext) -> dict:
               f"{len(rows.train)} train / {len(rows.validation)} held-out prompts; {cfg.train.max_steps} iterations "
               f"of {ppo.rollout_batch_size} answers{placement}", flush=True)
 
-    # resume: accelerate restores weights, optimizer, scheduler, RNG, beta and the ptx position
+    # resume: accelerate restores weights, optimizer, scheduler and RNG; beta and the ptx position are JSON
     first = 0
     if ctx.resume_from is not None:
+        loop_state = read_loop_state(ctx.resume_from.path, stage=ctx.name)
         accelerator.load_state(str(ctx.resume_from.path))
+        kl.load_state_dict(loop_state["kl"])
+        if ptx is not None:
+            ptx.load_state_dict(loop_state["ptx"])
         first = ctx.resume_from.step
     # a resumed run's earlier iterations (its held-out points are in metrics.jsonl, read by the report)
     history = [r for r in read_history(ctx.dirs.metrics) if 0 < r["step"] <= first and "score/mean" in r]
@@ -174,7 +181,8 @@ def train(ctx: StageContext) -> dict:
         if every is not None and (step % every == 0 or step == cfg.train.max_steps):
             log_held_out(ctx, accelerator, models, generators, tokenizer, step=step, settings=point_settings)
         if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
-            save_checkpoint(ctx, accelerator, step=step, keep_last=cfg.train.keep_last)
+            loop_state = {"kl": kl.state_dict(), "ptx": ptx.state_dict() if ptx is not None else None}
+            save_checkpoint(ctx, accelerator, step=step, keep_last=cfg.train.keep_last, loop_state=loop_state)
     ctx.progress.close()
     for tracker in accelerator.trackers:  # not end_training(): it would also tear down the process group
         tracker.finish()
@@ -266,14 +274,37 @@ def refuse_proxy_judge(cfg: PpoStage, *, judge_dir, reward_dir) -> None:
                          "optimises, so it would flatter PPO; judge with an independent one")
 
 
-def save_checkpoint(ctx: StageContext, accelerator: Accelerator, *, step: int, keep_last: int) -> None:
-    """accelerate's full state into a fresh directory, then committed as `step-NNNNNN` by the main process."""
+def save_checkpoint(ctx: StageContext, accelerator: Accelerator, *, step: int, keep_last: int,
+                    loop_state: dict) -> None:
+    """accelerate's full state and the loop's own (`loop_state`: the KL coefficient, the ptx position) as JSON
+    into a fresh directory, then committed as `step-NNNNNN` by the main process. Not through accelerate's
+    custom objects: it reloads those with pickle (`weights_only=False`), which runs code from a run
+    directory someone else wrote."""
     written = ctx.dirs.checkpoints / f"incoming-{step:06d}"
     accelerator.save_state(str(written))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        commit_checkpoint(ctx.dirs, written, step, ctx.fingerprint, ctx.name, keep_last)
+        atomic_write_json(written / LOOP_STATE, loop_state)
+        commit_checkpoint(ctx.dirs, written, step=step, fingerprint=ctx.fingerprint, stage=ctx.name, keep_last=keep_last)
     accelerator.wait_for_everyone()
+
+
+def read_loop_state(checkpoint: Path, *, stage: str) -> dict:
+    """The KL coefficient and ptx position a checkpoint saved (save_checkpoint). A checkpoint holding accelerate
+    custom objects (pickles this stage neither writes nor loads: an older version's, or planted) is refused,
+    since accelerate's `load_state` would refuse it anyway, with a traceback."""
+    stray = sorted(checkpoint.glob("custom_checkpoint_*.pkl"))
+    if stray:
+        raise InputError(f"{stray[0]}: a pickled accelerate custom object, which this stage neither writes nor loads "
+                         f"(it could run code); remove it to resume, or re-run with --restart {stage}")
+    try:
+        state = json.loads((checkpoint / LOOP_STATE).read_text())
+        float(state["kl"]["value"])
+        return state
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{checkpoint / LOOP_STATE}: missing or unreadable, expected the KL coefficient and ptx "
+                         f"position as JSON (checkpoints before it was kept so cannot resume); re-run with "
+                         f"--restart {stage}") from None
 
 
 def log_held_out(ctx: StageContext, accelerator: Accelerator, models, generators: Generators, tokenizer, *, step: int,

@@ -95,10 +95,11 @@ def test_people_rank_on_the_page_and_a_killed_server_loses_nothing(awaiting):
     labels_file = StageDirs(run / "people").labels
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page()
+        page = browser.new_page(bypass_csp=True)  # Playwright's wait_for_function evaluates strings in the page
         proc, url = serve(run)
         try:
             page.goto(url)
+            page.fill("#labeler", "ana")  # every label names who gave it
             assert shown_key(page) == keys[0]
             assert page.locator("li.answer").count() == 4
             assert "0 ranked" in page.text_content("#progress")
@@ -111,12 +112,14 @@ def test_people_rank_on_the_page_and_a_killed_server_loses_nothing(awaiting):
             kill(proc)  # mid-way: 2 of the 3 needed ranked
         labels = read_labels(labels_file)
         assert labels[keys[0]]["ranks"] == [2, 1, 1, 3] and labels[keys[1]]["skip"] is True
+        assert labels[keys[0]]["labeler"] == "ana"
         assert labels[keys[2]]["ranks"] == [1, 2, 3, 4] and len(labels) == 3
         assert "awaiting labels 2/3" in rlhf("status", run).stdout
 
         proc, url = serve(run)  # the next visit goes on where the last one stopped
         try:
             page.goto(url)
+            page.fill("#labeler", "ana")
             assert shown_key(page) == keys[3]
             assert "2 ranked (3 of 32 handled)" in page.text_content("#progress")
             page.fill("#flag-reason", "not a real question")

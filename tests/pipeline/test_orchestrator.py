@@ -117,6 +117,7 @@ def test_commit_artifact_replaces_atomically_and_lists_outputs(tmp_path):
         manifest = read_manifest(dirs)
         assert manifest["fingerprint"] == version
         assert manifest["outputs"] == [{"path": "artifact/weights.bin", "size": 3,
+                                        "mtime_ns": (dirs.artifact / "weights.bin").stat().st_mtime_ns,
                                         "sha256": manifest["outputs"][0]["sha256"]}]
         assert (dirs.artifact / "weights.bin").read_text() == version
     assert sorted(p.name for p in dirs.root.iterdir()) == ["artifact", "manifest.json"]

@@ -60,6 +60,8 @@ def test_run_writes_a_loadable_artifact_then_caches_and_reruns_on_data_change(tm
     # manifest: complete, with metrics, data hashes, versions, and every artifact file
     manifest = read_manifest(StageDirs(stage))
     assert manifest["stage"] == "pre" and manifest["world_size"] == 1
+    if "OMP_NUM_THREADS" not in os.environ:  # every core of the machine, not accelerate's default of one
+        assert manifest["metrics"]["resources/cpu_threads"] == len(os.sched_getaffinity(0))
     assert manifest["metrics"]["train/steps"] == 40
     assert 1 < manifest["metrics"]["eval/perplexity"] < 512  # better than uniform over the vocabulary
     assert manifest["data_files"][0]["path"] == str(corpus)

@@ -129,3 +129,18 @@ def test_unpaired_rows_and_rankings_become_labelled_answers_for_kto():
     assert unpaired_row({"prompt": "p", "chosen": "a", "rejected": "b"})["labels"] == [True, False]
     with pytest.raises(BadRow, match="label must be true .desirable. or false"):
         unpaired_row({"prompt": "p", "completion": "c", "label": "yes"})
+
+
+def test_sharegpt_and_alpaca_rows_are_named_shapes_and_the_input_joins_the_prompt():
+    sharegpt = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": USER["content"]},
+                                  {"from": "gpt", "value": "6."}]}
+    assert sft_row(sharegpt) == {"prompt": [{"role": "system", "content": "Be brief."}, USER], "completion": [ASSISTANT]}
+    alpaca = {"instruction": "Multiply the numbers.", "input": "2 and 3", "output": "6."}
+    joined = {"role": "user", "content": "Multiply the numbers.\n\n2 and 3"}
+    assert sft_row(alpaca) == {"prompt": [joined], "completion": [ASSISTANT]}
+    assert sft_row({"instruction": USER["content"], "input": "", "output": "6."})["prompt"] == [USER]
+    assert prompt_row({"instruction": "Multiply the numbers.", "input": "2 and 3"})["prompt"] == [joined]
+    with pytest.raises(BadRow, match="ShareGPT"):
+        sft_row({"conversations": [{"from": "bot", "value": "hi"}]})
+    with pytest.raises(BadRow, match="Alpaca"):
+        sft_row({"instruction": "x", "input": 3, "output": "y"})
