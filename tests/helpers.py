@@ -4,12 +4,14 @@ killing a run mid-stage, and reading weights back."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from core.checkpoints import complete_checkpoints
@@ -275,3 +277,23 @@ def brevity(prompt: list[dict], answers: list[str], reference: str | None) -> li
     """A rule reward a tiny policy can learn in a few steps (for the critic-free RL kinds' tests): shorter
     answers score higher, by characters (by words, a policy learns to drop the spaces)."""
     return [-len(answer) / 10 for answer in answers]
+
+
+def chromium_or_skip() -> str:
+    """Debian's chromium for browser tests: skipped without it, failed when CI (RLHF_REQUIRE_CHROMIUM) needs it."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        if os.environ.get("RLHF_REQUIRE_CHROMIUM"):
+            pytest.fail("RLHF_REQUIRE_CHROMIUM is set but no chromium is installed")
+        pytest.skip("no chromium (CI installs it)")
+    return found
+
+
+def killed_ppo_run(directory: Path, tiny_chat_run: Path) -> tuple[Path, int]:
+    """(pipeline file, step): the chat pipeline in `directory` with pre, sft and rm copied from the finished
+    run, and its ppo stage SIGKILLed after its first checkpoint."""
+    path = chat_pipeline(directory)
+    run = directory / "run"
+    for stage in ("pre", "sft", "rm"):
+        shutil.copytree(tiny_chat_run / stage, run / stage)
+    return path, kill_during(run / "ppo", path, "--only", "ppo")

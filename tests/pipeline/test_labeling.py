@@ -19,7 +19,7 @@ from core.labels import append_label, read_labels, sample_key
 from core.layout import StageDirs
 from core.manifest import read_manifest
 from stages.rank.ordering import ranks_by_score
-from tests.helpers import chat_pipeline, ranking_subset, reward_stage, rlhf
+from tests.helpers import chat_pipeline, chromium_or_skip, ranking_subset, reward_stage, rlhf
 
 pytestmark = pytest.mark.slow
 
@@ -84,11 +84,7 @@ def shown_key(page) -> str:
 
 def test_people_rank_on_the_page_and_a_killed_server_loses_nothing(awaiting):
     playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("RLHF_REQUIRE_CHROMIUM"):
-            pytest.fail("RLHF_REQUIRE_CHROMIUM is set but no chromium is installed")
-        pytest.skip("no chromium to drive the labeling page (CI installs it)")
+    chromium = chromium_or_skip()
     path, run = awaiting
     samples = samples_of(run)
     keys = [sample_key(s["prompt"], s["answers"]) for s in samples]

@@ -6,7 +6,6 @@ import json
 import os
 import pty
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from core.layout import StageDirs
 from core.manifest import read_manifest
 from core.numbers import fmt
 from pipeline.registry import KINDS
-from tests.helpers import pretrain_stage, rlhf, status_row, write_pipeline
+from tests.helpers import chromium_or_skip, pretrain_stage, rlhf, status_row, write_pipeline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -57,13 +56,6 @@ def test_history_without_markers_keeps_the_last_record_of_a_step(tmp_path):
 
 
 # --- the report of a real run ---------------------------------------------------------------------------
-
-
-def _chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if found is None and os.environ.get("RLHF_REQUIRE_CHROMIUM"):
-        pytest.fail("RLHF_REQUIRE_CHROMIUM is set but no chromium is installed")
-    return found
 
 
 def _png_pixels(path: Path):
@@ -155,9 +147,7 @@ def test_report_lineage_names_every_fingerprint_and_data_file_hash(report):
 @pytest.mark.slow
 def test_report_html_renders_every_image_in_a_browser(report, tmp_path):
     out, _, summary, _ = report
-    chromium = _chromium()
-    if chromium is None:
-        pytest.skip("no chromium to render report.html (CI installs it)")
+    chromium = chromium_or_skip()
     # every image decodes in the browser: a copy of the page with a check appended reports the count
     checked = tmp_path / "checked.html"
     checked.write_text((out / "report.html").read_text().replace("</body>", (

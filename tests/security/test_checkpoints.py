@@ -15,7 +15,7 @@ import torch
 from core.checkpoints import complete_checkpoints
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from tests.helpers import chat_pipeline, kill_during, rlhf
+from tests.helpers import killed_ppo_run, rlhf
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +31,8 @@ class _Payload:
 
 
 def test_ppo_refuses_planted_pickles_unread_and_resumes_without_them(tmp_path, tiny_chat_run):
-    path = chat_pipeline(tmp_path)
+    path, step = killed_ppo_run(tmp_path, tiny_chat_run)
     run = tmp_path / "run"
-    for stage in ("pre", "sft", "rm"):
-        shutil.copytree(tiny_chat_run / stage, run / stage)
-    step = kill_during(run / "ppo", path, "--only", "ppo")
     checkpoint = complete_checkpoints(StageDirs(run / "ppo"))[-1].path
     assert json.loads((checkpoint / "loop-state.json").read_text())["kl"]["value"] == pytest.approx(0.02)
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 from core.labels import read_labels, sample_key
 from pipeline.label_server import make_server, page_address
 from pipeline.labeling import LabelingTask
+from tests.helpers import chromium_or_skip
 
 SAMPLES = [{"prompt": [{"role": "user", "content": f"question {i}?"}], "answers": [f"a{i}", f"b{i}", f"c{i}"]}
            for i in range(3)]
@@ -123,11 +122,7 @@ fetch("http://127.0.0.1:{port}/api/label", {{method: "POST", mode: "no-cors", he
 
 def test_a_page_on_another_origin_cannot_store_a_label_in_chromium(served, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("RLHF_REQUIRE_CHROMIUM"):
-            pytest.fail("RLHF_REQUIRE_CHROMIUM is set but no chromium is installed")
-        pytest.skip("no chromium (CI installs it)")
+    chromium = chromium_or_skip()
     server, labels = served
     site = tmp_path / "site"
     site.mkdir()

@@ -3,8 +3,6 @@ and SIGKILL + re-run ends with the uninterrupted weights."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,7 +10,7 @@ from safetensors.torch import load_file
 from core.history import read_history
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from tests.helpers import PPO_ITERATIONS, chat_pipeline, kill_during, rlhf
+from tests.helpers import PPO_ITERATIONS, killed_ppo_run, rlhf
 
 pytestmark = pytest.mark.slow
 
@@ -90,11 +88,8 @@ def test_ppo_with_lora_saves_the_merged_policy_and_its_adapter(tiny_chat_run):
 
 
 def test_ppo_resumes_after_sigkill_with_the_uninterrupted_weights(tmp_path, tiny_chat_run):
-    path = chat_pipeline(tmp_path)
+    path, step = killed_ppo_run(tmp_path, tiny_chat_run)
     run = tmp_path / "run"
-    for stage in ("pre", "sft", "rm"):
-        shutil.copytree(tiny_chat_run / stage, run / stage)
-    step = kill_during(run / "ppo", path, "--only", "ppo")
     assert step < PPO_ITERATIONS
     done = rlhf("run", path, "--only", "ppo")
     assert done.returncode == 0, done.stdout + done.stderr
