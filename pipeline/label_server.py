@@ -4,8 +4,9 @@ The page runs on laptops whose browsers visit anything, so the server trusts no 
 - a per-session token: the address `rlhf label` prints carries it (`/?token=…`), the page sends it back in
   a header with every API call, and a request without it gets nothing (a page on another origin, or one that
   reached us by DNS rebinding, cannot know it);
-- the Host header must name this server (loopback names, or the `--host` it was started on), and an Origin
-  header, when sent, must be this server's own: DNS rebinding and cross-site requests are refused;
+- the Host header must name this server (loopback names, or the `--host` address it was started on; served
+  on every address, 0.0.0.0, any name, and the token alone guards it), and an Origin header, when sent, must
+  be the page's own: DNS rebinding and cross-site requests are refused;
 - labels are JSON only (`Content-Type: application/json`): a cross-origin HTML form cannot send that without
   a CORS preflight, which this server never grants;
 - bodies over 64 kB, slow clients (a 30 s socket timeout) and unknown paths are refused;
