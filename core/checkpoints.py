@@ -40,10 +40,10 @@ def commit_checkpoint(dirs: StageDirs, written: Path, *, step: int, fingerprint:
     Main process only, after every process has finished writing."""
     atomic_write_json(written / CHECKPOINT_MARKER, {"fingerprint": fingerprint, "step": step, "stage": stage})
     final = checkpoint_dir(dirs, step)
-    remove_inside(final, inside=dirs.root.parent)
+    remove_inside(final, inside=dirs.run_dir)
     os.replace(written, final)
     for old in complete_checkpoints(dirs)[:-keep_last]:
-        remove_inside(old.path, inside=dirs.root.parent)
+        remove_inside(old.path, inside=dirs.run_dir)
     return final
 
 
@@ -101,4 +101,4 @@ def resume_point(dirs: StageDirs, current_fingerprint: str) -> ResumePoint:
 def discard_checkpoints(dirs: StageDirs) -> None:
     """Delete every checkpoint of a stage (for --restart): the next run starts at step 0."""
     for path in [c.path for c in complete_checkpoints(dirs)] + incomplete_checkpoint_dirs(dirs):
-        remove_inside(path, inside=dirs.root.parent)
+        remove_inside(path, inside=dirs.run_dir)

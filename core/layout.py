@@ -56,6 +56,11 @@ class StageDirs:
         return cls(Path(run_dir) / stage)
 
     @property
+    def run_dir(self) -> Path:
+        """The run directory holding this stage: what the stage's deletions must stay inside (core.removal)."""
+        return self.root.parent
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 

@@ -82,13 +82,13 @@ def commit_artifact(dirs: StageDirs, staged_artifact: Path, manifest: dict) -> N
     dirs.manifest.unlink(missing_ok=True)
     fsync_dir(dirs.root)
     previous = dirs.root / "artifact.previous"
-    remove_inside(previous, inside=dirs.root.parent)
+    remove_inside(previous, inside=dirs.run_dir)
     if dirs.artifact.exists():
         os.replace(dirs.artifact, previous)
     os.replace(staged_artifact, dirs.artifact)
     manifest = dict(manifest, outputs=describe_outputs(dirs, dirs.artifact))
     atomic_write_json(dirs.manifest, manifest)
-    remove_inside(previous, inside=dirs.root.parent)
+    remove_inside(previous, inside=dirs.run_dir)
 
 
 def versions() -> dict[str, str | None]:

@@ -113,7 +113,7 @@ def _prepare_checkpoints(dirs: StageDirs, fingerprint: str, restart: bool, name:
             f"stage {name}: {dirs.checkpoints} holds an interrupted run (step {point.conflict.step}) under a "
             f"different config; re-run with --restart {name} to discard it, or restore the old config to resume")
     for stale in [c.path for c in point.leftovers] + incomplete_checkpoint_dirs(dirs):
-        remove_inside(stale, inside=dirs.root.parent)
+        remove_inside(stale, inside=dirs.run_dir)
 
 
 def cpu_launch() -> str | None:
@@ -224,7 +224,7 @@ def _run_attempt(train: Callable[[StageContext], dict], *, spec: dict, config: S
     if state.is_main_process:
         dirs.root.mkdir(parents=True, exist_ok=True)
         _prepare_checkpoints(dirs, spec["fingerprint"], spec.get("restart", False), spec["stage"])
-        remove_inside(dirs.staged_artifact, inside=dirs.root.parent)
+        remove_inside(dirs.staged_artifact, inside=dirs.run_dir)
     state.wait_for_everyone()
     point = resume_point(dirs, spec["fingerprint"])
     if point.resume is not None:
