@@ -30,6 +30,7 @@ from stages.common.hf_models import (
 from stages.common.hf_trainer import (
     attach,
     evaluate_before_training,
+    final_evaluation,
     gradient_accumulation,
     quiet_libraries,
     training_arguments,
@@ -217,7 +218,7 @@ def train_group_rl(ctx: StageContext, trainer_class: type, make_arguments) -> di
     attach(trainer, ctx, cfg.train)
     base = evaluate_before_training(trainer)  # the input policy on the held-out prompts
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
-    evaluation = trainer.evaluate()
+    evaluation = final_evaluation(trainer)
     save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
 
     reward_names = [f.__name__ for f in rewards]

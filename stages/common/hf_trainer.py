@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import datasets
@@ -99,9 +100,12 @@ def training_metrics(trainer: Trainer, result, train: TrainSettings, parameters:
 
 
 def quiet_libraries() -> None:
-    """No per-batch progress bars from datasets/transformers in the logs: LogLines reports progress."""
+    """No per-batch progress bars from datasets/transformers in the logs (LogLines reports progress), and no
+    deprecation warning that only the libraries can act on."""
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    # TRL 1.16 reads the alias transformers 5.x deprecated; the warning is theirs to fix, not the user's
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def attach(trainer: Trainer, ctx: StageContext, train: TrainSettings) -> Trainer:
@@ -117,6 +121,16 @@ def evaluate_before_training(trainer: Trainer) -> dict:
     builds an inference-only engine that train() then cannot use (transformers 5.23)."""
     if trainer.is_deepspeed_enabled:
         return {}
+    return trainer.evaluate()
+
+
+def final_evaluation(trainer: Trainer) -> dict:
+    """The trained model's evaluation metrics: the Trainer's own evaluation at the last step when its schedule
+    ran one there (a second pass would repeat it, about 90 s for SmolLM2's grpo), otherwise a fresh one."""
+    last_step = trainer.state.global_step
+    for entry in reversed(trainer.state.log_history):
+        if entry.get("step") == last_step and any(key.startswith("eval_") for key in entry):
+            return {key: value for key, value in entry.items() if key.startswith("eval_") or key == "epoch"}
     return trainer.evaluate()
 
 

@@ -27,7 +27,7 @@ from stages.common.hf_models import (
     hub_commit_of,
     parameter_count,
 )
-from stages.common.hf_trainer import attach, quiet_libraries, training_arguments, training_metrics
+from stages.common.hf_trainer import attach, final_evaluation, quiet_libraries, training_arguments, training_metrics
 from stages.common.lora import lora_config, save_causal_lm_artifact
 from stages.common.preference import policy_and_reference, preference_rows
 from stages.dpo.config import DpoStage
@@ -84,7 +84,7 @@ def train(ctx: StageContext) -> dict:
 
     trainer = build_trainer(ctx, model, tokenizer, train_pairs, val_pairs, args, reference)
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
-    evaluation = trainer.evaluate()
+    evaluation = final_evaluation(trainer)
     tuned = trainer.accelerator.unwrap_model(trainer.model)
     dpo_answers = generate_answers(tuned, tokenizer, prompts, cfg.samples.max_new_tokens)
 

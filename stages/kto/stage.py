@@ -16,7 +16,7 @@ from core.records import unpaired_row
 from stages.common.chat import chat_dataset, generate_answers, sample_prompts
 from stages.common.entry import StageContext
 from stages.common.hf_models import gathered, hub_commit_of, parameter_count
-from stages.common.hf_trainer import attach, quiet_libraries, training_arguments, training_metrics
+from stages.common.hf_trainer import attach, final_evaluation, quiet_libraries, training_arguments, training_metrics
 from stages.common.lora import lora_config, save_causal_lm_artifact
 from stages.common.preference import policy_and_reference, preference_rows
 from stages.kto.examples import labelled
@@ -47,7 +47,7 @@ def train(ctx: StageContext) -> dict:
                                 eval_dataset=chat_dataset(val_rows), processing_class=tokenizer,
                                 peft_config=lora_config(cfg.lora)), ctx, cfg.train)
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
-    evaluation = trainer.evaluate()
+    evaluation = final_evaluation(trainer)
     tuned = trainer.accelerator.unwrap_model(trainer.model)
     kto_answers = generate_answers(tuned, tokenizer, prompts, cfg.samples.max_new_tokens)
     save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)

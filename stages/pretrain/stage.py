@@ -40,7 +40,7 @@ from stages.common.hf_models import (
     parameter_count,
     resolve_hub,
 )
-from stages.common.hf_trainer import attach, quiet_libraries, save_artifact, training_arguments
+from stages.common.hf_trainer import attach, final_evaluation, quiet_libraries, save_artifact, training_arguments
 from stages.pretrain.config import PretrainStage
 
 BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
@@ -184,7 +184,7 @@ def train(ctx: StageContext) -> dict:
         processing_class=tokenizer,
     ), ctx, cfg.train)
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
-    evaluation = trainer.evaluate()
+    evaluation = final_evaluation(trainer)
 
     # artifact: weights + config + tokenizer, loadable by AutoModelForCausalLM / AutoTokenizer alone
     save_artifact(trainer, ctx.staged_artifact)

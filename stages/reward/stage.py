@@ -28,6 +28,7 @@ from stages.common.hf_models import Loading, hub_commit_of, loaded_as, locate, p
 from stages.common.hf_trainer import (
     attach,
     evaluate_before_training,
+    final_evaluation,
     gradient_accumulation,
     quiet_libraries,
     save_artifact,
@@ -168,7 +169,7 @@ def train(ctx: StageContext) -> dict:
     ), ctx, cfg.train)
     base = evaluate_before_training(trainer)  # the new head on the input model: near chance
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
-    evaluation = trainer.evaluate()
+    evaluation = final_evaluation(trainer)
 
     by_source = evaluate_by_source(trainer, rows.validation_by_source, tokenizer=tokenizer,
                                    max_length=cfg.data.max_length)

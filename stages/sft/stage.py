@@ -36,6 +36,7 @@ from stages.common.hf_models import Loading, gathered, hub_commit_of, load_causa
 from stages.common.hf_trainer import (
     attach,
     evaluate_before_training,
+    final_evaluation,
     quiet_libraries,
     training_arguments,
     training_metrics,
@@ -184,7 +185,7 @@ def train(ctx: StageContext) -> dict:
     trainer = build_trainer(ctx, model, tokenizer, rows, args)
     base_eval = evaluate_before_training(trainer)  # the input model: a checkpoint is loaded by train()
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
-    evaluation = trainer.evaluate()
+    evaluation = final_evaluation(trainer)
 
     # samples from the fine-tuned model on the same held-out prompts
     tuned = trainer.accelerator.unwrap_model(trainer.model)

@@ -56,10 +56,13 @@ def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_cha
     # the penalty of answers cut at max_new_tokens: minus 1 times the share that never stopped
     assert grpo_metrics["eval/missing_eos_reward"] == pytest.approx(grpo_metrics["eval/stop_rate"] - 1, abs=1e-6)
     points = [r for r in read_history(StageDirs(run / "rloo").metrics) if "eval_rewards/judge/mean" in r]
-    assert [p["step"] for p in points][:4] == [0, 4, 8, 12] and all("eval_kl" in p for p in points)
+    # the evaluation at the last step is the stage's final one, not repeated (it cost ~90 s on SmolLM2)
+    assert [p["step"] for p in points] == [0, 4, 8, 12] and all("eval_kl" in p for p in points)
+    rloo_metrics = read_manifest(StageDirs(run / "rloo"))["metrics"]
+    assert rloo_metrics["eval/reward"] == pytest.approx(points[-1]["eval_reward"])
     for point in points:  # weight 0: the reward TRL trains on is the rule's alone
         assert point["eval_reward"] == pytest.approx(point["eval_rewards/rule/mean"], abs=1e-6)
-    assert read_manifest(StageDirs(run / "rloo"))["metrics"]["eval/base_judge_reward"] is not None
+    assert rloo_metrics["eval/base_judge_reward"] is not None
     assert (run / "rloo_lora" / "artifact" / "adapter" / "adapter_config.json").is_file()
     assert read_manifest(StageDirs(run / "rloo_lora"))["metrics"]["eval/kl"] > 0  # the adapter moved the policy
     AutoModelForCausalLM.from_pretrained(run / "rloo_lora" / "artifact")
