@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks import suite
+from benchmarks.generation import generation
 from benchmarks.workspace import FULL, QUICK, pipeline_file
 
 
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                           ("reward", lambda: suite.reward(pipeline)), ("ppo", lambda: suite.ppo(pipeline, size)),
                           ("dpo", lambda: suite.dpo(pipeline)), ("grpo", lambda: suite.grpo(pipeline, size)),
                           ("orchestrator", lambda: suite.orchestrator(pipeline, args.quick)),
-                          ("data", lambda: suite.data_checks(args.workdir.resolve(), args.quick))):
+                          ("data", lambda: suite.data_checks(args.workdir.resolve(), args.quick)),
+                          ("generation", lambda: generation(args.workdir.resolve(), args.quick))):
         start = time.perf_counter()
         rows += section()
         timings[name] = time.perf_counter() - start

@@ -27,8 +27,12 @@ def semantic_config(section: Any, hasher: FileHasher | None = None) -> Any:
             value = getattr(section, name)
             # an optional field left unset is left out, so adding a new optional setting to a kind does not
             # invalidate every existing run
-            if (field.json_schema_extra or {}).get("fingerprint", True) and not (value is None and field.default is None):
-                out[name] = semantic_config(value, hasher)
+            extra = field.json_schema_extra or {}
+            if not extra.get("fingerprint", True) or (value is None and field.default is None):
+                continue
+            if not extra.get("fingerprint_default", True) and value == field.default:
+                continue
+            out[name] = semantic_config(value, hasher)
         return out
     if isinstance(section, dict):
         return {str(k): semantic_config(v, hasher) for k, v in section.items()}

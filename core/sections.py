@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from core.datasources import DataSource, DataSources
+from core.engines import vllm_problem
 from core.numbers import fmt
 from core.schema import DirPath, FilePath, GgufPath, HubModel, StageConfig, StrictModel, volatile
 
@@ -168,6 +169,16 @@ class SampleSettings(StrictModel):
     max_new_tokens: int = Field(48, ge=1)
 
 
+class VllmSettings(StrictModel):
+    """How the vLLM engine is started: memory and compilation, which change its speed, not its answers."""
+
+    kv_cache_gb: int = Field(1, ge=1, description="CPU: the engine's KV cache in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="GPU: the share of its memory the engine "
+                                                                       "takes (weights, activations, KV cache)")
+    enforce_eager: bool = Field(False, description="no compilation or CUDA graphs: starts in about 20 s instead of "
+                                                   "a minute, generates slower")
+
+
 class SamplingSettings(StrictModel):
     """How a policy samples answers (temperature, then top-p, as `generate` applies them; stop at EOS)."""
 
@@ -176,6 +187,19 @@ class SamplingSettings(StrictModel):
     top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int | None = Field(None, ge=1, description="prompts per generate call on each process (the KV cache "
                                                            "grows with it); default: the whole rollout at once")
+    # in the fingerprint only when vllm: its sampler draws other answers than generate's, so outputs change,
+    # while runs made before the setting existed keep their fingerprints
+    engine: Literal["hf", "vllm"] = Field("hf", json_schema_extra={"fingerprint_default": False},
+                                          description="hf: transformers' generate; vllm: a vLLM engine in a process "
+                                                      "of its own (README, 'Generation engines')")
+    vllm: VllmSettings = volatile(VllmSettings(), description="the vLLM engine's start-up (engine: vllm)")
+
+    def engine_problems(self, loc: tuple = ("generation",)) -> Problems:
+        """`engine: vllm` where no vLLM can run, in one line."""
+        if self.engine != "vllm":
+            return []
+        problem = vllm_problem()
+        return [(loc + ("engine",), problem)] if problem else []
 
 
 class PromptFiles(StrictModel):

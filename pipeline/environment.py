@@ -9,6 +9,7 @@ import subprocess
 import sys
 from importlib import metadata
 
+from core.engines import VLLM_PYTHON_VARIABLE, vllm_problem, vllm_python
 from core.manifest import versions
 
 
@@ -40,7 +41,9 @@ def environment() -> dict[str, str]:
         found["cuda"] = devices["cuda_version"] or "none"
     else:
         found["devices"] = "unknown: torch failed to import (" + (probe.stderr.strip().splitlines() or ["?"])[-1] + ")"
-    for variable in ("CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "HF_HOME", "ACCELERATE_CONFIG_FILE"):
+    problem = vllm_problem()
+    found["vllm engine"] = f"usable, from {vllm_python()}" if problem is None else f"not usable: {problem}"
+    for variable in ("CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "HF_HOME", "ACCELERATE_CONFIG_FILE", VLLM_PYTHON_VARIABLE):
         if variable in os.environ:
             found[variable] = os.environ[variable]
     return found

@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import chat_pipeline, rlhf, small_corpus
 
-TIERS = ("unit", "stages", "pipeline", "distributed", "security")
+TIERS = ("unit", "stages", "pipeline", "distributed", "security", "vllm")
 
 
 def pytest_collection_modifyitems(items):

@@ -297,3 +297,24 @@ def killed_ppo_run(directory: Path, tiny_chat_run: Path) -> tuple[Path, int]:
     for stage in ("pre", "sft", "rm"):
         shutil.copytree(tiny_chat_run / stage, run / stage)
     return path, kill_during(run / "ppo", path, "--only", "ppo")
+
+
+#: configs/pipelines/smollm2-ifeval.yaml shrunk to a few steps a stage (`--set key=value` each), for the tests
+#: that run it whole (tests/stages/test_smollm2_ifeval.py, and with the vLLM engine tests/vllm/)
+SMOLLM2_IFEVAL_SHRUNK = {
+    "stages.samples.data.max_prompts": 8, "stages.samples.generation.max_new_tokens": 12,
+    "stages.reward.train.max_steps": 2, "stages.reward.train.batch_size": 4,
+    "stages.ppo.train.max_steps": 1, "stages.ppo.ppo.rollout_batch_size": 4, "stages.ppo.ppo.mini_batch_size": 4,
+    "stages.ppo.ppo.micro_batch_size": 4, "stages.ppo.ppo.epochs": 1, "stages.ppo.generation.max_new_tokens": 12,
+    "stages.ppo.evaluation": "{prompts: 2, samples: 2, judge: {kind: rule, function: "
+                             "stages.rank.rules:instructions_followed}}",
+    "stages.dpo.train.max_steps": 2, "stages.dpo.train.batch_size": 4, "stages.dpo.samples.max_new_tokens": 8,
+    "stages.kto.train.max_steps": 2, "stages.kto.train.batch_size": 4, "stages.kto.samples.max_new_tokens": 8,
+    "stages.judged.data.max_prompts": 6, "stages.judged.generation.max_new_tokens": 12,
+    "stages.new-types.data.max_prompts": 3, "stages.new-types.generation.max_new_tokens": 12,
+}
+for _method in ("grpo", "rloo"):
+    SMOLLM2_IFEVAL_SHRUNK |= {f"stages.{_method}.train.max_steps": 1, f"stages.{_method}.train.batch_size": 4,
+                              f"stages.{_method}.train.micro_batch_size": 4,
+                              f"stages.{_method}.generation.max_new_tokens": 12,
+                              f"stages.{_method}.evaluation_prompts": 2}

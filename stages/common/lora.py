@@ -6,8 +6,11 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import torch
+
 from accelerate import PartialState
 from peft import LoraConfig, PeftModel
+from peft.tuners.lora import LoraLayer
 
 from core.sections import LoraSettings
 from stages.common.hf_trainer import save_artifact
@@ -40,3 +43,25 @@ def save_causal_lm_artifact(trainer, tokenizer, directory: Path) -> None:
         save_artifact(trainer, directory)
     elif PartialState().is_main_process:
         save_merged(model, tokenizer, directory)
+
+
+@torch.no_grad()
+def merged_weights(model) -> dict[str, torch.Tensor]:
+    """A causal LM's weights under the names of its HF checkpoint; for a peft model, each LoRA layer's base
+    weight plus its adapter's delta (peft's `get_delta_weight`, as merging computes it), without merging into
+    the model being trained. What an engine serving the current policy loads (stages/common/vllm_engine.py)."""
+    if not isinstance(model, PeftModel):
+        return dict(model.state_dict())
+    base = model.get_base_model()
+    deltas = {name: module.get_delta_weight(module.active_adapters[0])
+              for name, module in base.named_modules() if isinstance(module, LoraLayer) and module.active_adapters}
+    weights = {}
+    for key, value in base.state_dict().items():
+        if "lora_" in key or ".original_module." in key:
+            continue
+        name = key.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+        module = name.rpartition(".")[0]
+        if name.endswith(".weight") and module in deltas:
+            value = value + deltas[module].to(value.dtype)
+        weights[name] = value
+    return weights

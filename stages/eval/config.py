@@ -68,7 +68,7 @@ class EvalStage(StageConfig):
         problems += judge_problems(self.judge, self.inputs, ("judge",))
         if self.model is not None:
             problems += self.model.loading_problems()
-        return problems
+        return problems + self.generation.engine_problems()
 
     def pipeline_problems(self, stages: dict[str, StageConfig]) -> Problems:
         """The judge is none of the reward models the policies were optimised against (by stage name or path

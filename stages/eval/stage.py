@@ -35,12 +35,13 @@ from core.stats import bootstrap_interval, mean, paired_wins
 from stages.common.chat import check_context_length, load_chat_tokenizer
 from stages.common.distribution import policy_logits, token_logprobs
 from stages.common.entry import StageContext
-from stages.common.generation import HFGenerator, decode_answers, encode_prompts, response_mask
+from stages.common.generation import Generator, HFGenerator, decode_answers, encode_prompts, response_mask
 from stages.common.hf_models import Loading, load_causal_lm
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
 from stages.common.row_checkpoints import commit_rows, rows_so_far, write_rows
 from stages.common.tensorboard import write_scalars
+from stages.common.vllm_engine import VLLMGenerator
 from stages.eval.config import ANSWERS_FILE, EvalStage
 
 
@@ -64,22 +65,24 @@ def train(ctx: StageContext) -> dict:
         print(f"[{ctx.name}] {len(policies)} policies × {len(prompts)} prompts, judged by {cfg.judge.describe()}"
               + (f"; resuming after policy {rows[-1]['policy']}" if rows else ""), flush=True)
     ctx.progress.start(len(policies), len(rows))
-    for name in list(policies)[len(rows) :]:
-        policy_dir = ctx.inputs[f"policies.{name}"]
-        check_context_length(policy_dir, cfg.data.max_length + cfg.generation.max_new_tokens,
-                             "data.max_length + generation.max_new_tokens", loading)
-        same = policy_dir == ctx.inputs[reference_role]
-        policy = reference if same else load_causal_lm(policy_dir, loading).to(state.device).eval()
-        torch.manual_seed(cfg.seed * 1_000_003 + state.process_index)  # every policy draws alike
-        answered = answer_with_kl(policy, reference, tokenizer, [prompts[i]["prompt"] for i in mine], cfg=cfg,
-                                  device=state.device)
-        by_prompt = sorted(gather_object(list(zip(mine, answered))), key=lambda item: item[0])
-        rows.append({"policy": name, **{key: [a[key] for _, a in by_prompt] for key in answered_keys()}})
-        del policy
-        if state.is_main_process:
-            commit_rows(ctx, rows)
-        state.wait_for_everyone()
-        ctx.progress.update(len(rows), {"policies_done": len(rows)})
+    with PolicySamplers(cfg, tokenizer, log_prefix=ctx.name) as samplers:
+        for name in list(policies)[len(rows) :]:
+            policy_dir = ctx.inputs[f"policies.{name}"]
+            check_context_length(policy_dir, cfg.data.max_length + cfg.generation.max_new_tokens,
+                                 "data.max_length + generation.max_new_tokens", loading)
+            same = policy_dir == ctx.inputs[reference_role]
+            policy = reference if same else load_causal_lm(policy_dir, loading).to(state.device).eval()
+            sampler = samplers.of(policy, policy_dir)
+            torch.manual_seed(cfg.seed * 1_000_003 + state.process_index)  # every policy draws alike
+            answered = answer_with_kl(policy, reference, sampler, tokenizer, [prompts[i]["prompt"] for i in mine],
+                                      cfg=cfg, device=state.device)
+            by_prompt = sorted(gather_object(list(zip(mine, answered))), key=lambda item: item[0])
+            rows.append({"policy": name, **{key: [a[key] for _, a in by_prompt] for key in answered_keys()}})
+            del policy
+            if state.is_main_process:
+                commit_rows(ctx, rows)
+            state.wait_for_everyone()
+            ctx.progress.update(len(rows), {"policies_done": len(rows)})
     del reference
     scores = judge_scores(cfg, ctx, prompts, rows, mine=mine, device=state.device)
     if state.is_main_process:
@@ -146,15 +149,44 @@ def answered_keys() -> tuple[str, ...]:
     return ("answers", "kl", "lengths", "stopped")
 
 
+class PolicySamplers:
+    """Samplers for the policies in turn: generate on each one's loaded model, or one vLLM engine for the stage
+    (started on the first policy, given each next policy's weights in place of a restart, closed on exit)."""
+
+    def __init__(self, cfg: EvalStage, tokenizer, *, log_prefix: str):
+        self.cfg, self.tokenizer, self.log_prefix = cfg, tokenizer, log_prefix
+        self.engine: VLLMGenerator | None = None
+
+    def of(self, policy, policy_dir) -> Generator:
+        """The sampler of `policy` (loaded from `policy_dir`)."""
+        gen = self.cfg.generation
+        if gen.engine != "vllm":
+            return HFGenerator(lambda: contextlib.nullcontext(policy), self.tokenizer, max_new_tokens=gen.max_new_tokens,
+                               temperature=gen.temperature, top_p=gen.top_p)
+        if self.engine is None:
+            self.engine = VLLMGenerator.of(policy_dir, self.tokenizer, gen,
+                                           max_model_len=self.cfg.data.max_length + gen.max_new_tokens,
+                                           dtype=self.cfg.model.dtype if self.cfg.model else None, seed=self.cfg.seed,
+                                           log_prefix=self.log_prefix)
+        self.engine.load_directory(policy_dir)
+        return self.engine
+
+    def __enter__(self) -> "PolicySamplers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
 @torch.no_grad()
-def answer_with_kl(policy, reference, tokenizer, prompts: list[list[dict]], *, cfg: EvalStage, device) -> list[dict]:
-    """One sampled answer per prompt, with its KL to the reference (sum over the answer of log pi - log pi_ref),
-    length in tokens (EOS included) and whether it ended at EOS."""
+def answer_with_kl(policy, reference, sampler: Generator, tokenizer, prompts: list[list[dict]], *, cfg: EvalStage,
+                   device) -> list[dict]:
+    """One answer per prompt from `sampler` (the policy's), with its KL to the reference (sum over the answer of
+    log pi - log pi_ref, both recomputed here), length in tokens (EOS included) and whether it ended at EOS."""
     settings = cfg.generation
-    sampler = HFGenerator(lambda: contextlib.nullcontext(policy), tokenizer, max_new_tokens=settings.max_new_tokens,
-                          temperature=settings.temperature, top_p=settings.top_p)
     out = []
-    step = settings.batch_size or 8
+    step = settings.batch_size or (64 if settings.engine == "vllm" else 8)  # vLLM batches what it is given
     for start in range(0, len(prompts), step):
         queries, query_mask = encode_prompts(tokenizer, prompts[start : start + step], max_length=cfg.data.max_length,
                                              device=device)

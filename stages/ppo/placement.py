@@ -31,11 +31,13 @@ from transformers.integrations import unset_hf_deepspeed_config
 from trl.models.utils import add_hooks, remove_hooks
 
 from core.errors import InputError
+from core.sections import SamplingSettings
 from stages.common.chat import load_chat_tokenizer
 from stages.common.entry import check_precision
 from stages.common.generation import HFGenerator
 from stages.common.hf_models import DEFAULT_LOADING, Loading
-from stages.common.lora import save_merged
+from stages.common.lora import merged_weights, save_merged
+from stages.common.vllm_engine import VLLMGenerator
 from stages.ppo.config import PpoBatches
 from stages.ppo.models import AdapterDisabled, PolicyAndValue, PpoModels, load_roles
 from stages.ppo.update import Optimization
@@ -105,16 +107,22 @@ def build_models(accelerator: Accelerator, *, policy_dir: Path, reward_dir: Path
 
 class Generators:
     """Samplers for the trained policy and the frozen SFT policy (the reference), under any launch: with ZeRO-3
-    the policy is gathered whole for each `generate`, a sharded reference generates with `synced_gpus`."""
+    the policy is gathered whole for each `generate`, a sharded reference generates with `synced_gpus`.
+
+    With a vLLM `engine`, the policy samples there while it is open: `refresh(step)` gives it the policy's
+    current weights (LoRA merged) when they changed since it last had them; `close()` hands back its memory."""
 
     def __init__(self, models: PpoModels, accelerator: Accelerator, tokenizer, *, max_new_tokens: int,
-                 temperature: float, top_p: float, batch_size: int | None = None):
+                 temperature: float, top_p: float, batch_size: int | None = None, engine: VLLMGenerator | None = None):
         self.models, self.accelerator, self.tokenizer = models, accelerator, tokenizer
         self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                              batch_size=batch_size)
+        self.engine, self.engine_step = engine, 0  # the engine starts with the weights of step 0, the SFT policy's
 
-    def of(self, role: str, sample: bool = True) -> HFGenerator:
+    def of(self, role: str, sample: bool = True) -> HFGenerator | VLLMGenerator:
         """A generator for "policy" (the trained one) or "reference"; greedy unless `sample`."""
+        if role == "policy" and sample and self.engine is not None:
+            return self.engine
         if role == "policy":
             return HFGenerator(lambda: policy_for_generation(self.models.trained, self.accelerator), self.tokenizer,
                                sample=sample, **self.settings)
@@ -122,6 +130,35 @@ class Generators:
                                                             self.accelerator),
                            self.tokenizer, sample=sample, **self.settings,
                            synced_gpus=needs_synced_generation(self.models.reference, self.accelerator))
+
+    def refresh(self, step: int) -> float:
+        """Give the engine the policy's weights after `step` updates unless it has them; return seconds taken."""
+        if self.engine is None or step == self.engine_step:
+            return 0.0
+        policy = self.accelerator.unwrap_model(self.models.trained).policy
+        seconds = self.engine.load_weights(merged_weights(policy))
+        self.engine_step = step
+        return seconds
+
+    def close(self) -> None:
+        """Stop the engine: the final comparison samples both policies with generate, alike."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+def rollout_engine(accelerator: Accelerator, *, policy_dir: Path, tokenizer, settings: SamplingSettings,
+                   max_model_len: int, precision: str, seed: int, stage: str) -> VLLMGenerator | None:
+    """The vLLM engine PPO's policy samples with (`generation.engine: vllm`), one per process, in the training's
+    precision; None for transformers' generate. ZeRO-3 is refused: each refresh would gather the whole policy
+    on every process, which is what ZeRO-3 was chosen to avoid."""
+    if settings.engine != "vllm":
+        return None
+    if zero_stage(accelerator) == 3:
+        raise InputError(f"{stage}: generation.engine vllm with DeepSpeed ZeRO-3 is not supported (the engine needs "
+                         "the whole policy on each process); use ZeRO-2, DDP or engine hf")
+    return VLLMGenerator.of(policy_dir, tokenizer, settings, max_model_len=max_model_len, dtype=precision,
+                            seed=seed + accelerator.process_index, log_prefix=stage)
 
 
 def disable_dropout(model: nn.Module) -> None:

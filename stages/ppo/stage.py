@@ -54,6 +54,7 @@ from stages.ppo.placement import (
     is_deepspeed,
     make_accelerator,
     no_zero3_init,
+    rollout_engine,
     write_artifact,
     zero_stage,
 )
@@ -98,8 +99,11 @@ def train(ctx: StageContext) -> dict:
         updates=cfg.train.max_steps * batches.updates,
         max_grad_norm=cfg.train.max_grad_norm, loading=loading,
         activation_checkpointing=cfg.train.activation_checkpointing)
+    engine = rollout_engine(accelerator, policy_dir=ctx.inputs["policy"], tokenizer=tokenizer, settings=gen,
+                            max_model_len=chat_length, precision=cfg.train.precision, seed=cfg.train.seed,
+                            stage=ctx.name)
     generators = Generators(models, accelerator, tokenizer, max_new_tokens=gen.max_new_tokens,
-                            temperature=gen.temperature, top_p=gen.top_p, batch_size=gen.batch_size)
+                            temperature=gen.temperature, top_p=gen.top_p, batch_size=gen.batch_size, engine=engine)
     kl = KLController(ppo.kl.beta, ppo.kl.target, ppo.kl.horizon)
     ptx = None
     if ppo.ptx is not None:
@@ -139,18 +143,20 @@ def train(ctx: StageContext) -> dict:
         append_record(ctx.dirs.metrics, attempt_marker(first))
     accelerator.init_trackers("tensorboard", config={"stage": ctx.name, "fingerprint": ctx.fingerprint})
     ctx.progress.start(cfg.train.max_steps, first)
-    sampler, started = generators.of("policy"), time.monotonic()
+    started = time.monotonic()
     if every is not None and first == 0:  # where the curve starts: the SFT policy itself
         log_held_out(ctx, accelerator, models, generators, tokenizer, step=0, settings=point_settings)
     reduce_sum = functools.partial(accelerator.reduce, reduction="sum")  # rollout statistics over all processes
     for i in range(first, cfg.train.max_steps):
         timer = PhaseTimer()
-        # rollout: the policy answers this iteration's prompts
+        # rollout: the policy answers this iteration's prompts (a vLLM engine first gets its current weights)
+        with timer("sync"):
+            generators.refresh(step=i)
         with timer("generate"):
             prompts = order.prompts(i)
             queries, query_mask = encode_prompts(tokenizer, prompts, max_length=cfg.data.max_length,
                                                  device=accelerator.device)
-            responses = sampler.generate(queries, query_mask)
+            responses = generators.of("policy").generate(queries, query_mask)
         # score: log-probs of the policy and the reference, values, reward-model scores
         with timer("score"), models.frozen_in_use():
             trajectory = score_rollout(models, queries, query_mask, tokenizer=tokenizer, prompts=prompts,
@@ -184,6 +190,7 @@ def train(ctx: StageContext) -> dict:
             loop_state = {"kl": kl.state_dict(), "ptx": ptx.state_dict() if ptx is not None else None}
             save_checkpoint(ctx, accelerator, step=step, keep_last=cfg.train.keep_last, loop_state=loop_state)
     ctx.progress.close()
+    generators.close()
     for tracker in accelerator.trackers:  # not end_training(): it would also tear down the process group
         tracker.finish()
 
@@ -313,6 +320,7 @@ def log_held_out(ctx: StageContext, accelerator: Accelerator, models, generators
     process evaluates (generation under ZeRO-3 is collective); the main one logs."""
     # its own random stream: evaluating does not change the rollouts that follow
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    generators.refresh(step=step)
     with models.frozen_in_use(), torch.random.fork_rng(devices=devices):
         point = held_out_point(models, generators.of("policy"), tokenizer, **settings)
     accelerator.log(point, step=step)
@@ -338,7 +346,7 @@ def log_iteration(ctx: StageContext, accelerator: Accelerator, *, step: int, tot
     eta = elapsed / (step - first) * (total - step)
     print(f"[{ctx.name}] iteration {step}/{total}  score {stats['score/mean']:.3g}  kl {stats['kl/mean']:.3g}  "
           f"beta {stats['kl/beta']:.3g}  entropy {stats['policy/entropy']:.3g}  length {stats['response/length']:.3g}  "
-          f"| generate {stats['time/generate']:.1f}s score {stats['time/score']:.1f}s train {stats['time/train']:.1f}s "
+          f"| sync {stats['time/sync']:.1f}s generate {stats['time/generate']:.1f}s score {stats['time/score']:.1f}s train {stats['time/train']:.1f}s "
           f"| {elapsed:.0f}s, eta {eta:.0f}s", flush=True)
 
 
@@ -360,4 +368,6 @@ def summary(history: list[dict], *, iterations: int, rollout_batch: int, mini_ba
         "time/generate_share": mean("time/generate") / total if total else math.nan,
         "time/score_share": mean("time/score") / total if total else math.nan,
         "time/train_share": mean("time/train") / total if total else math.nan,
+        # weights into the vLLM engine (absent from iterations logged before the phase existed)
+        "time/sync_share": sum(h.get("time/sync", 0.0) for h in history) / len(history) / total if total else math.nan,
     }

@@ -34,7 +34,7 @@ class SampleStage(StageConfig):
 
     def input_problems(self) -> Problems:
         """Model-loading settings that cannot work."""
-        return self.model.loading_problems() if self.model is not None else []
+        return (self.model.loading_problems() if self.model is not None else []) + self.generation.engine_problems()
 
     def data_problems(self) -> list[str]:
         """Unreadable prompt files and rows without a prompt, with file and line."""

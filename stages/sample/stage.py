@@ -16,6 +16,7 @@ prompt's verifiable `instructions` when it has them (core/instructions.py), for 
 from __future__ import annotations
 
 import contextlib
+from typing import Iterator
 
 import torch
 from accelerate import PartialState
@@ -27,11 +28,12 @@ from core.samples import SAMPLES_FILE
 from core.stats import distinct_n, mean
 from stages.common.chat import check_context_length, load_chat_tokenizer
 from stages.common.entry import StageContext
-from stages.common.generation import HFGenerator, decode_answers, encode_prompts, response_mask
+from stages.common.generation import Generator, HFGenerator, decode_answers, encode_prompts, response_mask
 from stages.common.hf_models import Loading, load_causal_lm
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.row_checkpoints import commit_rows, rows_so_far, write_rows
 from stages.common.tensorboard import write_scalars
+from stages.common.vllm_engine import VLLMGenerator
 from stages.sample.config import SampleStage
 
 
@@ -46,10 +48,39 @@ def train(ctx: StageContext) -> dict:
                          "data.max_length + generation.max_new_tokens", loading)
     tokenizer = load_chat_tokenizer(policy_dir, "auto", loading)
     prompts = distinct_prompts(cfg.data.prompts, cfg.data.max_prompts)
-    model = load_causal_lm(policy_dir, loading).to(state.device)
-    sampler = HFGenerator(lambda: contextlib.nullcontext(model), tokenizer, sample=True,
-                          max_new_tokens=cfg.generation.max_new_tokens, temperature=cfg.generation.temperature,
-                          top_p=cfg.generation.top_p, batch_size=cfg.generation.batch_size)
+    with policy_sampler(cfg, ctx=ctx, tokenizer=tokenizer, loading=loading, device=state.device) as sampler:
+        rows = sample_rows(cfg, ctx, sampler, tokenizer=tokenizer, prompts=prompts, state=state)
+    if state.is_main_process:
+        ctx.staged_artifact.mkdir(parents=True)
+        write_rows(ctx.staged_artifact / SAMPLES_FILE, rows)
+        atomic_write_json(ctx.staged_artifact / "sampling.json",
+                          {"policy_fingerprint": ctx.spec["inputs"]["policy"]["fingerprint"],
+                           "samples_per_prompt": cfg.samples_per_prompt, "seed": cfg.seed,
+                           **cfg.generation.model_dump(exclude={"vllm"})})
+    metrics = sample_metrics(rows, k=cfg.samples_per_prompt)
+    if state.is_main_process:
+        write_scalars(ctx, metrics, step=len(rows))
+    return metrics
+
+
+@contextlib.contextmanager
+def policy_sampler(cfg: SampleStage, *, ctx: StageContext, tokenizer, loading: Loading, device) -> Iterator:
+    """The policy's sampler for this stage: transformers' generate, or a vLLM engine (closed on exit)."""
+    policy_dir, gen = ctx.inputs["policy"], cfg.generation
+    if gen.engine == "vllm":
+        with VLLMGenerator.of(policy_dir, tokenizer, gen, max_model_len=cfg.data.max_length + gen.max_new_tokens,
+                              dtype=cfg.model.dtype if cfg.model else None, seed=cfg.seed,
+                              log_prefix=ctx.name) as engine:
+            yield engine
+        return
+    model = load_causal_lm(policy_dir, loading).to(device)
+    yield HFGenerator(lambda: contextlib.nullcontext(model), tokenizer, sample=True, max_new_tokens=gen.max_new_tokens,
+                      temperature=gen.temperature, top_p=gen.top_p, batch_size=gen.batch_size)
+
+
+def sample_rows(cfg: SampleStage, ctx: StageContext, sampler, *, tokenizer, prompts: list[dict], state) -> list[dict]:
+    """Every prompt's K answers, resuming after the rows a killed attempt committed; chunks seeded by position."""
+    policy_dir = ctx.inputs["policy"]
     rows = rows_so_far(ctx)
     if state.is_main_process:
         print(f"[{ctx.name}] {len(prompts)} prompts × {cfg.samples_per_prompt} answers from {policy_dir}"
@@ -67,20 +98,10 @@ def train(ctx: StageContext) -> dict:
             commit_rows(ctx, rows)
         state.wait_for_everyone()
         ctx.progress.update(len(rows), {"prompts": len(rows)})
-    if state.is_main_process:
-        ctx.staged_artifact.mkdir(parents=True)
-        write_rows(ctx.staged_artifact / SAMPLES_FILE, rows)
-        atomic_write_json(ctx.staged_artifact / "sampling.json",
-                          {"policy_fingerprint": ctx.spec["inputs"]["policy"]["fingerprint"],
-                           "samples_per_prompt": cfg.samples_per_prompt, "seed": cfg.seed,
-                           **cfg.generation.model_dump()})
-    metrics = sample_metrics(rows, k=cfg.samples_per_prompt)
-    if state.is_main_process:
-        write_scalars(ctx, metrics, step=len(rows))
-    return metrics
+    return rows
 
 
-def answer(sampler: HFGenerator, tokenizer, prompts: list[dict], *, k: int, max_length: int, device) -> list[dict]:
+def answer(sampler: Generator, tokenizer, prompts: list[dict], *, k: int, max_length: int, device) -> list[dict]:
     """K sampled answers to each prompt (a prompt's K copies side by side in the batch)."""
     if not prompts:
         return []

@@ -22,9 +22,13 @@ def test_quick_benchmarks_print_a_full_table(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     sections = {row["section"] for row in rows}
-    assert sections == {"pretrain", "sft", "reward", "ppo", "dpo", "grpo", "orchestrator", "data"}
+    assert sections == {"pretrain", "sft", "reward", "ppo", "dpo", "grpo", "orchestrator", "data",
+                        "generation"}
     for row in rows:
-        assert row["ours"] is not None and math.isfinite(row["ours"]) and row["ours"] > 0, row
+        if row["ours"] is None:  # a section that says why it could not measure here (no vLLM: core/engines.py)
+            assert row["section"] == "generation" and "not measured:" in row["note"], row
+            continue
+        assert math.isfinite(row["ours"]) and row["ours"] > 0, row
         if row["baseline"] is not None:
             assert math.isfinite(row["ratio"]) and row["ratio"] > 0, row
     measures = {row["measure"] for row in rows}

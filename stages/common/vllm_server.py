@@ -1,0 +1,88 @@
+"""The vLLM generation process: one engine, driven over a pipe by stages/common/vllm_engine.py.
+
+    RLHF_VLLM_PYTHON server.py MODEL_DIR SETTINGS_JSON     (started by VLLMGenerator, never by hand)
+
+It runs in the environment that has vLLM, which may not be this package's (vLLM pins its own transformers),
+so it imports only the standard library and vLLM. Requests and replies are JSON lines: requests on stdin,
+replies on the pipe that was stdout when it started (vLLM's own prints go to stderr, the stage's log).
+
+    {"op": "generate", "prompts": [[ids]], "seeds": [int] | null, "max_tokens": N, "temperature": T, "top_p": P,
+     "greedy": bool}        -> {"tokens": [[ids]], "logprobs": [[float]]}   (each answer ends with EOS if it stopped)
+    {"op": "reload", "path": FILE}   -> {"reload_s": seconds}   (new weights from a safetensors file, in place)
+    {"op": "close"}                  -> the process exits
+
+Sampling is exactly temperature then top-p, stopping at the tokenizer's EOS only: the model's own generation
+config (repetition penalty, top-k, extra stop ids) is not applied, as in stages/common/generation.py, so the
+log-probs a stage recomputes are those of the distribution that drew the tokens. `logprobs` are the sampled
+tokens' log-probs under that processed distribution.
+"""
+
+import json
+import os
+import sys
+import time
+
+
+def main() -> None:
+    """Start the engine, say ready, answer requests until close or end of input."""
+    model_dir, settings = sys.argv[1], json.loads(sys.argv[2])
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever vLLM prints goes to the stage's log, never into the replies
+    started = time.monotonic()
+    from vllm import LLM  # noqa: E402: after the descriptors are set, so its import-time prints go to stderr
+
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, dtype=settings["dtype"],
+              max_model_len=settings["max_model_len"], enforce_eager=settings["enforce_eager"],
+              gpu_memory_utilization=settings["gpu_memory_utilization"], seed=settings["seed"],
+              generation_config="vllm", logprobs_mode="processed_logprobs", enable_prefix_caching=False)
+    reply(replies, {"ready": True, "startup_s": time.monotonic() - started})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "close":
+            break
+        if request["op"] == "generate":
+            reply(replies, generate(llm, request, eos_token_id=settings["eos_token_id"]))
+        elif request["op"] == "reload":
+            reply(replies, reload(llm, request["path"]))
+        else:
+            reply(replies, {"error": f"unknown op {request['op']!r}"})
+
+
+def reply(stream, message: dict) -> None:
+    """One JSON line to the stage."""
+    stream.write(json.dumps(message) + "\n")
+    stream.flush()
+
+
+def generate(llm, request: dict, *, eos_token_id: int) -> dict:
+    """Answers and their tokens' log-probs for token-id prompts, one seed per prompt."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    seeds = request.get("seeds") or [None] * len(request["prompts"])
+    sampling = dict(temperature=0.0) if request["greedy"] else dict(temperature=request["temperature"],
+                                                                    top_p=request["top_p"], top_k=0)
+    # ignore_eos + stop_token_ids: stop at this EOS exactly, not at the extra ids a generation config lists
+    params = [SamplingParams(max_tokens=request["max_tokens"], seed=seed, logprobs=0, ignore_eos=True,
+                             stop_token_ids=[eos_token_id], detokenize=False, **sampling) for seed in seeds]
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in request["prompts"]], params, use_tqdm=False)
+    tokens, logprobs = [], []
+    for output in outputs:
+        completion = output.outputs[0]
+        tokens.append(list(completion.token_ids))
+        logprobs.append([step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)])
+    return {"tokens": tokens, "logprobs": logprobs}
+
+
+def reload(llm, path: str) -> dict:
+    """Load new weights (HF names, a safetensors file) into the running engine in place."""
+    from safetensors.torch import load_file
+
+    started = time.monotonic()
+    weights = load_file(path)
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items())})
+    return {"reload_s": time.monotonic() - started}
+
+
+if __name__ == "__main__":
+    main()
