@@ -157,4 +157,5 @@ def engine_environment(settings: SamplingSettings) -> dict[str, str]:
         share = max(1, len(cores) // local_world)
         mine = cores[local_rank * share : (local_rank + 1) * share] or cores
         env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))
+        env["OMP_NUM_THREADS"] = str(len(mine))  # otherwise vLLM serves on one thread ("reducing torch threads")
     return env
