@@ -144,7 +144,7 @@ class VLLMGenerator:
 def engine_environment(settings: SamplingSettings) -> dict[str, str]:
     """The engine process's environment: in-process engine core, this process's device or cores, its KV cache."""
     env = dict(os.environ)
-    env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", PYTHONSAFEPATH="1",
+    env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", PYTHONSAFEPATH="1", VLLM_LOGGING_LEVEL="WARNING",
                VLLM_CPU_KVCACHE_SPACE=str(settings.vllm.kv_cache_gb))
     env.pop("PYTHONPATH", None)  # this package's modules are not the engine environment's
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))

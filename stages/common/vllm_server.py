@@ -34,7 +34,10 @@ def main() -> None:
     llm = LLM(model=model_dir, skip_tokenizer_init=True, dtype=settings["dtype"],
               max_model_len=settings["max_model_len"], enforce_eager=settings["enforce_eager"],
               gpu_memory_utilization=settings["gpu_memory_utilization"], seed=settings["seed"],
-              generation_config="vllm", logprobs_mode="processed_logprobs", enable_prefix_caching=False)
+              generation_config="vllm", logprobs_mode="processed_logprobs", enable_prefix_caching=False,
+              # whole prefills: a chunked one discards its sampled token, and rewinding a seeded request's CPU
+              # generator then fails (vLLM 0.32: "CPU Generator does not use offset")
+              enable_chunked_prefill=False)
     reply(replies, {"ready": True, "startup_s": time.monotonic() - started})
     for line in sys.stdin:
         request = json.loads(line)
