@@ -175,8 +175,9 @@ class VllmSettings(StrictModel):
     kv_cache_gb: int = Field(1, ge=1, description="CPU: the engine's KV cache in GiB (VLLM_CPU_KVCACHE_SPACE)")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="GPU: the share of its memory the engine "
                                                                        "takes (weights, activations, KV cache)")
-    enforce_eager: bool = Field(False, description="no compilation or CUDA graphs: starts in about 20 s instead of "
-                                                   "a minute, generates slower")
+    enforce_eager: bool | None = Field(None, description="no compilation or CUDA graphs: starts in seconds instead of "
+                                                         "a minute, generates slower; default: eager on CPU, "
+                                                         "compiled on GPU")
 
 
 class SamplingSettings(StrictModel):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -39,30 +40,32 @@ class VLLMGenerator:
     """Samples answers with a vLLM engine; returns [B, R] answer ids (padding after EOS), as HFGenerator."""
 
     def __init__(self, model_dir: Path, tokenizer, settings: SamplingSettings, *, max_model_len: int,
-                 dtype: str | None = None, seed: int = 0, log_prefix: str = "vllm"):
+                 dtype: str | None = None, seed: int = 0, log_prefix: str = "vllm",
+                 tied_embedding_shape: tuple[int, int] | None = None):
         self.settings, self.pad_token_id = settings, tokenizer.pad_token_id
-        self.model_dir: Path | None = Path(model_dir)  # whose weights the engine holds (None: pushed ones)
         self.log_prefix = log_prefix
         self.last_logprobs: torch.Tensor | None = None
+        self.tied_embedding_shape = tied_embedding_shape  # (vocab, hidden) when the LM head is the embedding
+        self._embedding: torch.Tensor | None = None  # the tied embedding the engine holds, once known
         self._scratch = tempfile.TemporaryDirectory(prefix="rlhf-vllm-")
-        engine = {"dtype": DTYPES[dtype], "max_model_len": max_model_len, "seed": seed,
-                  "eos_token_id": tokenizer.eos_token_id, **settings.vllm.model_dump()}
-        started = time.monotonic()
-        self.process = subprocess.Popen(
-            ["setpriv", "--pdeathsig", "KILL", vllm_python(), str(SERVER), str(self.model_dir), json.dumps(engine)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=engine_environment(settings))
-        ready = self._read()
-        self.startup_s = time.monotonic() - started
-        print(f"[{log_prefix}] vLLM engine ready in {self.startup_s:.1f} s ({ready['startup_s']:.1f} s of it loading "
-              f"and compiling) for {model_dir}", flush=True)
+        self._config_dir = Path(model_dir)
+        self._engine = {"dtype": DTYPES[dtype], "max_model_len": max_model_len, "seed": seed,
+                        "eos_token_id": tokenizer.eos_token_id, **settings.vllm.model_dump()}
+        if self._engine["enforce_eager"] is None:
+            # on 2 CPU cores compiling costs ~55 s and gains ~10 %: a stage's few thousand answers never repay it
+            self._engine["enforce_eager"] = not torch.cuda.is_available()
+        self.process: subprocess.Popen | None = None
+        self.startup_s = self._start(Path(model_dir))
 
     @classmethod
     def of(cls, model_dir: Path, tokenizer, settings: SamplingSettings, *, max_model_len: int,
            dtype: str | None = None, seed: int = 0, log_prefix: str = "vllm") -> "VLLMGenerator":
         """An engine for `model_dir` whose context holds `max_model_len` tokens (prompt and answer)."""
-        positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
+        config = AutoConfig.from_pretrained(model_dir)
+        positions = getattr(config, "max_position_embeddings", None)
+        tied = (config.vocab_size, config.hidden_size) if getattr(config, "tie_word_embeddings", False) else None
         return cls(model_dir, tokenizer, settings, max_model_len=min(max_model_len, positions or max_model_len),
-                   dtype=dtype, seed=seed, log_prefix=log_prefix)
+                   dtype=dtype, seed=seed, log_prefix=log_prefix, tied_embedding_shape=tied)
 
     @torch.no_grad()
     def generate(self, queries: torch.Tensor, query_mask: torch.Tensor, sample: bool | None = None) -> torch.Tensor:
@@ -78,19 +81,30 @@ class VLLMGenerator:
                                           for values in reply["logprobs"]])
         return answers.to(queries.device)
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> float:
-        """Put new weights (HF names, e.g. a trained policy's) into the engine in place; return seconds taken."""
+    def load_weights(self, state_dict: dict[str, torch.Tensor], *, source_dir: Path | None = None) -> float:
+        """Put new weights (HF names, e.g. a trained policy's) into the engine; return seconds taken.
+
+        In place, except when a tied embedding (the LM head's weight too) changed: vLLM 0.32 reloads every other
+        layer in place but restores a tied LM head's old tensor, embedding included, so the engine restarts
+        from the new weights instead (`source_dir` when they are that directory's)."""
         started, seen, weights = time.monotonic(), set(), {}
         for name, tensor in state_dict.items():
             if tensor.data_ptr() in seen:  # tied weights (embeddings and LM head): vLLM ties them itself
                 continue
             seen.add(tensor.data_ptr())
             weights[name] = tensor.detach().to("cpu").contiguous()
-        path = Path(self._scratch.name) / "weights.safetensors"
-        save_file(weights, path)
-        self._request({"op": "reload", "path": str(path)})
-        path.unlink()
-        self.model_dir = None  # the weights are no longer a directory's
+        embedding = self._tied_embedding(weights)
+        if embedding is not None and not torch.equal(embedding, self._held_embedding()):
+            self.close_process()
+            self._start(source_dir or self._write_model(weights))
+        else:
+            path = Path(self._scratch.name) / "weights.safetensors"
+            save_file(weights, path)
+            self._request({"op": "reload", "path": str(path)})
+            path.unlink()
+        if embedding is not None:
+            self._embedding = embedding.clone()
+        self.model_dir = source_dir  # whose weights the engine holds (None: pushed ones)
         return time.monotonic() - started
 
     def load_directory(self, model_dir: Path) -> None:
@@ -102,18 +116,55 @@ class VLLMGenerator:
             weights.update(load_file(file))
         if not weights:
             raise InputError(f"{model_dir}: no safetensors weights for the vLLM engine to load")
-        self.load_weights(weights)
-        self.model_dir = Path(model_dir)
+        self.load_weights(weights, source_dir=Path(model_dir))
 
-    def close(self) -> None:
+    def _start(self, model_dir: Path) -> float:
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            ["setpriv", "--pdeathsig", "KILL", vllm_python(), str(SERVER), str(model_dir), json.dumps(self._engine)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=engine_environment(self.settings))
+        ready = self._read()
+        self.model_dir, self._embedding = model_dir, None
+        seconds = time.monotonic() - started
+        print(f"[{self.log_prefix}] vLLM engine ready in {seconds:.1f} s ({ready['startup_s']:.1f} s of it loading "
+              f"and compiling) for {model_dir}", flush=True)
+        return seconds
+
+    def _tied_embedding(self, weights: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if self.tied_embedding_shape is None:
+            return None
+        found = [tensor for tensor in weights.values() if tuple(tensor.shape) == self.tied_embedding_shape]
+        return found[0] if len(found) == 1 else None
+
+    def _held_embedding(self) -> torch.Tensor:
+        if self._embedding is None:  # the engine still holds a directory's weights: read its embedding
+            weights = {}
+            for file in sorted(self.model_dir.glob("*.safetensors")):
+                weights.update(load_file(file))
+            self._embedding = self._tied_embedding(weights)
+        return self._embedding
+
+    def _write_model(self, weights: dict[str, torch.Tensor]) -> Path:
+        directory = Path(self._scratch.name) / "model"
+        directory.mkdir(exist_ok=True)
+        shutil.copy(self._config_dir / "config.json", directory / "config.json")
+        save_file(weights, directory / "model.safetensors")
+        return directory
+
+    def close_process(self) -> None:
         """Stop the engine process (its cores and KV cache are free afterwards)."""
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             try:
                 self.process.stdin.write(json.dumps({"op": "close"}) + "\n")
                 self.process.stdin.flush()
                 self.process.wait(timeout=60)
             except (BrokenPipeError, subprocess.TimeoutExpired):
                 self.process.kill()
+                self.process.wait()
+
+    def close(self) -> None:
+        """Stop the engine and remove its scratch files."""
+        self.close_process()
         self._scratch.cleanup()
 
     def __enter__(self) -> "VLLMGenerator":

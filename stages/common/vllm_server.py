@@ -18,6 +18,7 @@ tokens' log-probs under that processed distribution.
 """
 
 import json
+import logging
 import os
 import sys
 import time
@@ -30,6 +31,9 @@ def main() -> None:
     os.dup2(2, 1)  # whatever vLLM prints goes to the stage's log, never into the replies
     started = time.monotonic()
     from vllm import LLM  # noqa: E402: after the descriptors are set, so its import-time prints go to stderr
+
+    # the engine gets token ids, so it has no tokenizer, and vLLM's chat-template warm-up logs a traceback for it
+    logging.getLogger("vllm.renderers.base").setLevel(logging.ERROR)
 
     llm = LLM(model=model_dir, skip_tokenizer_init=True, dtype=settings["dtype"],
               max_model_len=settings["max_model_len"], enforce_eager=settings["enforce_eager"],

@@ -57,7 +57,7 @@ def smollm2(tmp_path_factory) -> Path:
 def engine(smollm2):
     """One fp32 engine for the module's comparisons (a start costs 20-80 s)."""
     settings = SamplingSettings(max_new_tokens=24, temperature=0.9, top_p=0.95, engine="vllm",
-                                vllm={"enforce_eager": True})  # starts in seconds; compiled is the pipeline test's
+                                vllm={"enforce_eager": True})  # the CPU default, said out loud
     with VLLMGenerator.of(smollm2, load_chat_tokenizer(smollm2, "auto"), settings, max_model_len=256,
                           dtype="fp32") as started:
         yield started
@@ -99,6 +99,17 @@ def test_greedy_answers_are_generates_token_for_token_and_weights_go_in_place(en
     assert same_answers(engine.generate(queries, mask, sample=False), answers, tokenizer.eos_token_id)
     assert seconds < 30
 
+    # full fine-tuning moved SmolLM2's embedding, which is also its LM head (tied): vLLM cannot reload that in
+    # place (it kept the old one, answering as before), so the engine restarts from the new weights
+    tuned = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    with torch.no_grad():
+        tuned.model.embed_tokens.weight.add_(torch.randn_like(tuned.model.embed_tokens.weight) * 0.02)
+    assert tuned.lm_head.weight.data_ptr() == tuned.model.embed_tokens.weight.data_ptr()
+    engine.load_weights(merged_weights(tuned))
+    retuned = engine.generate(queries, mask, sample=False)
+    assert not same_answers(retuned, answers, tokenizer.eos_token_id)
+    assert same_answers(retuned, greedy_answers(tuned, tokenizer, queries, mask), tokenizer.eos_token_id)
+
 
 def test_sampled_log_probs_are_the_policys_own_under_temperature_and_top_p(engine, smollm2):
     tokenizer = load_chat_tokenizer(smollm2, "auto")
@@ -120,6 +131,9 @@ def test_sampled_log_probs_are_the_policys_own_under_temperature_and_top_p(engin
     assert torch.equal(engine.generate(queries, query_mask), responses)
     torch.manual_seed(1)
     assert not torch.equal(engine.generate(queries, query_mask), responses)
+    # more prompt tokens than one engine step takes (a chunked prefill rewound a seeded CPU generator: a crash)
+    many = engine.generate(queries.repeat(48, 1), query_mask.repeat(48, 1))
+    assert many.shape[0] == 48 * len(QUESTIONS) and (many == tokenizer.eos_token_id).any(1).any()
 
 
 def test_an_interrupted_vllm_sample_stage_resumes_to_the_rows_of_an_uninterrupted_one(tmp_path, smollm2):
@@ -127,7 +141,7 @@ def test_an_interrupted_vllm_sample_stage_resumes_to_the_rows_of_an_uninterrupte
              "data": {"prompts": [str(DATA / "instructions" / "train.jsonl")], "max_prompts": 6, "max_length": 160},
              "samples_per_prompt": 4, "save_every": 2,
              "generation": {"max_new_tokens": 16, "temperature": 0.9, "top_p": 0.95, "engine": "vllm",
-                            "vllm": {"enforce_eager": True}}}
+                            "vllm": {"enforce_eager": False}}}  # the compiled engine, GPUs' default
     path = write_pipeline(tmp_path / "p.yaml", {"instruct": {"kind": "model", "model": {"path": str(smollm2)}},
                                                 "samples": stage})
     done = rlhf("run", path)
