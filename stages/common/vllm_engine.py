@@ -6,7 +6,8 @@ names), so that vLLM's pinned transformers, its OpenMP runtime and its global RN
   gets this process's share of the cores (VLLM_CPU_OMP_THREADS_BIND) and a KV cache of `kv_cache_gb`. It does
   not run while the stage trains (requests are synchronous), so the two share the cores in turn;
 - lifetime: one engine per stage, started once (`startup_s`), closed at the end or when the stage dies
-  (parent-death signal); new weights go in place (`load_weights`, `load_directory`) instead of a restart;
+  (parent-death signal); new weights go in place (`load_weights`, `load_directory`) instead of a restart,
+  except a changed tied embedding, which vLLM 0.32 cannot reload in place;
 - sampling: temperature then top-p exactly, stop at the tokenizer's EOS only, one seed per prompt drawn from
   torch's RNG, so a seeded stage gives the same answers run to run and a resumed one what an uninterrupted
   one would. `last_logprobs` are the sampled tokens' log-probs as vLLM drew them (stages recompute theirs).
