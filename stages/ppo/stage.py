@@ -320,9 +320,11 @@ def log_held_out(ctx: StageContext, accelerator: Accelerator, models, generators
     process evaluates (generation under ZeRO-3 is collective); the main one logs."""
     # its own random stream: evaluating does not change the rollouts that follow
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-    generators.refresh(step=step)
+    sync_seconds = generators.refresh(step=step)  # the engine's weight push, when a point comes before a rollout
     with models.frozen_in_use(), torch.random.fork_rng(devices=devices):
         point = held_out_point(models, generators.of("policy"), tokenizer, **settings)
+    if generators.engine is not None:
+        point["heldout/sync_seconds"] = sync_seconds
     accelerator.log(point, step=step)
     if accelerator.is_main_process:
         append_record(ctx.dirs.metrics, {"step": step, "time": round(time.time(), 3), **point})

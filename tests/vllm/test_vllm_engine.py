@@ -176,10 +176,12 @@ def test_the_shrunk_smollm2_pipeline_samples_trains_and_judges_with_the_vllm_eng
 
     history = read_history(StageDirs(run / "ppo").metrics)
     iterations = [r for r in history if "time/sync" in r]
-    # the first rollout samples the weights the engine started with; the second needs the updated ones
-    assert iterations[0]["time/sync"] < 0.05 < iterations[1]["time/sync"]
     points = [r for r in history if "heldout/kl" in r]
     assert [p["step"] for p in points] == [0, 1, 2] and points[0]["heldout/kl"] == pytest.approx(0, abs=0.05)
+    # the engine starts with the SFT weights: step 0 pushes nothing; the point after the first update pushes
+    # the updated weights, so the second rollout samples them without another push
+    assert points[0]["heldout/sync_seconds"] == 0 and iterations[0]["time/sync"] < 0.05
+    assert points[1]["heldout/sync_seconds"] > 0.05 > iterations[1]["time/sync"]
     judged = read_manifest(StageDirs(run / "judged"))["metrics"]
     rows = {r["name"]: r for r in judged["policies"]}
     assert rows["instruct"]["kl"] == pytest.approx(0, abs=1e-6) and rows["ppo"]["kl"] != 0
