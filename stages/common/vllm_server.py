@@ -32,8 +32,10 @@ def main() -> None:
     started = time.monotonic()
     from vllm import LLM  # noqa: E402: after the descriptors are set, so its import-time prints go to stderr
 
-    # the engine gets token ids, so it has no tokenizer, and vLLM's chat-template warm-up logs a traceback for it
-    logging.getLogger("vllm.renderers.base").setLevel(logging.ERROR)
+    # the engine gets token ids, so it has no tokenizer, and vLLM's chat-template warm-up logs a traceback for it;
+    # a filter, not a level: vLLM re-applies its logging config inside LLM(), which resets child loggers' levels
+    logging.getLogger("vllm.renderers.base").addFilter(
+        lambda record: not record.getMessage().startswith("Chat template warmup failed"))
 
     llm = LLM(model=model_dir, skip_tokenizer_init=True, dtype=settings["dtype"],
               max_model_len=settings["max_model_len"], enforce_eager=settings["enforce_eager"],
