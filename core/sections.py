@@ -20,12 +20,11 @@ from core.schema import DirPath, FilePath, GgufPath, HubModel, StageConfig, Stri
 Problems = list[tuple[tuple, str]]
 
 
-class TrainSettings(StrictModel):
-    """Optimization settings shared by the Trainer-based stages."""
+class LoopSettings(StrictModel):
+    """An optimization loop's settings: steps, optimizer, schedule, precision, seed, logging and checkpoints.
+    PPO takes these alone (its batches are `ppo.*`); the Trainer-based stages take `TrainSettings`."""
 
     max_steps: int = Field(ge=1)
-    batch_size: int = Field(16, ge=1, description="global batch in sequences, whatever the process count")
-    micro_batch_size: int | None = Field(None, ge=1, description="per process and step; default: batch_size")
     learning_rate: float = Field(3e-4, gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
@@ -43,6 +42,19 @@ class TrainSettings(StrictModel):
     keep_last: int = volatile(2, ge=1, description="complete checkpoints kept")
     report_to: list[Literal["wandb", "mlflow", "comet_ml", "clearml", "trackio"]] = volatile(
         [], description="trackers besides tensorboard (which always writes to logs/tensorboard)")
+
+    def tracker_problems(self) -> Problems:
+        """A tracker in `report_to` that is not installed (found, not imported)."""
+        return [(("train", "report_to"), f"{tracker} is not installed (pip install {tracker.replace('_', '-')}), or "
+                                         "leave it out") for tracker in self.report_to
+                if importlib.util.find_spec(tracker) is None]
+
+
+class TrainSettings(LoopSettings):
+    """Optimization settings shared by the Trainer-based stages: the loop's, plus batches and Liger's kernels."""
+
+    batch_size: int = Field(16, ge=1, description="global batch in sequences, whatever the process count")
+    micro_batch_size: int | None = Field(None, ge=1, description="per process and step; default: batch_size")
     liger_kernel: bool | None = Field(None, description="Liger's fused kernels in the Trainer (pip install liger-kernel)")
 
     def world_problems(self, world: int) -> Problems:
@@ -63,12 +75,6 @@ class TrainSettings(StrictModel):
         if self.liger_kernel and importlib.util.find_spec("liger_kernel") is None:
             problems.append((("train", "liger_kernel"), "needs the liger-kernel package (pip install liger-kernel)"))
         return problems + self.tracker_problems()
-
-    def tracker_problems(self) -> Problems:
-        """A tracker in `report_to` that is not installed (found, not imported)."""
-        return [(("train", "report_to"), f"{tracker} is not installed (pip install {tracker.replace('_', '-')}), or "
-                                         "leave it out") for tracker in self.report_to
-                if importlib.util.find_spec(tracker) is None]
 
 
 class LoadingSettings(StrictModel):

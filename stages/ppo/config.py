@@ -15,7 +15,7 @@ from core.labelers import SimulatedLabeler, judge_problems
 from core.numbers import fmt, percent
 from core.records import prompt_problems
 from core.schema import Panel, StageConfig, StrictModel, volatile
-from core.sections import ChatData, LoadingSettings, LoraSettings, Problems, SamplingSettings, TrainSettings, too_long
+from core.sections import ChatData, LoadingSettings, LoopSettings, LoraSettings, Problems, SamplingSettings, too_long
 
 
 class PromptData(ChatData):
@@ -102,7 +102,8 @@ class PpoStage(StageConfig):
     evaluation: PpoEvaluation = PpoEvaluation()
     lora: LoraSettings | None = Field(None, description="train an adapter; the reference is the adapter switched off")
     model: LoadingSettings | None = Field(None, description="how the four roles are loaded from the inputs' artifacts")
-    train: TrainSettings = Field(description="max_steps = PPO iterations; batch_size is unused (see ppo.*)")
+    train: LoopSettings = Field(description="max_steps = PPO iterations; the batches are ppo.rollout_batch_size, "
+                                               "ppo.mini_batch_size and ppo.micro_batch_size")
 
     module = "stages.ppo"
     headline = ("eval/ppo_score", "eval/win_rate", "eval/kl")

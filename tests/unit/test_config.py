@@ -14,7 +14,7 @@ from core.errors import InputError
 from core.fingerprint import semantic_config
 from pipeline.config import load_pipeline
 from stages.sample.config import SampleStage
-from tests.helpers import REPO, pretrain_stage, rlhf, sample_stage, write_pipeline
+from tests.helpers import REPO, ppo_stage, pretrain_stage, rlhf, sample_stage, write_pipeline
 
 
 def problems(path: Path) -> list[str]:
@@ -46,7 +46,7 @@ def test_valid_pipeline_resolves_paths_against_the_file(tmp_path, corpus):
 
 
 @pytest.mark.parametrize("dotted, value, expected", [
-    ("train.learning_rat", 0.1, "stages.pre.train.learning_rat: unknown key (did you mean learning_rate? expected one of: max_steps, batch_size"),
+    ("train.learning_rat", 0.1, "stages.pre.train.learning_rat: unknown key (did you mean learning_rate? expected one of: max_steps, learning_rate"),
     ("train.max_steps", "many", "stages.pre.train.max_steps: input should be a valid integer"),
     ("train.max_steps", 0, "stages.pre.train.max_steps: input should be greater than or equal to 1 (got 0)"),
     ("train.lr_scheduler", "cosin", "stages.pre.train.lr_scheduler: input should be 'cosine', 'linear'"),
@@ -306,3 +306,14 @@ def test_the_generation_engine_enters_the_fingerprint_only_when_it_changes_the_a
     assert engine["generation"]["engine"] == "vllm"
     tuned = {**vllm, "vllm": {"kv_cache_gb": 4, "enforce_eager": True}}  # speed, not answers
     assert semantic_config(SampleStage.model_validate({**base, "generation": tuned})) == engine
+
+
+@pytest.mark.parametrize("key", ["batch_size", "micro_batch_size", "liger_kernel"])
+def test_ppo_refuses_trainer_settings_it_would_never_read(tmp_path, corpus, key):
+    stage = ppo_stage("sft", "rm", corpus)
+    stage["train"][key] = 4
+    path = write_pipeline(tmp_path / "p.yaml", {"ppo": stage})
+    found = problems(path)
+    assert len(found) == 1 and f"stages.ppo.train.{key}: unknown key" in found[0], found
+    line = int(found[0].removeprefix(f"{path}:").split(":")[0])
+    assert path.read_text().splitlines()[line - 1].strip() == f"{key}: 4", found
