@@ -37,7 +37,6 @@ class LoopSettings(StrictModel):
     activation_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
     # not in the fingerprint: they change what is logged and how often state is saved, not the weights
     log_every: int = volatile(10, ge=1)
-    eval_every: int | None = volatile(None, ge=1, description="default: only at the end")
     save_every: int = volatile(100, ge=1)
     keep_last: int = volatile(2, ge=1, description="complete checkpoints kept")
     report_to: list[Literal["wandb", "mlflow", "comet_ml", "clearml", "trackio"]] = volatile(
@@ -51,11 +50,14 @@ class LoopSettings(StrictModel):
 
 
 class TrainSettings(LoopSettings):
-    """Optimization settings shared by the Trainer-based stages: the loop's, plus batches and Liger's kernels."""
+    """Optimization settings shared by the Trainer-based stages: the loop's, plus batches, Liger's kernels and
+    the Trainer's evaluation interval."""
 
     batch_size: int = Field(16, ge=1, description="global batch in sequences, whatever the process count")
     micro_batch_size: int | None = Field(None, ge=1, description="per process and step; default: batch_size")
     liger_kernel: bool | None = Field(None, description="Liger's fused kernels in the Trainer (pip install liger-kernel)")
+    eval_every: int | None = volatile(None, ge=1, description="steps between evaluations on the validation rows; "
+                                                           "default: only at the end")
 
     def world_problems(self, world: int) -> Problems:
         """A batch that does not split into equal micro-batches over `world` processes (as the Trainer kinds'

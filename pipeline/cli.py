@@ -1,4 +1,4 @@
-"""`rlhf run | plan | status | report | clean | spec`: exit 0 on success, 1 when a stage failed, 2 on bad input."""
+"""`rlhf run | plan | status | report | schema | …`: exit 0 on success, 1 when a stage failed, 2 on bad input."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from pipeline.labeling import export_rows, import_rows, labeling_task
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
 from pipeline.report import write_report
 from pipeline.runner import before_launch_problems, make_console, run_pipeline, status_table
+from pipeline.settings_doc import json_schema, render_rows
 from pipeline.status import show_status
 
 
@@ -89,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
                             "(before sharing, exporting or trusting a run directory you received)")
     verify.add_argument("target", help="RUN_DIR or pipeline file")
 
+    schema = sub.add_parser("schema", help="a stage kind's settings: key, type, default and what each does")
+    schema.add_argument("kind", help="a stage kind (sft, ppo, dpo, ...)")
+    schema.add_argument("--json", action="store_true", help="the kind's JSON Schema, for editors and tools")
     export = sub.add_parser("export", help="a clean model folder of a stage (weights, tokenizer, adapter, model card)")
     export.add_argument("target", help="RUN_DIR or pipeline file")
     export.add_argument("stage")
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "env":
             for name, value in environment().items():
                 print(f"- {name}: {value}")
+        elif args.command == "schema":
+            print(json.dumps(json_schema(args.kind), indent=2) if args.json else render_rows(args.kind))
         elif args.command == "verify":
             return _verify(Path(args.target))
         elif args.command == "export":

@@ -308,7 +308,7 @@ def test_the_generation_engine_enters_the_fingerprint_only_when_it_changes_the_a
     assert semantic_config(SampleStage.model_validate({**base, "generation": tuned})) == engine
 
 
-@pytest.mark.parametrize("key", ["batch_size", "micro_batch_size", "liger_kernel"])
+@pytest.mark.parametrize("key", ["batch_size", "micro_batch_size", "liger_kernel", "eval_every"])
 def test_ppo_refuses_trainer_settings_it_would_never_read(tmp_path, corpus, key):
     stage = ppo_stage("sft", "rm", corpus)
     stage["train"][key] = 4

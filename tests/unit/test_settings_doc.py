@@ -1,0 +1,59 @@
+"""`rlhf schema KIND`: every setting a shipped pipeline uses is listed with its type and default, and only what
+the kind reads."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from pipeline.registry import KINDS
+from pipeline.settings_doc import setting_rows
+from tests.helpers import REPO, rlhf
+
+PIPELINES = sorted((REPO / "configs" / "pipelines").glob("*.yaml"))
+
+
+def used_keys(section: dict, prefix: str = ""):
+    """Dotted keys of a stage's settings as a pipeline file writes them (list entries as key[])."""
+    for name, value in section.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and name not in ("inputs", "columns"):
+            yield from used_keys(value, f"{key}.")
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            for item in value:
+                yield from used_keys(item, f"{key}[].")
+        else:
+            yield key
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES, ids=lambda path: path.stem)
+def test_every_setting_a_shipped_pipeline_uses_is_listed(pipeline):
+    stages = yaml.safe_load(pipeline.read_text())["stages"]
+    for name, stage in stages.items():
+        listed = {re.sub(r"\[kind=[^]]+\]", "", row.key) for row in setting_rows(stage["kind"])}
+        missing = [key for key in used_keys(stage) if key not in listed]
+        assert not missing, f"{pipeline.name} stage {name}: {missing}"
+
+
+def test_ppo_lists_what_it_reads_and_says_what_stays_out_of_the_fingerprint():
+    rows = {row.key: row for row in setting_rows("ppo")}
+    assert rows["train.max_steps"].default == "required" and rows["train.max_steps"].type == "integer"
+    assert not any(key in rows for key in ("train.batch_size", "train.micro_batch_size", "train.liger_kernel"))
+    assert rows["ppo.kl.beta"].default == "0.02" and rows["ppo.kl.beta"].fingerprinted
+    assert rows["generation.engine"].type == '"hf" | "vllm"'
+    assert not rows["generation.vllm.kv_cache_gb"].fingerprinted and not rows["train.save_every"].fingerprinted
+    assert rows["evaluation.judge[kind=rule].function"].default == "required"
+    assert rows["data.train[].path"].type == "string or null"
+
+
+def test_the_cli_prints_a_kind_or_its_json_schema_and_refuses_an_unknown_kind():
+    shown = rlhf("schema", "sft")
+    assert shown.returncode == 0 and "train.batch_size: integer = 16" in shown.stdout
+    schema = json.loads(rlhf("schema", "rank", "--json").stdout)
+    assert set(schema["properties"]) == set(KINDS["rank"].model_fields)
+    refused = rlhf("schema", "ppx")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: rlhf schema ppx: no such kind (kinds: {', '.join(KINDS)})"]
