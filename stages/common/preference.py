@@ -7,7 +7,7 @@ from core.datasources import source_of
 from stages.common.chat import check_context_length, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.hf_models import Loading, load_causal_lm, loaded_as, model_ref, parameter_count, resolve_hub
-from stages.rank.config import RANKINGS_FILE
+from stages.rank.artifact import RANKINGS_FILE
 
 
 def policy_source(ctx: StageContext):

@@ -12,9 +12,6 @@ from core.numbers import fmt, percent
 from core.samples import SAMPLES_FILE, sample_keys
 from core.schema import StageConfig, volatile
 from core.sections import Problems
-
-#: the artifact's file: the ranking rows the reward kind reads
-RANKINGS_FILE = "rankings.jsonl"
 class RankStage(StageConfig):
     """A labeler orders each prompt's K sampled answers (ties allowed): the reward model's training data."""
 

@@ -31,7 +31,8 @@ from stages.common.labelers import labeler_scores
 from stages.common.ranking import kendall_tau_b
 from stages.common.row_checkpoints import commit_rows, read_rows, rows_so_far, write_rows
 from stages.common.tensorboard import write_scalars
-from stages.rank.config import RANKINGS_FILE, RankStage
+from stages.rank.artifact import RANKINGS_FILE
+from stages.rank.config import RankStage
 from stages.rank.ordering import labeled_ranks, tied_pairs
 
 

@@ -36,7 +36,7 @@ from stages.common.hf_trainer import (
 )
 from stages.common.ranking import kwise_ranking_loss, ranking_metrics, scores_by_prompt
 from stages.common.scoring import encode_chats, pad_right
-from stages.rank.config import RANKINGS_FILE
+from stages.rank.artifact import RANKINGS_FILE
 from stages.reward.config import RewardStage
 
 

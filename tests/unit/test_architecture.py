@@ -3,6 +3,8 @@
 - no import cycle between modules;
 - `core` imports neither `pipeline` nor `stages`; stage code never imports `pipeline`;
 - the orchestrator and the core reach into `stages` only through the kinds' torch-free `config.py`;
+- a kind reaches another kind, and `stages/common` reaches a kind, only through that kind's torch-free
+  `artifact.py` (the names and formats of what it produces);
 - nothing `rlhf plan` can import reaches torch or the libraries built on it.
 """
 
@@ -96,6 +98,20 @@ def test_the_orchestrator_reaches_stages_only_through_the_kinds_config_modules()
     wrong = {m: sorted(t for t in targets if t.startswith("stages") and not is_kind_config(t))
              for m, targets in INTERNAL.items() if m.startswith(("pipeline", "core")) or is_kind_config(m)}
     assert not {m: t for m, t in wrong.items() if t}
+
+
+def kind_of(module: str) -> str | None:
+    """stages.ppo.stage -> ppo; stages.common.* -> common; None outside the kinds' folders."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "stages" and len(parts) > 2 else None
+
+
+def test_kinds_and_the_common_code_reach_a_kind_only_through_its_artifact_module():
+    wrong = {m: sorted(t for t in targets if kind_of(t) not in (None, "common", kind_of(m))
+                       and t.rpartition(".")[2] != "artifact")
+             for m, targets in INTERNAL.items() if kind_of(m)}
+    assert not {m: t for m, t in wrong.items() if t}
+    assert "stages.rank.artifact" in INTERNAL["stages.reward.stage"]  # the rule sees the edges it allows
 
 
 def reachable(start: str) -> set[str]:
