@@ -28,7 +28,7 @@ def machine() -> str:
             f"transformers {transformers.__version__}")
 
 
-def table(rows: list[suite.Row], peak: float, dtype: str, title: str) -> str:
+def table(rows: list[suite.Row], peak: float, dtype: str, *, title: str) -> str:
     """The results as a Markdown table (printed, and pasted into RESULTS.md)."""
     def num(value: float | None, unit: str) -> str:
         if value is None:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         timings[name] = time.perf_counter() - start
         print(f"[benchmarks] {name} done in {timings[name]:.0f} s", flush=True)
     title = f"{'quick' if args.quick else 'full'} mode on {suite.device()}: {machine()}"
-    text = table(rows, peak, dtype, title)
+    text = table(rows, peak, dtype, title=title)
     spent = ", ".join(f"{name} {t:.0f} s" for name, t in timings.items())
     print("\n" + text + f"\n\n(benchmark wall time {time.perf_counter() - started:.0f} s: {spent})")
     if args.json:

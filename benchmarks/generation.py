@@ -7,6 +7,7 @@ elsewhere its row says why it was not measured, beside the `generate` figure."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import subprocess
 import sys
@@ -53,19 +54,19 @@ def generation(workdir: Path, quick: bool) -> list[Row]:
     settings = SamplingSettings(max_new_tokens=new_tokens, temperature=0.9, top_p=0.95, engine="vllm")
     modes = {"temperature 0.9, top-p 0.95": True, "greedy": False}
 
-    def rate(generate) -> float:
+    def rate(generate, **options) -> float:
         torch.manual_seed(0)
         started = time.perf_counter()
-        answers = generate()
+        answers = generate(queries, mask, **options)
         return float(response_mask(answers, tokenizer.eos_token_id).sum()) / (time.perf_counter() - started)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     hf = {}
     for mode, sample in modes.items():
-        sampler = HFGenerator(lambda: contextlib.nullcontext(model), tokenizer, max_new_tokens=new_tokens,
+        sampler = HFGenerator(functools.partial(contextlib.nullcontext, model), tokenizer, max_new_tokens=new_tokens,
                               temperature=settings.temperature, top_p=settings.top_p, sample=sample)
-        hf[mode] = [rate(lambda: sampler.generate(queries, mask)) for _ in range(2)][-1]  # warmed up, as the engine
-    del model
+        hf[mode] = [rate(sampler.generate) for _ in range(2)][-1]  # warmed up, as the engine is
+    del model, sampler  # its memory goes back before the engine starts
     shape = f"bf16, {len(prompts)} prompts × ≤ {new_tokens} new tokens"
     problem = vllm_problem()
     if problem is not None:
@@ -75,8 +76,8 @@ def generation(workdir: Path, quick: bool) -> list[Row]:
     with VLLMGenerator.of(model_dir, tokenizer, settings, max_model_len=160 + new_tokens, dtype="bf16",
                           log_prefix="benchmarks") as engine:
         for mode, sample in modes.items():
-            rate(lambda: engine.generate(queries, mask, sample=sample))  # the first batch warms the kernels up
-            ours = rate(lambda: engine.generate(queries, mask, sample=sample))
+            rate(engine.generate, sample=sample)  # the first batch warms the kernels up
+            ours = rate(engine.generate, sample=sample)
             rows.append(Row("generation", f"SmolLM2 tokens/s ({mode}): vLLM vs generate", ours, hf[mode], "tok/s", shape))
         rows.append(Row("generation", "vLLM engine start-up (once per stage)", engine.startup_s, None, "s",
                         "eager on CPU, compiled on GPU (vllm.enforce_eager's default)", lower_is_better=True))

@@ -37,7 +37,7 @@ def _absolute(node, base: Path):
     return node
 
 
-def variant(config: Path, workdir: Path, precision: str | None, steps: dict[str, int]) -> Path:
+def variant(config: Path, workdir: Path, precision: str | None, *, steps: dict[str, int]) -> Path:
     """Write the copy of `config` this benchmark runs: run_dir under `workdir`, every stage's precision and
     the chosen stages' max_steps overridden."""
     data = _absolute(yaml.safe_load(config.read_text(encoding="utf-8")), config.resolve().parent)
@@ -79,7 +79,9 @@ def stage_rows(pipeline_file: Path) -> list[dict]:
             history = [r for r in read_history(dirs.logs / "metrics.jsonl") if "time/iteration" in r]
             timed = history[1:] or history  # the first iteration pays warm-up costs
             if timed:
-                mean = lambda key: statistics.fmean(r[key] for r in timed)  # noqa: E731
+                def mean(key: str, records: list[dict] = timed) -> float:
+                    return statistics.fmean(r[key] for r in records)
+
                 batch = stage.get("ppo", {}).get("rollout_batch_size", 0)
                 per_iteration = mean("time/iteration")
                 row["train_s"] = sum(r["time/iteration"] for r in history)
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     workdir = args.workdir or Path("runs/speed") / args.config.stem
-    pipeline_file = variant(args.config, workdir, args.precision, _steps(args.steps))
+    pipeline_file = variant(args.config, workdir, args.precision, steps=_steps(args.steps))
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(pipeline_file)])
     wall = time.perf_counter() - started

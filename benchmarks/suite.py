@@ -148,7 +148,9 @@ def ppo(pipeline: Path, size: Size) -> list[Row]:
         run_stage_here(pipeline, stage)
         peak = peak_memory_gb()
         history = [r for r in stage_history(pipeline, stage) if "time/iteration" in r][1:]  # first: warm-up
-        mean = lambda key: statistics.fmean(r[key] for r in history)  # noqa: E731
+        def mean(key: str, records: list[dict] = history) -> float:
+            return statistics.fmean(r[key] for r in records)
+
         per_iteration = mean("time/iteration")
         rate = batch / per_iteration
         first = first or rate

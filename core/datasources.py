@@ -129,10 +129,10 @@ def _open_dataset(source: DataSource):
 
     datasets.disable_progress_bars()
     if source.hub is not None:
-        return _folder_dataset(datasets, hub_snapshot(source.hub), source, source.label())
+        return _folder_dataset(datasets, hub_snapshot(source.hub), source, label=source.label())
     path = Path(source.path)
     if path.is_dir():
-        return _folder_dataset(datasets, path, source, source.label())
+        return _folder_dataset(datasets, path, source, label=source.label())
     options = {"features": _text_columns(datasets, path), "keep_default_na": False} if path.suffix == ".csv" else {}
     return datasets.load_dataset(BUILDERS[path.suffix], data_files=str(path), split="train", **options)
 
@@ -145,7 +145,7 @@ def _text_columns(datasets, path: Path):
     return datasets.Features({name: datasets.Value("string") for name in header})
 
 
-def _folder_dataset(datasets, folder: Path, source: DataSource, label: str):
+def _folder_dataset(datasets, folder: Path, source: DataSource, *, label: str):
     if any((folder / marker).is_file() for marker in SAVED_DATASET_MARKERS):
         saved = datasets.load_from_disk(str(folder))  # memory-mapped Arrow
         if isinstance(saved, datasets.DatasetDict):

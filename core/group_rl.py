@@ -128,7 +128,7 @@ class GroupRLStage(StageConfig):
     def length_problems(self, upstream: dict[str, int | None]) -> Problems:
         """Prompt plus answer beyond the policy's positions."""
         return too_long(("data", "max_length"), self.data.max_length + self.generation.max_new_tokens,
-                        self.output_positions(upstream), "data.max_length + generation.max_new_tokens")
+                        self.output_positions(upstream), what="data.max_length + generation.max_new_tokens")
 
     @classmethod
     def findings(cls, metrics: dict) -> str:

@@ -61,4 +61,5 @@ class PreferenceStage(ChatStage):
 
     def length_problems(self, upstream: dict[str, int | None]) -> Problems:
         """Examples longer than the policy's positions."""
-        return too_long(("data", "max_length"), self.data.max_length, self.output_positions(upstream), "data.max_length")
+        return too_long(("data", "max_length"), self.data.max_length, self.output_positions(upstream),
+                        what="data.max_length")

@@ -106,7 +106,7 @@ WRITE_EVERY_S = 1.0
 class StageProgress:
     """The latest attempt of one stage: started, training at step N of M, failed, or done."""
 
-    def __init__(self, dirs: StageDirs, name: str, fingerprint: str, is_main: bool):
+    def __init__(self, dirs: StageDirs, name: str, fingerprint: str, *, is_main: bool):
         self.dirs, self.name, self.is_main = dirs, name, is_main
         self.record = new_attempt(fingerprint)
         self._written = 0.0

@@ -137,7 +137,7 @@ def source_positions(source: str | None) -> int | None:
     return limit if isinstance(limit, int) else None
 
 
-def too_long(loc: tuple, needed: int, limit: int | None, what: str) -> Problems:
+def too_long(loc: tuple, needed: int, limit: int | None, *, what: str) -> Problems:
     """`needed` tokens (`what` says which settings add up to it) beyond the model's `limit` positions."""
     if limit is None or needed <= limit:
         return []
@@ -249,7 +249,8 @@ class ChatStage(StageConfig):
 
     def length_problems(self, upstream: dict[str, int | None]) -> Problems:
         """Examples longer than the model's positions."""
-        return too_long(("data", "max_length"), self.data.max_length, self.output_positions(upstream), "data.max_length")
+        return too_long(("data", "max_length"), self.data.max_length, self.output_positions(upstream),
+                        what="data.max_length")
 
 
 def loss_findings(metrics: dict) -> str:

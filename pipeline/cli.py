@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             pipeline = load_pipeline(args.config, _overrides(args))
             if args.launch or args.num_processes:
                 pipeline.override = launch_override(args.launch, args.num_processes)
-            run_pipeline(pipeline, args.only, args.start, args.restart, args.dry_run)
+            run_pipeline(pipeline, args.only, args.start, restart=args.restart, dry_run=args.dry_run)
         elif args.command == "plan":
             _plan(args.config, _overrides(args))
         elif args.command == "spec":
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             print(f"report: {write_report(_pipeline_of(Path(args.target)))}")
         elif args.command == "clean":
-            _clean(Path(args.target), args.keep_artifacts, args.yes, args.dry_run)
+            _clean(Path(args.target), args.keep_artifacts, args.yes, dry_run=args.dry_run)
         elif args.command == "status":
             _status(Path(args.target), args.watch)
         elif args.command == "label":
@@ -193,7 +193,7 @@ def _spec(config: Path, stage: str, restart: bool) -> dict:
     if stage not in pipeline.stages:
         raise InputError(f"--stage {stage}: no such stage in {config} (stages: {', '.join(pipeline.stages)})")
     hasher = hasher_for(pipeline)
-    return stage_spec(pipeline, stage, stage_states(pipeline, hasher), hasher, restart=restart)
+    return stage_spec(pipeline, stage, stage_states(pipeline, hasher), hasher=hasher, restart=restart)
 
 
 def _status(target: Path, watch: float | None = None) -> None:
@@ -202,7 +202,7 @@ def _status(target: Path, watch: float | None = None) -> None:
     show_status(_pipeline_of(target), make_console(), watch)
 
 
-def _clean(target: Path, keep_artifacts: bool, yes: bool, dry_run: bool) -> None:
+def _clean(target: Path, keep_artifacts: bool, yes: bool, *, dry_run: bool) -> None:
     pipeline = _pipeline_of(target)
     console = make_console()
     console.print(f"run directory: {pipeline.run_dir}")

@@ -21,8 +21,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from core.errors import InputError
 from core.layout import run_dir_problem
-from core.textfiles import read_utf8
 from core.schema import LaunchSettings, OutputPath, StageConfig, StrictModel
+from core.textfiles import read_utf8
 from pipeline import dag
 from pipeline.assets import embedded_run_dir
 from pipeline.overrides import apply_defaults, apply_overrides, parse_override, recorded_overrides

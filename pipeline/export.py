@@ -162,7 +162,6 @@ def verify_run(pipeline: Pipeline) -> dict[str, list[str]]:
 def push_to_hub(folder: Path, repo_id: str, *, private: bool) -> str:
     """Upload the exported folder to a Hub model repository (created when missing); its URL."""
     from huggingface_hub import HfApi  # only for an upload: the rest of the CLI never needs it
-
     from huggingface_hub.utils import RepositoryNotFoundError
 
     api = HfApi()

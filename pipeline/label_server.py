@@ -46,7 +46,7 @@ def is_loopback(host: str) -> bool:
 
 
 def make_server(task: LabelingTask, host: str = "127.0.0.1", port: int = 8765,
-                token: str | None = None) -> ThreadingHTTPServer:
+                *, token: str | None = None) -> ThreadingHTTPServer:
     """The labeling page's HTTP server (not started): GET / the page, GET /api/state, POST /api/label, each
     behind the checks of the module docstring. The session token is `server.token`; `page_address(server)`
     is what to open."""

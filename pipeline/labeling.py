@@ -18,8 +18,8 @@ from core.errors import InputError
 from core.labelers import HumanLabeler
 from core.labels import append_label, is_ranked, ranks_problem, read_labels, sample_key
 from core.layout import StageDirs
-from core.textfiles import BadRow, jsonl_objects
 from core.samples import SAMPLES_FILE, read_samples
+from core.textfiles import BadRow, jsonl_objects
 from pipeline.config import Pipeline
 
 

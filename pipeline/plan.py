@@ -57,12 +57,12 @@ def stage_states(pipeline: Pipeline, hasher: FileHasher | None = None) -> dict[s
         if files:  # e.g. people's labels: a new one makes the stage stale
             payload["state_files"] = {f.relative_to(dirs.root).as_posix(): hasher.sha256(f) if f.is_file() else None
                                       for f in files}
-        statuses[name] = stage_state(name, stage.kind, dirs, payload, dict(stage.inputs), hasher=hasher)
+        statuses[name] = stage_state(name, stage.kind, dirs, payload=payload, inputs=dict(stage.inputs), hasher=hasher)
     hasher.save()
     return statuses
 
 
-def stage_state(name: str, kind: str, dirs: StageDirs, payload: dict, inputs: dict[str, str], *,
+def stage_state(name: str, kind: str, dirs: StageDirs, *, payload: dict, inputs: dict[str, str],
                 hasher: FileHasher | None = None) -> StageState:
     """The state of one stage whose fingerprint payload is `payload`, from its files on disk."""
     fp = fingerprint(payload)
@@ -120,7 +120,7 @@ class RunPlan:
 
 
 def make_plan(pipeline: Pipeline, only: list[str] | None = None, start: str | None = None,
-              restart: list[str] | None = None, hasher: FileHasher | None = None) -> RunPlan:
+              *, restart: list[str] | None = None, hasher: FileHasher | None = None) -> RunPlan:
     """Select the stages to run; raise InputError for an unknown name, a conflict or a missing input."""
     only, restart = list(only or []), list(restart or [])
     for flag, names in (("--only", only), ("--from", [start] if start else []), ("--restart", restart)):
@@ -154,7 +154,7 @@ def make_plan(pipeline: Pipeline, only: list[str] | None = None, start: str | No
     return RunPlan(statuses, to_run, skipped)
 
 
-def stage_spec(pipeline: Pipeline, name: str, statuses: dict[str, StageState], hasher: FileHasher,
+def stage_spec(pipeline: Pipeline, name: str, statuses: dict[str, StageState], *, hasher: FileHasher,
                restart: bool = False) -> dict:
     """What a stage process needs: its resolved config, fingerprint, input artifacts and directories."""
     status = statuses[name]

@@ -108,7 +108,7 @@ def before_launch_problems(pipeline: Pipeline, names: list[str]) -> list[str]:
 
 
 def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str | None = None,
-                 restart: list[str] | None = None, dry_run: bool = False, console: Console | None = None) -> None:
+                 *, restart: list[str] | None = None, dry_run: bool = False, console: Console | None = None) -> None:
     """Plan, then launch every stage that is not fresh, in order; raise StageFailed on the first failure."""
     console = console or make_console()
     restart = list(restart or [])
@@ -118,7 +118,7 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
         if pipeline.overrides:
             console.print("with overrides: " + " ".join(f"--set {o}" for o in pipeline.overrides), markup=False)
         hasher = hasher_for(pipeline)
-        plan = make_plan(pipeline, only, start, restart, hasher)
+        plan = make_plan(pipeline, only, start, restart=restart, hasher=hasher)
         console.print(status_table(plan.statuses, plan))
         if dry_run or not plan.to_run:
             console.print("nothing to run" if not plan.to_run else "dry run: nothing launched")
@@ -143,16 +143,18 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
                               "`rlhf run` goes on from here once enough are labeled")
                 continue
             dirs = statuses[name].dirs
-            spec = stage_spec(pipeline, name, statuses, hasher, restart=name in restart)
+            spec = stage_spec(pipeline, name, statuses, hasher=hasher, restart=name in restart)
             atomic_write_json(dirs.spec, spec)
             started = time.monotonic()
             console.rule(f"[bold]{name}[/] ({pipeline.stages[name].kind}): {statuses[name].reason}")
             log = _next_log(dirs.logs)
-            code = _stream(launch_command(pipeline, name, dirs.spec), log, dirs if console.is_terminal else None, name)
+            code = _stream(launch_command(pipeline, name, dirs.spec), log, dirs if console.is_terminal else None,
+                           name=name)
             timings[name] = time.monotonic() - started
-            done = stage_state(name, statuses[name].kind, dirs, statuses[name].payload, statuses[name].inputs)
+            done = stage_state(name, statuses[name].kind, dirs, payload=statuses[name].payload,
+                               inputs=statuses[name].inputs)
             if code != 0:
-                record_failure(dirs, statuses[name].fingerprint, code, log)
+                record_failure(dirs, statuses[name].fingerprint, code, log=log)
             if code != 0 or done.state != "fresh":
                 cause = f"exit code {code}" if code != 0 else f"it exited 0 but is {done.state}: {done.reason}"
                 raise StageFailed(
@@ -181,7 +183,7 @@ def _next_log(logs: Path) -> Path:
     return logs / f"attempt-{max(attempts, default=0) + 1}.log"
 
 
-def record_failure(dirs: StageDirs, fingerprint: str, code: int, log: Path) -> None:
+def record_failure(dirs: StageDirs, fingerprint: str, code: int, *, log: Path) -> None:
     """Mark the stage's latest attempt failed in progress.json, with the exit code and the log (the stage
     itself records the error when it gets to; a crash before or beyond that is recorded here)."""
     record = read_progress(dirs)
@@ -194,7 +196,7 @@ def record_failure(dirs: StageDirs, fingerprint: str, code: int, log: Path) -> N
     write_progress(dirs, record)
 
 
-def _stream(cmd: list[str], log: Path, progress_of: StageDirs | None = None, name: str = "") -> int:
+def _stream(cmd: list[str], log: Path, progress_of: StageDirs | None = None, *, name: str = "") -> int:
     """Run `cmd`, copying its output line by line to the terminal and to `log`; return its exit code.
 
     With `progress_of`, a progress bar fed by that stage's progress.json stays under the output on the

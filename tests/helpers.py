@@ -231,7 +231,7 @@ def kill_during(stage: Path, path: Path, *args: str) -> int:
     return complete_checkpoints(StageDirs(stage))[-1].step
 
 
-def hub_dataset_cache(cache: Path, repo: str, commit: str, splits: dict[str, list[dict]], *,
+def hub_dataset_cache(cache: Path, repo: str, commit: str, *, splits: dict[str, list[dict]],
                       config_yaml: str | None = None, branch: str = "main") -> Path:
     """A Hugging Face Hub cache (HF_HUB_CACHE) holding dataset `repo` at `commit`, as a download leaves it:
     `datasets--owner--name/snapshots/<commit>/` with Parquet files per split (data/<split>-00000-of-00001.parquet,

@@ -138,7 +138,7 @@ def follow(answer: str, instruction_id: str, kwargs: dict, *, question: str) -> 
     raise ValueError(f"no way to follow {instruction_id}")
 
 
-def draw(question: str, answer: str, types: tuple[str, ...], rng: random.Random) -> list[dict]:
+def draw(question: str, answer: str, types: tuple[str, ...], *, rng: random.Random) -> list[dict]:
     """1-3 instructions of `types` that IFEval allows together and that fit this question and answer."""
     chosen: list[dict] = []
     wanted = rng.choice((1, 1, 2, 2, 3))
@@ -172,10 +172,10 @@ def row_of(question: str, instructions: list[dict], completion: str) -> dict:
             "instruction_id_list": [i["id"] for i in instructions], "kwargs": [i["kwargs"] for i in instructions]}
 
 
-def followed_row(question: str, answer: str, types: tuple[str, ...], rng: random.Random) -> dict | None:
+def followed_row(question: str, answer: str, types: tuple[str, ...], *, rng: random.Random) -> dict | None:
     """A prompt whose derived answer follows every instruction by IFEval's strict check (up to 20 draws)."""
     for _ in range(20):
-        instructions = draw(question, answer, types, rng)
+        instructions = draw(question, answer, types, rng=rng)
         if not instructions:
             continue
         completion = applied(answer, instructions, question=question, followed={i["id"] for i in instructions})
@@ -187,7 +187,7 @@ def followed_row(question: str, answer: str, types: tuple[str, ...], rng: random
 
 def sft_row(question: str, answer: str, rng: random.Random) -> dict | None:
     """A prompt whose derived answer follows each instruction with probability 1/2."""
-    instructions = draw(question, answer, TRAIN_TYPES, rng)
+    instructions = draw(question, answer, TRAIN_TYPES, rng=rng)
     if not instructions:
         return None
     followed = {i["id"] for i in instructions if rng.random() < 0.5}
@@ -228,9 +228,9 @@ def main() -> None:
     train, heldout = questions(args.sft_dir, "train"), questions(args.sft_dir, "heldout")
     splits = {
         "sft.jsonl": [sft_row(q, a, rng_for(q, "sft")) for q, a in train],
-        "train.jsonl": [followed_row(q, a, TRAIN_TYPES, rng_for(q, "train")) for q, a in train],
-        "heldout.jsonl": [followed_row(q, a, TRAIN_TYPES, rng_for(q, "heldout")) for q, a in heldout],
-        "heldout-types.jsonl": [followed_row(q, a, HELDOUT_TYPES, rng_for(q, "heldout-types")) for q, a in heldout],
+        "train.jsonl": [followed_row(q, a, TRAIN_TYPES, rng=rng_for(q, "train")) for q, a in train],
+        "heldout.jsonl": [followed_row(q, a, TRAIN_TYPES, rng=rng_for(q, "heldout")) for q, a in heldout],
+        "heldout-types.jsonl": [followed_row(q, a, HELDOUT_TYPES, rng=rng_for(q, "heldout-types")) for q, a in heldout],
     }
     for name, rows in splits.items():
         write(args.out_dir / name, [row for row in rows if row is not None])

@@ -210,12 +210,12 @@ def _stage_section(doc: Document, r: StageRecord, plots_cache: _PlotCache) -> No
     panels = tuple(p for p in r.config_class.panels if any(series(r.history, key)[0] for key, _ in p.lines)) \
         or r.config_class.panels
     if r.history and panels:
-        path = plots_cache.get(r.name, _history_key(r), lambda p: plots.panels_plot(r.history, panels, title, p))
+        path = plots_cache.get(r.name, _history_key(r), lambda p: plots.panels_plot(r.history, panels, title, path=p))
         doc.add(Image(path, title))
     if r.metrics.get("policies"):
         key = json.dumps([r.metrics["policies"], r.metrics.get("eval/baseline")], sort_keys=True, default=str)
         path = plots_cache.get(r.name, key, lambda p: plots.policies_plot(r.metrics["policies"],
-                                                                          r.metrics.get("eval/baseline"), title, p))
+                                                                          r.metrics.get("eval/baseline"), title, path=p))
         doc.add(Image(path, title))
     for heading, headers, rows in r.config_class.tables(r.metrics):
         doc.add(Heading(3, heading), Table(headers, rows, css_class="samples" if "answers" in heading else ""))

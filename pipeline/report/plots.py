@@ -45,7 +45,7 @@ def _against(history: list[dict], key: str, x: str | None) -> tuple[list[float],
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def _panel(ax, history: list[dict], lines: list[tuple[str, str]], title: str, ylabel: str, xlabel: str = "step",
+def _panel(ax, history: list[dict], lines: list[tuple[str, str]], *, title: str, ylabel: str, xlabel: str = "step",
            x: str | None = None) -> bool:
     """Draw `lines` ((metric key, label)) on one axis, against the step or metric `x`; False when none has a
     value. Against a metric, the points are joined in step order and the first is circled (where training began)."""
@@ -86,7 +86,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def panels_plot(history: list[dict], panels: tuple[Panel, ...], title: str, path: Path) -> Path:
+def panels_plot(history: list[dict], panels: tuple[Panel, ...], title: str, *, path: Path) -> Path:
     """A stage's panels (its kind's `panels`) side by side, or two by two for four; a single panel without a
     title of its own takes the stage's."""
     plt = _pyplot()
@@ -95,7 +95,8 @@ def panels_plot(history: list[dict], panels: tuple[Panel, ...], title: str, path
     width = {1: 7, 2: 10, 3: 11}[columns]
     fig, axes = plt.subplots(rows, columns, figsize=(width, 3.4 if rows == 1 else 3 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
-        _panel(ax, history, list(panel.lines), panel.title or title, panel.ylabel, panel.xlabel, panel.x)
+        _panel(ax, history, list(panel.lines), title=panel.title or title, ylabel=panel.ylabel, xlabel=panel.xlabel,
+               x=panel.x)
         if panel.reference is not None:
             ax.axhline(panel.reference, color="grey", linestyle=":", linewidth=1)
     for ax in list(axes.flat)[len(panels):]:
@@ -124,7 +125,7 @@ def time_plot(rows: list[tuple[str, float, float | None]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def policies_plot(policies: list[dict], baseline: str | None, title: str, path: Path) -> Path:
+def policies_plot(policies: list[dict], baseline: str | None, title: str, *, path: Path) -> Path:
     """An evaluation's policies: judge score against KL to the reference (both with 95% intervals), and win
     rate against the baseline with its interval beside the 0.5 of a coin toss."""
     plt = _pyplot()

@@ -89,7 +89,7 @@ def source_label(source: DataSource, sources: list[DataSource]) -> str:
     return folder
 
 
-def load_rows(data, parse, seed: int, skip_bad_rows: bool = False) -> ChatRows:
+def load_rows(data, parse, seed: int, *, skip_bad_rows: bool = False) -> ChatRows:
     """Read a ChatData section. Without validation files, a seeded `validation_fraction` of each training
     file is held out (before weighting, so a repeated row never lands on both sides)."""
     rng = random.Random(seed)
@@ -139,7 +139,7 @@ def interleaved(by_source: dict[str, list[dict]]) -> list[dict]:
     return out
 
 
-def check_context_length(model_dir: Path, needed: int, what: str, loading: Loading = DEFAULT_LOADING) -> None:
+def check_context_length(model_dir: Path, needed: int, what: str, *, loading: Loading = DEFAULT_LOADING) -> None:
     """Refuse sequences longer than the model's position range (`what` names the settings that add up)."""
     limit = getattr(load_config(model_dir, loading).get_text_config(), "max_position_embeddings", None)
     if limit is not None and needed > limit:
@@ -159,7 +159,8 @@ def sample_prompts(rows: ChatRows, count: int) -> list[list[dict]]:
     return chosen
 
 
-def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+def generate_answers(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int,
+                     batch_size: int = 8) -> list[str]:
     """Greedy answers to chat prompts (left-padded batches, KV cache, stop at EOS)."""
     was_training = model.training
     model.eval()

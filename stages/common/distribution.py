@@ -48,7 +48,7 @@ def nucleus_with_token(logits: torch.Tensor, tokens: torch.Tensor, *, temperatur
     return truncated.scatter(-1, index, own)
 
 
-def _chunk_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+def _chunk_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, *, top_p: float) -> torch.Tensor:
     log_p = torch.log_softmax(nucleus_with_token(logits, tokens, temperature=temperature, top_p=top_p), dim=-1)
     return log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
@@ -73,9 +73,9 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: f
     for row in range(logits.shape[0]):
         parts = []
         for span in _chunks(logits.shape[1], chunk_positions):
-            args = (logits[row, span], tokens[row, span], temperature, top_p)
-            parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if differentiable
-                         else _chunk_logprobs(*args))
+            args = (logits[row, span], tokens[row, span], temperature)
+            parts.append(checkpoint(_chunk_logprobs, *args, top_p=top_p, use_reentrant=False) if differentiable
+                         else _chunk_logprobs(*args, top_p=top_p))
         rows.append(torch.cat(parts))
     return torch.stack(rows)
 

@@ -99,7 +99,7 @@ def spec_by_hand(config: Path, stage: str, restart: bool) -> dict:
     return json.loads(result.stdout)
 
 
-def _prepare_checkpoints(dirs: StageDirs, fingerprint: str, restart: bool, name: str) -> None:
+def _prepare_checkpoints(dirs: StageDirs, fingerprint: str, restart: bool, *, name: str) -> None:
     """Main process: drop torn and leftover checkpoints; refuse checkpoints of another config, and a
     checkpoints folder that is a symlink (checkpoints are written and rotated there: never outside the run)."""
     if dirs.checkpoints.is_symlink():
@@ -180,7 +180,7 @@ def run_stage(train: Callable[[StageContext], dict], config_class: type[StageCon
                               f"(on {state.num_processes} processes)" for loc, message in misfits])
         lock = RunLock(Path(spec["run_dir"])) if (args.config and state.is_main_process) else contextlib.nullcontext()
         with lock:
-            progress = StageProgress(dirs, spec["stage"], spec["fingerprint"], state.is_main_process)
+            progress = StageProgress(dirs, spec["stage"], spec["fingerprint"], is_main=state.is_main_process)
             try:
                 _run_attempt(train, spec=spec, config=config, dirs=dirs, state=state, progress=progress,
                              started_at=started_at, t0=t0)
@@ -223,7 +223,7 @@ def _run_attempt(train: Callable[[StageContext], dict], *, spec: dict, config: S
     """Sort out checkpoints, train, and commit the artifact and manifest (main process)."""
     if state.is_main_process:
         dirs.root.mkdir(parents=True, exist_ok=True)
-        _prepare_checkpoints(dirs, spec["fingerprint"], spec.get("restart", False), spec["stage"])
+        _prepare_checkpoints(dirs, spec["fingerprint"], spec.get("restart", False), name=spec["stage"])
         remove_inside(dirs.staged_artifact, inside=dirs.run_dir)
     state.wait_for_everyone()
     point = resume_point(dirs, spec["fingerprint"])

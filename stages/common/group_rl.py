@@ -21,8 +21,8 @@ from stages.common.hf_models import (
     Loading,
     hub_commit_of,
     load_causal_lm,
-    locate,
     loaded_as,
+    locate,
     model_ref,
     parameter_count,
     resolve_hub,
@@ -55,7 +55,7 @@ class RewardModelScore:
 
     def __call__(self, prompts, completions, **_) -> list[float]:
         answers = [answer_text(c) for c in completions]
-        return score_chats(self.model, self.tokenizer, prompts, answers, max_length=self.max_length,
+        return score_chats(self.model, self.tokenizer, prompts, answers=answers, max_length=self.max_length,
                            batch_size=self.batch_size, device=self.device).tolist()
 
 
@@ -68,7 +68,7 @@ class RuleScore:
         self.function, self.group_size, self.__name__ = function, group_size, name
         self.rule = rule_function(function)
 
-    def __call__(self, prompts, completions, reference=None, instructions=None, **_) -> list[float]:
+    def __call__(self, prompts, completions, *, reference=None, instructions=None, **_) -> list[float]:
         references = reference if reference is not None else [None] * len(prompts)
         checks = instructions if instructions is not None else [None] * len(prompts)
         scores: list[float] = []
@@ -233,7 +233,7 @@ def train_group_rl(ctx: StageContext, trainer_class: type, make_arguments) -> di
         "eval/base_length": base.get("eval_completions/mean_length"),
         "eval/stop_rate": _stop_rate(evaluation),
         "eval/base_stop_rate": _stop_rate(base),
-        **training_metrics(trainer, result, cfg.train, n_params),
+        **training_metrics(trainer, result, cfg.train, parameters=n_params),
         "train/answers": trainer.state.global_step * cfg.train.batch_size,
         "data/train_prompts": len(train_rows),
         "data/validation_prompts": len(eval_rows),

@@ -85,7 +85,7 @@ def training_arguments(ctx: StageContext, train: TrainSettings, config_class: ty
     return config_class(**kwargs)
 
 
-def training_metrics(trainer: Trainer, result, train: TrainSettings, parameters: int) -> dict:
+def training_metrics(trainer: Trainer, result, train: TrainSettings, *, parameters: int) -> dict:
     """What a Trainer stage's manifest records of its training: loss, steps, runtime, the effective batch, and
     the model's parameters (all, and those trained)."""
     micro, accumulation = gradient_accumulation(train, trainer.accelerator.num_processes)
@@ -197,7 +197,7 @@ class LogLines(TrainerCallback):
         """Training is over: remove the bar (final evaluation and saving follow)."""
         self.progress.close()
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: PLR0917 (TrainerCallback's signature)
         """Print and append one record."""
         if not state.is_world_process_zero or not logs:
             return

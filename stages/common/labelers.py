@@ -45,7 +45,7 @@ def labeler_scores(labeler: RuleLabeler | JudgeLabeler | LmJudgeLabeler, *, judg
     def by_judge(rows: list[dict]) -> list[list[float]]:
         prompts = [row["prompt"] for row in rows for _ in row["answers"]]
         answers = [answer for row in rows for answer in row["answers"]]
-        flat = score_chats(judge, tokenizer, prompts, answers, max_length=labeler.max_length,
+        flat = score_chats(judge, tokenizer, prompts, answers=answers, max_length=labeler.max_length,
                            batch_size=labeler.batch_size, device=device).tolist()
         return per_row(flat, rows)
     return by_judge

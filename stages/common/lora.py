@@ -7,7 +7,6 @@ import copy
 from pathlib import Path
 
 import torch
-
 from accelerate import PartialState
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer

@@ -22,7 +22,7 @@ def preference_rows(ctx: StageContext, parse):
     data = cfg.data
     if "rankings" in ctx.inputs:
         data = data.model_copy(update={"train": [*data.train, source_of(ctx.inputs["rankings"] / RANKINGS_FILE)]})
-    rows = load_rows(data, parse, cfg.train.seed, cfg.data.skip_bad_rows)
+    rows = load_rows(data, parse, cfg.train.seed, skip_bad_rows=cfg.data.skip_bad_rows)
     if rows.skipped:
         print(f"[{ctx.name}] skipped {rows.skipped} bad rows (data.skip_bad_rows)", flush=True)
     return rows
@@ -34,7 +34,7 @@ def policy_and_reference(ctx: StageContext, *, precompute_ref_log_probs: bool):
     the policy before training)."""
     cfg = ctx.config
     source, loading = policy_source(ctx), Loading.of(cfg.model)
-    check_context_length(source, cfg.data.max_length, "data.max_length", loading)
+    check_context_length(source, cfg.data.max_length, "data.max_length", loading=loading)
     tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
     model = load_causal_lm(source, loading)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -41,7 +41,7 @@ def pad_right(sequences: list[list[int]], pad_token_id: int, device=None) -> tup
 
 
 @torch.no_grad()
-def score_chats(reward_model: nn.Module, tokenizer, prompts: list[list[dict]], answers: list[str], *,
+def score_chats(reward_model: nn.Module, tokenizer, prompts: list[list[dict]], *, answers: list[str],
                 max_length: int, batch_size: int, device) -> torch.Tensor:
     """[N] float32 scores of the answers to the prompts, in batches of `batch_size`."""
     scores = []

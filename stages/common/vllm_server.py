@@ -30,7 +30,8 @@ def main() -> None:
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever vLLM prints goes to the stage's log, never into the replies
     started = time.monotonic()
-    from vllm import LLM  # noqa: E402: after the descriptors are set, so its import-time prints go to stderr
+    # imported after the descriptors are set, so its import-time prints go to stderr
+    from vllm import LLM
 
     # the engine gets token ids, so it has no tokenizer, and vLLM's chat-template warm-up logs a traceback for it;
     # a filter, not a level: vLLM re-applies its logging config inside LLM(), which resets child loggers' levels

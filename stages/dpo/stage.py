@@ -51,7 +51,7 @@ def dpo_arguments(ctx: StageContext) -> DPOConfig:
     )
 
 
-def build_trainer(ctx: StageContext, model, tokenizer, train_pairs: list[dict], val_pairs: list[dict], args: DPOConfig,
+def build_trainer(ctx: StageContext, model, tokenizer, *, train_pairs: list[dict], val_pairs: list[dict], args: DPOConfig,
                   reference=None) -> DPOTrainer:
     """The DPOTrainer for this stage: conversational pairs, our checkpoints and log lines."""
     cfg: DpoStage = ctx.config
@@ -80,13 +80,14 @@ def train(ctx: StageContext) -> dict:
 
     prompts = sample_prompts(rows, cfg.samples.count)
     with gathered(model):
-        base_answers = generate_answers(model, tokenizer, prompts, cfg.samples.max_new_tokens)
+        base_answers = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.samples.max_new_tokens)
 
-    trainer = build_trainer(ctx, model, tokenizer, train_pairs, val_pairs, args, reference)
+    trainer = build_trainer(ctx, model, tokenizer, train_pairs=train_pairs, val_pairs=val_pairs, args=args,
+                            reference=reference)
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
     evaluation = final_evaluation(trainer)
     tuned = trainer.accelerator.unwrap_model(trainer.model)
-    dpo_answers = generate_answers(tuned, tokenizer, prompts, cfg.samples.max_new_tokens)
+    dpo_answers = generate_answers(tuned, tokenizer, prompts, max_new_tokens=cfg.samples.max_new_tokens)
 
     save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
     return hub_commit_of(source) | {
@@ -95,7 +96,7 @@ def train(ctx: StageContext) -> dict:
         "eval/reward_margin": evaluation["eval_rewards/margins"],
         "eval/chosen_reward": evaluation["eval_rewards/chosen"],
         "eval/rejected_reward": evaluation["eval_rewards/rejected"],
-        **training_metrics(trainer, result, cfg.train, n_params),
+        **training_metrics(trainer, result, cfg.train, parameters=n_params),
         "train/tokens": trainer.state.num_input_tokens_seen,
         "data/train_prompts": len(rows.train),
         "data/train_pairs": len(train_pairs),

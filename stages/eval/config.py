@@ -98,7 +98,7 @@ class EvalStage(StageConfig):
         for role, positions in upstream.items():
             if role.startswith("policies."):
                 problems += too_long(("data", "max_length"), self.data.max_length + self.generation.max_new_tokens,
-                                     positions, "data.max_length + generation.max_new_tokens")
+                                     positions, what="data.max_length + generation.max_new_tokens")
         return problems[:1]
 
     @classmethod

@@ -69,13 +69,13 @@ def train(ctx: StageContext) -> dict:
         for name in list(policies)[len(rows) :]:
             policy_dir = ctx.inputs[f"policies.{name}"]
             check_context_length(policy_dir, cfg.data.max_length + cfg.generation.max_new_tokens,
-                                 "data.max_length + generation.max_new_tokens", loading)
+                                 "data.max_length + generation.max_new_tokens", loading=loading)
             same = policy_dir == ctx.inputs[reference_role]
             policy = reference if same else load_causal_lm(policy_dir, loading).to(state.device).eval()
             sampler = samplers.of(policy, policy_dir)
             torch.manual_seed(cfg.seed * 1_000_003 + state.process_index)  # every policy draws alike
-            answered = answer_with_kl(policy, reference, sampler, tokenizer, [prompts[i]["prompt"] for i in mine],
-                                      cfg=cfg, device=state.device)
+            answered = answer_with_kl(policy, reference, sampler, tokenizer=tokenizer,
+                                      prompts=[prompts[i]["prompt"] for i in mine], cfg=cfg, device=state.device)
             by_prompt = sorted(gather_object(list(zip(mine, answered))), key=lambda item: item[0])
             rows.append({"policy": name, **{key: [a[key] for _, a in by_prompt] for key in answered_keys()}})
             del policy
@@ -84,7 +84,7 @@ def train(ctx: StageContext) -> dict:
             state.wait_for_everyone()
             ctx.progress.update(len(rows), {"policies_done": len(rows)})
     del reference
-    scores = judge_scores(cfg, ctx, prompts, rows, mine=mine, device=state.device)
+    scores = judge_scores(cfg, ctx, prompts, rows=rows, mine=mine, device=state.device)
     if state.is_main_process:
         ctx.staged_artifact.mkdir(parents=True)
         write_rows(ctx.staged_artifact / ANSWERS_FILE,
@@ -180,7 +180,7 @@ class PolicySamplers:
 
 
 @torch.no_grad()
-def answer_with_kl(policy, reference, sampler: Generator, tokenizer, prompts: list[list[dict]], *, cfg: EvalStage,
+def answer_with_kl(policy, reference, sampler: Generator, *, tokenizer, prompts: list[list[dict]], cfg: EvalStage,
                    device) -> list[dict]:
     """One answer per prompt from `sampler` (the policy's), with its KL to the reference (sum over the answer of
     log pi - log pi_ref, both recomputed here), length in tokens (EOS included) and whether it ended at EOS."""
@@ -211,7 +211,7 @@ def checked_answers(answers: list[str], prompts: list[dict]) -> list[list[Checke
             for answer, p in zip(answers, prompts) if p.get("instructions")]
 
 
-def judge_scores(cfg: EvalStage, ctx: StageContext, prompts: list[dict], rows: list[dict], *, mine: list[int],
+def judge_scores(cfg: EvalStage, ctx: StageContext, prompts: list[dict], *, rows: list[dict], mine: list[int],
                  device) -> list[list[float]]:
     """[prompt][policy] the judge's scores; each process judges its share, every process gets them all."""
     score = labeler_scores(cfg.judge, judge_dir=ctx.inputs.get("judge"), device=device)

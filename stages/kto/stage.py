@@ -19,8 +19,8 @@ from stages.common.hf_models import gathered, hub_commit_of, parameter_count
 from stages.common.hf_trainer import attach, final_evaluation, quiet_libraries, training_arguments, training_metrics
 from stages.common.lora import lora_config, save_causal_lm_artifact
 from stages.common.preference import policy_and_reference, preference_rows
-from stages.kto.examples import labelled
 from stages.kto.config import KtoStage
+from stages.kto.examples import labelled
 
 
 def train(ctx: StageContext) -> dict:
@@ -41,7 +41,7 @@ def train(ctx: StageContext) -> dict:
     n_params = parameter_count(model)
     prompts = sample_prompts(rows, cfg.samples.count)
     with gathered(model):
-        base_answers = generate_answers(model, tokenizer, prompts, cfg.samples.max_new_tokens)
+        base_answers = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.samples.max_new_tokens)
 
     trainer = attach(KTOTrainer(model=model, ref_model=reference, args=args, train_dataset=chat_dataset(train_rows),
                                 eval_dataset=chat_dataset(val_rows), processing_class=tokenizer,
@@ -49,7 +49,7 @@ def train(ctx: StageContext) -> dict:
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
     evaluation = final_evaluation(trainer)
     tuned = trainer.accelerator.unwrap_model(trainer.model)
-    kto_answers = generate_answers(tuned, tokenizer, prompts, cfg.samples.max_new_tokens)
+    kto_answers = generate_answers(tuned, tokenizer, prompts, max_new_tokens=cfg.samples.max_new_tokens)
     save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
 
     return hub_commit_of(source) | {
@@ -58,7 +58,7 @@ def train(ctx: StageContext) -> dict:
         "eval/chosen_reward": evaluation.get("eval_rewards/chosen"),
         "eval/rejected_reward": evaluation.get("eval_rewards/rejected"),
         "eval/kl": evaluation.get("eval_kl"),
-        **training_metrics(trainer, result, cfg.train, n_params),
+        **training_metrics(trainer, result, cfg.train, parameters=n_params),
         "data/train_prompts": len(rows.train),
         "data/train_answers": len(train_rows),
         "data/desirable_fraction": sum(r["label"] for r in train_rows) / max(1, len(train_rows)),

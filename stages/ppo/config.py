@@ -164,7 +164,7 @@ class PpoStage(StageConfig):
         needed = self.data.max_length + self.generation.max_new_tokens
         limits = [limit for limit in (upstream.get("policy"), upstream.get("reward")) if limit is not None]
         return too_long(("data", "max_length"), needed, min(limits, default=None),
-                        "data.max_length + generation.max_new_tokens")
+                        what="data.max_length + generation.max_new_tokens")
 
     @classmethod
     def findings(cls, metrics: dict) -> str:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from core.messages import prompt_text
 from core.guard import guard_metrics
+from core.messages import prompt_text
 from core.stats import bootstrap_interval, mean, paired_wins, token_f1
 from stages.common.generation import Generator, decode_answers, encode_prompts
 from stages.ppo.models import PpoModels

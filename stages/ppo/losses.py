@@ -52,7 +52,7 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def kl_penalised_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                         mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+                         *, mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-token rewards [B, T], per-token KL estimate [B, T]): -beta * KL on every real token, plus the
     score on the last real one."""
     kl = (logprobs - ref_logprobs) * mask
@@ -62,7 +62,7 @@ def kl_penalised_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logpr
     return rewards * mask, kl
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float,
         lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantages, returns) [B, T] by generalised advantage estimation. Masks only cut a suffix (tokens after
     EOS), so with values and rewards zeroed there the value after the last real token is 0: the episode ends."""
@@ -96,7 +96,7 @@ def token_average(values: torch.Tensor, mask: torch.Tensor, normalizer: torch.Te
 
 
 def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, clip_range: float, *,
+                        *, mask: torch.Tensor, clip_range: float,
                         normalizer: torch.Tensor | float | None = None) -> PolicyLoss:
     """PPO's clipped surrogate: max(-A r, -A clip(r, 1-eps, 1+eps)), r = pi/pi_old, averaged over real tokens
     (token_average). The clip fraction and approximate KL are this batch's own means."""
@@ -111,8 +111,8 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     return PolicyLoss(loss, clip_fraction, approx_kl)
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                       clip_range: float, *, normalizer: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, *, mask: torch.Tensor,
+                       clip_range: float, normalizer: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, clip fraction): 0.5 * max((V - R)^2, (V_clipped - R)^2) averaged over real tokens (token_average),
     where V_clipped stays within clip_range of the rollout's value."""
     clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)

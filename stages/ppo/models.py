@@ -64,7 +64,7 @@ class PolicyAndValue(nn.Module):
         self.value = value
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, ptx_input_ids: torch.Tensor | None = None,
-                logits_to_keep: int = 0):
+                *, logits_to_keep: int = 0):
         logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                              use_cache=False, logits_to_keep=logits_to_keep).logits
         values = self.value(input_ids, attention_mask)

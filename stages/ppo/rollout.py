@@ -74,7 +74,7 @@ def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Te
         out["ref_logprobs"].append(token_logprobs(ref_logits, responses[part], temperature=temperature, top_p=top_p))
     with models.autocast():
         scores = score_chats(models.reward, models.reward_tokenizer or tokenizer, prompts,
-                             decode_answers(tokenizer, responses, mask),
+                             answers=decode_answers(tokenizer, responses, mask),
                              max_length=max_length, batch_size=micro_batch_size, device=queries.device)
     return {"response_mask": mask, "scores": scores, **{k: torch.cat(v) for k, v in out.items()}}
 

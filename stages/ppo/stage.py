@@ -85,7 +85,8 @@ def train(ctx: StageContext) -> dict:
     loading = Loading.of(cfg.model)
     chat_length = cfg.data.max_length + gen.max_new_tokens  # prompt and answer: what the roles read
     for role in ("policy", "reward"):
-        check_context_length(ctx.inputs[role], chat_length, "data.max_length + generation.max_new_tokens", loading)
+        check_context_length(ctx.inputs[role], chat_length, "data.max_length + generation.max_new_tokens",
+                             loading=loading)
     tokenizer = load_chat_tokenizer(ctx.inputs["policy"], "auto", loading)
     check_same_tokenizer(tokenizer, ctx.inputs["reward"], loading)
     refuse_proxy_judge(cfg, judge_dir=ctx.inputs.get("judge"), reward_dir=ctx.inputs["reward"])
@@ -145,7 +146,8 @@ def train(ctx: StageContext) -> dict:
     ctx.progress.start(cfg.train.max_steps, first)
     started = time.monotonic()
     if every is not None and first == 0:  # where the curve starts: the SFT policy itself
-        log_held_out(ctx, accelerator, models, generators, tokenizer, step=0, settings=point_settings)
+        log_held_out(ctx, accelerator, models, generators=generators, tokenizer=tokenizer, step=0,
+                     settings=point_settings)
     reduce_sum = functools.partial(accelerator.reduce, reduction="sum")  # rollout statistics over all processes
     for i in range(first, cfg.train.max_steps):
         timer = PhaseTimer()
@@ -170,7 +172,7 @@ def train(ctx: StageContext) -> dict:
             targets = advantages_and_returns(trajectory, beta=kl.value, gamma=ppo.gamma, lam=ppo.lam,
                                              whiten=ppo.whiten_advantages, reduce_sum=reduce_sum)
             # update: epochs of clipped policy and value updates over mini-batches
-            stats = ppo_epochs(models.trained, optimization, trajectory, targets, epochs=ppo.epochs,
+            stats = ppo_epochs(models.trained, optimization, trajectory, targets=targets, epochs=ppo.epochs,
                                mini_batch_size=batches.mini, micro_batch_size=batches.micro,
                                clip_range=ppo.clip_range, value_clip_range=ppo.value_clip_range,
                                value_coef=ppo.value_coef, temperature=gen.temperature, top_p=gen.top_p,
@@ -185,7 +187,8 @@ def train(ctx: StageContext) -> dict:
         log_iteration(ctx, accelerator, step=step, total=cfg.train.max_steps, stats=stats, started=started,
                       first=first, every=cfg.train.log_every)
         if every is not None and (step % every == 0 or step == cfg.train.max_steps):
-            log_held_out(ctx, accelerator, models, generators, tokenizer, step=step, settings=point_settings)
+            log_held_out(ctx, accelerator, models, generators=generators, tokenizer=tokenizer, step=step,
+                         settings=point_settings)
         if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
             loop_state = {"kl": kl.state_dict(), "ptx": ptx.state_dict() if ptx is not None else None}
             save_checkpoint(ctx, accelerator, step=step, keep_last=cfg.train.keep_last, loop_state=loop_state)
@@ -314,7 +317,7 @@ def read_loop_state(checkpoint: Path, *, stage: str) -> dict:
                          f"--restart {stage}") from None
 
 
-def log_held_out(ctx: StageContext, accelerator: Accelerator, models, generators: Generators, tokenizer, *, step: int,
+def log_held_out(ctx: StageContext, accelerator: Accelerator, models, *, generators: Generators, tokenizer, step: int,
                  settings: dict) -> None:
     """A held-out point (stages.ppo.evaluate.held_out_point) into the trackers and metrics.jsonl. Every
     process evaluates (generation under ZeRO-3 is collective); the main one logs."""

@@ -53,15 +53,15 @@ def advantages_and_returns(trajectory: Trajectory, *, beta: float, gamma: float,
     """KL-penalised per-token rewards, GAE advantages (whitened over every process's rollout if `whiten`;
     `reduce_sum` sums over processes) and value targets."""
     mask = trajectory.response_mask
-    rewards, token_kl = kl_penalised_rewards(trajectory.scores, trajectory.logprobs, trajectory.ref_logprobs, mask,
-                                             beta)
-    advantages, returns = gae(rewards, trajectory.values, mask, gamma, lam)
+    rewards, token_kl = kl_penalised_rewards(trajectory.scores, trajectory.logprobs, trajectory.ref_logprobs, mask=mask,
+                                             beta=beta)
+    advantages, returns = gae(rewards, trajectory.values, mask, gamma=gamma, lam=lam)
     if whiten:
         advantages = masked_whiten(advantages, mask, reduce_sum=reduce_sum)
     return Targets(rewards=rewards, advantages=advantages, returns=returns, kl=token_kl.sum(1))
 
 
-def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory: Trajectory, targets: Targets, *,
+def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory: Trajectory, *, targets: Targets,
                epochs: int, mini_batch_size: int, micro_batch_size: int, clip_range: float, value_clip_range: float,
                value_coef: float, temperature: float, top_p: float = 1.0, ptx_batches: PtxBatches | None = None,
                ptx_coef: float = 0.0) -> dict[str, float]:
@@ -97,10 +97,10 @@ def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory:
                     logits, values, ptx_loss = trained_outputs(trained, ids, attention, prompt_length=prompt_length,
                                                                ptx_input_ids=ptx_ids)
                     logprobs = token_logprobs(logits, sample.responses, temperature=temperature, top_p=top_p)
-                    policy = clipped_policy_loss(logprobs, sample.logprobs, targets.advantages[part], mask, clip_range,
-                                                 normalizer=normalizer)
-                    value_loss, value_clip = clipped_value_loss(values, sample.values, targets.returns[part], mask,
-                                                                value_clip_range, normalizer=normalizer)
+                    policy = clipped_policy_loss(logprobs, sample.logprobs, targets.advantages[part], mask=mask,
+                                                 clip_range=clip_range, normalizer=normalizer)
+                    value_loss, value_clip = clipped_value_loss(values, sample.values, targets.returns[part], mask=mask,
+                                                                clip_range=value_clip_range, normalizer=normalizer)
                     loss = policy.loss + value_coef * value_loss
                     if ptx_loss is not None:
                         # the mean over the step's blocks: this micro-batch's share of them

@@ -111,7 +111,8 @@ class PretrainStage(StageConfig):
         """Blocks longer than a continued model's positions."""
         if self.model.init is not None:
             return []
-        return too_long(("data", "block_size"), self.data.block_size, self.output_positions(upstream), "data.block_size")
+        return too_long(("data", "block_size"), self.data.block_size, self.output_positions(upstream),
+                        what="data.block_size")
 
     @classmethod
     def findings(cls, metrics: dict) -> str:

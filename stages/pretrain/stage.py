@@ -67,7 +67,7 @@ def continued_model(ctx: StageContext, cfg: PretrainStage) -> ModelRef | None:
     return resolve_hub(model_ref(cfg.model.source())) if cfg.model.source() else None
 
 
-def stage_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str], source: ModelRef | None):
+def stage_tokenizer(ctx: StageContext, cfg: PretrainStage, documents: list[str], *, source: ModelRef | None):
     """The tokenizer: the checkpoint's when resuming, else the continued model's, the given one, or a new one."""
     if ctx.resume_from is not None:
         source = ctx.resume_from.path
@@ -159,7 +159,7 @@ def train(ctx: StageContext) -> dict:
     # data and tokenizer
     train_docs, val_docs = split_documents(cfg)
     source = continued_model(ctx, cfg)
-    tokenizer = stage_tokenizer(ctx, cfg, train_docs, source)
+    tokenizer = stage_tokenizer(ctx, cfg, train_docs, source=source)
     train_blocks = packed_blocks(train_docs, tokenizer, cfg.data.block_size)
     val_blocks = packed_blocks(val_docs, tokenizer, cfg.data.block_size)
     if len(train_blocks) == 0 or len(val_blocks) == 0:

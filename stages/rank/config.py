@@ -12,6 +12,8 @@ from core.numbers import fmt, percent
 from core.samples import SAMPLES_FILE, sample_keys
 from core.schema import StageConfig, volatile
 from core.sections import Problems
+
+
 class RankStage(StageConfig):
     """A labeler orders each prompt's K sampled answers (ties allowed): the reward model's training data."""
 

@@ -76,7 +76,7 @@ class RankingTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: PLR0917 (Trainer's)
         """Score every answer of the batch in one forward, then the mean over prompts of their pair losses."""
         ranks = inputs["ranks"]
         flat = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.squeeze(-1)
@@ -133,7 +133,7 @@ def train(ctx: StageContext) -> dict:
     if "rankings" in ctx.inputs:  # a rank stage's labels join the training files
         ranked = source_of(ctx.inputs["rankings"] / RANKINGS_FILE)
         data = data.model_copy(update={"train": [*data.train, ranked]})
-    rows = load_rows(data, ranking_row, cfg.train.seed, cfg.data.skip_bad_rows)
+    rows = load_rows(data, ranking_row, cfg.train.seed, skip_bad_rows=cfg.data.skip_bad_rows)
     train_rows, val_rows = rows.train, rows.validation
     if rows.skipped:
         print(f"[{name}] skipped {rows.skipped} bad rows (data.skip_bad_rows)", flush=True)
@@ -143,7 +143,7 @@ def train(ctx: StageContext) -> dict:
     args = training_arguments(ctx, cfg.train, remove_unused_columns=False, label_names=["ranks"],
                               include_num_input_tokens_seen="non_padding")
     source, loading = input_model(ctx), Loading.of(cfg.model)
-    check_context_length(source, cfg.data.max_length, "data.max_length", loading)
+    check_context_length(source, cfg.data.max_length, "data.max_length", loading=loading)
     tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
     with new_head_expected():
         where, kwargs = locate(source)

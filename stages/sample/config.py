@@ -43,7 +43,7 @@ class SampleStage(StageConfig):
     def length_problems(self, upstream: dict[str, int | None]) -> Problems:
         """Prompt and answer beyond the policy's positions."""
         return too_long(("data", "max_length"), self.data.max_length + self.generation.max_new_tokens,
-                        upstream.get("policy"), "data.max_length + generation.max_new_tokens")
+                        upstream.get("policy"), what="data.max_length + generation.max_new_tokens")
 
     @classmethod
     def findings(cls, metrics: dict) -> str:

@@ -45,7 +45,7 @@ def train(ctx: StageContext) -> dict:
     loading = Loading.of(cfg.model)
     policy_dir = ctx.inputs["policy"]
     check_context_length(policy_dir, cfg.data.max_length + cfg.generation.max_new_tokens,
-                         "data.max_length + generation.max_new_tokens", loading)
+                         "data.max_length + generation.max_new_tokens", loading=loading)
     tokenizer = load_chat_tokenizer(policy_dir, "auto", loading)
     prompts = distinct_prompts(cfg.data.prompts, cfg.data.max_prompts)
     with policy_sampler(cfg, ctx=ctx, tokenizer=tokenizer, loading=loading, device=state.device) as sampler:

@@ -55,7 +55,7 @@ class AnswerOnlySFTTrainer(SFTTrainer):
     is right for row-packed batches too (RowPackedCollator pads only outside the packed sequences).
     """
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: PLR0917 (Trainer's)
         if torch.cuda.is_available():
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # no KV cache (as TRL does): with one, transformers ignores the position_ids that keep packed examples
@@ -132,7 +132,7 @@ def check_assistant_masks(tokenizer, name: str) -> None:
                          "default, or a .jinja file with the markers") from None
 
 
-def build_trainer(ctx: StageContext, model, tokenizer, rows, args: SFTConfig) -> AnswerOnlySFTTrainer:
+def build_trainer(ctx: StageContext, model, tokenizer, *, rows, args: SFTConfig) -> AnswerOnlySFTTrainer:
     """The SFTTrainer for this stage's config: chat-formatted rows, answer-only labels, our checkpoints."""
     cfg: SftStage = ctx.config
     trainer = AnswerOnlySFTTrainer(
@@ -167,7 +167,7 @@ def train(ctx: StageContext) -> dict:
     # model and tokenizer (with a chat template)
     args = sft_arguments(ctx, text_rows="text" in train_rows[0])
     source, loading = input_model(ctx), Loading.of(cfg.model)
-    check_context_length(source, cfg.data.max_length, "data.max_length", loading)
+    check_context_length(source, cfg.data.max_length, "data.max_length", loading=loading)
     tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
     if cfg.loss_on == "assistant":
         check_assistant_masks(tokenizer, name)
@@ -179,24 +179,24 @@ def train(ctx: StageContext) -> dict:
 
     prompts = sample_prompts(rows, cfg.samples.count)
     with gathered(model):
-        base_answers = generate_answers(model, tokenizer, prompts, cfg.samples.max_new_tokens)
+        base_answers = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.samples.max_new_tokens)
 
     # train (SFTTrainer tokenizes with the template, masks the prompt, pads or packs)
-    trainer = build_trainer(ctx, model, tokenizer, rows, args)
+    trainer = build_trainer(ctx, model, tokenizer, rows=rows, args=args)
     base_eval = evaluate_before_training(trainer)  # the input model: a checkpoint is loaded by train()
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
     evaluation = final_evaluation(trainer)
 
     # samples from the fine-tuned model on the same held-out prompts
     tuned = trainer.accelerator.unwrap_model(trainer.model)
-    sft_answers = generate_answers(tuned, tokenizer, prompts, cfg.samples.max_new_tokens)
+    sft_answers = generate_answers(tuned, tokenizer, prompts, max_new_tokens=cfg.samples.max_new_tokens)
 
     # artifact: causal LM + tokenizer with the chat template (adapter alongside with LoRA)
     save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
     return hub_commit_of(source) | {
         "eval/loss": evaluation["eval_loss"],
         "eval/perplexity": math.exp(evaluation["eval_loss"]),
-        **training_metrics(trainer, result, cfg.train, n_params),
+        **training_metrics(trainer, result, cfg.train, parameters=n_params),
         "train/tokens": trainer.state.num_input_tokens_seen,  # real (non-padding) tokens, across resumes
         "data/train_examples": len(train_rows),
         "data/validation_examples": len(val_rows),

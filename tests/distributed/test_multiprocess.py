@@ -138,7 +138,7 @@ def test_the_global_batch_holds_across_process_counts_and_engines(mixed_run):
     # batch 8 = 1 process x 2 sequences x 4 accumulation steps = 2 processes x 2 x 2: the same optimization
     losses = {s: read_manifest(StageDirs(mixed_run / s))["metrics"]["eval/loss"]
               for s in ("pre_single", "pre_ddp", "pre_zero2", "pre_zero3")}
-    for stage, loss in losses.items():
+    for loss in losses.values():
         assert loss == pytest.approx(losses["pre_single"], rel=1e-4), losses
     for stage in ("sft_ddp", "sft_zero3", "rm_ddp", "rm_zero3", *TRL_KIND_STAGES):
         assert read_manifest(StageDirs(mixed_run / stage))["metrics"]["train/effective_batch"] == 8, stage

@@ -43,11 +43,11 @@ def test_pipeline_benchmark_copies_a_shipped_pipeline_with_overrides(tmp_path):
     from benchmarks.pipelines import variant
     from pipeline.config import load_pipeline
 
-    copy = variant(REPO / "configs" / "pipelines" / "tiny.yaml", tmp_path, "bf16", {"ppo": 3})
+    copy = variant(REPO / "configs" / "pipelines" / "tiny.yaml", tmp_path, "bf16", steps={"ppo": 3})
     loaded = load_pipeline(copy)  # every data path still resolves from the copy's new place
     assert loaded.run_dir == (tmp_path / "run").resolve()
     assert {s.train.precision for s in loaded.stages.values() if hasattr(s, "train")} == {"bf16"}
     assert loaded.stages["ppo"].train.max_steps == 3
     assert loaded.stages["sft"].train.max_steps == load_pipeline(REPO / "configs/pipelines/tiny.yaml").stages["sft"].train.max_steps
     with pytest.raises(SystemExit, match="no stage nope"):
-        variant(REPO / "configs" / "pipelines" / "tiny.yaml", tmp_path, None, {"nope": 1})
+        variant(REPO / "configs" / "pipelines" / "tiny.yaml", tmp_path, None, steps={"nope": 1})

@@ -81,7 +81,7 @@ def test_fingerprint_changes_exactly_with_semantic_inputs(tmp_path, corpus):
     assert all(edited[n] != changed[n] for n in "abc")
 
 
-def fake_checkpoint(dirs: StageDirs, step: int, fingerprint: str, complete: bool = True) -> Path:
+def fake_checkpoint(dirs: StageDirs, step: int, fingerprint: str, *, complete: bool = True) -> Path:
     path = checkpoint_dir(dirs, step)
     path.mkdir(parents=True)
     (path / "model.safetensors").write_bytes(b"x" * 10)

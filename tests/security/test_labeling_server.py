@@ -35,7 +35,7 @@ def served(tmp_path):
     server.server_close()
 
 
-def request(server, method: str, path: str, body: bytes | None = None, **headers) -> tuple[int, dict, dict]:
+def request(server, method: str, path: str, *, body: bytes | None = None, **headers) -> tuple[int, dict, dict]:
     """(status, JSON body or {}, response headers) of one request; Host and the token header as given."""
     connection = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
     connection.putrequest(method, path, skip_host=True)
@@ -72,10 +72,10 @@ def test_requests_without_the_token_from_other_hosts_or_origins_or_as_forms_are_
     # DNS rebinding: the right token cannot even be tried under another name
     assert request(server, "GET", "/api/state", Host=f"evil.example:{port}", X_Label_Token=token)[0] == 421
     body = label(KEYS[0], "ana")
-    assert request(server, "POST", "/api/label", body, **own, Origin="http://evil.example",
+    assert request(server, "POST", "/api/label", body=body, **own, Origin="http://evil.example",
                    Content_Type="application/json")[0] == 403
-    assert request(server, "POST", "/api/label", body, **own, Content_Type="text/plain")[0] == 415
-    assert request(server, "POST", "/api/label", None, **own, Content_Type="application/json",
+    assert request(server, "POST", "/api/label", body=body, **own, Content_Type="text/plain")[0] == 415
+    assert request(server, "POST", "/api/label", body=None, **own, Content_Type="application/json",
                    Content_Length="x")[0] == 411
     huge = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
     huge.putrequest("POST", "/api/label", skip_host=True)
@@ -86,7 +86,7 @@ def test_requests_without_the_token_from_other_hosts_or_origins_or_as_forms_are_
     assert huge.getresponse().status == 413
     huge.close()
     assert not labels.exists()
-    status, _, _ = request(server, "POST", "/api/label", body, **own, Origin=f"http://127.0.0.1:{port}",
+    status, _, _ = request(server, "POST", "/api/label", body=body, **own, Origin=f"http://127.0.0.1:{port}",
                            Content_Type="application/json")
     assert status == 200 and read_labels(labels)[KEYS[0]]["labeler"] == "ana"
 
@@ -95,16 +95,16 @@ def test_two_people_on_one_page_do_not_overwrite_each_other_and_a_torn_line_swal
     server, labels = served
     own = {"Host": f"127.0.0.1:{server.server_address[1]}", "X_Label_Token": server.token,
            "Content_Type": "application/json"}
-    assert request(server, "POST", "/api/label", label(KEYS[0], ""), **own)[0] == 400  # unsigned
-    assert request(server, "POST", "/api/label", label(KEYS[0], "ana"), **own)[0] == 200
-    status, answer, _ = request(server, "POST", "/api/label", label(KEYS[0], "bob", (3, 2, 1)), **own)
+    assert request(server, "POST", "/api/label", body=label(KEYS[0], ""), **own)[0] == 400  # unsigned
+    assert request(server, "POST", "/api/label", body=label(KEYS[0], "ana"), **own)[0] == 200
+    status, answer, _ = request(server, "POST", "/api/label", body=label(KEYS[0], "bob", (3, 2, 1)), **own)
     assert status == 409 and "ana labeled this prompt first" in answer["error"]
     assert read_labels(labels)[KEYS[0]]["ranks"] == [1, 2, 3]
-    assert request(server, "POST", "/api/label", label(KEYS[0], "ana", (2, 1, 3)), **own)[0] == 200  # a correction
+    assert request(server, "POST", "/api/label", body=label(KEYS[0], "ana", (2, 1, 3)), **own)[0] == 200  # a correction
 
     with labels.open("ab") as torn:  # what a writer killed mid-line leaves
         torn.write(b'{"key": "' + KEYS[1].encode() + b'", "ranks": [1, 2')
-    assert request(server, "POST", "/api/label", label(KEYS[2], "bob"), **own)[0] == 200
+    assert request(server, "POST", "/api/label", body=label(KEYS[2], "bob"), **own)[0] == 200
     stored = read_labels(labels)
     assert stored[KEYS[0]]["ranks"] == [2, 1, 3] and stored[KEYS[2]]["labeler"] == "bob" and KEYS[1] not in stored
 

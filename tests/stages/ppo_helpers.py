@@ -70,10 +70,10 @@ def rollout(roles: PpoModels, sampler: HFGenerator, tokenizer):
                          temperature=1.0, micro_batch_size=2, max_length=128)
 
 
-def iteration(roles: PpoModels, opt: Optimization, trajectory, kl: KLController, epochs: int = 4) -> dict:
+def iteration(roles: PpoModels, opt: Optimization, trajectory, *, kl: KLController, epochs: int = 4) -> dict:
     """The stage's update of one rollout: advantages, `epochs` passes in mini-batches of 2, rollout stats."""
     targets = advantages_and_returns(trajectory, beta=kl.value, gamma=1.0, lam=0.95, whiten=True)
-    stats = ppo_epochs(roles.trained, opt, trajectory, targets, epochs=epochs, mini_batch_size=2, micro_batch_size=2,
+    stats = ppo_epochs(roles.trained, opt, trajectory, targets=targets, epochs=epochs, mini_batch_size=2, micro_batch_size=2,
                        clip_range=0.2, value_clip_range=0.2, value_coef=0.1, temperature=1.0)
     return {**stats, **rollout_stats(opt.accelerator, trajectory, targets, eos_token_id=0)}
 

@@ -34,11 +34,11 @@ def fp16_loss_scaling(tiny) -> None:
     poisoned = rollout(roles, sampler, tokenizer)
     poisoned.scores[0] = float("nan")
     before = [p.detach().clone() for p in pair.policy.parameters()]
-    stats = iteration(roles, opt, poisoned, KLController(0.05), epochs=2)  # 4 mini-batches, each non-finite
+    stats = iteration(roles, opt, poisoned, kl=KLController(0.05), epochs=2)  # 4 mini-batches, each non-finite
     assert stats["train/skipped_step_fraction"] == 1.0
     assert accelerator.scaler.get_scale() < 2.0 ** 10
     assert all(torch.equal(a, b) for a, b in zip(before, pair.policy.parameters()))
-    stats = iteration(roles, opt, rollout(roles, sampler, tokenizer), KLController(0.05), epochs=1)
+    stats = iteration(roles, opt, rollout(roles, sampler, tokenizer), kl=KLController(0.05), epochs=1)
     assert stats["train/skipped_step_fraction"] == 0.0
     assert any(not torch.equal(a, b) for a, b in zip(before, pair.policy.parameters()))
 

@@ -35,7 +35,7 @@ def test_every_policy_answers_every_prompt_and_the_judge_scores_them_as_a_plain_
     judge = AutoModelForSequenceClassification.from_pretrained(tiny_chat_run / "rm_own" / "artifact").eval()
     tokenizer = load_chat_tokenizer(tiny_chat_run / "rm_own" / "artifact", "auto")
     for row in answers[:3]:
-        expected = score_chats(judge, tokenizer, [row["prompt"]] * 3, [row["answers"][n] for n in POLICIES],
+        expected = score_chats(judge, tokenizer, [row["prompt"]] * 3, answers=[row["answers"][n] for n in POLICIES],
                                max_length=64, batch_size=3, device="cpu").tolist()
         assert [row["scores"][n] for n in POLICIES] == pytest.approx(expected, abs=1e-5)
     evaluation = json.loads((tiny_chat_run / "judged" / "artifact" / "evaluation.json").read_text())

@@ -65,10 +65,10 @@ UF_CONFIGS = "configs:\n- config_name: default\n  data_files:\n" + "".join(
 def test_reward_and_sft_train_from_hub_datasets_offline(tmp_path, tiny_chat_run, monkeypatch):
     cache = tmp_path / "hub"
     hub_dataset_cache(cache, "org/hh-like", HH_COMMIT,
-                      {"train": hh_rows(rankings(0, 300), False), "conversational": hh_rows(rankings(300, 200), True)},
+                      splits={"train": hh_rows(rankings(0, 300), False), "conversational": hh_rows(rankings(300, 200), True)},
                       config_yaml=HH_CONFIGS)
     hub_dataset_cache(cache, "org/ultrafeedback-like", UF_COMMIT,
-                      {"train_prefs": ultrafeedback_rows(rankings(500, 200)), "test_prefs": ultrafeedback_rows(rankings(700, 64)),
+                      splits={"train_prefs": ultrafeedback_rows(rankings(500, 200)), "test_prefs": ultrafeedback_rows(rankings(700, 64)),
                        "train_sft": ultrafeedback_rows(rankings(500, 200)), "test_sft": ultrafeedback_rows(rankings(700, 32))},
                       config_yaml=UF_CONFIGS.rstrip())
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -108,7 +108,7 @@ def test_reward_and_sft_train_from_hub_datasets_offline(tmp_path, tiny_chat_run,
 
     # a new commit on the branch makes both stages stale; the plan says why
     hub_dataset_cache(cache, "org/ultrafeedback-like", "3" * 40,
-                      {split: ultrafeedback_rows(rankings(500, 40)) for split in ("train_prefs", "test_prefs", "train_sft", "test_sft")},
+                      splits={split: ultrafeedback_rows(rankings(500, 40)) for split in ("train_prefs", "test_prefs", "train_sft", "test_sft")},
                       config_yaml=UF_CONFIGS.rstrip())
     planned = rlhf("plan", path).stdout
     assert planned.count("stale") >= 2 and "commit" in planned, planned

@@ -70,7 +70,7 @@ def test_iterations_train_policy_and_value_and_leave_frozen_roles_untouched(tiny
     kl = KLController(0.05)
     sampler = generator(roles.trained.policy, tokenizer, 10)
     for _ in range(2):
-        stats = iteration(roles, opt, rollout(roles, sampler, tokenizer), kl, epochs=2)
+        stats = iteration(roles, opt, rollout(roles, sampler, tokenizer), kl=kl, epochs=2)
     for key in ("policy/loss", "value/loss", "policy/clip_fraction", "policy/approx_kl", "policy/entropy",
                 "score/mean", "kl/mean", "response/length"):
         assert key in stats and stats[key] == stats[key], key  # present and not NaN
@@ -99,7 +99,7 @@ def test_with_lora_the_reference_is_the_policy_with_its_adapter_off(tiny):
     assert 0 < sum(p.numel() for p in trainable) < sum(p.numel() for p in policy.parameters()) / 4
     opt = optimization(roles, policy_lr=1e-2)
     trajectory = rollout(roles, generator(peft_policy, tokenizer, 10), tokenizer)
-    iteration(roles, opt, trajectory, KLController(0.05))
+    iteration(roles, opt, trajectory, kl=KLController(0.05))
 
     ids = torch.cat([trajectory.queries, trajectory.responses], 1)
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_a_non_finite_gradient_skips_the_step_instead_of_poisoning_the_weights(t
     opt = optimization(roles)
     trajectory = rollout(roles, generator(roles.trained.policy, tokenizer, 8), tokenizer)
     trajectory.scores[0] = float("nan")  # e.g. an overflow upstream: the whole batch's advantages turn NaN
-    stats = iteration(roles, opt, trajectory, KLController(0.05))
+    stats = iteration(roles, opt, trajectory, kl=KLController(0.05))
     assert stats["train/skipped_step_fraction"] == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, roles.trained.policy.parameters()))
     assert all(torch.isfinite(p).all() for p in roles.trained.value.parameters())
@@ -220,8 +220,8 @@ def test_activation_checkpointing_and_offloaded_frozen_models_train_the_pair_to_
         assert torch.isfinite(rescored.scores).all()
         torch.manual_seed(6)
         calls = []  # early in the layer: the recompute stops once backward has what it needs
-        hook = models.trained.policy.model.layers[0].self_attn.q_proj.register_forward_hook(lambda *_: calls.append(1))
-        iteration(models, opt, trajectory, KLController(0.05), epochs=1)
+        hook = models.trained.policy.model.layers[0].self_attn.q_proj.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        iteration(models, opt, trajectory, kl=KLController(0.05), epochs=1)
         hook.remove()
         layer_forwards.append(len(calls))
         trained.append([p.detach().clone() for p in models.trained.parameters()])

@@ -10,7 +10,7 @@ from stages.pretrain.stage import train_tokenizer
 from tests.helpers import small_corpus
 
 
-def batches(corpus, tokenizer, rank: int, world: int, batch_size: int = 4) -> PtxBatches:
+def batches(corpus, tokenizer, rank: int, *, world: int, batch_size: int = 4) -> PtxBatches:
     return PtxBatches([str(corpus)], tokenizer, block_size=32, batch_size=batch_size, seed=3, rank=rank,
                       world_size=world, device="cpu")
 

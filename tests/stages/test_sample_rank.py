@@ -54,7 +54,7 @@ def test_the_judge_ranks_by_its_scores_and_the_reward_model_learns_from_the_rank
     judge = AutoModelForSequenceClassification.from_pretrained(tiny_chat_run / "rm" / "artifact")
     tokenizer = load_chat_tokenizer(tiny_chat_run / "rm" / "artifact", "auto")
     for row in ranked[:4]:
-        scores = score_chats(judge.eval(), tokenizer, [row["prompt"]] * len(row["answers"]), row["answers"],
+        scores = score_chats(judge.eval(), tokenizer, [row["prompt"]] * len(row["answers"]), answers=row["answers"],
                              max_length=64, batch_size=4, device="cpu").tolist()
         assert row["ranks"][scores.index(max(scores))] == 1
 
@@ -64,7 +64,7 @@ def test_the_judge_ranks_by_its_scores_and_the_reward_model_learns_from_the_rank
 
 
 @pytest.mark.parametrize("stage,name", [("samples", "samples.jsonl"), ("ranked", "rankings.jsonl")])
-def test_an_interrupted_row_stage_resumes_from_its_rows_so_far(tmp_path, tiny_chat_run, stage, name):
+def test_an_interrupted_row_stage_resumes_from_its_rows_so_far(tmp_path, tiny_chat_run, stage, *, name):
     """What a SIGKILL between two checkpoints leaves (the tiny model samples 32 prompts in a fraction of a
     second, faster than a kill lands): no manifest, no artifact, an earlier checkpoint. The resumed stage
     does the rest and ends with the rows of the uninterrupted run."""

@@ -51,7 +51,7 @@ def test_labels_mask_exactly_the_prompt_tokens(tmp_path, loss_on):
     model, tokenizer = tiny_causal_lm(tmp_path)
     rows = ChatRows(train=ROWS, validation=ROWS[:2], validation_by_source={"faq": ROWS[:2]}, skipped=0)
     ctx = sft_context(tmp_path, loss_on=loss_on)
-    trainer = build_trainer(ctx, model, tokenizer, rows, sft_arguments(ctx))
+    trainer = build_trainer(ctx, model, tokenizer, rows=rows, args=sft_arguments(ctx))
     by_text = {tokenizer.decode(ex["input_ids"]): ex for ex in trainer.train_dataset}
     assert len(by_text) == len(ROWS)
     for row in ROWS:
@@ -104,7 +104,7 @@ def test_loss_on_assistant_trains_every_assistant_turn_and_completion_the_last(t
     rows = ChatRows(train=CONVERSATIONS, validation=CONVERSATIONS[:2], validation_by_source={"c": CONVERSATIONS[:2]},
                     skipped=0)
     ctx = sft_context(tmp_path, loss_on=loss_on)
-    trainer = build_trainer(ctx, model, tokenizer, rows, sft_arguments(ctx))
+    trainer = build_trainer(ctx, model, tokenizer, rows=rows, args=sft_arguments(ctx))
     trained = set(trained_text(trainer, tokenizer).values())
     eos = tokenizer.eos_token
     tool_call = 'Tool calls: [{"type": "function", "function": {"name": "lookup", "arguments": {"word": "rose"}}}]'
@@ -124,7 +124,7 @@ def test_text_rows_train_on_every_token(tmp_path):
     texts = [sft_row({"text": f"Row {i}: the quick brown fox jumps over the lazy dog."}) for i in range(6)]
     rows = ChatRows(train=texts, validation=texts[:2], validation_by_source={"t": texts[:2]}, skipped=0)
     ctx = sft_context(tmp_path)
-    trainer = build_trainer(ctx, model, tokenizer, rows, sft_arguments(ctx, text_rows=True))
+    trainer = build_trainer(ctx, model, tokenizer, rows=rows, args=sft_arguments(ctx, text_rows=True))
     for example in trainer.train_dataset:
         batch = trainer.data_collator([example])
         assert (batch["labels"][0] == batch["input_ids"][0]).all()
@@ -191,7 +191,7 @@ def test_packing_puts_several_examples_in_one_sequence_and_trains(tmp_path):
     rows = ChatRows(train=short, validation=short[:4], validation_by_source={"chat": short[:4]}, skipped=0)
     ctx = sft_context(tmp_path, data={"train": [str(SFT_DATA / "chatterbot" / "train.jsonl")], "max_length": 128,
                                       "packing": True})
-    trainer = build_trainer(ctx, model, tokenizer, rows, sft_arguments(ctx))
+    trainer = build_trainer(ctx, model, tokenizer, rows=rows, args=sft_arguments(ctx))
     packed = trainer.train_dataset
     assert len(packed) < len(short) / 1.5  # short chats share 128-token sequences
     assert sum(len(row["seq_lengths"]) for row in packed) == len(short)  # every example kept, none split
@@ -223,7 +223,7 @@ def test_row_packed_batches_keep_packed_answers_apart_and_count_real_tokens(tmp_
     rows = ChatRows(train=ROWS, validation=ROWS[:2], validation_by_source={"faq": ROWS[:2]}, skipped=0)
     ctx = sft_context(tmp_path, data={"train": [str(SFT_DATA / "python-faq" / "train.jsonl")], "max_length": 512,
                                       "packing": True})
-    trainer = build_trainer(ctx, model, tokenizer, rows, sft_arguments(ctx))
+    trainer = build_trainer(ctx, model, tokenizer, rows=rows, args=sft_arguments(ctx))
     assert isinstance(trainer.data_collator, RowPackedCollator)  # SDPA here: no varlen kernel
     bins = sorted(trainer.train_dataset, key=lambda ex: -len(ex["seq_lengths"]))
     examples = [bins[0], bins[-1]]  # one bin holding several conversations, and the emptiest one

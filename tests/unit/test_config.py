@@ -56,7 +56,7 @@ def test_valid_pipeline_resolves_paths_against_the_file(tmp_path, corpus):
     ("train.micro_batch_size", 3, "stages.pre.train.micro_batch_size: must divide train.batch_size (8)"),
     ("train.report_to", ["clearml"], "stages.pre.train.report_to: clearml is not installed (pip install clearml)"),
 ])
-def test_bad_values_name_the_key_path_and_line(tmp_path, corpus, dotted, value, expected):
+def test_bad_values_name_the_key_path_and_line(tmp_path, corpus, dotted, *, value, expected):
     if dotted == "train.report_to" and importlib.util.find_spec("clearml") is not None:
         pytest.skip("clearml is installed here")
     path = write_pipeline(tmp_path / "p.yaml", {"pre": edit(pretrain_stage(corpus), dotted, value)})

@@ -113,7 +113,7 @@ def test_a_hub_dataset_is_read_at_its_revision_from_the_filled_cache(tmp_path):
               "rejected": [{"role": "user", "content": "p"}, {"role": "assistant", "content": f"bad {i}"}]} for i in range(4)]
     yaml = ("configs:\n- config_name: default\n  data_files:\n  - split: train_prefs\n    path: data/train_prefs-*\n"
             "  - split: test_prefs\n    path: data/test_prefs-*")
-    hub_dataset_cache(tmp_path / "hub", "org/feedback", COMMIT, {"train_prefs": prefs, "test_prefs": prefs[:2]},
+    hub_dataset_cache(tmp_path / "hub", "org/feedback", COMMIT, splits={"train_prefs": prefs, "test_prefs": prefs[:2]},
                       config_yaml=yaml)
     out = probe_hub(tmp_path / "hub")
     assert out["answers"] == [[f"good {i}", f"bad {i}"] for i in range(4)]
@@ -126,7 +126,7 @@ def test_a_hub_dataset_is_read_at_its_revision_from_the_filled_cache(tmp_path):
     assert out["missing"][0].startswith("org/missing@main: not in the HF cache and the Hub cannot be reached")
 
     # the branch moves: the fingerprint follows it
-    hub_dataset_cache(tmp_path / "hub", "org/feedback", "b" * 40, {"train_prefs": prefs[:1], "test_prefs": prefs[:1]},
+    hub_dataset_cache(tmp_path / "hub", "org/feedback", "b" * 40, splits={"train_prefs": prefs[:1], "test_prefs": prefs[:1]},
                       config_yaml=yaml)
     out = probe_hub(tmp_path / "hub")
     assert out["fingerprinted"]["commit"] == "b" * 40 and len(out["answers"]) == 1

@@ -18,7 +18,7 @@ def logits():
     return (3 * torch.randn(B, T, V)).to(torch.bfloat16).requires_grad_()
 
 
-def whole_logprobs(logits, tokens, temperature, top_p):
+def whole_logprobs(logits, tokens, temperature, *, top_p):
     """The nucleus of the scaled logits, plus the token itself (whose own logit is kept), all at once."""
     scaled = logits.float() / temperature
     if top_p < 1:
@@ -44,7 +44,7 @@ def saved_bytes(compute) -> tuple[torch.Tensor, int]:
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
 def test_chunked_log_probs_and_gradients_equal_the_whole_computation(logits, temperature, top_p):
     tokens = torch.randint(0, V, (B, T))
-    whole = whole_logprobs(logits, tokens, temperature, top_p)
+    whole = whole_logprobs(logits, tokens, temperature, top_p=top_p)
     chunked = token_logprobs(logits, tokens, temperature=temperature, top_p=top_p, chunk_positions=4)
     assert chunked.dtype == torch.float32 and chunked.shape == (B, T)
     assert torch.allclose(chunked, whole)
@@ -80,7 +80,7 @@ def test_bf16_rescoring_never_gives_the_sampled_token_minus_1e9():
 def test_backward_keeps_only_the_incoming_logits_not_fp32_copies(logits):
     tokens = torch.randint(0, V, (B, T))
     fp32_copy = B * T * V * 4
-    _, whole = saved_bytes(lambda: whole_logprobs(logits, tokens, 0.7, 0.9))
+    _, whole = saved_bytes(lambda: whole_logprobs(logits, tokens, 0.7, top_p=0.9))
     _, chunked = saved_bytes(lambda: token_logprobs(logits, tokens, temperature=0.7, top_p=0.9, chunk_positions=4))
     assert whole > 2 * fp32_copy  # the plain computation keeps several full-vocabulary fp32 tensors
     assert chunked <= logits.numel() * logits.element_size() + 1024  # views of the bf16 logits, and indices

@@ -54,7 +54,7 @@ def test_the_reward_model_ppo_optimised_is_refused_as_the_judge(tmp_path, corpus
     ({"inputs": {"judge": "gold"}}, "stages.judged.inputs: missing input 'policies'"),
     ({"inputs": {"policies": "sft", "judge": "gold"}}, "stages.judged.inputs.policies: unknown input role"),
 ])
-def test_eval_config_mistakes_get_one_line_each(tmp_path, corpus, change, expected):
+def test_eval_config_mistakes_get_one_line_each(tmp_path, corpus, change, *, expected):
     judged = eval_stage({"sft": "sft", "ppo": "ppo"}, "gold")
     judged.update(change)
     found = problems(write_pipeline(tmp_path / "p.yaml", recipe(corpus, judged)))

@@ -41,7 +41,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("instruction_id, kwargs, follows, breaks", CASES, ids=[c[0] for c in CASES])
-def test_each_instruction_type_is_checked_by_ifevals_own_checker(instruction_id, kwargs, follows, breaks):
+def test_each_instruction_type_is_checked_by_ifevals_own_checker(instruction_id, kwargs, follows, *, breaks):
     instructions = [{"id": instruction_id, "kwargs": kwargs}]
     assert instructions_followed(PROMPT, [follows, breaks], None, instructions=instructions) == [1.0, 0.0]
     assert instructions_followed_strict(PROMPT, [follows, breaks], None, instructions=instructions) == [1.0, 0.0]

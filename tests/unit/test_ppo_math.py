@@ -37,14 +37,14 @@ def test_kl_penalty_on_every_token_and_score_on_the_last_real_one():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     scores = torch.tensor([2.0, -1.0])
     beta = 0.1
-    rewards, kl = kl_penalised_rewards(scores, logprobs, ref, mask, beta)
+    rewards, kl = kl_penalised_rewards(scores, logprobs, ref, mask=mask, beta=beta)
     expected = [[-beta * 0.5, -beta * -1.0, -beta * 0.0 + 2.0, 0.0],
                 [-beta * 0.1, 0.0, -beta * -0.2, -beta * -0.3 - 1.0]]
     assert torch.allclose(rewards, torch.tensor(expected), atol=1e-6)
     assert kl[0, 3].item() == 0.0  # the token after EOS carries no KL
 
 
-def reference_gae(rewards, values, length, gamma, lam):
+def reference_gae(rewards, values, length, *, gamma, lam):
     """Textbook GAE on one episode of `length` steps: V after the end is 0."""
     advantages, last = [0.0] * length, 0.0
     for t in reversed(range(length)):
@@ -61,9 +61,9 @@ def test_gae_matches_the_textbook_loop_per_episode():
     lengths = [6, 4, 1]
     mask = torch.tensor([[1] * n + [0] * (6 - n) for n in lengths])
     gamma, lam = 0.9, 0.8
-    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    advantages, returns = gae(rewards, values, mask, gamma=gamma, lam=lam)
     for row, n in enumerate(lengths):
-        expected = reference_gae(rewards[row, :n].tolist(), values[row, :n].tolist(), n, gamma, lam)
+        expected = reference_gae(rewards[row, :n].tolist(), values[row, :n].tolist(), n, gamma=gamma, lam=lam)
         assert advantages[row, :n].tolist() == pytest.approx(expected, abs=1e-6)
         assert advantages[row, n:].abs().sum() == 0 and returns[row, n:].abs().sum() == 0
         assert returns[row, :n].tolist() == pytest.approx([a + v for a, v in zip(expected, values[row, :n].tolist())],
@@ -73,7 +73,7 @@ def test_gae_matches_the_textbook_loop_per_episode():
 def test_gae_by_hand_with_gamma_and_lambda_one_is_reward_to_go_minus_value():
     rewards = torch.tensor([[0.0, 0.0, 1.0]])
     values = torch.tensor([[0.5, 0.25, 0.75]])
-    advantages, returns = gae(rewards, values, torch.ones(1, 3), 1.0, 1.0)
+    advantages, returns = gae(rewards, values, torch.ones(1, 3), gamma=1.0, lam=1.0)
     assert advantages[0].tolist() == pytest.approx([0.5, 0.75, 0.25])
     assert returns[0].tolist() == pytest.approx([1.0, 1.0, 1.0])
 
@@ -93,7 +93,7 @@ def test_clipped_policy_loss_by_hand():
     new = torch.log(torch.tensor([[0.75, 0.25, 0.55]]))  # ratios 1.5, 0.5, 1.1
     advantages = torch.tensor([[1.0, 1.0, -2.0]])
     mask = torch.tensor([[1, 1, 1]])
-    out = clipped_policy_loss(new, old, advantages, mask, clip_range=0.2)
+    out = clipped_policy_loss(new, old, advantages, mask=mask, clip_range=0.2)
     # token 0: max(-1.5, -1.2) = -1.2 (clipped); token 1: max(-0.5, -0.8) = -0.5; token 2: max(2.2, 2.2) = 2.2
     assert out.loss.item() == pytest.approx((-1.2 - 0.5 + 2.2) / 3, abs=1e-6)
     assert out.clip_fraction.item() == pytest.approx(1 / 3)
@@ -102,7 +102,7 @@ def test_clipped_policy_loss_by_hand():
 
     # the gradient flows only through unclipped tokens
     new = new.clone().requires_grad_(True)
-    clipped_policy_loss(new, old, advantages, mask, 0.2).loss.backward()
+    clipped_policy_loss(new, old, advantages, mask=mask, clip_range=0.2).loss.backward()
     assert new.grad[0, 0].item() == 0.0 and new.grad[0, 1].item() != 0.0
 
 
@@ -110,7 +110,7 @@ def test_clipped_value_loss_by_hand():
     old = torch.tensor([[1.0, 1.0]])
     new = torch.tensor([[2.0, 0.9]])
     returns = torch.tensor([[3.0, 0.0]])
-    loss, clip_fraction = clipped_value_loss(new, old, returns, torch.tensor([[1, 1]]), clip_range=0.5)
+    loss, clip_fraction = clipped_value_loss(new, old, returns, mask=torch.tensor([[1, 1]]), clip_range=0.5)
     # token 0: clipped value 1.5 -> max((2-3)^2, (1.5-3)^2) = 2.25; token 1: max(0.81, 0.81) = 0.81
     assert loss.item() == pytest.approx(0.5 * (2.25 + 0.81) / 2)
     assert clip_fraction.item() == pytest.approx(0.5)
@@ -156,15 +156,15 @@ def test_micro_batch_losses_add_up_to_the_token_mean_of_the_mini_batch():
     old, new, advantages = torch.randn(5, 6), torch.randn(5, 6), torch.randn(5, 6)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0],
                          [1, 1, 1, 1, 1, 1]])
-    whole = clipped_policy_loss(new, old, advantages, mask, 0.2).loss
+    whole = clipped_policy_loss(new, old, advantages, mask=mask, clip_range=0.2).loss
     parts = [slice(0, 2), slice(2, 5)]  # 7 and 12 tokens
-    summed = sum(clipped_policy_loss(new[p], old[p], advantages[p], mask[p], 0.2, normalizer=mask.sum()).loss
+    summed = sum(clipped_policy_loss(new[p], old[p], advantages[p], mask=mask[p], clip_range=0.2, normalizer=mask.sum()).loss
                  for p in parts)
     assert summed.item() == pytest.approx(whole.item(), abs=1e-6)
-    means = sum(clipped_policy_loss(new[p], old[p], advantages[p], mask[p], 0.2).loss for p in parts) / 2
+    means = sum(clipped_policy_loss(new[p], old[p], advantages[p], mask=mask[p], clip_range=0.2).loss for p in parts) / 2
     assert means.item() != pytest.approx(whole.item(), abs=1e-3)  # the mean of micro-batch means weighs rows unevenly
     values, returns = torch.randn(5, 6), torch.randn(5, 6)
-    whole_value, _ = clipped_value_loss(values, old, returns, mask, 0.5)
-    summed_value = sum(clipped_value_loss(values[p], old[p], returns[p], mask[p], 0.5, normalizer=mask.sum())[0]
+    whole_value, _ = clipped_value_loss(values, old, returns, mask=mask, clip_range=0.5)
+    summed_value = sum(clipped_value_loss(values[p], old[p], returns[p], mask=mask[p], clip_range=0.5, normalizer=mask.sum())[0]
                        for p in parts)
     assert summed_value.item() == pytest.approx(whole_value.item(), abs=1e-6)

@@ -75,7 +75,7 @@ def test_the_recipe_validates_and_its_edges_come_from_inputs(tmp_path, corpus):
     ({"kind": "judge"}, {}, "labeler.model: give the judge as inputs.judge"),
     ({"kind": "judge", "temperature": -1}, {"judge": "sft"}, "labeler.judge.temperature"),
 ])
-def test_a_labeler_that_cannot_run_is_refused_in_one_line(tmp_path, corpus, labeler, inputs, expected):
+def test_a_labeler_that_cannot_run_is_refused_in_one_line(tmp_path, corpus, labeler, *, inputs, expected):
     ranked = {"kind": "rank", "inputs": {"samples": "samples", **inputs}, "labeler": labeler}
     found = problems(write_pipeline(tmp_path / "p.yaml", recipe(corpus, ranked)))
     assert any(expected in line and "p.yaml" in line for line in found), found

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import InputError
-from core.manifest import MANIFEST_SCHEMA, describe_outputs
 from core.layout import StageDirs
+from core.manifest import MANIFEST_SCHEMA, describe_outputs
 from core.scorers import optimised_against, weights_digest
 from tests.helpers import DATA, write_pipeline
 

@@ -67,7 +67,7 @@ def prompts(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     return encode_prompts(tokenizer, [[{"role": "user", "content": q}] for q in QUESTIONS], max_length=64, device="cpu")
 
 
-def greedy_answers(model, tokenizer, queries, mask) -> torch.Tensor:
+def greedy_answers(model, tokenizer, queries, *, mask) -> torch.Tensor:
     generator = HFGenerator(lambda: contextlib.nullcontext(model), tokenizer, max_new_tokens=24, temperature=1.0, top_p=1.0, sample=False)
     return generator.generate(queries, mask)
 
@@ -86,7 +86,7 @@ def test_greedy_answers_are_generates_token_for_token_and_weights_go_in_place(en
     queries, mask = prompts(tokenizer)
     answers = engine.generate(queries, mask, sample=False)
     assert (answers == tokenizer.eos_token_id).any(1).sum() >= 2  # short answers end, with their EOS kept
-    assert same_answers(answers, greedy_answers(model, tokenizer, queries, mask), tokenizer.eos_token_id)
+    assert same_answers(answers, greedy_answers(model, tokenizer, queries, mask=mask), tokenizer.eos_token_id)
 
     # a policy PPO trains (LoRA, its adapter non-zero): merged into the engine in place, no restart
     policy = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"],
@@ -94,7 +94,7 @@ def test_greedy_answers_are_generates_token_for_token_and_weights_go_in_place(en
     seconds = engine.load_weights(merged_weights(policy))
     moved = engine.generate(queries, mask, sample=False)
     assert not same_answers(moved, answers, tokenizer.eos_token_id)
-    assert same_answers(moved, greedy_answers(policy, tokenizer, queries, mask), tokenizer.eos_token_id)
+    assert same_answers(moved, greedy_answers(policy, tokenizer, queries, mask=mask), tokenizer.eos_token_id)
     engine.load_directory(smollm2)  # and back to the artifact's weights
     assert same_answers(engine.generate(queries, mask, sample=False), answers, tokenizer.eos_token_id)
     assert seconds < 30
@@ -108,7 +108,7 @@ def test_greedy_answers_are_generates_token_for_token_and_weights_go_in_place(en
     engine.load_weights(merged_weights(tuned))
     retuned = engine.generate(queries, mask, sample=False)
     assert not same_answers(retuned, answers, tokenizer.eos_token_id)
-    assert same_answers(retuned, greedy_answers(tuned, tokenizer, queries, mask), tokenizer.eos_token_id)
+    assert same_answers(retuned, greedy_answers(tuned, tokenizer, queries, mask=mask), tokenizer.eos_token_id)
 
 
 def test_sampled_log_probs_are_the_policys_own_under_temperature_and_top_p(engine, smollm2):
