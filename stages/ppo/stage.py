@@ -3,7 +3,7 @@
     accelerate launch -m stages.ppo --config configs/pipelines/tiny.yaml --stage ppo
 
 Inputs: `policy` (an SFT artifact: the policy and the frozen reference) and `reward` (a reward artifact:
-the frozen reward model and the critic's initial weights). Each iteration, top to bottom in `train`:
+the frozen reward model and the critic's initial weights). Each iteration (`ppo_iteration` in iteration.py):
 
     rollout     the policy answers this iteration's prompts (a seeded order that is a function of the
                 iteration, so resuming needs no loader state)
@@ -24,8 +24,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -40,13 +38,13 @@ from core.records import prompt_row_with_reference
 from core.scorers import weights_digest
 from stages.common.chat import check_context_length, interleaved, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
-from stages.common.generation import encode_prompts
 from stages.common.hf_models import Loading, load_tokenizer, parameter_count
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
 from stages.common.lora import lora_config
 from stages.ppo.config import PpoStage, ppo_batches
 from stages.ppo.evaluate import evaluate_policies, held_out_point
+from stages.ppo.iteration import IterationSettings, ppo_iteration
 from stages.ppo.losses import KLController
 from stages.ppo.placement import (
     Generators,
@@ -59,8 +57,6 @@ from stages.ppo.placement import (
     zero_stage,
 )
 from stages.ppo.ptx import PtxBatches
-from stages.ppo.rollout import score_rollout
-from stages.ppo.update import advantages_and_returns, ppo_epochs, rollout_stats
 
 #: in each checkpoint: the loop's state that is not the models' (the KL coefficient, the ptx position)
 LOOP_STATE = "loop-state.json"
@@ -149,39 +145,11 @@ def train(ctx: StageContext) -> dict:
         log_held_out(ctx, accelerator, models, generators=generators, tokenizer=tokenizer, step=0,
                      settings=point_settings)
     reduce_sum = functools.partial(accelerator.reduce, reduction="sum")  # rollout statistics over all processes
+    settings = IterationSettings.of(cfg, batches)
     for i in range(first, cfg.train.max_steps):
-        timer = PhaseTimer()
-        # rollout: the policy answers this iteration's prompts (a vLLM engine first gets its current weights)
-        with timer("sync"):
-            generators.refresh(step=i)
-        with timer("generate"):
-            prompts = order.prompts(i)
-            queries, query_mask = encode_prompts(tokenizer, prompts, max_length=cfg.data.max_length,
-                                                 device=accelerator.device)
-            responses = generators.of("policy").generate(queries, query_mask)
-        # score: log-probs of the policy and the reference, values, reward-model scores
-        with timer("score"), models.frozen_in_use():
-            trajectory = score_rollout(models, queries, query_mask, tokenizer=tokenizer, prompts=prompts,
-                                       responses=responses, temperature=gen.temperature, top_p=gen.top_p,
-                                       micro_batch_size=batches.micro, max_length=chat_length,
-                                       missing_eos_penalty=gen.missing_eos_penalty,
-                                       score_clip=ppo.score_clip, whiten_scores=ppo.whiten_scores,
-                                       reduce_sum=reduce_sum)
-        with timer("train"):
-            # advantages: KL-penalised rewards, GAE, value targets
-            targets = advantages_and_returns(trajectory, beta=kl.value, gamma=ppo.gamma, lam=ppo.lam,
-                                             whiten=ppo.whiten_advantages, reduce_sum=reduce_sum)
-            # update: epochs of clipped policy and value updates over mini-batches
-            stats = ppo_epochs(models.trained, optimization, trajectory, targets=targets, epochs=ppo.epochs,
-                               mini_batch_size=batches.mini, micro_batch_size=batches.micro,
-                               clip_range=ppo.clip_range, value_clip_range=ppo.value_clip_range,
-                               value_coef=ppo.value_coef, temperature=gen.temperature, top_p=gen.top_p,
-                               ptx_batches=ptx, ptx_coef=ppo.ptx.coef if ppo.ptx else 0.0)
-            stats.update(rollout_stats(accelerator, trajectory, targets, eos_token_id=tokenizer.eos_token_id),
-                         **{"kl/beta": kl.value, "learning_rate": optimization.scheduler.get_last_lr()[0]})
-            kl.update(stats["kl/mean"], ppo.rollout_batch_size)
+        stats = ppo_iteration(models, optimization, step=i, prompts=order.prompts(i), generators=generators,
+                              tokenizer=tokenizer, kl=kl, settings=settings, ptx=ptx, reduce_sum=reduce_sum)
         # log and checkpoint
-        stats.update(timer.as_metrics())
         history.append(stats)
         step = i + 1
         log_iteration(ctx, accelerator, step=step, total=cfg.train.max_steps, stats=stats, started=started,
@@ -241,27 +209,6 @@ class PromptOrder:
         share = self.batch_size // self.world_size
         first = i * self.batch_size + self.rank * share
         return [self.rows[self._index(k)]["prompt"] for k in range(first, first + share)]
-
-
-class PhaseTimer:
-    """Wall time per phase of one iteration: `with timer("generate"): ...`, then `as_metrics()`."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self.started = time.perf_counter()
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-
-    def as_metrics(self) -> dict[str, float]:
-        """`time/<phase>` for each phase and `time/iteration` for the whole, in seconds."""
-        return {**{f"time/{phase}": s for phase, s in self.seconds.items()},
-                "time/iteration": time.perf_counter() - self.started}
 
 
 def check_same_tokenizer(tokenizer, reward_dir, loading: Loading) -> None:

@@ -13,10 +13,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 from stages.common.chat import DEFAULT_CHAT_TEMPLATE
 from stages.common.generation import HFGenerator, encode_prompts
+from stages.ppo.iteration import IterationSettings, update_on_rollout
 from stages.ppo.losses import KLController
 from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
 from stages.ppo.rollout import score_rollout
-from stages.ppo.update import Optimization, advantages_and_returns, ppo_epochs, rollout_stats
+from stages.ppo.update import Optimization
 from stages.pretrain.stage import train_tokenizer
 from tests.helpers import small_corpus
 
@@ -71,10 +72,11 @@ def rollout(roles: PpoModels, sampler: HFGenerator, tokenizer):
 
 
 def iteration(roles: PpoModels, opt: Optimization, trajectory, *, kl: KLController, epochs: int = 4) -> dict:
-    """The stage's update of one rollout: advantages, `epochs` passes in mini-batches of 2, rollout stats."""
-    targets = advantages_and_returns(trajectory, beta=kl.value, gamma=1.0, lam=0.95, whiten=True)
-    stats = ppo_epochs(roles.trained, opt, trajectory, targets=targets, epochs=epochs, mini_batch_size=2, micro_batch_size=2,
-                       clip_range=0.2, value_clip_range=0.2, value_coef=0.1, temperature=1.0)
-    return {**stats, **rollout_stats(opt.accelerator, trajectory, targets, eos_token_id=0)}
+    """The stage's own update of one rollout (update_on_rollout): advantages, `epochs` passes in mini-batches
+    of 2, rollout stats, beta moved."""
+    settings = IterationSettings(max_prompt_length=64, max_chat_length=128, temperature=1.0, top_p=1.0,
+                                 rollout_batch_size=len(PROMPTS), mini_batch_size=2, micro_batch_size=2, epochs=epochs,
+                                 clip_range=0.2, value_clip_range=0.2, value_coef=0.1, gamma=1.0, lam=0.95)
+    return update_on_rollout(roles, opt, trajectory, kl=kl, settings=settings, eos_token_id=0)
 
 

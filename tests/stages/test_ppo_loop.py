@@ -13,8 +13,10 @@ import torch
 
 from stages.common.distribution import token_logprobs
 from stages.common.generation import HFGenerator, encode_prompts
+from stages.ppo.iteration import IterationSettings, ppo_iteration
 from stages.ppo.losses import KLController
 from stages.ppo.models import PolicyAndValue, PpoModels, ScalarPerToken, freeze
+from stages.ppo.placement import Generators
 from stages.ppo.rollout import score_answers
 from tests.helpers import REPO
 from tests.stages.ppo_helpers import PROMPTS, generator, iteration, optimization, roles_of, rollout, tiny_models
@@ -24,6 +26,28 @@ from tests.stages.ppo_helpers import PROMPTS, generator, iteration, optimization
 def tiny(tmp_path_factory):
     """A 512-token BPE with our chat template, a random causal LM and a random scalar model on it."""
     return tiny_models(tmp_path_factory.mktemp("corpus"))
+
+
+def test_the_stages_iteration_samples_scores_and_updates_and_an_adaptive_beta_moves(tiny):
+    tokenizer, policy, scorer = tiny
+    roles = roles_of(policy, scorer)
+    opt = optimization(roles)
+    before = [p.detach().clone() for p in roles.trained.policy.parameters()]
+    generators = Generators(roles, opt.accelerator, tokenizer, max_new_tokens=10, temperature=1.0, top_p=1.0)
+    settings = IterationSettings(max_prompt_length=64, max_chat_length=128, temperature=1.0, top_p=1.0,
+                                 rollout_batch_size=len(PROMPTS), mini_batch_size=2, micro_batch_size=2, epochs=1,
+                                 clip_range=0.2, value_clip_range=0.2, value_coef=0.1, gamma=1.0, lam=0.95)
+    kl = KLController(0.05, target=0.01, horizon=8)  # adaptive: any KL above 0.01 nats raises beta
+    torch.manual_seed(0)
+    first = ppo_iteration(roles, opt, step=0, prompts=PROMPTS, generators=generators, tokenizer=tokenizer, kl=kl,
+                          settings=settings)
+    second = ppo_iteration(roles, opt, step=1, prompts=PROMPTS, generators=generators, tokenizer=tokenizer, kl=kl,
+                           settings=settings)
+    for stats in (first, second):
+        assert {"time/sync", "time/generate", "time/score", "time/train", "time/iteration"} <= set(stats)
+    assert first["kl/mean"] == pytest.approx(0.0, abs=1e-5)  # the first rollout: the policy is the reference
+    assert second["kl/mean"] > 0.01 and kl.value > second["kl/beta"]  # moved away, so beta rose after it
+    assert not all(torch.equal(a, b) for a, b in zip(before, roles.trained.policy.parameters()))
 
 
 def test_padded_batch_scores_equal_each_answer_scored_alone(tiny):
