@@ -15,6 +15,7 @@ from core.layout import RUN_RECORD
 from core.lock import RunLock
 from core.schema import LaunchSettings
 from pipeline.assets import ACCELERATE_CONFIGS, EMBEDDED_PIPELINE
+from pipeline.chat import chat
 from pipeline.clean import apply, clean_plan, human_size
 from pipeline.config import load_pipeline
 from pipeline.environment import environment, package_version
@@ -90,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
                             "(before sharing, exporting or trusting a run directory you received)")
     verify.add_argument("target", help="RUN_DIR or pipeline file")
 
+    chat = sub.add_parser("chat", help="talk to a stage's model in the terminal (its chat template, streamed)")
+    chat.add_argument("target", help="RUN_DIR or pipeline file")
+    chat.add_argument("stage")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
+    chat.add_argument("--top-p", type=float, default=0.9)
+    chat.add_argument("--system", help="a system message before the first turn")
+    chat.add_argument("--seed", type=int, help="the same seed and lines give the same answers")
     schema = sub.add_parser("schema", help="a stage kind's settings: key, type, default and what each does")
     schema.add_argument("kind", help="a stage kind (sft, ppo, dpo, ...)")
     schema.add_argument("--json", action="store_true", help="the kind's JSON Schema, for editors and tools")
@@ -141,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "env":
             for name, value in environment().items():
                 print(f"- {name}: {value}")
+        elif args.command == "chat":
+            return chat(_pipeline_of(Path(args.target)), args.stage, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_p=args.top_p, system=args.system, seed=args.seed)
         elif args.command == "schema":
             print(json.dumps(json_schema(args.kind), indent=2) if args.json else render_rows(args.kind))
         elif args.command == "verify":
