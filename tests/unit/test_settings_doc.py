@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -57,3 +59,9 @@ def test_the_cli_prints_a_kind_or_its_json_schema_and_refuses_an_unknown_kind():
     refused = rlhf("schema", "ppx")
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"error: rlhf schema ppx: no such kind (kinds: {', '.join(KINDS)})"]
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    piped = subprocess.run(f"{sys.executable} -m pipeline.cli schema ppo | true", shell=True, cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and "Traceback" not in piped.stderr, piped.stderr
