@@ -55,7 +55,8 @@ def pipeline_file(workdir: Path) -> Path:
                                 "data": {"train": chat, "max_length": 64}, "generation": {"max_new_tokens": 32},
                                 "ppo": {"rollout_batch_size": 16, "mini_batch_size": 8, "epochs": 2},
                                 "evaluation": {"prompts": 8, "samples": 0},
-                                "train": train(6, 16, lr_scheduler="constant", learning_rate=1e-4)}
+                                "train": {"max_steps": 6, "learning_rate": 1e-4, "lr_scheduler": "constant",
+                                          "save_every": 10_000, "log_every": 10}}
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "launches.yaml"
     path.write_text(yaml.safe_dump({"run_dir": "run", "stages": stages}, sort_keys=False))

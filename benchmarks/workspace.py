@@ -97,6 +97,9 @@ def pipeline_file(workdir: Path, size: Size) -> Path:
                        "model": {"init": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                                           "intermediate_size": 64}, "tokenizer": {"vocab_size": 512}},
                        "train": train(2, 4, 1e-3)}
+    # PPO's batch is its rollout_batch_size, so its train block holds only the loop's settings
+    ppo_train = lambda steps: {"max_steps": steps, "learning_rate": 3e-4, "lr_scheduler": "constant",  # noqa: E731
+                               "log_every": 1, "save_every": 10_000}
     for batch, length in size.ppo_settings:
         stages[f"ppo_b{batch}_t{length}"] = {
             "kind": "ppo", "inputs": {"policy": "sft_packed", "reward": "rm_k4"},
@@ -104,7 +107,7 @@ def pipeline_file(workdir: Path, size: Size) -> Path:
             "generation": {"max_new_tokens": length},
             "ppo": {"rollout_batch_size": batch, "mini_batch_size": batch // 2, "epochs": 2},
             "evaluation": {"prompts": 8, "samples": 0},
-            "train": train(size.ppo_iterations, 16, 3e-4, lr_scheduler="constant", log_every=1)}
+            "train": ppo_train(size.ppo_iterations)}
     path = workdir / "bench.yaml"
     path.write_text(yaml.safe_dump({"run_dir": "run", "stages": stages}, sort_keys=False))
     return path
