@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.helpers import chat_pipeline, rlhf, small_corpus
 
@@ -28,9 +29,18 @@ def corpus(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_chat_run(tmp_path_factory) -> Path:
-    """The run directory of a completed tiny pretrain -> sft (+ LoRA) -> reward -> ppo pipeline."""
-    directory = tmp_path_factory.mktemp("chat")
-    result = rlhf("run", chat_pipeline(directory))
-    assert result.returncode == 0, result.stdout + result.stderr
+def tiny_chat_run(tmp_path_factory, worker_id) -> Path:
+    """The run directory of a completed tiny pretrain -> sft (+ LoRA) -> reward -> ppo pipeline. Under
+    pytest-xdist the workers share one: the first builds it under a file lock, the others wait for it."""
+    if worker_id == "master":
+        directory = tmp_path_factory.mktemp("chat")
+    else:
+        directory = tmp_path_factory.getbasetemp().parent / "chat"
+        directory.mkdir(exist_ok=True)
+    built = directory / "built"
+    with FileLock(str(directory) + ".lock"):
+        if not built.exists():
+            result = rlhf("run", chat_pipeline(directory))
+            assert result.returncode == 0, result.stdout + result.stderr
+            built.touch()
     return directory / "run"
