@@ -23,5 +23,5 @@ setup(
     cmdclass={"build_py": BuildPy},
     packages=[*find_packages(include=["core*", "pipeline*", "stages*"]), "rlhf_pipeline_assets"],
     package_dir={"rlhf_pipeline_assets": "."},
-    package_data={"pipeline": ["*.html"], "rlhf_pipeline_assets": ASSETS},
+    package_data={"stages.rank": ["*.html"], "rlhf_pipeline_assets": ASSETS},
 )

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Protocol
 
 
 def sample_key(prompt: list[dict], answers: list[str]) -> str:
@@ -73,3 +74,26 @@ def is_ranked(record: dict | None) -> bool:
 def labeled_count(labels: dict[str, dict], keys: list[str]) -> int:
     """How many of the samples (by key) carry a ranking."""
     return sum(is_ranked(labels.get(key)) for key in keys)
+
+
+class PeopleLabeling(Protocol):
+    """What people label for one stage through `rlhf label`; a kind's config hands it out (labeling_task),
+    and the orchestrator serves its page and moves its files without knowing the kind."""
+
+    stage: str
+    min_labeled: int
+
+    def state(self) -> dict:
+        """Progress (`labeled`, `handled`, `total`) and the next item, as the page shows them."""
+
+    def page(self) -> bytes:
+        """The labeling page (HTML)."""
+
+    def submit(self, record: dict) -> tuple[int, dict]:
+        """Store one signed submission from the page: (HTTP status, response body)."""
+
+    def export_rows(self, path: Path) -> int:
+        """The unlabeled items into a new JSONL file; how many."""
+
+    def import_rows(self, path: Path) -> int:
+        """Labels from a JSONL file, every row checked before any is stored; how many."""

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from core.schema import SampleTable
 from core.sections import (
     ChatData,
     ChatStage,
@@ -15,6 +16,7 @@ from core.sections import (
     LoraSettings,
     Problems,
     SampleSettings,
+    before_after_table,
     source_positions,
     too_long,
 )
@@ -63,3 +65,8 @@ class PreferenceStage(ChatStage):
         """Examples longer than the policy's positions."""
         return too_long(("data", "max_length"), self.data.max_length, self.output_positions(upstream),
                         what="data.max_length")
+
+    @classmethod
+    def sample_tables(cls, name: str, manifest: dict) -> list[SampleTable]:
+        """The input policy's greedy answers beside the trained one's."""
+        return before_after_table(name, manifest)

@@ -141,6 +141,17 @@ class Panel:
     x: str | None = None  # a metrics.jsonl key to plot against instead of the step (e.g. the KL)
 
 
+@dataclass(frozen=True)
+class SampleTable:
+    """A table of sample answers in the report. `shows` names other stages whose answers it also holds
+    (PPO's base -> SFT -> PPO table shows its SFT policy's): their own tables are left out."""
+
+    title: str
+    headers: list[str]
+    rows: list[list]
+    shows: tuple[str, ...] = ()
+
+
 class StageConfig(StrictModel):
     """Fields every stage has. Each kind subclasses it with typed `data`, `model` and `train` sections."""
 
@@ -164,6 +175,10 @@ class StageConfig(StrictModel):
     #: the report: one paragraph on what the kind does, and its plots
     about: ClassVar[str] = ""
     panels: ClassVar[tuple[Panel, ...]] = ()
+    #: the report opens with this kind's findings and first two tables (eval's judged policies: the verdict)
+    gives_verdict: ClassVar[bool] = False
+    #: top-level folders of the artifact that `rlhf export` leaves out (not part of the shared model)
+    export_leaves_out: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -192,6 +207,16 @@ class StageConfig(StrictModel):
         """Extra report tables of a completed stage: (title, headers, rows)."""
         return []
 
+    @classmethod
+    def sample_tables(cls, name: str, manifest: dict) -> list[SampleTable]:
+        """The report's tables of sample answers of a completed stage `name`, from its manifest."""
+        return []
+
+    @classmethod
+    def batch_description(cls, config: dict) -> tuple[str, Any]:
+        """(what one optimisation step consumes, how many) for the report's lineage, from a manifest's config."""
+        return "global batch (sequences per step)", (config.get("train") or {}).get("batch_size")
+
     def input_problems(self) -> list[tuple[tuple, str]]:
         """Cross-field checks that need the whole stage (e.g. exactly one model source): (key path, message)."""
         return []
@@ -209,6 +234,14 @@ class StageConfig(StrictModel):
     def data_problems(self) -> list[str]:
         """Problems in the content of the stage's data files (read before any stage is launched)."""
         return []
+
+    def labeled_by_people(self) -> bool:
+        """Whether people label this stage through `rlhf label` (then `labeling_task` hands out their task)."""
+        return False
+
+    def labeling_task(self, *, name: str, run_dir: Path) -> Any:
+        """What people label for stage `name` (a core.labels.PeopleLabeling), when `labeled_by_people`."""
+        raise NotImplementedError(f"{self.kind}: people label no stage of this kind")
 
     def state_files(self, stage_dir: Path) -> list[Path]:
         """Files inside the stage's own directory whose content the stage's output depends on, e.g. people's

@@ -15,7 +15,7 @@ from pydantic import Field
 from core.datasources import DataSource, DataSources
 from core.engines import vllm_problem
 from core.numbers import fmt
-from core.schema import DirPath, FilePath, GgufPath, HubModel, StageConfig, StrictModel, volatile
+from core.schema import DirPath, FilePath, GgufPath, HubModel, SampleTable, StageConfig, StrictModel, volatile
 
 Problems = list[tuple[tuple, str]]
 
@@ -175,6 +175,19 @@ class SampleSettings(StrictModel):
 
     count: int = Field(4, ge=0)
     max_new_tokens: int = Field(48, ge=1)
+
+
+def before_after_table(name: str, manifest: dict) -> list[SampleTable]:
+    """The greedy answers a trained stage recorded (SampleSettings): its input model's (`base`) beside its own
+    (under the kind's name), one table; none when it recorded none."""
+    kind = manifest.get("kind")
+    samples = [s for s in (manifest.get("metrics") or {}).get("samples") or [] if kind in s]
+    if not samples:
+        return []
+    inputs = manifest.get("inputs") or {}
+    source = (inputs.get("policy") or inputs.get("model") or {}).get("stage") or "base"
+    rows = [[s["prompt"], s.get("base", "–"), s.get(kind, "–")] for s in samples]
+    return [SampleTable(f"{name}: {source} → {name}", ["prompt", f"{source} model", f"{name} model"], rows)]
 
 
 class VllmSettings(StrictModel):

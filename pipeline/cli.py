@@ -22,7 +22,7 @@ from pipeline.config import load_pipeline
 from pipeline.environment import environment, package_version
 from pipeline.export import export_stage, push_to_hub, verify_run
 from pipeline.label_server import is_loopback, make_server, page_address
-from pipeline.labeling import export_rows, import_rows, labeling_task
+from pipeline.labeling import labeling_task
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
 from pipeline.report import write_report
 from pipeline.runner import before_launch_problems, make_console, run_pipeline, status_table
@@ -264,10 +264,10 @@ def _label(target: Path, args: argparse.Namespace) -> None:
     """Serve the labeling page until Ctrl-C, or export / import labels."""
     task = labeling_task(_pipeline_of(target), args.stage)
     if args.export:
-        print(f"{args.export}: {export_rows(task, args.export)} unlabeled prompts of {task.stage}")
+        print(f"{args.export}: {task.export_rows(args.export)} unlabeled items of {task.stage}")
         return
     if args.import_file:
-        count = import_rows(task, args.import_file)
+        count = task.import_rows(args.import_file)
         state = task.state()
         print(f"{task.stage}: {count} labels imported; {state['labeled']}/{task.min_labeled} ranked")
         return

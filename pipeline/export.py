@@ -1,9 +1,10 @@
 """`rlhf export RUN_DIR STAGE --to DIR [--push-to-hub owner/name [--private]]`: a clean model folder.
 
 The folder holds what a user of the model needs and nothing of the pipeline's own: the weights, the tokenizer
-and its chat template, the generation config, the LoRA adapter when there is one (`adapter/`), not PPO's
-critic; and a model card (README.md) built from the manifests: the stage and every stage it was built from,
-with fingerprints, configs, data files and their hashes, and the metrics. Only a fresh stage is exported,
+and its chat template, the generation config, the LoRA adapter when there is one (`adapter/`), not what a
+kind keeps for itself (its config's `export_leaves_out`: PPO's critic); and a model card (README.md) built
+from the manifests: the stage and every stage it was built from, with fingerprints, configs, data files and
+their hashes, and the metrics. Only a fresh stage is exported,
 into a folder that does not exist yet or is empty: nothing already there is overwritten.
 """
 
@@ -20,9 +21,6 @@ from core.manifest import output_problems, read_manifest
 from core.numbers import fmt
 from pipeline.config import Pipeline
 from pipeline.plan import stage_states
-
-#: artifact entries that are the pipeline's, not the model's
-LEFT_OUT = ("critic",)
 
 
 def lineage(manifest: dict) -> list[dict]:
@@ -133,7 +131,7 @@ def export_stage(pipeline: Pipeline, stage: str, target: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for relative in listed:
         inside = relative.relative_to(artifact.relative_to(state.dirs.root))
-        if inside.parts[0] in LEFT_OUT:
+        if inside.parts[0] in type(pipeline.stages[stage]).export_leaves_out:
             continue
         (target / inside).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(state.dirs.root / relative, target / inside, follow_symlinks=False)

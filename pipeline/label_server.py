@@ -19,14 +19,10 @@ import json
 import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from core.labels import append_label, read_labels
-from pipeline.labeling import LabelingTask
+from core.labels import PeopleLabeling
 
-#: the page, shipped beside this module (package data)
-PAGE = Path(__file__).with_name("label_page.html")
 MAX_BODY_BYTES = 64_000
 TOKEN_HEADER = "X-Label-Token"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
@@ -45,7 +41,7 @@ def is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
-def make_server(task: LabelingTask, host: str = "127.0.0.1", port: int = 8765,
+def make_server(task: PeopleLabeling, host: str = "127.0.0.1", port: int = 8765,
                 *, token: str | None = None) -> ThreadingHTTPServer:
     """The labeling page's HTTP server (not started): GET / the page, GET /api/state, POST /api/label, each
     behind the checks of the module docstring. The session token is `server.token`; `page_address(server)`
@@ -95,7 +91,7 @@ def make_server(task: LabelingTask, host: str = "127.0.0.1", port: int = 8765,
             elif route == "/api/state":
                 self._json(200, task.state())
             else:
-                self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
+                self._send(200, task.page(), "text/html; charset=utf-8")
 
         def do_POST(self) -> None:  # noqa: N802
             if urlsplit(self.path).path != "/api/label":
@@ -125,19 +121,12 @@ def make_server(task: LabelingTask, host: str = "127.0.0.1", port: int = 8765,
             if not isinstance(record, dict):
                 self._json(400, {"error": "expected a JSON object"})
                 return
-            record = {k: record[k] for k in ("key", "ranks", "skip", "flag", "labeler") if k in record}
-            problem = task.submission_problem(record) or labeler_problem(record.get("labeler"))
+            problem = labeler_problem(record.get("labeler"))
             if problem is not None:
                 self._json(400, {"error": problem})
                 return
-            with lock:
-                earlier = read_labels(task.labels_path).get(record["key"])
-                if earlier is not None and earlier.get("labeler") != record["labeler"]:
-                    self._json(409, {"error": f"{earlier.get('labeler') or 'someone'} labeled this prompt first; "
-                                              "yours was not saved", **task.state()})
-                    return
-                append_label(task.labels_path, {**record, "source": "page"})
-            self._json(200, task.state())
+            with lock:  # one submission at a time: the task checks who labeled an item first
+                self._json(*task.submit(record))
 
         def log_message(self, format: str, *args) -> None:  # one quiet line per request is noise here
             return

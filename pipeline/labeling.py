@@ -1,118 +1,23 @@
-"""`rlhf label`: people rank a rank stage's sampled answers, on a local page or through JSONL files.
-
-The page (label_page.html, served by pipeline.label_server) shows one prompt and its K answers at a time, a
-person gives each answer a rank (1 = best, ties allowed) and submits, or skips or flags the prompt. Every submission is appended to the stage's labels file at once
-(core.labels: one write, fsynced), so closing the page or killing the server loses nothing, and the next
-visit goes on with the first prompt nobody has labeled. `--export` writes the prompts with their answers as
-JSONL for Label Studio or Argilla; `--import` reads rankings back (`{"prompt", "answers", "ranks"}`, the
-reward kind's format), checked row by row before any is appended.
-"""
+"""`rlhf label`: which stage people label. The stage's kind owns the rest (its config's `labeling_task`: the
+items, the page, the import and export formats); pipeline.label_server serves it."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-
 from core.errors import InputError
-from core.labelers import HumanLabeler
-from core.labels import append_label, is_ranked, ranks_problem, read_labels, sample_key
-from core.layout import StageDirs
-from core.samples import SAMPLES_FILE, read_samples
-from core.textfiles import BadRow, jsonl_objects
+from core.labels import PeopleLabeling
 from pipeline.config import Pipeline
 
 
-@dataclass
-class LabelingTask:
-    """One rank stage whose labeler is people: its samples and where their labels go."""
-
-    stage: str
-    samples: list[dict]
-    keys: list[str]
-    labels_path: Path
-    min_labeled: int
-
-    def state(self) -> dict:
-        """Progress and the next prompt nobody has labeled (None when every one is)."""
-        labels = read_labels(self.labels_path)
-        handled = [key in labels for key in self.keys]
-        following = next((i for i, done in enumerate(handled) if not done), None)
-        item = None
-        if following is not None:
-            row = self.samples[following]
-            item = {"key": self.keys[following], "index": following, "prompt": row["prompt"], "answers": row["answers"]}
-        return {"stage": self.stage, "total": len(self.keys), "handled": sum(handled),
-                "labeled": sum(is_ranked(labels.get(key)) for key in self.keys), "min_labeled": self.min_labeled,
-                "item": item}
-
-    def submission_problem(self, record: dict) -> str | None:
-        """Why a submission from the page or a file cannot be stored, or None."""
-        if record.get("key") not in self.keys:
-            return "unknown key: not one of this stage's sampled prompts (were the answers re-sampled?)"
-        if "skip" in record and not isinstance(record["skip"], bool):
-            return f"skip must be true or false, got {record['skip']!r}"
-        if "flag" in record and not isinstance(record["flag"], str):
-            return f"flag must be a text saying what is wrong with the prompt, got {record['flag']!r}"
-        if record.get("skip") is True or (isinstance(record.get("flag"), str) and record["flag"].strip()):
-            return None
-        return ranks_problem(record.get("ranks"), len(self.samples[self.keys.index(record["key"])]["answers"]))
-
-
-def labeling_task(pipeline: Pipeline, stage: str | None = None) -> LabelingTask:
-    """The rank stage people label: `stage`, or the pipeline's only one with labeler kind human."""
-    human = [name for name, cfg in pipeline.stages.items() if isinstance(getattr(cfg, "labeler", None), HumanLabeler)]
+def labeling_task(pipeline: Pipeline, stage: str | None = None) -> PeopleLabeling:
+    """The task of the stage people label: `stage`, or the pipeline's only one labeled by people."""
+    people = [name for name, cfg in pipeline.stages.items() if cfg.labeled_by_people()]
     if stage is None:
-        if len(human) != 1:
-            found = ", ".join(human) or "none"
-            raise InputError(f"{pipeline.path}: expected one rank stage with labeler kind human to label, found {found}"
-                             + ("; name it with --stage" if human else ""))
-        stage = human[0]
-    elif stage not in human:
-        raise InputError(f"--stage {stage}: not a rank stage with labeler kind human (those are: {', '.join(human) or 'none'})")
-    cfg = pipeline.stages[stage]
-    source = cfg.inputs["samples"]
-    samples = read_samples(StageDirs.of(pipeline.run_dir, source).artifact / SAMPLES_FILE)
-    if not samples:
-        raise InputError(f"{stage}: its input {source} has no samples yet: `rlhf run {pipeline.path}` samples them "
-                         "first (it stops at this stage to wait for labels)")
-    return LabelingTask(stage, samples, [sample_key(r["prompt"], r["answers"]) for r in samples],
-                        StageDirs.of(pipeline.run_dir, stage).labels, cfg.labeler.min_labeled)
-
-
-def export_rows(task: LabelingTask, path: Path) -> int:
-    """The prompts nobody has labeled, with their answers, as JSONL (`key`, `prompt`, `answers`), into a new file
-    in an existing folder; how many."""
-    if path.exists() or path.is_symlink():
-        raise InputError(f"--export {path}: exists; export into a new file (nothing is overwritten)")
-    if not path.parent.is_dir():
-        raise InputError(f"--export {path}: folder {path.parent} does not exist")
-    labels = read_labels(task.labels_path)
-    rows = [{"key": key, "prompt": row["prompt"], "answers": row["answers"]}
-            for key, row in zip(task.keys, task.samples) if key not in labels]
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return len(rows)
-
-
-def import_rows(task: LabelingTask, path: Path) -> int:
-    """Rankings from a JSONL file (`{"prompt", "answers", "ranks"}`, a `key` optional; or `skip` / `flag`), every
-    row checked before any is appended (InputError naming file and line); how many were appended."""
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    records, problems = [], []
-    for number, row in jsonl_objects(path):
-        if isinstance(row, BadRow):
-            problems.append(f"{path}:{number}: {row}")
-            continue
-        key = row.get("key") or (sample_key(row["prompt"], row["answers"]) if "prompt" in row and "answers" in row else None)
-        record = {"key": key, **{k: row[k] for k in ("ranks", "skip", "flag", "labeler") if k in row}}
-        problem = task.submission_problem(record)
-        if problem is not None:
-            problems.append(f"{path}:{number}: {problem}")
-        else:
-            records.append(record)
-    if problems:
-        raise InputError(problems)
-    for record in records:
-        append_label(task.labels_path, {**record, "source": f"import {path.name}"})
-    return len(records)
+        if len(people) != 1:
+            found = ", ".join(people) or "none"
+            raise InputError(f"{pipeline.path}: expected one stage labeled by people (a rank stage with labeler kind "
+                             f"human), found {found}" + ("; name it with --stage" if people else ""))
+        stage = people[0]
+    elif stage not in people:
+        raise InputError(f"--stage {stage}: not a stage labeled by people (a rank stage with labeler kind human; "
+                         f"those are: {', '.join(people) or 'none'})")
+    return pipeline.stages[stage].labeling_task(name=stage, run_dir=pipeline.run_dir)

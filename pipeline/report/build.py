@@ -128,7 +128,7 @@ def _verdict(doc: Document, records: list[StageRecord], pipeline: Pipeline) -> N
     """First: what the eval stages found (objective and guard, with the numbers that say so), then the settings
     that produced it: the `--set` overrides and each trained stage's hyperparameters."""
     doc.add(Heading(2, "Verdict"))
-    judged = [r for r in records if r.kind == "eval" and r.metrics.get("policies")]
+    judged = [r for r in records if r.config_class.gives_verdict and r.metrics.get("policies")]
     if not judged:
         doc.add(Paragraph("No eval stage has finished: nothing in this run has judged its policies independently "
                           "yet (a reward model's own scores are not a verdict)."))
@@ -225,38 +225,19 @@ def _stage_section(doc: Document, r: StageRecord, plots_cache: _PlotCache) -> No
 
 
 def _samples(doc: Document, records: list[StageRecord]) -> None:
-    """Greedy answers to the same held-out prompts: base -> SFT -> PPO with reward-model scores (from each
-    PPO stage), and input -> trained for the SFT stages no PPO stage has shown and for DPO and KTO stages."""
-    shown_sft = set()
-    tables = []
-    for r in records:
-        if r.kind == "ppo" and r.metrics.get("samples"):
-            policy = ((r.manifest or {}).get("inputs") or {}).get("policy", {}).get("stage")
-            shown_sft.add(policy)
-            columns = [c for c in ("base", "sft", "ppo") if any(c in s for s in r.metrics["samples"])]
-            headers = ["prompt"] + [h for c in columns for h in (_LABEL[c], f"{_LABEL[c]} score")]
-            rows = [[s["prompt"]] + [v for c in columns for v in (s.get(c, "–"), fmt(s.get(f"{c}_score")))]
-                    for s in r.metrics["samples"]]
-            tables.append((f"{r.name}: base → {policy} → {r.name}", headers, rows))
-    for r in records:
-        samples = r.metrics.get("samples") or []
-        # sft, dpo, kto: greedy answers of the input model ("base") and the trained one (under the kind's name)
-        if r.kind == "ppo" or r.name in shown_sft or not any(r.kind in s for s in samples):
-            continue
-        inputs = (r.manifest or {}).get("inputs") or {}
-        source = (inputs.get("policy") or inputs.get("model") or {}).get("stage") or "base"
-        rows = [[s["prompt"], s.get("base", "–"), s.get(r.kind, "–")] for s in samples]
-        tables.append((f"{r.name}: {source} → {r.name}", ["prompt", f"{source} model", f"{r.name} model"], rows))
+    """Each kind's tables of greedy answers to the same held-out prompts (base -> SFT -> PPO with reward-model
+    scores; input -> trained for sft, dpo, kto), less those of stages another table already shows."""
+    tables = [t for r in records if r.manifest for t in r.config_class.sample_tables(r.name, r.manifest)]
+    shown = {stage for t in tables for stage in t.shows}
+    tables = [t for r in records if r.manifest and r.name not in shown
+              for t in r.config_class.sample_tables(r.name, r.manifest)]
     if not tables:
         return
     doc.add(Heading(2, "Sample answers"))
     doc.add(Paragraph("Greedy answers to the same held-out prompts. Scores are the reward model's (higher is "
                       "preferred); they compare answers to one prompt, not across prompts."))
-    for title, headers, rows in tables:
-        doc.add(Heading(3, title), Table(headers, rows, css_class="samples"))
-
-
-_LABEL = {"base": "base model", "sft": "SFT model", "ppo": "PPO model"}
+    for table in tables:
+        doc.add(Heading(3, table.title), Table(table.headers, table.rows, css_class="samples"))
 
 
 def _lineage(doc: Document, records: list[StageRecord], pipeline: Pipeline) -> None:
@@ -269,11 +250,7 @@ def _lineage(doc: Document, records: list[StageRecord], pipeline: Pipeline) -> N
             continue
         doc.add(Heading(3, r.name))
         inputs = ", ".join(f"{role}: {i['stage']} ({i['fingerprint'][:12]})" for role, i in (m.get("inputs") or {}).items())
-        config = m.get("config") or {}
-        if config.get("ppo"):
-            batch = ("rollout batch (answers per iteration)", config["ppo"].get("rollout_batch_size"))
-        else:
-            batch = ("global batch (sequences per step)", (config.get("train") or {}).get("batch_size"))
+        batch = r.config_class.batch_description(m.get("config") or {})
         rows = [["fingerprint", f"`{m.get('fingerprint')}`"],
                 ["inputs", inputs or "none"],
                 ["started / ended", f"{m.get('started_at')} / {m.get('ended_at')}"],

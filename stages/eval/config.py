@@ -49,6 +49,7 @@ class EvalStage(StageConfig):
     input_roles = {"policies": True, "judge": False, "reference": False}
     input_families = frozenset({"policies"})
     headline = ("eval/prompts", "eval/best_policy", "eval/best_prompt_loose_diff", "eval/best_win_rate")
+    gives_verdict = True
     live = ("eval/policies_done",)
     about = ("Every policy answers the same held-out prompts with the same sampling settings and seed, and one "
              "judge, independent of the reward models the policies were optimised against, scores every answer. "

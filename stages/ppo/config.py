@@ -14,7 +14,7 @@ from core.errors import InputError
 from core.labelers import SimulatedLabeler, judge_problems
 from core.numbers import fmt, percent
 from core.records import prompt_problems
-from core.schema import Panel, StageConfig, StrictModel, volatile
+from core.schema import Panel, SampleTable, StageConfig, StrictModel, volatile
 from core.sections import ChatData, LoadingSettings, LoopSettings, LoraSettings, Problems, SamplingSettings, too_long
 
 
@@ -113,6 +113,7 @@ class PpoStage(StageConfig):
     # 4: the reward model scores the rendered chat with its own pooling, as the reward stage trains it
     version = 4
     input_roles = {"policy": True, "reward": True, "judge": False}
+    export_leaves_out = ("critic",)  # the value model is training state, not part of the shared policy
     about = ("PPO against the frozen reward model with a KL penalty to the SFT policy. The score should rise while "
              "the KL stays moderate; a score that climbs while the KL runs away, the stop rate falls and distinct-2 "
              "drops is reward hacking. The win rate below is the optimized reward model's own verdict, not an "
@@ -195,6 +196,25 @@ class PpoStage(StageConfig):
                 text += (f" (95% interval {percent(metrics['eval/gold_win_rate_low'])}–"
                          f"{percent(metrics['eval/gold_win_rate_high'])})")
         return text + "."
+
+    @classmethod
+    def sample_tables(cls, name: str, manifest: dict) -> list[SampleTable]:
+        """Greedy answers to the same held-out prompts: base -> SFT policy -> PPO, each with the reward model's
+        score; it shows the SFT policy's answers too."""
+        samples = (manifest.get("metrics") or {}).get("samples")
+        if not samples:
+            return []
+        policy = ((manifest.get("inputs") or {}).get("policy") or {}).get("stage")
+        labels = {"base": "base model", "sft": "SFT model", "ppo": "PPO model"}
+        columns = [c for c in labels if any(c in s for s in samples)]
+        headers = ["prompt"] + [h for c in columns for h in (labels[c], f"{labels[c]} score")]
+        rows = [[s["prompt"]] + [v for c in columns for v in (s.get(c, "–"), fmt(s.get(f"{c}_score")))] for s in samples]
+        return [SampleTable(f"{name}: base → {policy} → {name}", headers, rows, shows=(policy,) if policy else ())]
+
+    @classmethod
+    def batch_description(cls, config: dict) -> tuple[str, object]:
+        """PPO's step is one rollout."""
+        return "rollout batch (answers per iteration)", (config.get("ppo") or {}).get("rollout_batch_size")
 
 
 @dataclass(frozen=True)

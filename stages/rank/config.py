@@ -12,6 +12,7 @@ from core.numbers import fmt, percent
 from core.samples import SAMPLES_FILE, sample_keys
 from core.schema import StageConfig, volatile
 from core.sections import Problems
+from stages.rank.labeling import LabelingTask, labeling_task
 
 
 class RankStage(StageConfig):
@@ -48,6 +49,15 @@ class RankStage(StageConfig):
             return [(("labeler", "model"), "give the judge as inputs.judge (a reward stage) or labeler.model, "
                                            "exactly one")]
         return self.labeler.loading.loading_problems(("labeler", "loading"))
+
+    def labeled_by_people(self) -> bool:
+        """People rank when the labeler's kind is human."""
+        return isinstance(self.labeler, HumanLabeler)
+
+    def labeling_task(self, *, name: str, run_dir: Path) -> LabelingTask:
+        """The samples of the input sample stage, and this stage's labels file."""
+        return labeling_task(stage=name, source=self.inputs["samples"], run_dir=run_dir,
+                             min_labeled=self.labeler.min_labeled)
 
     def state_files(self, stage_dir: Path) -> list[Path]:
         """People's labels, when people rank."""

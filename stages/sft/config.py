@@ -7,8 +7,15 @@ from typing import Literal
 from pydantic import Field
 
 from core.records import sft_problems
-from core.schema import Panel
-from core.sections import ChatData, ChatStage, LoraSettings, SampleSettings, loss_findings
+from core.schema import Panel, SampleTable
+from core.sections import (
+    ChatData,
+    ChatStage,
+    LoraSettings,
+    SampleSettings,
+    before_after_table,
+    loss_findings,
+)
 
 
 class SftData(ChatData):
@@ -47,3 +54,8 @@ class SftStage(ChatStage):
     def findings(cls, metrics: dict) -> str:
         """Validation loss and perplexity, down from the input model's."""
         return loss_findings(metrics)
+
+    @classmethod
+    def sample_tables(cls, name: str, manifest: dict) -> list[SampleTable]:
+        """The input model's greedy answers beside the SFT model's."""
+        return before_after_table(name, manifest)

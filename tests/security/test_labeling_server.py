@@ -15,7 +15,7 @@ import pytest
 
 from core.labels import read_labels, sample_key
 from pipeline.label_server import make_server, page_address
-from pipeline.labeling import LabelingTask
+from stages.rank.labeling import LabelingTask
 from tests.helpers import chromium_or_skip
 
 SAMPLES = [{"prompt": [{"role": "user", "content": f"question {i}?"}], "answers": [f"a{i}", f"b{i}", f"c{i}"]}

@@ -1,0 +1,128 @@
+"""What people do for a rank stage through `rlhf label` (torch-free; the rank config hands it out): rank its
+sampled answers on a local page or through JSONL files.
+
+The page (label_page.html beside this module, served by pipeline.label_server) shows one prompt and its K
+answers at a time, a person gives each answer a rank (1 = best, ties allowed) and submits, or skips or flags
+the prompt. Every submission is appended to the stage's labels file at once (core.labels: one write,
+fsynced), so closing the page or killing the server loses nothing, and the next visit goes on with the first
+prompt nobody has labeled. `--export` writes the prompts with their answers as
+JSONL for Label Studio or Argilla; `--import` reads rankings back (`{"prompt", "answers", "ranks"}`, the
+reward kind's format), checked row by row before any is appended.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import InputError
+from core.labels import append_label, is_ranked, ranks_problem, read_labels, sample_key
+from core.layout import StageDirs
+from core.samples import SAMPLES_FILE, read_samples
+from core.textfiles import BadRow, jsonl_objects
+
+#: the page people rank on
+PAGE = Path(__file__).with_name("label_page.html")
+#: what a submission from the page may hold
+SUBMITTED_KEYS = ("key", "ranks", "skip", "flag", "labeler")
+
+
+@dataclass
+class LabelingTask:
+    """One rank stage whose labeler is people: its samples and where their labels go."""
+
+    stage: str
+    samples: list[dict]
+    keys: list[str]
+    labels_path: Path
+    min_labeled: int
+
+    def state(self) -> dict:
+        """Progress and the next prompt nobody has labeled (None when every one is)."""
+        labels = read_labels(self.labels_path)
+        handled = [key in labels for key in self.keys]
+        following = next((i for i, done in enumerate(handled) if not done), None)
+        item = None
+        if following is not None:
+            row = self.samples[following]
+            item = {"key": self.keys[following], "index": following, "prompt": row["prompt"], "answers": row["answers"]}
+        return {"stage": self.stage, "total": len(self.keys), "handled": sum(handled),
+                "labeled": sum(is_ranked(labels.get(key)) for key in self.keys), "min_labeled": self.min_labeled,
+                "item": item}
+
+    def submission_problem(self, record: dict) -> str | None:
+        """Why a submission from the page or a file cannot be stored, or None."""
+        if record.get("key") not in self.keys:
+            return "unknown key: not one of this stage's sampled prompts (were the answers re-sampled?)"
+        if "skip" in record and not isinstance(record["skip"], bool):
+            return f"skip must be true or false, got {record['skip']!r}"
+        if "flag" in record and not isinstance(record["flag"], str):
+            return f"flag must be a text saying what is wrong with the prompt, got {record['flag']!r}"
+        if record.get("skip") is True or (isinstance(record.get("flag"), str) and record["flag"].strip()):
+            return None
+        return ranks_problem(record.get("ranks"), len(self.samples[self.keys.index(record["key"])]["answers"]))
+
+    def page(self) -> bytes:
+        """The labeling page (HTML)."""
+        return PAGE.read_bytes()
+
+    def submit(self, record: dict) -> tuple[int, dict]:
+        """Store one signed submission from the page: (HTTP status, response body). A prompt someone else
+        labeled first is not overwritten (409); the caller serialises submissions."""
+        record = {k: record[k] for k in SUBMITTED_KEYS if k in record}
+        problem = self.submission_problem(record)
+        if problem is not None:
+            return 400, {"error": problem}
+        earlier = read_labels(self.labels_path).get(record["key"])
+        if earlier is not None and earlier.get("labeler") != record.get("labeler"):
+            return 409, {"error": f"{earlier.get('labeler') or 'someone'} labeled this prompt first; yours was not "
+                                  "saved", **self.state()}
+        append_label(self.labels_path, {**record, "source": "page"})
+        return 200, self.state()
+
+    def export_rows(self, path: Path) -> int:
+        """The prompts nobody has labeled, with their answers, as JSONL (`key`, `prompt`, `answers`), into a
+        new file in an existing folder; how many."""
+        if path.exists() or path.is_symlink():
+            raise InputError(f"--export {path}: exists; export into a new file (nothing is overwritten)")
+        if not path.parent.is_dir():
+            raise InputError(f"--export {path}: folder {path.parent} does not exist")
+        labels = read_labels(self.labels_path)
+        rows = [{"key": key, "prompt": row["prompt"], "answers": row["answers"]}
+                for key, row in zip(self.keys, self.samples) if key not in labels]
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        return len(rows)
+
+    def import_rows(self, path: Path) -> int:
+        """Rankings from a JSONL file (`{"prompt", "answers", "ranks"}`, a `key` optional; or `skip` / `flag`),
+        every row checked before any is appended (InputError naming file and line); how many were appended."""
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+        records, problems = [], []
+        for number, row in jsonl_objects(path):
+            if isinstance(row, BadRow):
+                problems.append(f"{path}:{number}: {row}")
+                continue
+            key = row.get("key") or (sample_key(row["prompt"], row["answers"]) if "prompt" in row and "answers" in row else None)
+            record = {"key": key, **{k: row[k] for k in SUBMITTED_KEYS[1:] if k in row}}
+            problem = self.submission_problem(record)
+            if problem is not None:
+                problems.append(f"{path}:{number}: {problem}")
+            else:
+                records.append(record)
+        if problems:
+            raise InputError(problems)
+        for record in records:
+            append_label(self.labels_path, {**record, "source": f"import {path.name}"})
+        return len(records)
+
+
+def labeling_task(*, stage: str, source: str, run_dir: Path, min_labeled: int) -> LabelingTask:
+    """The task of rank stage `stage` whose labeler is people: the samples of its input `source`."""
+    samples = read_samples(StageDirs.of(run_dir, source).artifact / SAMPLES_FILE)
+    if not samples:
+        raise InputError(f"{stage}: its input {source} has no samples yet: `rlhf run` samples them first (it stops "
+                         "at this stage to wait for labels)")
+    return LabelingTask(stage, samples, [sample_key(r["prompt"], r["answers"]) for r in samples],
+                        StageDirs.of(run_dir, stage).labels, min_labeled)
