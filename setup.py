@@ -21,7 +21,7 @@ class BuildPy(build_py):
 
 setup(
     cmdclass={"build_py": BuildPy},
-    packages=[*find_packages(include=["core*", "pipeline*", "stages*"]), "rlhf_pipeline_assets"],
+    packages=[*find_packages(include=["core*", "rows*", "measures*", "sections*", "pipeline*", "stages*"]), "rlhf_pipeline_assets"],
     package_dir={"rlhf_pipeline_assets": "."},
     package_data={"stages.rank": ["*.html"], "rlhf_pipeline_assets": ASSETS},
 )

@@ -81,7 +81,7 @@ def trl_sft(manifest: dict, model_dir: Path, packing: bool) -> Measured:
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from core.records import sft_row
+    from rows.records import sft_row
     from stages.common.chat import load_chat_tokenizer, load_rows
     from stages.sft.config import SftStage
 
@@ -114,7 +114,7 @@ def trl_reward_on_pairs(manifest: dict, model_dir: Path) -> tuple[Measured, floa
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from core.records import ranking_row
+    from rows.records import ranking_row
     from stages.common.chat import load_chat_tokenizer, load_rows
     from stages.reward.config import RewardStage
 
@@ -147,7 +147,7 @@ def trl_dpo(manifest: dict, model_dir: Path) -> Measured:
     from transformers import AutoModelForCausalLM, set_seed
     from trl import DPOConfig, DPOTrainer
 
-    from core.records import ranking_row
+    from rows.records import ranking_row
     from stages.common.chat import chat_dataset, load_chat_tokenizer, load_rows
     from stages.dpo.config import DpoStage
     from stages.dpo.pairs import prompt_weighted_pairs
@@ -172,7 +172,7 @@ def trl_grpo(manifest: dict, policy_dir: Path, reward_dir: Path) -> Measured:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    from core.records import prompt_row_with_reference
+    from rows.records import prompt_row_with_reference
     from stages.common.chat import chat_dataset, load_chat_tokenizer, load_rows
     from stages.grpo.config import GrpoStage
 

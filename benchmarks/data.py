@@ -17,11 +17,11 @@ path = sys.argv[2]
 start = time.perf_counter()
 if sys.argv[1] == "ours":
     from core.hashing import sha256_file
-    from core.records import ranking_problems
+    from rows.records import ranking_problems
     assert ranking_problems([path]) == []
     sha256_file(Path(path))
 elif sys.argv[1] == "list":
-    from core.records import ranking_row
+    from rows.records import ranking_row
     if path.endswith(".jsonl"):
         rows = [ranking_row(json.loads(line)) for line in open(path, encoding="utf-8")]
     else:

@@ -37,8 +37,8 @@ def generation(workdir: Path, quick: bool) -> list[Row]:
     from transformers import AutoModelForCausalLM
 
     from core.engines import vllm_problem
-    from core.records import distinct_prompts
-    from core.sections import SamplingSettings
+    from rows.records import distinct_prompts
+    from sections.common import SamplingSettings
     from stages.common.chat import load_chat_tokenizer
     from stages.common.generation import HFGenerator, encode_prompts, response_mask
     from stages.common.vllm_engine import VLLMGenerator

@@ -9,7 +9,7 @@
     RUN_DIR/<stage>/manifest.json         written last, atomically: the stage is complete iff it is valid
     RUN_DIR/<stage>/progress.json         what the stage's latest attempt is doing
     RUN_DIR/<stage>/logs/                 attempt-N.log, metrics.jsonl, tensorboard/
-    RUN_DIR/<stage>/labels/labels.jsonl   people's labels of a rank stage (core.labels)
+    RUN_DIR/<stage>/labels/labels.jsonl   people's labels of a rank stage (stages.rank.labels)
 """
 
 from __future__ import annotations
@@ -96,6 +96,6 @@ class StageDirs:
 
     @property
     def labels(self) -> Path:
-        """People's labels of a rank stage (core.labels): appended by `rlhf label`, never removed by a re-run
+        """People's labels of a rank stage (stages.rank.labels): appended by `rlhf label`, never removed by a re-run
         or by `rlhf clean`."""
         return self.root / "labels" / "labels.jsonl"

@@ -7,7 +7,7 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -240,7 +240,7 @@ class StageConfig(StrictModel):
         return False
 
     def labeling_task(self, *, name: str, run_dir: Path) -> Any:
-        """What people label for stage `name` (a core.labels.PeopleLabeling), when `labeled_by_people`."""
+        """What people label for stage `name` (a stages.rank.labels.PeopleLabeling), when `labeled_by_people`."""
         raise NotImplementedError(f"{self.kind}: people label no stage of this kind")
 
     def state_files(self, stage_dir: Path) -> list[Path]:
@@ -261,3 +261,26 @@ class StageConfig(StrictModel):
     def length_problems(self, upstream: dict[str, int | None]) -> list[tuple[tuple, str]]:
         """Sequence lengths beyond the positions of the models the stage reads: (key path, message)."""
         return []
+
+
+class PeopleLabeling(Protocol):
+    """What people label for one stage through `rlhf label`; a kind's config hands it out (labeling_task),
+    and the orchestrator serves its page and moves its files without knowing the kind."""
+
+    stage: str
+    min_labeled: int
+
+    def state(self) -> dict:
+        """Progress (`labeled`, `handled`, `total`) and the next item, as the page shows them."""
+
+    def page(self) -> bytes:
+        """The labeling page (HTML)."""
+
+    def submit(self, record: dict) -> tuple[int, dict]:
+        """Store one signed submission from the page: (HTTP status, response body)."""
+
+    def export_rows(self, path: Path) -> int:
+        """The unlabeled items into a new JSONL file; how many."""
+
+    def import_rows(self, path: Path) -> int:
+        """Labels from a JSONL file, every row checked before any is stored; how many."""

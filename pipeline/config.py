@@ -22,11 +22,11 @@ from pydantic import BaseModel, Field, ValidationError
 from core.errors import InputError
 from core.layout import run_dir_problem
 from core.schema import LaunchSettings, OutputPath, StageConfig, StrictModel
-from core.textfiles import read_utf8
 from pipeline import dag
 from pipeline.assets import embedded_run_dir
 from pipeline.overrides import apply_defaults, apply_overrides, parse_override, recorded_overrides
 from pipeline.registry import KINDS
+from rows.textfiles import read_utf8
 
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -21,7 +21,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from core.labels import PeopleLabeling
+from core.schema import PeopleLabeling
 
 MAX_BODY_BYTES = 64_000
 TOKEN_HEADER = "X-Label-Token"

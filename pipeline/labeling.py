@@ -4,7 +4,7 @@ items, the page, the import and export formats); pipeline.label_server serves it
 from __future__ import annotations
 
 from core.errors import InputError
-from core.labels import PeopleLabeling
+from core.schema import PeopleLabeling
 from pipeline.config import Pipeline
 
 

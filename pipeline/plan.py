@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.checkpoints import resume_point
-from core.datasources import hub_records
 from core.errors import InputError
 from core.fingerprint import fingerprint, fingerprint_payload, input_files, payload_changes
 from core.hashing import FileHasher
@@ -21,6 +20,7 @@ from core.layout import StageDirs
 from core.manifest import output_problems, read_manifest
 from pipeline import dag
 from pipeline.config import Pipeline
+from rows.datasources import hub_records
 
 
 @dataclass

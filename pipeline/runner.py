@@ -22,12 +22,12 @@ from core.hubdata import hub_model_problem
 from core.layout import RUN_RECORD, StageDirs
 from core.lock import RunLock
 from core.progress import bar_fields, new_attempt, progress_bar, read_progress, write_progress
-from core.sections import ModelSource
 from pipeline import dag
 from pipeline.config import Pipeline
 from pipeline.plan import RunPlan, StageState, hasher_for, make_plan, stage_spec, stage_state
 from pipeline.report import is_current, write_report
 from pipeline.status import STATE_STYLE
+from sections.common import ModelSource
 
 
 def make_console() -> Console:

@@ -1,5 +1,5 @@
 """Verifiable instruction following (IFEval, Zhou et al. 2023) on the shipped questions: every instruction is
-written and checked by IFEval's own code (core/instructions.py, the pinned if-verifiable package).
+written and checked by IFEval's own code (rows/instructions.py, the pinned if-verifiable package).
 
 From the distinct questions of data/sft (chatterbot, python-faq, jargon), each with 1-3 seeded instructions:
 - `sft.jsonl` (train questions): the answer is derived from the reference (its first sentence, at most 30
@@ -23,8 +23,8 @@ import random
 import re
 from pathlib import Path
 
-from core.guard import FUNCTION_WORDS
-from core.instructions import check, conflicts, describe, seeded_description
+from measures.guard import FUNCTION_WORDS
+from rows.instructions import check, conflicts, describe, seeded_description
 
 SEED = 2023
 MAX_WORDS = 30

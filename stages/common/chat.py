@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from datasets import Dataset, Features, Json, Value
 
-from core.datasources import DataSource
 from core.errors import InputError
-from core.records import read_rows
+from rows.datasources import DataSource
+from rows.records import read_rows
 from stages.common.entry import StageContext
 from stages.common.hf_models import DEFAULT_LOADING, Loading, load_config, load_tokenizer, model_ref, resolve_hub
 

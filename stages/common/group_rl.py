@@ -13,8 +13,8 @@ import itertools
 from accelerate import PartialState
 from transformers import AutoModelForSequenceClassification, set_seed
 
-from core.group_rl import GroupRLStage, eval_micro_batch
-from core.records import prompt_row_with_reference
+from rows.records import prompt_row_with_reference
+from sections.group_rl import GroupRLStage, eval_micro_batch
 from stages.common.chat import chat_dataset, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.hf_models import (

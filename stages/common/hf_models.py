@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from core.errors import InputError
-from core.sections import LoadingSettings
+from sections.common import LoadingSettings
 
 ModelRef = Path | str  # a directory or .gguf file, or a Hub model "owner/name@revision"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -105,6 +105,14 @@ def gathered(model: torch.nn.Module):
         return
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         yield
+
+
+def fit_tokenizer_to(tokenizer, model: torch.nn.Module) -> None:
+    """Give the tokenizer the model's length limit (`model_max_length`), where it claims a longer one (a new
+    BPE's placeholder, or a Hub tokenizer's longer figure): what it saves then tells a user the truth."""
+    positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if positions and (tokenizer.model_max_length is None or tokenizer.model_max_length > positions):
+        tokenizer.model_max_length = positions
 
 
 def resolve_hub(source: ModelRef) -> ModelRef:

@@ -23,7 +23,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from core.checkpoints import commit_checkpoint
 from core.errors import InputError
 from core.history import append_record, attempt_marker
-from core.sections import TrainSettings
+from sections.common import TrainSettings
 from stages.common.entry import StageContext, check_precision, cpu_launch
 
 
@@ -106,6 +106,8 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     # TRL 1.16 reads the alias transformers 5.x deprecated; the warning is theirs to fix, not the user's
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # DeepSpeed 0.19 calls torch.distributed's deprecated collectives on every ZeRO step: a third of a ZeRO log
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
 
 def attach(trainer: Trainer, ctx: StageContext, train: TrainSettings) -> Trainer:

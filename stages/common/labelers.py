@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from core.errors import InputError
-from core.labelers import JudgeLabeler, LmJudgeLabeler, RuleLabeler
-from core.messages import prompt_text
+from rows.messages import prompt_text
+from sections.labelers import JudgeLabeler, LmJudgeLabeler, RuleLabeler
 from stages.common.chat import load_chat_tokenizer
 from stages.common.distribution import position_ids
 from stages.common.generation import encode_prompts

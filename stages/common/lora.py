@@ -11,7 +11,7 @@ from accelerate import PartialState
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 
-from core.sections import LoraSettings
+from sections.common import LoraSettings
 from stages.common.hf_trainer import save_artifact
 
 

@@ -3,7 +3,7 @@ rank stage's rankings), held-out samples before and after, and the artifact."""
 
 from __future__ import annotations
 
-from core.datasources import source_of
+from rows.datasources import source_of
 from stages.common.chat import check_context_length, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.hf_models import Loading, load_causal_lm, loaded_as, model_ref, parameter_count, resolve_hub

@@ -30,7 +30,7 @@ from transformers import AutoConfig
 
 from core.engines import vllm_python
 from core.errors import InputError
-from core.sections import SamplingSettings
+from sections.common import SamplingSettings
 
 SERVER = Path(__file__).with_name("vllm_server.py")
 #: model.dtype to vLLM's; unset loads fp32, as transformers does here (stages/common/hf_models.py)

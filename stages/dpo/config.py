@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field
 
 from core.numbers import fmt
-from core.preference import PreferenceStage
-from core.records import ranking_problems
 from core.schema import Panel, StrictModel
-from core.sections import Problems
+from rows.records import ranking_problems
+from sections.common import Problems
+from sections.preference import PreferenceStage
 
 #: TRL 1.16's DPO losses (DPOConfig.loss_type); tests/unit/test_dpo.py checks the list against TRL
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",

@@ -4,7 +4,7 @@
 
 The policy comes from `inputs.policy` (an sft-like stage) or `model.path/gguf/hub`. The reference is the
 same starting model (TRL copies it), another stage's model (`inputs.reference`), or with LoRA the policy with
-its adapter switched off. Every preference shape is read by core.records; rankings become prompt-weighted
+its adapter switched off. Every preference shape is read by rows.records; rankings become prompt-weighted
 pairs (stages.dpo.pairs). The Trainer owns checkpoints and resume, as in the sft stage; the artifact loads
 with plain transformers (merged weights, and `adapter/` with LoRA).
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
-from core.messages import prompt_text
-from core.records import ranking_row
+from rows.messages import prompt_text
+from rows.records import ranking_row
 from stages.common.chat import (
     chat_dataset,
     generate_answers,

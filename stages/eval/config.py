@@ -19,14 +19,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from core.labelers import JudgeLabeler, SimulatedLabeler, judge_problems
 from core.numbers import fmt, percent
 from core.progress import format_duration
-from core.records import prompt_problems
 from core.schema import StageConfig
-from core.scorers import REWARD_ROLES
-from core.sections import LoadingSettings, Problems, PromptFiles, SamplingSettings, too_long
-from core.verdict import GUARD_NAMES, points, verdicts
+from measures.verdict import GUARD_NAMES, points, verdicts
+from rows.records import prompt_problems
+from sections.common import LoadingSettings, Problems, PromptFiles, SamplingSettings, too_long
+from sections.labelers import JudgeLabeler, SimulatedLabeler, judge_problems
+from sections.scorers import REWARD_ROLES
 
 #: the artifact's file: every policy's answer to every prompt, with the judge's scores
 ANSWERS_FILE = "answers.jsonl"
@@ -105,7 +105,7 @@ class EvalStage(StageConfig):
     @classmethod
     def findings(cls, metrics: dict) -> str:
         """The verdict against the baseline, per policy: the objective (IFEval's checkers on prompts with
-        instructions, else the judge's win rate) with its paired interval, beside the guard (core/verdict.py)."""
+        instructions, else the judge's win rate) with its paired interval, beside the guard (measures/verdict.py)."""
         sentences = verdicts(metrics)
         if not sentences:
             return ""

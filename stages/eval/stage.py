@@ -25,13 +25,13 @@ from accelerate.utils import gather_object
 
 from core.atomic import atomic_write_json
 from core.errors import InputError
-from core.guard import guard_differences, guard_metrics, length_differences, worse_beyond_interval
-from core.instruction_metrics import instruction_metrics, per_instruction_type
-from core.instructions import Checked, check
-from core.messages import prompt_text
-from core.records import distinct_prompts
-from core.scorers import optimised_against, weights_digest
-from core.stats import bootstrap_interval, mean, paired_wins
+from measures.guard import guard_differences, guard_metrics, length_differences, worse_beyond_interval
+from measures.instruction_metrics import instruction_metrics, per_instruction_type
+from measures.stats import bootstrap_interval, mean, paired_wins
+from rows.instructions import Checked, check
+from rows.messages import prompt_text
+from rows.records import distinct_prompts
+from sections.scorers import optimised_against, weights_digest
 from stages.common.chat import check_context_length, load_chat_tokenizer
 from stages.common.distribution import policy_logits, token_logprobs
 from stages.common.entry import StageContext
@@ -224,7 +224,7 @@ def judge_scores(cfg: EvalStage, ctx: StageContext, prompts: list[dict], *, rows
 def eval_metrics(rows: list[dict], scores: list[list[float]], prompts: list[dict], *, baseline: str, judge: str,
                  samples: int, seed: int, training: dict[str, dict] | None = None) -> dict:
     """Per policy, with 95% bootstrap intervals over prompts: judge score, win rate against the baseline
-    (paired by prompt, ties half), KL to the reference; the guard against degenerate wins (core/guard.py:
+    (paired by prompt, ties half), KL to the reference; the guard against degenerate wins (measures/guard.py:
     function-word share, distinct-2, repeated 3-grams, content-word overlap with the reference and its paired
     difference to the baseline, length, stop rate); and on prompts with verifiable instructions, IFEval's four
     metrics with the paired difference to the baseline and a per-instruction table. `policies` holds them as

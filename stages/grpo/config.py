@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from core.group_rl import GroupRLStage
+from sections.group_rl import GroupRLStage
 
 #: TRL 1.16's GRPO losses (GRPOConfig.loss_type); tests/unit/test_group_rl.py checks the list against TRL
 GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")

@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field
 
 from core.numbers import fmt
-from core.preference import PreferenceStage
-from core.records import unpaired_problems
 from core.schema import Panel, StrictModel
-from core.sections import Problems
+from rows.records import unpaired_problems
+from sections.common import Problems
+from sections.preference import PreferenceStage
 
 
 class KtoSettings(StrictModel):

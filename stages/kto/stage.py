@@ -3,7 +3,7 @@
     accelerate launch -m stages.kto --config PIPELINE.yaml --stage kto
 
 As the dpo stage (stages.common.preference), on unpaired rows: `{prompt, completion, label}`, or rankings split
-at their median rank (core.records.unpaired_row).
+at their median rank (rows.records.unpaired_row).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import KTOConfig, KTOTrainer
 
-from core.messages import prompt_text
-from core.records import unpaired_row
+from rows.messages import prompt_text
+from rows.records import unpaired_row
 from stages.common.chat import chat_dataset, generate_answers, sample_prompts
 from stages.common.entry import StageContext
 from stages.common.hf_models import gathered, hub_commit_of, parameter_count

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field
 
 from core.schema import StageConfig
-from core.sections import ChatTemplate, ModelSource, Problems, one_model_source, source_positions
+from sections.common import ChatTemplate, ModelSource, Problems, one_model_source, source_positions
 
 
 class ModelStage(StageConfig):

@@ -13,7 +13,15 @@ from accelerate import PartialState
 
 from stages.common.chat import load_chat_tokenizer
 from stages.common.entry import StageContext
-from stages.common.hf_models import Loading, hub_commit_of, load_causal_lm, model_ref, parameter_count, resolve_hub
+from stages.common.hf_models import (
+    Loading,
+    fit_tokenizer_to,
+    hub_commit_of,
+    load_causal_lm,
+    model_ref,
+    parameter_count,
+    resolve_hub,
+)
 from stages.common.hf_trainer import quiet_libraries
 from stages.model.config import ModelStage
 
@@ -28,6 +36,7 @@ def train(ctx: StageContext) -> dict:
     ctx.progress.start(1, 0)
     tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
     model = load_causal_lm(source, loading)
+    fit_tokenizer_to(tokenizer, model)
     if state.is_main_process:
         ctx.staged_artifact.mkdir(parents=True)
         model.save_pretrained(ctx.staged_artifact)

@@ -8,14 +8,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from core.corpus import corpus_problems
-from core.datasources import DataSources
 from core.errors import InputError
-from core.labelers import SimulatedLabeler, judge_problems
 from core.numbers import fmt, percent
-from core.records import prompt_problems
 from core.schema import Panel, SampleTable, StageConfig, StrictModel, volatile
-from core.sections import ChatData, LoadingSettings, LoopSettings, LoraSettings, Problems, SamplingSettings, too_long
+from rows.corpus import corpus_problems
+from rows.datasources import DataSources
+from rows.records import prompt_problems
+from sections.common import ChatData, LoadingSettings, LoopSettings, LoraSettings, Problems, SamplingSettings, too_long
+from sections.labelers import SimulatedLabeler, judge_problems
 
 
 class PromptData(ChatData):

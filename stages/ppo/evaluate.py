@@ -11,7 +11,7 @@ every answer. Metrics (names the report and users' scripts rely on):
 - eval/gold_win_rate (and _low, _high): on prompts that carry a human ranking, share where PPO's answer is
   closer than SFT's to the human-preferred answer by token F1 (ties count half); null when none carries one;
 - eval/{sft,ppo}_stop_rate, _length, _distinct_2, _function_word_share, _repeated_3gram_share, _content_f1: per
-  policy, the guard against degenerate wins (core/guard.py): the share of answers that end with EOS, their
+  policy, the guard against degenerate wins (measures/guard.py): the share of answers that end with EOS, their
   mean length in tokens, distinct word bigrams over all bigrams, the share of function words, of repeated
   3-grams within an answer, and overlap with the reference on content words (reward hacking by repetition
   or function words moves these while the reward model's score climbs);
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from core.guard import guard_metrics
-from core.messages import prompt_text
-from core.stats import bootstrap_interval, mean, paired_wins, token_f1
+from measures.guard import guard_metrics
+from measures.stats import bootstrap_interval, mean, paired_wins, token_f1
+from rows.messages import prompt_text
 from stages.common.generation import Generator, decode_answers, encode_prompts
 from stages.ppo.models import PpoModels
 from stages.ppo.rollout import score_answers
@@ -138,7 +138,7 @@ def compare_policies(models: PpoModels, make_generator: Callable[..., Generator]
 
 
 def guard_of(answers: PolicyAnswers, rows: list[dict]) -> dict:
-    """The guard against degenerate wins (core/guard.py) over one policy's answers to `rows`."""
+    """The guard against degenerate wins (measures/guard.py) over one policy's answers to `rows`."""
     return guard_metrics(answers.answers, references=[row.get("reference") for row in rows], stopped=answers.stopped,
                          lengths=answers.lengths)
 

@@ -31,7 +31,7 @@ from transformers.integrations import unset_hf_deepspeed_config
 from trl.models.utils import add_hooks, remove_hooks
 
 from core.errors import InputError
-from core.sections import SamplingSettings
+from sections.common import SamplingSettings
 from stages.common.chat import load_chat_tokenizer
 from stages.common.entry import check_precision
 from stages.common.generation import HFGenerator

@@ -7,8 +7,8 @@ import random
 
 import torch
 
-from core.corpus import read_documents
 from core.errors import InputError
+from rows.corpus import read_documents
 
 
 class PtxBatches:
@@ -27,7 +27,7 @@ class PtxBatches:
         stream: list[int] = []
         for path in paths:
             for document in read_documents(path):
-                stream += tokenizer(document, add_special_tokens=False)["input_ids"] + [eos]
+                stream += tokenizer(document, add_special_tokens=False, verbose=False)["input_ids"] + [eos]  # cut into blocks below
         usable = len(stream) - len(stream) % block_size
         if usable == 0:
             raise InputError(f"ppo.ptx.data: fewer than block_size ({block_size}) tokens of text")

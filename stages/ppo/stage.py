@@ -34,8 +34,8 @@ from core.atomic import atomic_write_json
 from core.checkpoints import commit_checkpoint
 from core.errors import InputError
 from core.history import append_record, attempt_marker, read_history
-from core.records import prompt_row_with_reference
-from core.scorers import weights_digest
+from rows.records import prompt_row_with_reference
+from sections.scorers import weights_digest
 from stages.common.chat import check_context_length, interleaved, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.hf_models import Loading, load_tokenizer, parameter_count

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from core.corpus import corpus_problems
-from core.datasources import DataSources
 from core.schema import DirPath, Panel, StageConfig, StrictModel
-from core.sections import (
+from rows.corpus import corpus_problems
+from rows.datasources import DataSources
+from sections.common import (
     ModelSource,
     Problems,
     TrainSettings,

@@ -25,13 +25,14 @@ from transformers import (
     set_seed,
 )
 
-from core.corpus import read_documents
 from core.errors import InputError
+from rows.corpus import read_documents
 from stages.common.chat import weighted
 from stages.common.entry import StageContext
 from stages.common.hf_models import (
     Loading,
     ModelRef,
+    fit_tokenizer_to,
     hub_commit_of,
     load_causal_lm,
     load_tokenizer,
@@ -115,7 +116,7 @@ def packed_blocks(documents: list[str], tokenizer, block_size: int):
     eos = tokenizer.eos_token_id
 
     def tokenize(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]  # longer than the model: packed
         return {"input_ids": [row + [eos] for row in ids]}
 
     def pack(batch):
@@ -170,6 +171,7 @@ def train(ctx: StageContext) -> dict:
     # model (the training arguments first: under ZeRO-3 they make transformers build it as partitions)
     args = training_arguments(ctx, cfg.train)
     model = build_model(cfg, tokenizer, source)
+    fit_tokenizer_to(tokenizer, model)
     n_params = parameter_count(model)
     print(f"[{ctx.spec['stage']}] {n_params / 1e6:.2f} M parameters{loaded_as(model)}, vocab {len(tokenizer)}, "
           f"{len(train_blocks)} train / {len(val_blocks)} validation blocks of {cfg.data.block_size} tokens", flush=True)

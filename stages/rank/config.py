@@ -1,18 +1,18 @@
-"""The `rank` kind's config: who ranks the sampled answers (torch-free); the labelers are in core.labelers."""
+"""The `rank` kind's config: who ranks the sampled answers (torch-free); the labelers are in sections.labelers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from core.labelers import HumanLabeler, Labeler, LmJudgeLabeler, RuleLabeler
-from core.labels import labeled_count, read_labels
 from core.layout import StageDirs
 from core.numbers import fmt, percent
-from core.samples import SAMPLES_FILE, sample_keys
 from core.schema import StageConfig, volatile
-from core.sections import Problems
+from sections.common import Problems
+from sections.labelers import HumanLabeler, Labeler, LmJudgeLabeler, RuleLabeler
 from stages.rank.labeling import LabelingTask, labeling_task
+from stages.rank.labels import labeled_count, read_labels
+from stages.sample.artifact import SAMPLES_FILE, sample_keys
 
 
 class RankStage(StageConfig):

@@ -3,7 +3,7 @@ sampled answers on a local page or through JSONL files.
 
 The page (label_page.html beside this module, served by pipeline.label_server) shows one prompt and its K
 answers at a time, a person gives each answer a rank (1 = best, ties allowed) and submits, or skips or flags
-the prompt. Every submission is appended to the stage's labels file at once (core.labels: one write,
+the prompt. Every submission is appended to the stage's labels file at once (stages.rank.labels: one write,
 fsynced), so closing the page or killing the server loses nothing, and the next visit goes on with the first
 prompt nobody has labeled. `--export` writes the prompts with their answers as
 JSONL for Label Studio or Argilla; `--import` reads rankings back (`{"prompt", "answers", "ranks"}`, the
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import InputError
-from core.labels import append_label, is_ranked, ranks_problem, read_labels, sample_key
 from core.layout import StageDirs
-from core.samples import SAMPLES_FILE, read_samples
-from core.textfiles import BadRow, jsonl_objects
+from rows.textfiles import BadRow, jsonl_objects
+from stages.rank.labels import append_label, is_ranked, ranks_problem, read_labels
+from stages.sample.artifact import SAMPLES_FILE, read_samples, sample_key
 
 #: the page people rank on
 PAGE = Path(__file__).with_name("label_page.html")

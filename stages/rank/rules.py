@@ -1,14 +1,14 @@
 """Rule labelers shipped with the project: programmatic preferences that simulate labelers (`labeler: {kind:
 rule, function: stages.rank.rules:NAME}`). Each takes (prompt messages, K answers, the prompt's reference answer
 or None) and returns K scores, higher is better; a rule with an `instructions` keyword also gets the prompt's
-verifiable instructions (core/instructions.py), or None."""
+verifiable instructions (rows/instructions.py), or None."""
 
 from __future__ import annotations
 
-from core.guard import content_f1
-from core.instructions import check, followed_share
-from core.messages import prompt_text
-from core.stats import token_f1
+from measures.guard import content_f1
+from measures.stats import token_f1
+from rows.instructions import check, followed_share
+from rows.messages import prompt_text
 
 
 def reference_overlap(prompt: list[dict], answers: list[str], reference: str | None) -> list[float]:
@@ -21,7 +21,7 @@ def reference_overlap(prompt: list[dict], answers: list[str], reference: str | N
 
 
 def content_overlap(prompt: list[dict], answers: list[str], reference: str | None) -> list[float]:
-    """Word-overlap F1 with the reference on content words only (core/guard.py): "the a the" scores 0."""
+    """Word-overlap F1 with the reference on content words only (measures/guard.py): "the a the" scores 0."""
     if reference is None:
         raise ValueError("content_overlap needs a reference answer for every prompt (an SFT or ranking row)")
     return [content_f1(answer, reference) for answer in answers]

@@ -21,10 +21,8 @@ from accelerate.utils import gather_object
 
 from core.atomic import atomic_write_json
 from core.errors import InputError
-from core.labelers import HumanLabeler
-from core.labels import is_ranked, read_labels, sample_key
-from core.samples import SAMPLES_FILE
-from core.stats import mean
+from measures.stats import mean
+from sections.labelers import HumanLabeler
 from stages.common.entry import StageContext
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
@@ -33,7 +31,9 @@ from stages.common.row_checkpoints import commit_rows, read_rows, rows_so_far, w
 from stages.common.tensorboard import write_scalars
 from stages.rank.artifact import RANKINGS_FILE
 from stages.rank.config import RankStage
+from stages.rank.labels import is_ranked, read_labels
 from stages.rank.ordering import labeled_ranks, tied_pairs
+from stages.sample.artifact import SAMPLES_FILE, sample_key
 
 
 def train(ctx: StageContext) -> dict:

@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import Field
 
 from core.numbers import fmt
-from core.records import ranking_problems
 from core.schema import Panel
-from core.sections import ChatData, ChatStage, DataFiles, Problems
+from rows.records import ranking_problems
+from sections.common import ChatData, ChatStage, DataFiles, Problems
 
 
 class RewardData(ChatData):

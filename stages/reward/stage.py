@@ -20,8 +20,8 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, Trainer, set_seed
 from transformers.utils import logging
 
-from core.datasources import source_of
-from core.records import ranking_row
+from rows.datasources import source_of
+from rows.records import ranking_row
 from stages.common.chat import check_context_length, input_model, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
 from stages.common.hf_models import Loading, hub_commit_of, loaded_as, locate, parameter_count

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from core.group_rl import GroupRLStage
+from sections.group_rl import GroupRLStage
 
 
 class RlooStage(GroupRLStage):

@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import Field
 
 from core.numbers import fmt, percent
-from core.records import prompt_problems
 from core.schema import StageConfig, volatile
-from core.sections import LoadingSettings, Problems, PromptFiles, SamplingSettings, too_long
+from rows.records import prompt_problems
+from sections.common import LoadingSettings, Problems, PromptFiles, SamplingSettings, too_long
 
 
 class SampleStage(StageConfig):

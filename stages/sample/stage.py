@@ -10,7 +10,7 @@ seeded by `seed` and the chunk's first prompt, so a resumed run writes what an u
 
 The artifact is `samples.jsonl`, a row per prompt: `{"prompt": messages, "answers": [K texts],
 "stopped": [K booleans: ended with EOS], "lengths": [K token counts], "reference": text or null}`, and the
-prompt's verifiable `instructions` when it has them (core/instructions.py), for a rule labeler that checks them.
+prompt's verifiable `instructions` when it has them (rows/instructions.py), for a rule labeler that checks them.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from core.atomic import atomic_write_json
-from core.records import distinct_prompts
-from core.samples import SAMPLES_FILE
-from core.stats import distinct_n, mean
+from measures.stats import distinct_n, mean
+from rows.records import distinct_prompts
 from stages.common.chat import check_context_length, load_chat_tokenizer
 from stages.common.entry import StageContext
 from stages.common.generation import Generator, HFGenerator, decode_answers, encode_prompts, response_mask
@@ -34,6 +33,7 @@ from stages.common.hf_trainer import quiet_libraries
 from stages.common.row_checkpoints import commit_rows, rows_so_far, write_rows
 from stages.common.tensorboard import write_scalars
 from stages.common.vllm_engine import VLLMGenerator
+from stages.sample.artifact import SAMPLES_FILE
 from stages.sample.config import SampleStage
 
 

@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from core.records import sft_problems
 from core.schema import Panel, SampleTable
-from core.sections import (
+from rows.records import sft_problems
+from sections.common import (
     ChatData,
     ChatStage,
     LoraSettings,

@@ -20,8 +20,8 @@ from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from core.errors import InputError
-from core.messages import prompt_text
-from core.records import sft_row
+from rows.messages import prompt_text
+from rows.records import sft_row
 from stages.common.chat import (
     chat_dataset,
     check_context_length,

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.labels import append_label, read_labels, sample_key
 from core.layout import StageDirs
 from core.manifest import read_manifest
+from stages.rank.labels import append_label, read_labels
 from stages.rank.ordering import ranks_by_score
+from stages.sample.artifact import sample_key
 from tests.helpers import chat_pipeline, chromium_or_skip, ranking_subset, reward_stage, rlhf
 
 pytestmark = pytest.mark.slow

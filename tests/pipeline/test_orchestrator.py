@@ -204,7 +204,7 @@ def test_lock_refuses_a_second_run(tmp_path, corpus):
 
 
 def test_orchestrator_does_not_import_torch_and_is_fast(tmp_path, corpus):
-    code = ("import sys, pipeline.cli, pipeline.runner, pipeline.plan, pipeline.registry, core.corpus, core.records; "
+    code = ("import sys, pipeline.cli, pipeline.runner, pipeline.plan, pipeline.registry, rows.corpus, rows.records; "
             "sys.exit(1 if {'torch', 'transformers', 'accelerate'} & set(sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus)})

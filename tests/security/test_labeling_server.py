@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from core.labels import read_labels, sample_key
 from pipeline.label_server import make_server, page_address
 from stages.rank.labeling import LabelingTask
+from stages.rank.labels import read_labels
+from stages.sample.artifact import sample_key
 from tests.helpers import chromium_or_skip
 
 SAMPLES = [{"prompt": [{"role": "user", "content": f"question {i}?"}], "answers": [f"a{i}", f"b{i}", f"c{i}"]}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from core.datasources import source_rows
-from core.labels import sample_key
+from rows.datasources import source_rows
+from stages.sample.artifact import sample_key
 from tests.helpers import REPO, pretrain_stage, rank_stage, rlhf, sample_stage, small_corpus, write_pipeline
 
 

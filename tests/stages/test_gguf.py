@@ -38,7 +38,7 @@ def test_import_keeps_the_gguf_model_exactly():
 
 def resolved(reference: str) -> str:
     """The file a `package:file` reference resolves to, as the pipeline loader resolves it."""
-    from core.sections import ModelSource
+    from sections.common import ModelSource
 
     return ModelSource.model_validate({"gguf": reference}).gguf
 

@@ -82,6 +82,7 @@ def test_run_writes_a_loadable_artifact_then_caches_and_reruns_on_data_change(tm
     out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] > ids.shape[1] and tokenizer.decode(out[0, ids.shape[1]:]).strip()
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
+    assert tokenizer.model_max_length == model.config.max_position_embeddings  # not a new BPE's placeholder
 
     # continued pretraining started from pre's weights and tokenizer, found through pre's manifest
     more = read_manifest(StageDirs(tmp_path / "run" / "more"))
@@ -225,7 +226,7 @@ def test_corpus_sources_mix_by_weight_with_held_out_documents_taken_first(tmp_pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from core.corpus import read_documents
+    from rows.corpus import read_documents
     from stages.pretrain.config import PretrainStage
     from stages.pretrain.stage import split_documents
 

@@ -11,7 +11,7 @@ import torch
 from core.layout import StageDirs
 from core.manifest import read_manifest
 from core.progress import StageProgress
-from core.records import sft_row
+from rows.records import sft_row
 from stages.common.chat import DEFAULT_CHAT_TEMPLATE, ChatRows
 from stages.common.entry import StageContext
 from stages.sft.config import SftStage

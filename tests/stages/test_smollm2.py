@@ -137,7 +137,9 @@ def test_the_gguf_import_is_a_plain_hf_model_with_its_chat_template(smol_run):
     tokenizer = AutoTokenizer.from_pretrained(artifact)
     assert "<|im_start|>assistant" in tokenizer.apply_chat_template([{"role": "user", "content": "hi"}],
                                                                     tokenize=False, add_generation_prompt=True)
-    assert AutoModelForCausalLM.from_pretrained(artifact).config.vocab_size == 49152
+    config = AutoModelForCausalLM.from_pretrained(artifact).config
+    assert config.vocab_size == 49152
+    assert tokenizer.model_max_length == config.max_position_embeddings
     assert read_manifest(StageDirs(smol_run / "sft"))["metrics"]["eval/perplexity"] < 1000  # a real language model
 
 
@@ -154,7 +156,7 @@ def test_every_artifact_reloads_with_plain_transformers(qwen_run):
 def test_smollm2_as_an_lm_judge_prefers_the_right_answer_to_a_wrong_one():
     """The `lm` labeler on the real instruct model: log P(Yes) - log P(No) about each answer, asked in the
     model's own ChatML template."""
-    from core.labelers import LmJudgeLabeler
+    from sections.labelers import LmJudgeLabeler
     from stages.common.labelers import labeler_scores
 
     judge = LmJudgeLabeler.model_validate({"kind": "lm", "model": {"gguf": SMOLLM2}})
@@ -181,7 +183,7 @@ def test_real_chat_template_renders_every_row_shape_and_guards_assistant_loss():
     `loss_on: assistant` refused before training when the template has no {% generation %} markers and TRL
     has no training version of it."""
     from core.errors import InputError
-    from core.records import ranking_row, sft_row
+    from rows.records import ranking_row, sft_row
     from stages.common.chat import load_chat_tokenizer
     from stages.sft.stage import check_assistant_masks
 

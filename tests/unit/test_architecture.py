@@ -1,8 +1,11 @@
 """The import graph, read from the source (AST), holds the architecture's promises:
 
 - no import cycle between modules;
-- `core` imports neither `pipeline` nor `stages`; stage code never imports `pipeline`;
-- the orchestrator and the core reach into `stages` only through the kinds' torch-free `config.py`;
+- the torch-free layers import downward only: `core` (the kernel) imports nothing else, `rows` (row readers)
+  only `core`, `measures` (what judges compute) `core` and `rows`, `sections` (shared config sections)
+  those three; none imports `pipeline` or `stages`; stage code never imports `pipeline`;
+- the orchestrator and those layers reach into `stages` only through the kinds' torch-free `config.py`
+  (which may hand out its own kind's torch-free modules and read other kinds' `artifact.py`);
 - a kind reaches another kind, and `stages/common` reaches a kind, only through that kind's torch-free
   `artifact.py` (the names and formats of what it produces);
 - nothing `rlhf plan` can import reaches torch or the libraries built on it.
@@ -20,7 +23,10 @@ import pytest
 
 from tests.helpers import REPO
 
-PACKAGES = ("core", "pipeline", "stages")
+PACKAGES = ("core", "rows", "measures", "sections", "pipeline", "stages")
+#: each torch-free layer and the packages it may import
+LAYERS = {"core": {"core"}, "rows": {"core", "rows"}, "measures": {"core", "rows", "measures"},
+          "sections": {"core", "rows", "measures", "sections"}}
 HEAVY = {"torch", "transformers", "accelerate", "trl", "peft", "deepspeed", "datasets", "tokenizers", "safetensors"}
 
 
@@ -70,6 +76,7 @@ def is_kind_config(module: str) -> bool:
 
 def test_the_graph_is_read():
     assert "pipeline.cli" in INTERNAL and "stages.ppo.stage" in INTERNAL and "core.schema" in INTERNAL
+    assert {"rows.records", "measures.guard", "sections.common"} <= set(INTERNAL)
     assert "stages.ppo.placement" in INTERNAL["stages.ppo.stage"]
     assert "torch" in EXTERNAL["stages.ppo.placement"] and "accelerate" in EXTERNAL["stages.ppo.stage"]
     assert "stages.ppo.losses" in reachable("stages.ppo.stage")  # the walk that the torch check below relies on
@@ -82,10 +89,11 @@ def test_no_import_cycles():
         pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
 
 
-def test_core_imports_neither_the_orchestrator_nor_the_stages():
-    wrong = {m: sorted(t for t in targets if not t.startswith("core"))
-             for m, targets in INTERNAL.items() if m.startswith("core")}
+def test_the_torch_free_layers_import_downward_only():
+    wrong = {m: sorted(t for t in targets if t.split(".")[0] not in LAYERS[m.split(".")[0]])
+             for m, targets in INTERNAL.items() if m.split(".")[0] in LAYERS}
     assert not {m: t for m, t in wrong.items() if t}
+    assert "rows.datasources" in INTERNAL["sections.common"]  # the rule sees the edges it allows
 
 
 def test_stage_code_never_imports_the_orchestrator():
@@ -95,13 +103,15 @@ def test_stage_code_never_imports_the_orchestrator():
 
 
 def test_the_orchestrator_reaches_stages_only_through_the_kinds_config_modules():
-    """A kind's config may hand out objects of its own kind's torch-free modules (rank's labeling task); the
-    torch check below keeps everything it reaches torch-free."""
+    """A kind's config may hand out objects of its own kind's torch-free modules (rank's labeling task) and
+    read another kind's artifact module; the torch check below keeps everything it reaches torch-free."""
     wrong = {m: sorted(t for t in targets if t.startswith("stages") and not is_kind_config(t)
-                       and not (is_kind_config(m) and kind_of(t) == m.split(".")[1]))
-             for m, targets in INTERNAL.items() if m.startswith(("pipeline", "core")) or is_kind_config(m)}
+                       and not (is_kind_config(m) and (kind_of(t) == m.split(".")[1]
+                                                       or t.rpartition(".")[2] == "artifact")))
+             for m, targets in INTERNAL.items()
+             if m.startswith(("pipeline", *LAYERS)) or is_kind_config(m)}
     assert not {m: t for m, t in wrong.items() if t}
-    assert "stages.rank.labeling" in INTERNAL["stages.rank.config"]  # the edge the exception allows
+    assert {"stages.rank.labeling", "stages.sample.artifact"} <= INTERNAL["stages.rank.config"]  # edges allowed
 
 
 def kind_of(module: str) -> str | None:
@@ -133,11 +143,11 @@ def kind_branches(source: str, kinds: set[str]) -> list[str]:
 
 
 def test_no_kind_is_named_outside_its_folder():
-    """The orchestrator and the core ask a kind's config (its hooks: sample_tables, gives_verdict,
+    """The orchestrator and the torch-free layers ask a kind's config (its hooks: sample_tables, gives_verdict,
     export_leaves_out, batch_description, ...) instead of branching on its name."""
     from pipeline.registry import KINDS
 
-    branches = [f"{path.relative_to(REPO)}:{hit}" for package in ("core", "pipeline")
+    branches = [f"{path.relative_to(REPO)}:{hit}" for package in (*LAYERS, "pipeline")
                 for path in sorted((REPO / package).rglob("*.py"))
                 for hit in kind_branches(path.read_text(encoding="utf-8"), set(KINDS))]
     assert not branches, branches
@@ -161,12 +171,12 @@ def reachable(start: str) -> set[str]:
 
 #: the one heavy import the orchestrator may make: `datasets` reads non-JSON-lines data for the checks, inside
 #: a function (and it does not import torch: test_reading_a_parquet_source_loads_no_torch)
-DATA_READER = {"core.datasources": {"datasets"}}
+DATA_READER = {"rows.datasources": {"datasets"}}
 
 
 def test_nothing_rlhf_plan_can_import_reaches_torch():
     modules = reachable("pipeline.cli")
-    assert {"pipeline.registry", "stages.ppo.config", "core.records", "stages.rank.labeling"} <= modules
+    assert {"pipeline.registry", "stages.ppo.config", "rows.records", "stages.rank.labeling"} <= modules
     heavy = {m: sorted(EXTERNAL[m] & HEAVY - DATA_READER.get(m, set())) for m in modules
              if EXTERNAL[m] & HEAVY - DATA_READER.get(m, set())}
     assert not heavy, f"modules reachable from `rlhf plan` import {heavy}"
@@ -177,9 +187,9 @@ def test_reading_a_parquet_source_loads_no_torch(tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"prompt": ["p"], "completion": ["c"]}), tmp_path / "rows.parquet")
-    probe = ("import sys; from core.records import sft_problems; "
+    probe = ("import sys; from rows.records import sft_problems; "
              f"assert sft_problems([{str(tmp_path / 'rows.parquet')!r}]) == []; "
-             "import core.datasources, pipeline.cli; "
+             "import rows.datasources, pipeline.cli; "
              "print(sorted(m for m in ('torch', 'transformers', 'trl', 'deepspeed') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

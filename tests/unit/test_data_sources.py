@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.datasources import DataSource
-from core.records import ranking_problems, read_rows, sft_problems, sft_row
+from rows.datasources import DataSource
+from rows.records import ranking_problems, read_rows, sft_problems, sft_row
 from tests.helpers import REPO, hub_dataset_cache, rlhf, write_pipeline
 
 ROWS = [{"prompt": f"What is {i} + {i}?", "completion": f"{2 * i}."} for i in range(6)]
@@ -81,11 +81,11 @@ def test_unsupported_formats_are_refused_at_config_time(tmp_path):
 
 HUB_PROBE = """
 import json, sys
-from core.datasources import DataSource, hub_records
+from rows.datasources import DataSource, hub_records
 from core.errors import InputError
 from core.fingerprint import semantic_config
 from core.hashing import FileHasher
-from core.records import ranking_problems, ranking_row, read_rows
+from rows.records import ranking_problems, ranking_row, read_rows
 source = DataSource(hub="org/feedback@main", split="train_prefs")
 out = {"answers": [r["answers"] for r in read_rows(source, ranking_row)[0]],
        "test_rows": len(read_rows(DataSource(hub="org/feedback@main", split="test_prefs"), ranking_row)[0]),
@@ -133,7 +133,7 @@ def test_a_hub_dataset_is_read_at_its_revision_from_the_filled_cache(tmp_path):
 
 
 def test_a_corpus_source_needs_a_text_column(tmp_path):
-    from core.corpus import corpus_problems, read_documents
+    from rows.corpus import corpus_problems, read_documents
 
     path = tmp_path / "web.parquet"
     pq.write_table(pa.table({"content": ["a page.", "another page."]}), path)

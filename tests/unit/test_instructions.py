@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from core.errors import InputError
-from core.guard import content_f1, function_word_share, guard_metrics, repeated_ngram_share
-from core.instruction_metrics import instruction_metrics, per_instruction_type
-from core.instructions import Checked, check, describe, instructions_of
-from core.records import prompt_and_reference, prompt_problems, read_rows
+from measures.guard import content_f1, function_word_share, guard_metrics, repeated_ngram_share
+from measures.instruction_metrics import instruction_metrics, per_instruction_type
+from rows.instructions import Checked, check, describe, instructions_of
+from rows.records import prompt_and_reference, prompt_problems, read_rows
 from stages.rank.rules import instructions_followed, instructions_followed_strict, instructions_then_content
 from tests.helpers import DATA, REPO
 

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from core.errors import InputError
-from core.labels import append_label, labeled_count, ranks_problem, read_labels
 from pipeline.config import load_pipeline
+from stages.rank.labels import append_label, labeled_count, ranks_problem, read_labels
 from stages.rank.ordering import labeled_ranks, plackett_luce_ranks, ranks_by_score, tied_pairs
 from stages.rank.rules import reference_overlap
 from tests.helpers import eval_stage, pretrain_stage, rank_stage, reward_stage, sample_stage, sft_stage, write_pipeline

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import InputError
-from core.records import ranking_row, read_rows, sft_row
+from rows.records import ranking_row, read_rows, sft_row
 from tests.helpers import rlhf, write_pipeline
 
 USER = {"role": "user", "content": "What is a rose?"}

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from core.records import prompt_row, ranking_row, sft_row
-from core.textfiles import BadRow
+from rows.records import prompt_row, ranking_row, sft_row
+from rows.textfiles import BadRow
 
 USER = {"role": "user", "content": "What is 2 * 3?"}
 ASSISTANT = {"role": "assistant", "content": "6."}
@@ -116,7 +116,7 @@ def test_prompts_come_from_every_shape_with_their_reference():
 
 
 def test_unpaired_rows_and_rankings_become_labelled_answers_for_kto():
-    from core.records import unpaired_row
+    from rows.records import unpaired_row
 
     assert unpaired_row({"prompt": USER["content"], "completion": "6.", "label": True}) == {
         "prompt": [USER], "completions": ["6."], "labels": [True]}

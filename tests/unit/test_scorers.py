@@ -12,7 +12,7 @@ import pytest
 from core.errors import InputError
 from core.layout import StageDirs
 from core.manifest import MANIFEST_SCHEMA, describe_outputs
-from core.scorers import optimised_against, weights_digest
+from sections.scorers import optimised_against, weights_digest
 from tests.helpers import DATA, write_pipeline
 
 CHAT = str(DATA / "sft" / "chatterbot" / "train.jsonl")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from core.corpus import read_documents
+from rows.corpus import read_documents
 from tests.helpers import REPO
 
 DATA = REPO / "data"

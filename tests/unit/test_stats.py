@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.stats import bootstrap_interval, distinct_n, mean, paired_wins, token_f1
+from measures.stats import bootstrap_interval, distinct_n, mean, paired_wins, token_f1
 
 
 def test_paired_wins_count_ties_as_half():

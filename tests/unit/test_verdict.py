@@ -3,8 +3,8 @@ degraded only when a guard metric is worse with its whole interval."""
 
 from __future__ import annotations
 
-from core.guard import guard_differences, worse_beyond_interval
-from core.verdict import verdicts
+from measures.guard import guard_differences, worse_beyond_interval
+from measures.verdict import verdicts
 
 BASE = {"name": "sft", "prompt_loose": 0.2, "kl": 0.0, "length": 30.0, "stop_rate": 0.5, "function_word_share": 0.4}
 
@@ -45,7 +45,7 @@ def test_a_degenerate_policy_is_worse_beyond_its_interval_and_an_equal_one_is_no
 
 
 def test_answers_collapsed_to_a_few_tokens_are_a_degraded_win():
-    from core.guard import length_differences
+    from measures.guard import length_differences
 
     lengths = length_differences([3] * 30, [30] * 30, stopped=[True] * 30, baseline_stopped=[False] * 30)
     assert lengths["length_diff"] == -27 and lengths["length_diff_high"] == -27

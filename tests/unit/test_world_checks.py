@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import InputError
-from core.group_rl import eval_micro_batch
+from sections.group_rl import eval_micro_batch
 from stages.kto.examples import kl_pairs, labelled
 from tests.helpers import DATA, REPO, write_pipeline
 

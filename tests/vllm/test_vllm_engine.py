@@ -23,7 +23,7 @@ from core.engines import vllm_problem
 from core.history import read_history
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from core.sections import SamplingSettings
+from sections.common import SamplingSettings
 from stages.common.chat import load_chat_tokenizer
 from stages.common.distribution import policy_logits, token_logprobs
 from stages.common.generation import HFGenerator, encode_prompts, response_mask

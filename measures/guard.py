@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from core.stats import distinct_n, mean, paired_difference_interval, tokens_f1
+from measures.stats import distinct_n, mean, paired_difference_interval, tokens_f1
 
 _WORD = re.compile(r"[a-z0-9']+")
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from core.schema import SampleTable
-from core.sections import (
+from sections.common import (
     ChatData,
     ChatStage,
     DataFiles,

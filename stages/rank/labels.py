@@ -1,7 +1,7 @@
 """People's labels of sampled answers (torch-free): the file `rlhf label` appends to and the rank stage reads.
 
 One JSON line per submission, `{"key", "ranks" | "skip" | "flag", "time"}`, where `key` identifies a prompt
-and its K answers (so labels of answers that have since been re-sampled no longer match anything). A line is
+and its K answers (stages/sample/artifact.py: sample_key) (so labels of answers that have since been re-sampled no longer match anything). A line is
 written with one `write` on a file opened for appending, then fsynced: a killed server or a closed page loses
 at most the submission in flight, never an earlier one, and a torn last line is ignored when read. The latest
 submission for a key wins, so a person can correct a label.
@@ -9,18 +9,10 @@ submission for a key wins, so a person can correct a label.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Protocol
-
-
-def sample_key(prompt: list[dict], answers: list[str]) -> str:
-    """The identity of one prompt with its answers."""
-    text = json.dumps([prompt, answers], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
 def append_label(path: Path, record: dict) -> None:
@@ -74,26 +66,3 @@ def is_ranked(record: dict | None) -> bool:
 def labeled_count(labels: dict[str, dict], keys: list[str]) -> int:
     """How many of the samples (by key) carry a ranking."""
     return sum(is_ranked(labels.get(key)) for key in keys)
-
-
-class PeopleLabeling(Protocol):
-    """What people label for one stage through `rlhf label`; a kind's config hands it out (labeling_task),
-    and the orchestrator serves its page and moves its files without knowing the kind."""
-
-    stage: str
-    min_labeled: int
-
-    def state(self) -> dict:
-        """Progress (`labeled`, `handled`, `total`) and the next item, as the page shows them."""
-
-    def page(self) -> bytes:
-        """The labeling page (HTML)."""
-
-    def submit(self, record: dict) -> tuple[int, dict]:
-        """Store one signed submission from the page: (HTTP status, response body)."""
-
-    def export_rows(self, path: Path) -> int:
-        """The unlabeled items into a new JSONL file; how many."""
-
-    def import_rows(self, path: Path) -> int:
-        """Labels from a JSONL file, every row checked before any is stored; how many."""

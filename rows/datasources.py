@@ -27,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, Field, model_validator
 from core.errors import InputError
 from core.hubdata import hub_commit, hub_snapshot
 from core.schema import TEXT_FORMATS, DataPath, HubDatasetId, StrictModel
-from core.textfiles import BadRow, jsonl_objects
+from rows.textfiles import BadRow, jsonl_objects
 
 #: the `datasets` builder of each local file format (JSON lines are ours: bad rows keep their line number)
 BUILDERS = {".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}

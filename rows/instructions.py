@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from core.textfiles import BadRow
+from rows.textfiles import BadRow
 
 #: IFEval instructions whose checker needs data no package ships: NLTK's punkt model (sentence splitting, and
 #: `nltk.word_tokenize`, which splits sentences first); nothing is downloaded at run time

@@ -12,10 +12,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from core.datasources import DataSource, DataSources
 from core.engines import vllm_problem
 from core.numbers import fmt
 from core.schema import DirPath, FilePath, GgufPath, HubModel, SampleTable, StageConfig, StrictModel, volatile
+from rows.datasources import DataSource, DataSources
 
 Problems = list[tuple[tuple, str]]
 
@@ -158,7 +158,7 @@ DataFiles = DataSources
 
 
 class ChatData(StrictModel):
-    """Sources of chat rows (files, folders, Hub datasets: core.datasources); a plain path has weight 1."""
+    """Sources of chat rows (files, folders, Hub datasets: rows.datasources); a plain path has weight 1."""
 
     train: DataFiles = Field(min_length=1)
     validation: DataSources = Field([], description="held-out sources (their weights are not used)")

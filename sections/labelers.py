@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from core.schema import DirPath, StrictModel
-from core.sections import LoadingSettings, ModelSource, Problems
+from sections.common import LoadingSettings, ModelSource, Problems
 
 
 class Noise(StrictModel):

@@ -4,7 +4,7 @@ On prompts with verifiable instructions the objective is IFEval's prompt-level l
 won only when the 95% interval of its paired difference to the baseline is above 0; otherwise the judge's
 paired win rate, won when its interval is above one half. Beside it, always, the guard: the language held
 unless a guard metric is worse than the baseline's with its whole interval, or the answers collapsed to less
-than half their length (core/guard.py).
+than half their length (measures/guard.py).
 """
 
 from __future__ import annotations

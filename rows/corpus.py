@@ -3,7 +3,7 @@
 Torch-free: the orchestrator calls it to check data before launching anything.
 
 - `.txt`: UTF-8; paragraphs separated by blank lines are documents; hard line wraps become spaces.
-- any row source (`.jsonl`, `.parquet`, a folder, a Hub dataset; see core.datasources): a non-empty string
+- any row source (`.jsonl`, `.parquet`, a folder, a Hub dataset; see rows.datasources): a non-empty string
   column "text" per row (`columns: {content: text}` renames another).
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.datasources import DataSource, source_of, source_rows
 from core.errors import InputError
-from core.textfiles import BadRow, read_utf8
+from rows.datasources import DataSource, source_of, source_rows
+from rows.textfiles import BadRow, read_utf8
 
 _BLANK_LINES = re.compile(r"\n\s*\n")
 _WHITESPACE = re.compile(r"\s+")

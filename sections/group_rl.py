@@ -10,11 +10,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from core.labelers import RuleLabeler
 from core.numbers import fmt, percent
-from core.records import prompt_problems
 from core.schema import DirPath, Panel, StageConfig, StrictModel
-from core.sections import (
+from rows.records import prompt_problems
+from sections.common import (
     ChatData,
     ChatTemplate,
     LoraSettings,
@@ -24,6 +23,7 @@ from core.sections import (
     source_positions,
     too_long,
 )
+from sections.labelers import RuleLabeler
 
 
 class GroupPrompts(ChatData):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-from core.textfiles import BadRow
+from rows.textfiles import BadRow
 
 ROLES = ("system", "user", "assistant", "tool")
 #: an Anthropic-style transcript (hh-rlhf): "\n\nHuman: …\n\nAssistant: …"

@@ -26,11 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from core.datasources import DataSource, source_of, source_rows
 from core.errors import InputError
-from core.instructions import instructions_of
-from core.messages import answer, implicit_prompt, messages, text_value, tools_json
-from core.textfiles import BadRow
+from rows.datasources import DataSource, source_of, source_rows
+from rows.instructions import instructions_of
+from rows.messages import answer, implicit_prompt, messages, text_value, tools_json
+from rows.textfiles import BadRow
 
 SHOWN_PER_FILE = 10  # bad rows listed per source; the rest are counted
 UNPAIRED = ("an unpaired preference row (prompt, completion, label: KTO's shape); this stage compares answers: "
@@ -168,7 +168,7 @@ def _is_preference(row: dict) -> bool:
 def prompt_and_reference(row: dict) -> dict:
     """A prompt from any SFT or preference row, and its reference answer: an SFT completion's last turn, the
     best of ranked answers, or None for a bare `{"prompt"}`; with `instructions` when the row carries
-    verifiable ones (IFEval's `instruction_id_list` and `kwargs`: core/instructions.py)."""
+    verifiable ones (IFEval's `instruction_id_list` and `kwargs`: rows/instructions.py)."""
     row = named_shape(row)
     instructions = instructions_of(row)
     extras = {"instructions": instructions} if instructions else {}

@@ -2,7 +2,7 @@
 answers to the same prompts (torch-free).
 
 Prompt-level accuracy: the share of prompts whose instructions are all followed; instruction-level: the share
-of all instructions followed; each strict and loose (core/instructions.py). Intervals are 95% percentile
+of all instructions followed; each strict and loose (rows/instructions.py). Intervals are 95% percentile
 bootstraps over prompts (a prompt's instructions resampled together); the paired difference to the baseline
 is bootstrapped the same way, prompt by prompt, which is what says whether a policy beat it.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from core.instructions import Checked
-from core.stats import bootstrap_ratio_interval, mean
+from measures.stats import bootstrap_ratio_interval, mean
+from rows.instructions import Checked
 
 #: (metric name, loose?, prompt-level?)
 METRICS = (("prompt_loose", True, True), ("prompt_strict", False, True),
