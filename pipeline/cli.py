@@ -23,6 +23,7 @@ from pipeline.environment import environment, package_version
 from pipeline.export import export_stage, push_to_hub, verify_run
 from pipeline.label_server import is_loopback, make_server, page_address
 from pipeline.labeling import labeling_task
+from pipeline.overrides import from_current_directory, override_notes
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
 from pipeline.report import write_report
 from pipeline.runner import before_launch_problems, make_console, run_pipeline, status_table
@@ -52,11 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="what `rlhf run` would do, and why")
     plan.add_argument("config", nargs="?", default=str(EMBEDDED_PIPELINE))
     for command in (run, plan):
-        command.add_argument("--set", dest="overrides", action="append", metavar="KEY.PATH=VALUE",
-                             help="override a value of the file (YAML; checked like the file), e.g. "
-                                  "stages.sft.train.learning_rate=1e-5; `rlhf run` records them in the run directory "
-                                  "and later commands apply them until --set gives others")
-        command.add_argument("--no-overrides", action="store_true", help="ignore the overrides a previous run recorded")
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                             help="override a value of the file for this command (YAML; checked like the file), "
+                                  "e.g. stages.sft.train.learning_rate=1e-5; a relative path is read from the "
+                                  "current directory (run_dir, and values naming an existing file or folder)")
+        command.add_argument("--no-overrides", action="store_true",
+                             help="leave out the overrides a run saved with --save-overrides")
+    run.add_argument("--save-overrides", action="store_true",
+                     help="keep this run's overrides (saved ones and --set): later commands on this file apply them")
 
     spec = sub.add_parser("spec", help="print the spec.json of one stage (what `accelerate launch -m stages.<kind> "
                           "--config CONFIG --stage NAME` runs; its state says whether it is fresh)")
@@ -132,12 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            pipeline = load_pipeline(args.config, _overrides(args))
+            pipeline = _load_with_overrides(args)
             if args.launch or args.num_processes:
                 pipeline.override = launch_override(args.launch, args.num_processes)
-            run_pipeline(pipeline, args.only, args.start, restart=args.restart, dry_run=args.dry_run)
+            run_pipeline(pipeline, args.only, args.start, restart=args.restart, dry_run=args.dry_run,
+                         save_overrides=args.save_overrides)
         elif args.command == "plan":
-            _plan(args.config, _overrides(args))
+            _plan(_load_with_overrides(args))
         elif args.command == "spec":
             print(json.dumps(_spec(Path(args.config), args.stage, args.restart)))
         elif args.command == "report":
@@ -183,15 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _overrides(args: argparse.Namespace) -> list[str] | None:
-    """The --set overrides; [] for --no-overrides; None: those the run directory recorded."""
-    return [] if args.no_overrides else args.overrides
+def _load_with_overrides(args: argparse.Namespace):
+    """The pipeline file of `run`/`plan` with the saved overrides (unless --no-overrides), then this command's
+    --set, their relative paths read from the current directory."""
+    given = from_current_directory(args.overrides, cwd=Path.cwd())
+    return load_pipeline(args.config, given, recorded=not args.no_overrides)
 
 
-def _plan(config: str, overrides: list[str] | None) -> None:
-    pipeline = load_pipeline(config, overrides)
-    if pipeline.overrides:
-        make_console().print("with overrides: " + " ".join(f"--set {o}" for o in pipeline.overrides), markup=False)
+def _plan(pipeline) -> None:
+    console = make_console()
+    for line in override_notes(run_dir=pipeline.run_dir, pipeline_file=pipeline.path, applied=pipeline.overrides):
+        console.print(line, markup=False, soft_wrap=True)
     try:
         plan = make_plan(pipeline)
     except InputError as e:  # a conflict: still show the table, then the problem
@@ -213,9 +220,13 @@ def _spec(config: Path, stage: str, restart: bool) -> dict:
 
 
 def _status(target: Path, watch: float | None = None) -> None:
-    """Status of a pipeline file, or of a run directory through the pipeline file its stages recorded."""
-
-    show_status(_pipeline_of(target), make_console(), watch)
+    """Status of a pipeline file (saying which overrides it applies), or of a run directory through the
+    pipeline file its stages recorded (as that run was made)."""
+    pipeline, console = _pipeline_of(target), make_console()
+    if not target.is_dir():
+        for line in override_notes(run_dir=pipeline.run_dir, pipeline_file=pipeline.path, applied=pipeline.overrides):
+            console.print(line, markup=False, soft_wrap=True)
+    show_status(pipeline, console, watch)
 
 
 def _clean(target: Path, keep_artifacts: bool, yes: bool, *, dry_run: bool) -> None:

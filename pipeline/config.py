@@ -24,7 +24,7 @@ from core.layout import run_dir_problem
 from core.schema import LaunchSettings, OutputPath, StageConfig, StrictModel
 from pipeline import dag
 from pipeline.assets import embedded_run_dir
-from pipeline.overrides import apply_defaults, apply_overrides, parse_override, recorded_overrides
+from pipeline.overrides import apply_defaults, apply_overrides, parse_override, run_record, unknown_stage_problems
 from pipeline.registry import KINDS
 from rows.textfiles import read_utf8
 
@@ -73,9 +73,12 @@ class _PipelineFile(StrictModel):
     stages: dict[str, dict[str, Any]] = Field(min_length=1)
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None, *, run_dir: Path | None = None) -> Pipeline:
-    """Read and validate a pipeline file with `--set` overrides (None: those the latest `rlhf run` of this file
-    recorded in its run directory) and its `defaults:`; raise InputError listing every problem, one line each.
+def load_pipeline(path: str | Path, overrides: list[str] = (), *, run_dir: Path | None = None,
+                  recorded: bool = True) -> Pipeline:
+    """Read and validate a pipeline file with this command's `--set` overrides and its `defaults:`; raise
+    InputError listing every problem, one line each. With `recorded`, the overrides the latest `rlhf run`
+    recorded come first: given `run_dir`, all it applied (the run as it was made); else those it saved with
+    `--save-overrides` (pipeline.overrides).
     The embedded pipeline, when installed rather than checked out, runs in ./runs/tiny (pipeline.assets).
     `run_dir` replaces the file's own: a command given a run directory acts on that directory, never on the
     one the file names (a copy's commands must not reach the original)."""
@@ -87,10 +90,15 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, *, run_d
         raw["run_dir"] = str(Path(run_dir).resolve())
     elif installed_run_dir is not None:
         raw["run_dir"] = str(installed_run_dir)
-    if overrides is None:
+    overrides = list(overrides)
+    if recorded:
         recorded_in = raw.get("run_dir")
-        overrides = recorded_overrides(context["base_dir"] / recorded_in, path) if isinstance(recorded_in, str) else []
+        record = run_record(context["base_dir"] / recorded_in, path) if isinstance(recorded_in, str) else {}
+        overrides = (record.get("overrides" if run_dir is not None else "saved") or []) + overrides
     set_keys = [parse_override(o)[0] for o in overrides]
+    unknown = unknown_stage_problems(raw, overrides, path=path)
+    if unknown:
+        raise InputError(unknown)
     raw = apply_overrides(raw, overrides)
     if run_dir is not None:  # over a recorded `--set run_dir=` too
         raw["run_dir"] = str(Path(run_dir).resolve())

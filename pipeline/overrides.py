@@ -2,9 +2,13 @@
 `defaults:` section (torch-free).
 
 - `--set stages.sft.train.learning_rate=1e-5`: VALUE is read as YAML (`8`, `true`, `[a, b]`, `{r: 8}`), then
-  checked like the file's own values. `rlhf run` records the overrides in RUN_DIR/pipeline.json, and every
-  later command on that run directory or pipeline file (status, report, plan, a re-run) applies the same
-  ones, until `--set` gives others or `--no-overrides` clears them.
+  checked like the file's own values. It applies to the one command, as `key=value` does in TRL and
+  LLaMA-Factory. A relative path in it is read from the current directory (`run_dir`, and any value that
+  names an existing file or folder from there); the file's own paths stay relative to the file.
+- `rlhf run` records what it applied in RUN_DIR/pipeline.json: commands given that run directory (status,
+  report, export, chat) describe the run as it was made. Commands given the pipeline file apply only their
+  own `--set`, plus those a run saved with `--save-overrides` (until `--no-overrides`), and say when the
+  last run applied others.
 - `defaults: {train: {precision: bf16}, launch: {...}}` is merged into every stage under its own values,
   section by section, for the sections the stage's kind has (a sample stage has no `train`).
 """
@@ -12,6 +16,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -74,12 +79,60 @@ def apply_defaults(stages: dict[str, Any], defaults: dict, fields_of) -> dict[st
     return out
 
 
-def recorded_overrides(run_dir: Path, pipeline_file: Path) -> list[str]:
-    """The overrides the latest `rlhf run` of `pipeline_file` recorded in `run_dir` ([] for none or another file)."""
+def run_record(run_dir: Path, pipeline_file: Path) -> dict:
+    """What the latest `rlhf run` of `pipeline_file` recorded in `run_dir`: {"overrides": applied, "saved": kept
+    for later commands}; empty lists for none, or for a run of another file."""
     try:
         record = json.loads((run_dir / RUN_RECORD).read_text())
     except (OSError, ValueError):
-        return []
-    if Path(record.get("pipeline", "")).resolve() != pipeline_file.resolve():
-        return []
-    return [str(o) for o in record.get("overrides") or []]
+        record = {}
+    if not isinstance(record, dict) or Path(str(record.get("pipeline", ""))).resolve() != pipeline_file.resolve():
+        record = {}
+    return {key: [str(o) for o in record.get(key) or []] for key in ("overrides", "saved")}
+
+
+def from_current_directory(overrides: list[str], *, cwd: Path) -> list[str]:
+    """The overrides with relative paths made absolute from `cwd`: `run_dir`'s value, and any string (in a list,
+    or a mapping's `path`) that names an existing file or folder from there. Other values are left to the
+    file's own rules (relative to the file; Hub ids)."""
+    def resolved(value: Any, *, output: bool = False) -> Any:
+        if isinstance(value, list):
+            return [resolved(item) for item in value]
+        if isinstance(value, dict):
+            return {k: resolved(v) if k == "path" else v for k, v in value.items()}
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (output or (cwd / value).exists()):
+            return str((cwd / value).resolve())
+        return value
+
+    out = []
+    for text in overrides:
+        path, value = parse_override(text)
+        new = resolved(value, output=path == ("run_dir",))
+        out.append(text if new == value else f"{'.'.join(path)}={json.dumps(new)}")
+    return out
+
+
+def unknown_stage_problems(raw: dict, overrides: list[str], *, path: Path) -> list[str]:
+    """`--set stages.NAME.…` for a stage the file does not have (a typo), named against the `--set`; setting
+    a whole new stage (`--set stages.NAME={kind: …}`) is allowed."""
+    stages = raw.get("stages") if isinstance(raw.get("stages"), dict) else {}
+    problems = []
+    for text in overrides:
+        key = parse_override(text)[0]
+        if len(key) > 2 and key[0] == "stages" and key[1] not in stages:
+            near = difflib.get_close_matches(key[1], list(stages), n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            problems.append(f"--set {text.partition('=')[0]}: no stage {key[1]} in {path} ({hint}stages: "
+                            f"{', '.join(stages)})")
+    return problems
+
+
+def override_notes(*, run_dir: Path, pipeline_file: Path, applied: list[str]) -> list[str]:
+    """What a command on the pipeline file says about overrides: those it applies, and those the latest
+    `rlhf run` applied that it does not (so a stage shown stale for that is not a surprise)."""
+    notes = ["with overrides: " + " ".join(f"--set {o}" for o in applied)] if applied else []
+    left_out = [o for o in run_record(run_dir, pipeline_file)["overrides"] if o not in applied]
+    if left_out:
+        notes.append("not applied: the last `rlhf run` of this file also had " + " ".join(f"--set {o}" for o in left_out)
+                     + " (--set applies to one command; give them again, or run with --save-overrides to keep them)")
+    return notes

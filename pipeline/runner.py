@@ -24,6 +24,7 @@ from core.lock import RunLock
 from core.progress import bar_fields, new_attempt, progress_bar, read_progress, write_progress
 from pipeline import dag
 from pipeline.config import Pipeline
+from pipeline.overrides import override_notes, run_record
 from pipeline.plan import RunPlan, StageState, hasher_for, make_plan, stage_spec, stage_state
 from pipeline.report import is_current, write_report
 from pipeline.status import STATE_STYLE
@@ -108,15 +109,20 @@ def before_launch_problems(pipeline: Pipeline, names: list[str]) -> list[str]:
 
 
 def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str | None = None,
-                 *, restart: list[str] | None = None, dry_run: bool = False, console: Console | None = None) -> None:
-    """Plan, then launch every stage that is not fresh, in order; raise StageFailed on the first failure."""
+                 *, restart: list[str] | None = None, dry_run: bool = False, save_overrides: bool = False,
+                 console: Console | None = None) -> None:
+    """Plan, then launch every stage that is not fresh, in order; raise StageFailed on the first failure.
+    The run directory records the overrides applied (commands on it describe the run as it was made) and,
+    with `save_overrides`, keeps them for later commands on the file (pipeline.overrides)."""
     console = console or make_console()
     restart = list(restart or [])
     with RunLock(pipeline.run_dir):
-        if not dry_run:  # what later commands on this run directory (or file) read the pipeline as
-            atomic_write_json(pipeline.run_dir / RUN_RECORD, {"pipeline": str(pipeline.path), "overrides": pipeline.overrides})
-        if pipeline.overrides:
-            console.print("with overrides: " + " ".join(f"--set {o}" for o in pipeline.overrides), markup=False)
+        for line in override_notes(run_dir=pipeline.run_dir, pipeline_file=pipeline.path, applied=pipeline.overrides):
+            console.print(line, markup=False, soft_wrap=True)
+        if not dry_run:
+            saved = pipeline.overrides if save_overrides else run_record(pipeline.run_dir, pipeline.path)["saved"]
+            atomic_write_json(pipeline.run_dir / RUN_RECORD, {"pipeline": str(pipeline.path),
+                                                              "overrides": pipeline.overrides, "saved": saved})
         hasher = hasher_for(pipeline)
         plan = make_plan(pipeline, only, start, restart=restart, hasher=hasher)
         console.print(status_table(plan.statuses, plan))

@@ -1,5 +1,6 @@
-"""`--set` overrides, typed and checked like the file and recorded for later commands; `defaults:` merged
-into every stage that has the section; "did you mean" for a near-miss key."""
+"""`--set` overrides: typed and checked like the file, for one command (kept with --save-overrides), paths
+read from the current directory, a stage typo named against the --set; `defaults:` merged into every stage
+that has the section; "did you mean" for a near-miss key."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import yaml
 from core.errors import InputError
 from pipeline.config import load_pipeline
 from pipeline.overrides import apply_overrides, merge_under, parse_override
-from tests.helpers import pretrain_stage, rlhf, sample_stage, sft_stage, write_pipeline
+from tests.helpers import pretrain_stage, rlhf, sample_stage, sft_stage, small_corpus, write_pipeline
 
 
 def test_an_override_is_read_as_yaml_and_set_on_its_path():
@@ -48,15 +49,44 @@ def test_defaults_merge_into_every_stage_that_has_the_section_under_its_own_valu
     assert not hasattr(pipeline.stages["samples"], "train")  # a sample stage has no train section: left alone
 
 
-def test_rlhf_run_records_its_overrides_and_later_commands_apply_them(tmp_path, corpus):
+def test_set_applies_to_one_command_and_save_overrides_keeps_it(tmp_path, corpus):
     path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus, max_steps=4, save_every=10)})
     done = rlhf("run", path, "--set", "stages.pre.train.max_steps=3")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "with overrides: --set stages.pre.train.max_steps=3" in done.stdout
     record = json.loads((tmp_path / "run" / "pipeline.json").read_text())
-    assert record["overrides"] == ["stages.pre.train.max_steps=3"]
-    assert "fresh" in rlhf("plan", path).stdout  # the recorded override applies: still fresh
-    assert "fresh" in rlhf("status", tmp_path / "run").stdout
-    changed = rlhf("plan", path, "--no-overrides").stdout
-    assert "stale" in changed and "train.max_steps" in changed
+    assert record["overrides"] == ["stages.pre.train.max_steps=3"] and record["saved"] == []
+    # the file, without --set, is the file: pre is stale, and the command says why
+    plain = rlhf("plan", path).stdout
+    assert "stale" in plain and "train.max_steps" in plain
+    assert "not applied: the last `rlhf run` of this file also had --set stages.pre.train.max_steps=3" in plain
+    assert "fresh" in rlhf("status", tmp_path / "run").stdout  # the run directory: the run as it was made
+    kept = rlhf("run", path, "--set", "stages.pre.train.max_steps=3", "--save-overrides")
+    assert kept.returncode == 0 and "nothing to run" in kept.stdout, kept.stdout + kept.stderr
+    assert json.loads((tmp_path / "run" / "pipeline.json").read_text())["saved"] == ["stages.pre.train.max_steps=3"]
+    saved = rlhf("plan", path).stdout
+    assert "fresh" in saved and "with overrides: --set stages.pre.train.max_steps=3" in saved
+    assert "stale" in rlhf("plan", path, "--no-overrides").stdout
     assert yaml.safe_load(path.read_text())["stages"]["pre"]["train"]["max_steps"] == 4  # the file is untouched
+
+
+def test_a_set_for_a_stage_the_file_lacks_is_named_against_the_set(tmp_path, corpus):
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus)})
+    typo = rlhf("plan", path, "--set", "stages.pree.train.max_steps=2")
+    assert typo.returncode == 2
+    assert typo.stderr.strip() == (f"error: --set stages.pree.train.max_steps: no stage pree in {path} (did you mean "
+                                   "pre? stages: pre)")
+    whole = json.dumps(pretrain_stage(corpus, max_steps=2))
+    assert rlhf("plan", path, "--set", f"stages.extra={whole}").returncode == 0  # a whole new stage is allowed
+
+
+def test_relative_paths_in_set_are_read_from_the_current_directory(tmp_path, corpus):
+    (tmp_path / "configs").mkdir()
+    path = write_pipeline(tmp_path / "configs" / "p.yaml", {"pre": pretrain_stage(corpus)})
+    other = small_corpus(tmp_path, paragraphs=300, name="other.txt")
+    planned = rlhf("plan", path, "--set", f"stages.pre.data.train=[{other.name}]", "--set", "run_dir=mine",
+                   cwd=tmp_path)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert f"stages.pre.data.train=[\"{other}\"]" in planned.stdout and f"run_dir=\"{tmp_path / 'mine'}\"" in planned.stdout
+    # the file's own relative paths stay relative to the file
+    assert rlhf("plan", path, "--set", "stages.pre.data.train=[other.txt]", cwd=tmp_path / "configs").returncode == 2
