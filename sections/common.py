@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from core.engines import vllm_problem
 from core.numbers import fmt
@@ -53,11 +53,20 @@ class TrainSettings(LoopSettings):
     """Optimization settings shared by the Trainer-based stages: the loop's, plus batches, Liger's kernels and
     the Trainer's evaluation interval."""
 
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; or give epochs")
+    epochs: float | None = Field(None, gt=0, description="passes over the training rows, instead of max_steps "
+                                                         "(the Trainer counts the steps; fractions allowed)")
     batch_size: int = Field(16, ge=1, description="global batch in sequences, whatever the process count")
     micro_batch_size: int | None = Field(None, ge=1, description="per process and step; default: batch_size")
     liger_kernel: bool | None = Field(None, description="Liger's fused kernels in the Trainer (pip install liger-kernel)")
     eval_every: int | None = volatile(None, ge=1, description="steps between evaluations on the validation rows; "
                                                            "default: only at the end")
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> "TrainSettings":
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of max_steps and epochs")
+        return self
 
     def world_problems(self, world: int) -> Problems:
         """A batch that does not split into equal micro-batches over `world` processes (as the Trainer kinds'

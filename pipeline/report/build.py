@@ -146,7 +146,7 @@ def _verdict(doc: Document, records: list[StageRecord], pipeline: Pipeline) -> N
 
 
 #: (section, key) pairs shown as a stage's hyperparameters when its config has them
-_HYPERPARAMETERS = (("train", "max_steps"), ("train", "batch_size"), ("train", "learning_rate"),
+_HYPERPARAMETERS = (("train", "max_steps"), ("train", "epochs"), ("train", "batch_size"), ("train", "learning_rate"),
                     ("train", "precision"), ("ppo", "rollout_batch_size"), ("ppo", "epochs"), ("ppo", "kl"),
                     ("ppo", "ptx"), ("generation", "temperature"), ("generation", "top_p"),
                     ("generation", "num_generations"), ("", "beta"), ("", "loss_type"), ("", "lora"),

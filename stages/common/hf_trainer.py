@@ -46,7 +46,8 @@ def training_arguments(ctx: StageContext, train: TrainSettings, config_class: ty
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(ctx.dirs.logs / "tensorboard")
     kwargs = dict(
         output_dir=str(ctx.dirs.checkpoints),
-        max_steps=train.max_steps,
+        max_steps=train.max_steps or -1,  # -1: the Trainer counts the steps of `num_train_epochs`
+        num_train_epochs=train.epochs or 1,
         per_device_train_batch_size=micro,
         per_device_eval_batch_size=micro,
         gradient_accumulation_steps=accumulation,

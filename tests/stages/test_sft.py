@@ -18,6 +18,7 @@ from stages.sft.config import SftStage
 from tests.helpers import REPO, small_corpus
 
 SFT_DATA = REPO / "data" / "sft"
+ROWS_FILE = SFT_DATA / "python-faq" / "train.jsonl"
 ROWS = [sft_row(json.loads(line)) for line in (SFT_DATA / "python-faq" / "train.jsonl").read_text().splitlines()[:12]]
 
 
@@ -292,3 +293,23 @@ def test_sft_from_a_hub_model_loads_it_by_revision_from_the_hf_cache(tmp_path, m
     write_pipeline(path, {"sft": stage})
     with pytest.raises(InputError, match=r"model\.hub.*expected owner/name@revision"):
         load_pipeline(path)
+
+
+def test_epochs_instead_of_max_steps_pass_over_every_row(tmp_path):
+    """`train.epochs` (TRL's and LLaMA-Factory's num_train_epochs): the Trainer counts the steps from the rows,
+    here 40 chats in batches of 8; a fraction stops part-way."""
+    from stages.sft.stage import build_trainer, sft_arguments
+
+    model, tokenizer = tiny_causal_lm(tmp_path)
+    chats = [sft_row(json.loads(line)) for line in (SFT_DATA / "chatterbot" / "train.jsonl").read_text().splitlines()[:40]]
+    rows = ChatRows(train=chats, validation=chats[:4], validation_by_source={"chat": chats[:4]}, skipped=0)
+    for epochs, steps in ((1, 5), (0.5, 3)):
+        (tmp_path / str(epochs)).mkdir()
+        ctx = sft_context(tmp_path / str(epochs), data={"train": [str(SFT_DATA / "chatterbot" / "train.jsonl")],
+                                                        "max_length": 128}, train={"epochs": epochs, "batch_size": 8})
+        trainer = build_trainer(ctx, model, tokenizer, rows=rows, args=sft_arguments(ctx))
+        trainer.train()
+        assert trainer.state.global_step == steps, epochs
+    with pytest.raises(ValueError, match="exactly one of max_steps and epochs"):
+        SftStage.model_validate({"kind": "sft", "model": {"path": str(tmp_path)}, "data": {"train": [str(ROWS_FILE)]},
+                                 "train": {"max_steps": 3, "epochs": 1}})
