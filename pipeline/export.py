@@ -69,16 +69,55 @@ def base_model_line(manifest: dict) -> str:
     return "a local model (not on the Hub): see the lineage below"
 
 
-def model_card(manifest: dict) -> str:
-    """README.md of the exported folder: what the model is and how it was made, from the manifests."""
+def hub_license(base: tuple[str, str] | None) -> str | None:
+    """The licence the Hub base model's own card declares, read from the HF cache only (export never goes
+    online for it); None when the base is local or its card is not cached."""
+    if base is None:
+        return None
+    # the Hub client only here and in push_to_hub: `rlhf plan/status` never import it
+    from huggingface_hub import ModelCard, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        card = ModelCard.load(hf_hub_download(base[0], "README.md", revision=base[1], local_files_only=True))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
+        return None
+    return card.data.license
+
+
+def usage_snippet(stage: str, *, is_classifier: bool) -> list[str]:
+    """How to load the exported folder: a text classifier (a reward model's scores), else a chat pipeline."""
+    if is_classifier:
+        code = ["from transformers import pipeline", "", f'scorer = pipeline("text-classification", model="{stage}")',
+                'print(scorer("<the rendered chat>", function_to_apply="none"))']
+    else:
+        code = ["from transformers import pipeline", "", f'chat = pipeline("text-generation", model="{stage}")',
+                'print(chat([{"role": "user", "content": "Hello!"}], max_new_tokens=64)[0]["generated_text"][-1])']
+    return ["## Usage", "", "```python", *code, "```", ""]
+
+
+def model_card(manifest: dict, *, is_classifier: bool = False) -> str:
+    """README.md of the exported folder, built with huggingface_hub's ModelCard: its metadata (base model,
+    licence, Hub datasets, pipeline tag), a usage snippet, the metrics, and how it was made, from the
+    manifests; no local paths."""
+    from huggingface_hub import ModelCard, ModelCardData  # see hub_license
+
     chain = lineage(manifest)
+    base = hub_base(manifest)
+    datasets = sorted({h["hub"] for m in chain for h in m.get("hub_datasets") or []})
+    data = ModelCardData(library_name="transformers", base_model=base[0] if base else None,
+                         license=hub_license(base), datasets=datasets or None,
+                         pipeline_tag="text-classification" if is_classifier else "text-generation",
+                         tags=["rlhf-pipeline", manifest["kind"]])
     metrics = {k: v for k, v in (manifest.get("metrics") or {}).items() if not isinstance(v, (list, dict))}
-    lines = ["---", "library_name: transformers", f"tags: [rlhf-pipeline, {manifest['kind']}]", "---", "",
-             f"# {manifest['stage']} ({manifest['kind']})", "",
+    lines = [f"# {manifest['stage']} ({manifest['kind']})", "",
              f"Exported by rlhf-pipeline from stage `{manifest['stage']}`, fingerprint `{manifest['fingerprint']}`, "
              f"completed {manifest.get('ended_at')} on {fmt(manifest.get('world_size'))} process(es).", "",
-             f"Base model: {base_model_line(manifest)}", "",
-             "## Metrics", "", "| metric | value |", "|---|---|"]
+             f"Base model: {base_model_line(manifest)}", ""]
+    if base and data.license is None:
+        lines += ["Licence: not in the cached card of the base model; it and the data's licences apply.", ""]
+    lines += usage_snippet(manifest["stage"], is_classifier=is_classifier)
+    lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in metrics.items()]
     lines += ["", "## Lineage", "", "Each stage, nearest first: its fingerprint covers its config, the contents of "
               "its data files and its inputs' fingerprints.", ""]
@@ -101,7 +140,7 @@ def model_card(manifest: dict) -> str:
         lines += ["<details><summary>config</summary>", "", "```json",
                   json.dumps(without_local_paths(m.get("config") or {}), indent=2, sort_keys=True), "```", "",
                   "</details>", ""]
-    return "\n".join(lines)
+    return str(ModelCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(lines)))
 
 
 def export_stage(pipeline: Pipeline, stage: str, target: Path) -> Path:
@@ -141,7 +180,9 @@ def export_stage(pipeline: Pipeline, stage: str, target: Path) -> Path:
         base = hub_base(state.manifest)
         settings["base_model_name_or_path"], settings["revision"] = base if base else (None, None)
         adapter_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    (target / "README.md").write_text(model_card(state.manifest), encoding="utf-8")
+    is_classifier = "ForSequenceClassification" in " ".join(json.loads((artifact / "config.json").read_text())
+                                                           .get("architectures") or [])
+    (target / "README.md").write_text(model_card(state.manifest, is_classifier=is_classifier), encoding="utf-8")
     return target
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.layout import StageDirs
@@ -32,6 +33,13 @@ def test_a_ppo_stage_exports_as_a_plain_model_folder_with_its_lineage(tiny_chat_
         for data_file in manifest["data_files"]:
             assert data_file["sha256"] in card
     assert "| eval/kl | " in card and '"rollout_batch_size": 8' in card
+    data = ModelCard.load(folder / "README.md").data  # the Hub's own card format, read back by its client
+    assert data.pipeline_tag == "text-generation" and data.library_name == "transformers" and "ppo" in data.tags
+    assert data.base_model is None and 'pipeline("text-generation", model="ppo")' in card  # local base; usage
+    assert tokenizer.model_max_length == model.config.max_position_embeddings
+    reward = tmp_path / "rm-model"
+    assert rlhf("export", tiny_chat_run, "rm", "--to", reward).returncode == 0
+    assert ModelCard.load(reward / "README.md").data.pipeline_tag == "text-classification"
 
 
 def test_an_adapter_comes_along_and_nothing_is_overwritten_or_exported_without_a_model(tiny_chat_run, tmp_path):

@@ -271,6 +271,7 @@ def test_sft_from_a_hub_model_loads_it_by_revision_from_the_hf_cache(tmp_path, m
     model, tokenizer = tiny_causal_lm(tmp_path)
     model.save_pretrained(repo / "snapshots" / commit)
     tokenizer.save_pretrained(repo / "snapshots" / commit)
+    (repo / "snapshots" / commit / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny\n")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -287,6 +288,14 @@ def test_sft_from_a_hub_model_loads_it_by_revision_from_the_hf_cache(tmp_path, m
     assert tuned.dtype == torch.bfloat16  # model.dtype: loaded, trained and saved in bf16
     # the branch was resolved to the commit it named, and the manifest records it
     assert read_manifest(StageDirs(tmp_path / "run" / "sft"))["metrics"]["model/hub_commit"] == commit
+    # its exported card names the Hub base and the licence the base's cached card declares, offline
+    from huggingface_hub import ModelCard
+
+    exported = rlhf("export", tmp_path / "run", "sft", "--to", tmp_path / "out")
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert (card.data.base_model, card.data.license, card.data.pipeline_tag) == ("tiny-org/tiny-llama", "apache-2.0",
+                                                                                "text-generation")
 
     # the revision is required: a moving branch would change the model behind a fresh fingerprint
     stage["model"]["hub"] = "tiny-org/tiny-llama"
