@@ -4,7 +4,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Under pytest-xdist each worker, and every stage it launches, computes on one thread: two workers with
+# torch's (or accelerate's) thread per core each oversubscribe the cores, and OpenMP's spinning threads then
+# ran a 20 s PPO stage for minutes. Set before anything imports torch; the runner leaves a set value alone.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from filelock import FileLock
