@@ -26,6 +26,7 @@ from pipeline.labeling import labeling_task
 from pipeline.overrides import from_current_directory, override_notes
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
 from pipeline.report import write_report
+from pipeline.report.compare import write_comparison
 from pipeline.runner import before_launch_problems, make_console, run_pipeline, status_table
 from pipeline.settings_doc import json_schema, render_rows
 from pipeline.status import show_status
@@ -68,8 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     spec.add_argument("--stage", required=True)
     spec.add_argument("--restart", action="store_true")
 
-    report = sub.add_parser("report", help="write RUN_DIR/report/ (report.md, report.html, plots)")
-    report.add_argument("target", nargs="?", default=str(EMBEDDED_PIPELINE), help="RUN_DIR or pipeline file")
+    report = sub.add_parser("report", help="write RUN_DIR/report/ (report.md, report.html, plots); with several "
+                            "runs, a comparison of them in --to DIR")
+    report.add_argument("targets", nargs="*", default=[str(EMBEDDED_PIPELINE)], metavar="TARGET",
+                        help="RUN_DIR or pipeline file; several: compare them side by side")
+    report.add_argument("--to", type=Path, help="the folder of a comparison (compare.md, compare.html, plots/)")
 
     clean = sub.add_parser("clean", help="remove checkpoints of complete stages (and, with --yes, their artifacts)")
     clean.add_argument("target", help="RUN_DIR or pipeline file")
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "spec":
             print(json.dumps(_spec(Path(args.config), args.stage, args.restart)))
         elif args.command == "report":
-            print(f"report: {write_report(_pipeline_of(Path(args.target)))}")
+            print(f"report: {_report(args.targets, args.to)}")
         elif args.command == "clean":
             _clean(Path(args.target), args.keep_artifacts, args.yes, dry_run=args.dry_run)
         elif args.command == "status":
@@ -217,6 +221,21 @@ def _spec(config: Path, stage: str, restart: bool) -> dict:
         raise InputError(f"--stage {stage}: no such stage in {config} (stages: {', '.join(pipeline.stages)})")
     hasher = hasher_for(pipeline)
     return stage_spec(pipeline, stage, stage_states(pipeline, hasher), hasher=hasher, restart=restart)
+
+
+def _report(targets: list[str], to: Path | None) -> Path:
+    """One run's report in its run directory, or several runs compared in `to`."""
+    if len(targets) == 1:
+        if to is not None:
+            raise InputError("--to: only for a comparison of several runs (one run's report goes to RUN_DIR/report/)")
+        return write_report(_pipeline_of(Path(targets[0])))
+    if to is None:
+        raise InputError(f"rlhf report {' '.join(targets)}: several runs are compared into a folder; give --to DIR")
+    pipelines = [_pipeline_of(Path(target)) for target in targets]
+    inside = [p.run_dir for p in pipelines if p.run_dir.resolve() in (to.resolve(), *to.resolve().parents)]
+    if inside:
+        raise InputError(f"--to {to}: inside the run directory {inside[0]}; write the comparison outside the runs")
+    return write_comparison(pipelines, to)
 
 
 def _status(target: Path, watch: float | None = None) -> None:

@@ -152,3 +152,16 @@ def policies_plot(policies: list[dict], baseline: str | None, title: str, *, pat
     right.grid(alpha=0.3, axis="y")
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
+
+
+def runs_plot(curves: dict[str, tuple[list[float], list[float]]], title: str, *, ylabel: str, path: Path) -> Path:
+    """One metric of the same stage in several runs: run label -> (steps, values), one line each."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for label, (steps, values) in curves.items():
+        ax.plot(steps, values, label=label)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -145,6 +145,25 @@ def test_report_lineage_names_every_fingerprint_and_data_file_hash(report):
 
 
 @pytest.mark.slow
+def test_report_of_several_runs_compares_their_settings_metrics_verdicts_and_curves(tiny_chat_run, tmp_path, corpus):
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": pretrain_stage(corpus, max_steps=4, save_every=10)})
+    for name, rate in (("a", "1e-3"), ("b", "3e-3")):
+        done = rlhf("run", path, "--set", f"run_dir={tmp_path / name}", "--set", f"stages.pre.train.learning_rate={rate}")
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert "give --to DIR" in rlhf("report", tmp_path / "a", tmp_path / "b").stderr
+    made = rlhf("report", tmp_path / "a", tmp_path / "b", tiny_chat_run, "--to", tmp_path / "cmp")
+    assert made.returncode == 0, made.stdout + made.stderr
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    settings = text[text.index("## Settings"):text.index("## Headline metrics")]
+    assert re.search(r"\| pre \| train\.learning_rate \| 0\.001 \| 0\.003 \| ", settings), settings
+    losses = [fmt(read_manifest(StageDirs(tmp_path / n / "pre"))["metrics"]["eval/loss"]) for n in ("a", "b")]
+    assert f"| pre | eval/loss | {losses[0]} | {losses[1]} | " in text
+    assert "## judged: the verdict in each run" in text  # the eval stage of the one run that has it
+    assert (tmp_path / "cmp" / "plots" / "pre.png").read_bytes().startswith(PNG_MAGIC)
+    assert (tmp_path / "cmp" / "compare.html").is_file()
+
+
+@pytest.mark.slow
 def test_report_html_renders_every_image_in_a_browser(report, tmp_path):
     out, _, summary, _ = report
     chromium = chromium_or_skip()
