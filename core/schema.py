@@ -239,8 +239,8 @@ class StageConfig(StrictModel):
         """Whether people label this stage through `rlhf label` (then `labeling_task` hands out their task)."""
         return False
 
-    def labeling_task(self, *, name: str, run_dir: Path) -> Any:
-        """What people label for stage `name` (a stages.rank.labels.PeopleLabeling), when `labeled_by_people`."""
+    def labeling_task(self, *, name: str, run_dir: Path) -> PeopleLabeling:
+        """What people label for stage `name`, when `labeled_by_people`."""
         raise NotImplementedError(f"{self.kind}: people label no stage of this kind")
 
     def state_files(self, stage_dir: Path) -> list[Path]:

@@ -23,11 +23,11 @@ from pipeline.environment import environment, package_version
 from pipeline.export import export_stage, push_to_hub, verify_run
 from pipeline.label_server import is_loopback, make_server, page_address
 from pipeline.labeling import labeling_task
-from pipeline.overrides import from_current_directory, override_notes
+from pipeline.overrides import from_current_directory
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
 from pipeline.report import write_report
 from pipeline.report.compare import write_comparison
-from pipeline.runner import before_launch_problems, make_console, run_pipeline, status_table
+from pipeline.runner import before_launch_problems, make_console, print_override_notes, run_pipeline, status_table
 from pipeline.settings_doc import json_schema, render_rows
 from pipeline.status import show_status
 
@@ -201,8 +201,7 @@ def _load_with_overrides(args: argparse.Namespace):
 
 def _plan(pipeline) -> None:
     console = make_console()
-    for line in override_notes(run_dir=pipeline.run_dir, pipeline_file=pipeline.path, applied=pipeline.overrides):
-        console.print(line, markup=False, soft_wrap=True)
+    print_override_notes(pipeline, console)
     try:
         plan = make_plan(pipeline)
     except InputError as e:  # a conflict: still show the table, then the problem
@@ -243,8 +242,7 @@ def _status(target: Path, watch: float | None = None) -> None:
     pipeline file its stages recorded (as that run was made)."""
     pipeline, console = _pipeline_of(target), make_console()
     if not target.is_dir():
-        for line in override_notes(run_dir=pipeline.run_dir, pipeline_file=pipeline.path, applied=pipeline.overrides):
-            console.print(line, markup=False, soft_wrap=True)
+        print_override_notes(pipeline, console)
     show_status(pipeline, console, watch)
 
 

@@ -51,9 +51,10 @@ def without_local_paths(value):
     return value
 
 
-def hub_base(manifest: dict) -> tuple[str, str] | None:
-    """(owner/name, revision) of the Hub model the lineage started from, or None when it started locally."""
-    for m in lineage(manifest):
+def hub_base(chain: list[dict]) -> tuple[str, str] | None:
+    """(owner/name, revision) of the Hub model a lineage (`lineage()`) started from, or None when it started
+    locally."""
+    for m in chain:
         hub = ((m.get("config") or {}).get("model") or {}).get("hub")
         if hub:
             name, _, revision = hub.partition("@")
@@ -61,9 +62,8 @@ def hub_base(manifest: dict) -> tuple[str, str] | None:
     return None
 
 
-def base_model_line(manifest: dict) -> str:
-    """The model the lineage started from, as a card states it."""
-    base = hub_base(manifest)
+def base_model_line(base: tuple[str, str] | None) -> str:
+    """The model the lineage started from (`hub_base()`), as a card states it."""
     if base:
         return f"[{base[0]}](https://huggingface.co/{base[0]}) at revision `{base[1]}`"
     return "a local model (not on the Hub): see the lineage below"
@@ -103,7 +103,7 @@ def model_card(manifest: dict, *, is_classifier: bool = False) -> str:
     from huggingface_hub import ModelCard, ModelCardData  # see hub_license
 
     chain = lineage(manifest)
-    base = hub_base(manifest)
+    base = hub_base(chain)
     datasets = sorted({h["hub"] for m in chain for h in m.get("hub_datasets") or []})
     data = ModelCardData(library_name="transformers", base_model=base[0] if base else None,
                          license=hub_license(base), datasets=datasets or None,
@@ -113,7 +113,7 @@ def model_card(manifest: dict, *, is_classifier: bool = False) -> str:
     lines = [f"# {manifest['stage']} ({manifest['kind']})", "",
              f"Exported by rlhf-pipeline from stage `{manifest['stage']}`, fingerprint `{manifest['fingerprint']}`, "
              f"completed {manifest.get('ended_at')} on {fmt(manifest.get('world_size'))} process(es).", "",
-             f"Base model: {base_model_line(manifest)}", ""]
+             f"Base model: {base_model_line(base)}", ""]
     if base and data.license is None:
         lines += ["Licence: not in the cached card of the base model; it and the data's licences apply.", ""]
     lines += usage_snippet(manifest["stage"], is_classifier=is_classifier)
@@ -177,7 +177,7 @@ def export_stage(pipeline: Pipeline, stage: str, target: Path) -> Path:
     adapter_config = target / "adapter" / "adapter_config.json"
     if adapter_config.is_file():  # peft wrote the base model's local path: name it by Hub id, or say it was local
         settings = json.loads(adapter_config.read_text())
-        base = hub_base(state.manifest)
+        base = hub_base(lineage(state.manifest))
         settings["base_model_name_or_path"], settings["revision"] = base if base else (None, None)
         adapter_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     is_classifier = "ForSequenceClassification" in " ".join(json.loads((artifact / "config.json").read_text())

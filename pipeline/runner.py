@@ -36,6 +36,12 @@ def make_console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 
 
+def print_override_notes(pipeline: Pipeline, console: Console) -> None:
+    """The overrides a command on the pipeline file applies, and those of the last run it does not."""
+    for line in override_notes(run_dir=pipeline.run_dir, pipeline_file=pipeline.path, applied=pipeline.overrides):
+        console.print(line, markup=False, soft_wrap=True)
+
+
 def status_table(statuses: dict[str, StageState], plan: RunPlan | None = None) -> Table:
     """A table of stages: kind, state, short fingerprint, why, and (with a plan) what happens now."""
     table = Table(show_edge=False, pad_edge=False)
@@ -117,8 +123,7 @@ def run_pipeline(pipeline: Pipeline, only: list[str] | None = None, start: str |
     console = console or make_console()
     restart = list(restart or [])
     with RunLock(pipeline.run_dir):
-        for line in override_notes(run_dir=pipeline.run_dir, pipeline_file=pipeline.path, applied=pipeline.overrides):
-            console.print(line, markup=False, soft_wrap=True)
+        print_override_notes(pipeline, console)
         if not dry_run:
             saved = pipeline.overrides if save_overrides else run_record(pipeline.run_dir, pipeline.path)["saved"]
             atomic_write_json(pipeline.run_dir / RUN_RECORD, {"pipeline": str(pipeline.path),
