@@ -51,7 +51,7 @@ def pipeline_file(workdir: Path) -> Path:
     for label, config in LAUNCHES.items():
         launch = {"accelerate_config": str(REPO / "configs" / "accelerate" / (f"{config}_cpu.yaml" if config else "cpu.yaml"))}
         stages[stage_name("pre", label)] = {**pretrain, "launch": launch}
-        stages[stage_name("ppo", label)] = {"kind": "ppo", "inputs": {"policy": "sft", "reward": "rm"}, "launch": launch,
+        stages[stage_name("ppo", label)] = {"kind": "ppo", "inputs": {"model": "sft", "reward": "rm"}, "launch": launch,
                                 "data": {"train": chat, "max_length": 64}, "generation": {"max_new_tokens": 32},
                                 "ppo": {"rollout_batch_size": 16, "mini_batch_size": 8, "epochs": 2},
                                 "evaluation": {"prompts": 8, "samples": 0},

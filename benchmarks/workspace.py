@@ -82,11 +82,11 @@ def pipeline_file(workdir: Path, size: Size) -> Path:
                   "train": train(size.reward_steps, 8, 3e-3)},
     }
     # dpo on the K = 4 rankings as prompt-weighted pairs; grpo against rm_k4 at the answer length of a PPO setting
-    stages["dpo"] = {"kind": "dpo", "inputs": {"policy": "sft_packed"},
+    stages["dpo"] = {"kind": "dpo", "inputs": {"model": "sft_packed"},
                      "data": {"train": [str(DATA / "reward" / "answer-quality" / "train.jsonl")], "max_length": 96},
                      "samples": {"count": 0}, "train": train(size.reward_steps, 8, 1e-3)}
     batch, length = size.ppo_settings[-1]
-    stages["grpo"] = {"kind": "grpo", "inputs": {"policy": "sft_packed", "reward": "rm_k4"},
+    stages["grpo"] = {"kind": "grpo", "inputs": {"model": "sft_packed", "reward": "rm_k4"},
                       "data": {"train": sft_files, "max_length": 64, "validation_fraction": 0.05},
                       "generation": {"num_generations": 4, "max_new_tokens": length}, "evaluation_prompts": 4,
                       "train": train(size.ppo_iterations, batch, 3e-4, lr_scheduler="constant", log_every=1)}
@@ -102,7 +102,7 @@ def pipeline_file(workdir: Path, size: Size) -> Path:
                                "log_every": 1, "save_every": 10_000}
     for batch, length in size.ppo_settings:
         stages[f"ppo_b{batch}_t{length}"] = {
-            "kind": "ppo", "inputs": {"policy": "sft_packed", "reward": "rm_k4"},
+            "kind": "ppo", "inputs": {"model": "sft_packed", "reward": "rm_k4"},
             "data": {"train": sft_files, "max_length": 64},
             "generation": {"max_new_tokens": length},
             "ppo": {"rollout_batch_size": batch, "mini_batch_size": batch // 2, "epochs": 2},

@@ -215,7 +215,8 @@ def _stage(name: str, raw: dict, *, stage_names: list[str], context: dict) -> tu
         loc = ("inputs", family, member) if member else ("inputs", role)
         if (family if member else role) not in cls.input_roles or bool(member) != (family in cls.input_families):
             expected = ", ".join(cls.input_roles) or "none"
-            problems.append((loc, f"unknown input role for kind {kind} (expected: {expected})"))
+            renamed = "; inputs.policy is now inputs.model" if role == "policy" and "model" in cls.input_roles else ""
+            problems.append((loc, f"unknown input role for kind {kind} (expected: {expected}){renamed}"))
         elif source == name:
             problems.append((loc, "a stage cannot be its own input"))
         elif source not in stage_names:

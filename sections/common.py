@@ -194,7 +194,7 @@ def before_after_table(name: str, manifest: dict) -> list[SampleTable]:
     if not samples:
         return []
     inputs = manifest.get("inputs") or {}
-    source = (inputs.get("policy") or inputs.get("model") or {}).get("stage") or "base"
+    source = (inputs.get("model") or inputs.get("policy") or {}).get("stage") or "base"  # "policy" before 2026-12
     rows = [[s["prompt"], s.get("base", "–"), s.get(kind, "–")] for s in samples]
     return [SampleTable(f"{name}: {source} → {name}", ["prompt", f"{source} model", f"{name} model"], rows)]
 

@@ -50,7 +50,7 @@ class GroupGeneration(StrictModel):
 
 
 class GroupRLStage(StageConfig):
-    """What grpo and rloo share: a policy (`inputs.policy`, an sft-like stage) trained against a reward stage's
+    """What grpo and rloo share: a policy (`inputs.model`, an sft-like stage) trained against a reward stage's
     model (`inputs.reward`) and/or a rule (`reward_rule`), with a KL penalty `beta` to the reference."""
 
     data: GroupPrompts
@@ -62,7 +62,7 @@ class GroupRLStage(StageConfig):
     reward_max_length: int = Field(512, ge=8, description="tokens of prompt and answer the reward model reads")
     chat_template: ChatTemplate = "auto"
     lora: LoraSettings | None = None
-    model: ModelSource = Field(ModelSource(), description="the policy when inputs.policy is unset (path, gguf or hub), "
+    model: ModelSource = Field(ModelSource(), description="the policy when inputs.model is unset (path, gguf or hub), "
                                                           "and how the models load")
     reward_model: DirPath | None = Field(None, description="an HF sequence-classifier directory, when inputs.reward "
                                                            "is unset")
@@ -72,7 +72,7 @@ class GroupRLStage(StageConfig):
         None, description="an independent rule, logged beside the reward at every evaluation (train.eval_every) and "
                           "never trained on (weight 0): the report plots the proxy and the judge against the KL")
 
-    input_roles: ClassVar[dict[str, bool]] = {"policy": False, "reward": False}
+    input_roles: ClassVar[dict[str, bool]] = {"model": False, "reward": False}
     headline = ("eval/reward", "eval/kl", "eval/length")
     live = ("loss", "reward")
     panels = (Panel("reward of the sampled answers", "reward", (("reward", "train"), ("eval_reward", "held-out"))),
@@ -88,9 +88,9 @@ class GroupRLStage(StageConfig):
     def input_problems(self) -> Problems:
         """A reward (a reward stage and/or a rule); weights matching them; batches that hold whole groups."""
         problems = self.train.batch_problems() + self.model.loading_problems()
-        sources = (["inputs.policy"] if "policy" in self.inputs else []) + self.model.set_sources()
+        sources = (["inputs.model"] if "model" in self.inputs else []) + self.model.set_sources()
         if len(sources) != 1:
-            problems.append((("model",), "give exactly one of inputs.policy, model.path, model.gguf, model.hub "
+            problems.append((("model",), "give exactly one of inputs.model, model.path, model.gguf, model.hub "
                                          f"(found: {', '.join(sources) or 'none'})"))
         models = (["inputs.reward"] if "reward" in self.inputs else []) + (["reward_model"] if self.reward_model else [])
         if len(models) > 1:
@@ -123,7 +123,7 @@ class GroupRLStage(StageConfig):
 
     def output_positions(self, upstream: dict[str, int | None]) -> int | None:
         """The policy's position range."""
-        return upstream.get("policy") if "policy" in self.inputs else source_positions(self.model.source())
+        return upstream.get("model") if "model" in self.inputs else source_positions(self.model.source())
 
     def length_problems(self, upstream: dict[str, int | None]) -> Problems:
         """Prompt plus answer beyond the policy's positions."""

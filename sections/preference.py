@@ -39,15 +39,13 @@ class PreferenceStage(ChatStage):
     lora: LoraSettings | None = None
     samples: SampleSettings = SampleSettings()
 
-    input_roles: ClassVar[dict[str, bool]] = {"policy": False, "reference": False, "rankings": False}
+    input_roles: ClassVar[dict[str, bool]] = {"model": False, "reference": False, "rankings": False}
 
     def input_problems(self) -> Problems:
         """Exactly one policy source; batches; a usable template; training data or a rank stage."""
-        sources = (["inputs.policy"] if "policy" in self.inputs else []) + self.model.set_sources()
-        problems = [] if len(sources) == 1 else [(("model",), "give exactly one of inputs.policy, model.path, model.gguf, "
+        sources = (["inputs.model"] if "model" in self.inputs else []) + self.model.set_sources()
+        problems = [] if len(sources) == 1 else [(("model",), "give exactly one of inputs.model, model.path, model.gguf, "
                                                               f"model.hub (found: {', '.join(sources) or 'none'})")]
-        if "model" in self.inputs:
-            problems.append((("inputs", "model"), f"the {self.kind} kind calls its input model `policy` (inputs.policy)"))
         problems += [p for p in super().input_problems() if p[0] != ("model",)]
         if not self.data.train and "rankings" not in self.inputs:
             problems.append((("data", "train"), "expected training sources, or a rank stage as inputs.rankings"))
@@ -59,7 +57,7 @@ class PreferenceStage(ChatStage):
 
     def output_positions(self, upstream: dict[str, int | None]) -> int | None:
         """The policy's position range."""
-        return upstream.get("policy") if "policy" in self.inputs else source_positions(self.model.source())
+        return upstream.get("model") if "model" in self.inputs else source_positions(self.model.source())
 
     def length_problems(self, upstream: dict[str, int | None]) -> Problems:
         """Examples longer than the policy's positions."""

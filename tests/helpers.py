@@ -127,7 +127,7 @@ def ppo_stage(policy: str, reward: str, corpus: Path, **train) -> dict:
     settings.update(train)
     return {
         "kind": "ppo",
-        "inputs": {"policy": policy, "reward": reward},
+        "inputs": {"model": policy, "reward": reward},
         "data": {"train": [str(DATA / "sft" / "chatterbot" / "train.jsonl")],
                  "validation": [str(DATA / "sft" / "chatterbot" / "heldout.jsonl"),
                                 str(DATA / "reward" / "wordnet" / "heldout.jsonl")],
@@ -145,7 +145,7 @@ PPO_ITERATIONS = 12
 
 def sample_stage(policy: str, prompts: int = 32, **settings) -> dict:
     """A sample stage: K = 4 answers from `policy` to the first `prompts` chatterbot training prompts."""
-    return {"kind": "sample", "inputs": {"policy": policy},
+    return {"kind": "sample", "inputs": {"model": policy},
             "data": {"prompts": [str(DATA / "sft" / "chatterbot" / "train.jsonl")], "max_prompts": prompts,
                      "max_length": 32},
             "samples_per_prompt": 4, "generation": {"max_new_tokens": 12}, "save_every": 8, **settings}

@@ -197,7 +197,7 @@ def train_group_rl(ctx: StageContext, trainer_class: type, make_arguments) -> di
     set_seed(cfg.train.seed)
 
     rows = load_rows(cfg.data, prompt_row_with_reference, cfg.train.seed)
-    source = ctx.inputs.get("policy") or resolve_hub(model_ref(cfg.model.source()))
+    source = ctx.inputs.get("model") or resolve_hub(model_ref(cfg.model.source()))
     loading = Loading.of(cfg.model)
     tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
     train_rows, long_train = prompt_rows(rows.train[: cfg.data.max_prompts], tokenizer, cfg.data.max_length)

@@ -13,7 +13,7 @@ from stages.rank.artifact import RANKINGS_FILE
 def policy_source(ctx: StageContext):
     """The policy's starting model: the upstream stage's artifact, or the config's model source (a Hub model
     pinned to its commit)."""
-    return ctx.inputs.get("policy") or resolve_hub(model_ref(ctx.config.model.source()))
+    return ctx.inputs.get("model") or resolve_hub(model_ref(ctx.config.model.source()))
 
 
 def preference_rows(ctx: StageContext, parse):

@@ -2,7 +2,7 @@
 
     accelerate launch -m stages.dpo --config configs/pipelines/compare.yaml --stage dpo
 
-The policy comes from `inputs.policy` (an sft-like stage) or `model.path/gguf/hub`. The reference is the
+The policy comes from `inputs.model` (an sft-like stage) or `model.path/gguf/hub`. The reference is the
 same starting model (TRL copies it), another stage's model (`inputs.reference`), or with LoRA the policy with
 its adapter switched off. Every preference shape is read by rows.records; rankings become prompt-weighted
 pairs (stages.dpo.pairs). The Trainer owns checkpoints and resume, as in the sft stage; the artifact loads

@@ -6,7 +6,7 @@
       chat_template: auto
 
 A released instruct model is an SFT policy already: with this stage it is one (sample, ppo, dpo, eval, ...
-take it as `inputs.policy` or `inputs.policies.<name>`), and an eval can judge the trained policies against
+take it as `inputs.model` or `inputs.policies.<name>`), and an eval can judge the trained policies against
 it. The file's content (a GGUF or a directory) or the Hub commit enters the fingerprint.
 """
 

@@ -112,7 +112,7 @@ class PpoStage(StageConfig):
     # 3: policy and value in one module with one optimizer (one DeepSpeed engine); checkpoints of 2 do not load
     # 4: the reward model scores the rendered chat with its own pooling, as the reward stage trains it
     version = 4
-    input_roles = {"policy": True, "reward": True, "judge": False}
+    input_roles = {"model": True, "reward": True, "judge": False}
     export_leaves_out = ("critic",)  # the value model is training state, not part of the shared policy
     about = ("PPO against the frozen reward model with a KL penalty to the SFT policy. The score should rise while "
              "the KL stays moderate; a score that climbs while the KL runs away, the stop rate falls and distinct-2 "
@@ -158,12 +158,12 @@ class PpoStage(StageConfig):
 
     def output_positions(self, upstream: dict[str, int | None]) -> int | None:
         """The policy's positions: PPO keeps its architecture."""
-        return upstream.get("policy")
+        return upstream.get("model")
 
     def length_problems(self, upstream: dict[str, int | None]) -> Problems:
         """Prompt plus answer longer than the policy's or the reward model's positions."""
         needed = self.data.max_length + self.generation.max_new_tokens
-        limits = [limit for limit in (upstream.get("policy"), upstream.get("reward")) if limit is not None]
+        limits = [limit for limit in (upstream.get("model"), upstream.get("reward")) if limit is not None]
         return too_long(("data", "max_length"), needed, min(limits, default=None),
                         what="data.max_length + generation.max_new_tokens")
 
@@ -204,7 +204,8 @@ class PpoStage(StageConfig):
         samples = (manifest.get("metrics") or {}).get("samples")
         if not samples:
             return []
-        policy = ((manifest.get("inputs") or {}).get("policy") or {}).get("stage")
+        inputs = manifest.get("inputs") or {}
+        policy = (inputs.get("model") or inputs.get("policy") or {}).get("stage")  # "policy" before 2026-12
         labels = {"base": "base model", "sft": "SFT model", "ppo": "PPO model"}
         columns = [c for c in labels if any(c in s for s in samples)]
         headers = ["prompt"] + [h for c in columns for h in (labels[c], f"{labels[c]} score")]

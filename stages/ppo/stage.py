@@ -83,12 +83,12 @@ def train(ctx: StageContext) -> dict:
     for role in ("policy", "reward"):
         check_context_length(ctx.inputs[role], chat_length, "data.max_length + generation.max_new_tokens",
                              loading=loading)
-    tokenizer = load_chat_tokenizer(ctx.inputs["policy"], "auto", loading)
+    tokenizer = load_chat_tokenizer(ctx.inputs["model"], "auto", loading)
     check_same_tokenizer(tokenizer, ctx.inputs["reward"], loading)
     refuse_proxy_judge(cfg, judge_dir=ctx.inputs.get("judge"), reward_dir=ctx.inputs["reward"])
     lora = lora_config(cfg.lora)
     models, optimization = build_models(
-        accelerator, policy_dir=ctx.inputs["policy"], reward_dir=ctx.inputs["reward"], lora=lora,
+        accelerator, policy_dir=ctx.inputs["model"], reward_dir=ctx.inputs["reward"], lora=lora,
         frozen_models=ppo.frozen_models, offload_frozen=ppo.offload_frozen, learning_rate=cfg.train.learning_rate,
         critic_learning_rate=ppo.critic_learning_rate or cfg.train.learning_rate,
         betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), weight_decay=cfg.train.weight_decay,
@@ -96,7 +96,7 @@ def train(ctx: StageContext) -> dict:
         updates=cfg.train.max_steps * batches.updates,
         max_grad_norm=cfg.train.max_grad_norm, loading=loading,
         activation_checkpointing=cfg.train.activation_checkpointing)
-    engine = rollout_engine(accelerator, policy_dir=ctx.inputs["policy"], tokenizer=tokenizer, settings=gen,
+    engine = rollout_engine(accelerator, policy_dir=ctx.inputs["model"], tokenizer=tokenizer, settings=gen,
                             max_model_len=chat_length, precision=cfg.train.precision, seed=cfg.train.seed,
                             stage=ctx.name)
     generators = Generators(models, accelerator, tokenizer, max_new_tokens=gen.max_new_tokens,
@@ -181,7 +181,7 @@ def train(ctx: StageContext) -> dict:
     state = accelerator.get_state_dict(models.trained)
     if accelerator.is_main_process:
         with no_zero3_init(accelerator):
-            write_artifact(state, policy_dir=ctx.inputs["policy"], reward_dir=ctx.inputs["reward"], lora=lora,
+            write_artifact(state, policy_dir=ctx.inputs["model"], reward_dir=ctx.inputs["reward"], lora=lora,
                            tokenizer=tokenizer, directory=ctx.staged_artifact, loading=loading)
     accelerator.wait_for_everyone()
     return {**evaluation, **summary(history, iterations=cfg.train.max_steps, rollout_batch=ppo.rollout_batch_size,

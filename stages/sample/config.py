@@ -24,7 +24,7 @@ class SampleStage(StageConfig):
     save_every: int = volatile(16, ge=1, description="prompts between checkpoints (the rows written so far)")
 
     module = "stages.sample"
-    input_roles = {"policy": True}
+    input_roles = {"model": True}
     headline = ("samples/prompts", "samples/stop_rate", "samples/mean_length", "samples/distinct_2")
     live = ("samples/prompts",)
     about = ("The policy's own answers, K per prompt, sampled for labelers to rank: the reward model then learns "
@@ -43,7 +43,7 @@ class SampleStage(StageConfig):
     def length_problems(self, upstream: dict[str, int | None]) -> Problems:
         """Prompt and answer beyond the policy's positions."""
         return too_long(("data", "max_length"), self.data.max_length + self.generation.max_new_tokens,
-                        upstream.get("policy"), what="data.max_length + generation.max_new_tokens")
+                        upstream.get("model"), what="data.max_length + generation.max_new_tokens")
 
     @classmethod
     def findings(cls, metrics: dict) -> str:

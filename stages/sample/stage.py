@@ -43,7 +43,7 @@ def train(ctx: StageContext) -> dict:
     state = PartialState()
     quiet_libraries()
     loading = Loading.of(cfg.model)
-    policy_dir = ctx.inputs["policy"]
+    policy_dir = ctx.inputs["model"]
     check_context_length(policy_dir, cfg.data.max_length + cfg.generation.max_new_tokens,
                          "data.max_length + generation.max_new_tokens", loading=loading)
     tokenizer = load_chat_tokenizer(policy_dir, "auto", loading)
@@ -54,7 +54,7 @@ def train(ctx: StageContext) -> dict:
         ctx.staged_artifact.mkdir(parents=True)
         write_rows(ctx.staged_artifact / SAMPLES_FILE, rows)
         atomic_write_json(ctx.staged_artifact / "sampling.json",
-                          {"policy_fingerprint": ctx.spec["inputs"]["policy"]["fingerprint"],
+                          {"policy_fingerprint": ctx.spec["inputs"]["model"]["fingerprint"],
                            "samples_per_prompt": cfg.samples_per_prompt, "seed": cfg.seed,
                            **cfg.generation.model_dump(exclude={"vllm"})})
     metrics = sample_metrics(rows, k=cfg.samples_per_prompt)
@@ -66,7 +66,7 @@ def train(ctx: StageContext) -> dict:
 @contextlib.contextmanager
 def policy_sampler(cfg: SampleStage, *, ctx: StageContext, tokenizer, loading: Loading, device) -> Iterator:
     """The policy's sampler for this stage: transformers' generate, or a vLLM engine (closed on exit)."""
-    policy_dir, gen = ctx.inputs["policy"], cfg.generation
+    policy_dir, gen = ctx.inputs["model"], cfg.generation
     if gen.engine == "vllm":
         with VLLMGenerator.of(policy_dir, tokenizer, gen, max_model_len=cfg.data.max_length + gen.max_new_tokens,
                               dtype=cfg.model.dtype if cfg.model else None, seed=cfg.seed,
@@ -80,7 +80,7 @@ def policy_sampler(cfg: SampleStage, *, ctx: StageContext, tokenizer, loading: L
 
 def sample_rows(cfg: SampleStage, ctx: StageContext, sampler, *, tokenizer, prompts: list[dict], state) -> list[dict]:
     """Every prompt's K answers, resuming after the rows a killed attempt committed; chunks seeded by position."""
-    policy_dir = ctx.inputs["policy"]
+    policy_dir = ctx.inputs["model"]
     rows = rows_so_far(ctx)
     if state.is_main_process:
         print(f"[{ctx.name}] {len(prompts)} prompts × {cfg.samples_per_prompt} answers from {policy_dir}"

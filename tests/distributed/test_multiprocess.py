@@ -80,10 +80,10 @@ def mixed_run(tmp_path_factory) -> Path:
     stages["ranked_single"]["save_every"] = stages["ranked_ddp"]["save_every"] = 5
     # the TRL-based kinds from the DDP SFT policy, each under DDP and a ZeRO stage (TRL's reference copies
     # become DeepSpeed engines; grpo/rloo generate with gathered ZeRO-3 weights)
-    preference = {"inputs": {"policy": "sft_ddp"}, "samples": {"count": 1, "max_new_tokens": 4},
+    preference = {"inputs": {"model": "sft_ddp"}, "samples": {"count": 1, "max_new_tokens": 4},
                   "data": {"train": [str(rankings)], "max_length": 64, "validation_fraction": 0.2, "skip_bad_rows": True},
                   "train": {"batch_size": 8, "learning_rate": 1e-3, **chat}}
-    group = {"inputs": {"policy": "sft_ddp", "reward": "rm_ddp"}, "generation": {"num_generations": 4, "max_new_tokens": 8},
+    group = {"inputs": {"model": "sft_ddp", "reward": "rm_ddp"}, "generation": {"num_generations": 4, "max_new_tokens": 8},
              "data": {"train": [str(REPO / "data" / "sft" / "chatterbot" / "train.jsonl")], "max_length": 40},
              "evaluation_prompts": 4, "train": {"batch_size": 8, "learning_rate": 1e-3, "max_steps": 3, "save_every": 3}}
     for kind, configs, settings in (("dpo", ("ddp", "zero3"), preference), ("kto", ("ddp", "zero2"), preference),

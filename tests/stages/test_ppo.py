@@ -20,7 +20,7 @@ KL_BOUND = 5.0  # nats per answer: beta = 0.02 keeps a 12-iteration run well ins
 def test_ppo_raises_the_held_out_reward_and_stays_near_the_sft_policy(tiny_chat_run):
     manifest = read_manifest(StageDirs(tiny_chat_run / "ppo"))
     metrics = manifest["metrics"]
-    assert manifest["inputs"]["policy"]["stage"] == "sft" and manifest["inputs"]["reward"]["stage"] == "rm"
+    assert manifest["inputs"]["model"]["stage"] == "sft" and manifest["inputs"]["reward"]["stage"] == "rm"
     assert metrics["eval/ppo_score"] > metrics["eval/sft_score"], metrics
     assert metrics["eval/win_rate"] > 0.5
     assert 0 <= metrics["eval/kl"] < KL_BOUND

@@ -105,7 +105,8 @@ def test_dangling_input_unknown_role_and_self_input(tmp_path, corpus):
     stages = {"a": pretrain_stage(corpus), "b": continued(corpus, "ghost"), "c": continued(corpus, "c")}
     stages["a"]["inputs"] = {"policy": "b"}
     found = problems(write_pipeline(tmp_path / "p.yaml", stages))
-    assert any("stages.a.inputs.policy: unknown input role for kind pretrain (expected: model)" in p for p in found)
+    assert any("stages.a.inputs.policy: unknown input role for kind pretrain (expected: model); inputs.policy is now "
+               "inputs.model" in p for p in found)
     assert any("stages.b.inputs.model: no stage named 'ghost' (stages: a, b, c)" in p for p in found)
     assert any("stages.c.inputs.model: a stage cannot be its own input" in p for p in found)
 
@@ -202,7 +203,7 @@ def test_plan_refuses_lengths_beyond_the_model_positions_down_the_dag(tmp_path, 
     pre = pretrain_stage(corpus)  # block_size 64: the new model has 64 positions
     sft = {"kind": "sft", "inputs": {"model": "pre"}, "data": {"train": [str(REPO / "data" / "sft" / "chatterbot" / "train.jsonl")],
                                                                 "max_length": 96}, "train": {"max_steps": 1}}
-    ppo = {"kind": "ppo", "inputs": {"policy": "sft", "reward": "sft"},
+    ppo = {"kind": "ppo", "inputs": {"model": "sft", "reward": "sft"},
            "data": {"train": [str(REPO / "data" / "sft" / "chatterbot" / "train.jsonl")], "max_length": 40},
            "generation": {"max_new_tokens": 32}, "train": {"max_steps": 1}}
     path = write_pipeline(tmp_path / "p.yaml", {"pre": pre, "sft": sft, "ppo": ppo})
@@ -269,7 +270,7 @@ def test_a_model_stage_takes_exactly_one_source_and_passes_it_on_as_a_policy(tmp
               "b": {"kind": "model", "model": {}},
               "c": {"kind": "model", "model": {"gguf": str(gguf)}, "chat_template": str(tmp_path / "mine.txt")},
               "d": {"kind": "model", "model": {"gguf": str(gguf)}},
-              "s": {"kind": "sample", "inputs": {"policy": "d"}, "data": {"prompts": [str(corpus)]}}}
+              "s": {"kind": "sample", "inputs": {"model": "d"}, "data": {"prompts": [str(corpus)]}}}
     found = problems(write_pipeline(tmp_path / "p.yaml", stages))
     assert any("stages.a.model: give exactly one of inputs.model, model.path, model.gguf, model.hub (found: "
                "model.path, model.gguf)" in p for p in found), found

@@ -57,7 +57,7 @@ def test_the_loss_types_are_trls():
 def test_config_checks_policy_source_and_loss_weights(tmp_path):
     from pipeline.config import load_pipeline
 
-    stage = {"kind": "dpo", "inputs": {"model": "x"}, "data": {"train": [str(DATA / "reward" / "wordnet" / "train.jsonl")]},
+    stage = {"kind": "dpo", "inputs": {"policy": "x"}, "data": {"train": [str(DATA / "reward" / "wordnet" / "train.jsonl")]},
              "dpo": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "train": {"max_steps": 1}}
     x = {"kind": "sft", "model": {"path": str(tmp_path)}, "data": {"train": [str(DATA / "sft" / "chatterbot" / "train.jsonl")]},
          "train": {"max_steps": 1}}
@@ -65,10 +65,11 @@ def test_config_checks_policy_source_and_loss_weights(tmp_path):
     with pytest.raises(InputError) as raised:
         load_pipeline(path)
     text = "\n".join(raised.value.problems)
-    assert "stages.d.inputs.model: the dpo kind calls its input model `policy`" in text
-    assert "stages.d.model: give exactly one of inputs.policy" in text
+    assert "stages.d.inputs.policy: unknown input role for kind dpo (expected: model, reference, rankings); " \
+           "inputs.policy is now inputs.model" in text
+    assert "stages.d.model: give exactly one of inputs.model" in text
     assert "stages.d.dpo.loss_weights: 1 weights for 2 losses" in text
-    stage.update(inputs={"policy": "x"}, dpo={"loss_type": "ipo", "beta": 0.2})
+    stage.update(inputs={"model": "x"}, dpo={"loss_type": "ipo", "beta": 0.2})
     load_pipeline(write_pipeline(path, {"x": x, "d": stage}))
     stage["dpo"] = {"loss_type": "simpo"}
     with pytest.raises(InputError, match="stages.d.dpo.loss_type"):

@@ -72,7 +72,7 @@ def test_an_evaluation_judge_is_logged_with_weight_zero():
     from stages.common.group_rl import reward_weights
 
     judge = {"kind": "rule", "function": "stages.rank.rules:content_overlap"}
-    base = {"kind": "grpo", "model": {}, "inputs": {"policy": "sft", "reward": "rm"},
+    base = {"kind": "grpo", "model": {}, "inputs": {"model": "sft", "reward": "rm"},
             "data": {"train": [str(DATA / "sft" / "chatterbot" / "train.jsonl")]},
             "train": {"max_steps": 1, "batch_size": 8}}
     config = GrpoStage.model_validate({**base, "evaluation_judge": judge})

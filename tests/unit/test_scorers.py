@@ -49,8 +49,8 @@ def test_the_lineage_names_every_reward_model_and_rule_it_was_optimised_against(
     side.mkdir()
     (side / "model.safetensors").write_bytes(b"side")
     sft = stage_dir(tmp_path, "sft", weights=b"sft")
-    ppo = stage_dir(tmp_path, "ppo", weights=b"ppo", inputs={"policy": sft, "reward": rm})
-    grpo = stage_dir(tmp_path, "grpo", weights=b"grpo", inputs={"policy": ppo},
+    ppo = stage_dir(tmp_path, "ppo", weights=b"ppo", inputs={"model": sft, "reward": rm})
+    grpo = stage_dir(tmp_path, "grpo", weights=b"grpo", inputs={"model": ppo},
                      config={"reward_model": str(side), "reward_rule": {"kind": "rule", "function": RULE}})
     found = optimised_against(json.loads((grpo.parent / "manifest.json").read_text()))
     assert set(found.models) == {weights_digest(rm), weights_digest(side)}
@@ -78,8 +78,8 @@ def test_eval_refuses_the_optimised_reward_model_as_a_path_and_marks_rlvr(tmp_pa
 
     rm = stage_dir(tmp_path, "rm", weights=b"rm")
     sft = stage_dir(tmp_path, "sft", weights=b"sft")
-    ppo = stage_dir(tmp_path, "ppo", weights=b"ppo", inputs={"policy": sft, "reward": rm})
-    grpo = stage_dir(tmp_path, "grpo", weights=b"grpo", inputs={"policy": sft},
+    ppo = stage_dir(tmp_path, "ppo", weights=b"ppo", inputs={"model": sft, "reward": rm})
+    grpo = stage_dir(tmp_path, "grpo", weights=b"grpo", inputs={"model": sft},
                      config={"reward_rule": {"kind": "rule", "function": RULE}})
     policies = {"policies.sft": sft, "policies.ppo": ppo, "policies.grpo": grpo}
     # the reward artifact given as judge.model: stage names alone never saw it
@@ -112,7 +112,7 @@ def test_ppo_refuses_a_judge_with_the_weights_of_its_reward_model(tmp_path):
     rm = stage_dir(tmp_path, "rm", weights=b"rm")
     copy = stage_dir(tmp_path, "rm_copy", weights=b"rm")  # another stage name, the same model
     gold = stage_dir(tmp_path, "gold", weights=b"gold")
-    cfg = PpoStage.model_validate({"kind": "ppo", "inputs": {"policy": "sft", "reward": "rm", "judge": "rm_copy"},
+    cfg = PpoStage.model_validate({"kind": "ppo", "inputs": {"model": "sft", "reward": "rm", "judge": "rm_copy"},
                                    "data": {"train": [CHAT]}, "evaluation": {"judge": {"kind": "judge"}},
                                    "train": {"max_steps": 1}})
     with pytest.raises(InputError, match="has the weights of inputs.reward, the reward model PPO optimises"):

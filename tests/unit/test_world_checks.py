@@ -38,7 +38,7 @@ def test_the_plan_refuses_batches_that_do_not_fit_the_launch(tmp_path, capsys):
              "train": {"max_steps": 1, "batch_size": 4, "micro_batch_size": 4}}
     kto = {"kind": "kto", "model": {"path": str(tmp_path)}, "data": {"train": [RANKED]},
            "launch": {"num_processes": 4}, "train": {"max_steps": 1, "batch_size": 4}}
-    ppo = {"kind": "ppo", "inputs": {"policy": "g", "reward": "rm"}, "data": {"train": [CHAT]},
+    ppo = {"kind": "ppo", "inputs": {"model": "g", "reward": "rm"}, "data": {"train": [CHAT]},
            "ppo": {"rollout_batch_size": 6, "mini_batch_size": 6}, "launch": {"num_processes": 4},
            "train": {"max_steps": 1}}
     rm = {"kind": "reward", "model": {"path": str(tmp_path)}, "data": {"train": [RANKED]}, "train": {"max_steps": 1}}

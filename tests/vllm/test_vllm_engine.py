@@ -137,7 +137,7 @@ def test_sampled_log_probs_are_the_policys_own_under_temperature_and_top_p(engin
 
 
 def test_an_interrupted_vllm_sample_stage_resumes_to_the_rows_of_an_uninterrupted_one(tmp_path, smollm2):
-    stage = {"kind": "sample", "inputs": {"policy": "instruct"}, "model": {"dtype": "bf16"},
+    stage = {"kind": "sample", "inputs": {"model": "instruct"}, "model": {"dtype": "bf16"},
              "data": {"prompts": [str(DATA / "instructions" / "train.jsonl")], "max_prompts": 6, "max_length": 160},
              "samples_per_prompt": 4, "save_every": 2,
              "generation": {"max_new_tokens": 16, "temperature": 0.9, "top_p": 0.95, "engine": "vllm",
