@@ -100,9 +100,9 @@ class GroupRLStage(StageConfig):
             problems.append((("inputs",), "expected a reward: inputs.reward (a reward stage) or reward_model, and/or "
                                           "reward_rule"))
         if self.reward_rule is not None:
-            problems += [(("reward_rule", *loc[1:]), message) for loc, message in self.reward_rule.problems()]
+            problems += self.reward_rule.source_problems({}, ("reward_rule",))
         if self.evaluation_judge is not None:
-            problems += [(("evaluation_judge", *loc[1:]), message) for loc, message in self.evaluation_judge.problems()]
+            problems += self.evaluation_judge.source_problems({}, ("evaluation_judge",))
         if self.reward_weights is not None and len(self.reward_weights) != len(rewards):
             problems.append((("reward_weights",), f"{len(self.reward_weights)} weights for {len(rewards)} rewards "
                                                   f"({', '.join(rewards)})"))

@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import sys
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -22,7 +23,30 @@ from core.schema import DirPath, StrictModel
 from sections.common import LoadingSettings, ModelSource, Problems
 
 
-class Noise(StrictModel):
+class LabelerSection(StrictModel):
+    """What a stage asks of whoever ranks or judges, whatever its kind (so no stage checks a labeler's type)."""
+
+    #: people rank on a page; the stage waits for their labels instead of scoring
+    by_people: ClassVar[bool] = False
+
+    def problems(self) -> Problems:
+        """Its own settings' problems, keyed relative to its section."""
+        return []
+
+    def source_problems(self, inputs: dict[str, str], loc: tuple) -> Problems:
+        """Its problems under `loc` (where its section is), and no judge model among the stage's inputs: only a
+        reward-model judge reads one."""
+        problems = [((*loc, *key), message) for key, message in self.problems()]
+        if "judge" in inputs:
+            problems.append((("inputs", "judge"), f"a {self.kind} {loc[-1]} takes no judge model"))
+        return problems
+
+    def reward_model_dir(self) -> Path | None:
+        """The reward-model directory it scores with, when it names one (an eval refuses the policy's own)."""
+        return None
+
+
+class Noise(LabelerSection):
     """How far a simulated labeler strays from its scores."""
 
     temperature: float = Field(0.0, ge=0, description="0: order by score (equal scores tie); above 0: a "
@@ -55,12 +79,12 @@ class RuleLabeler(Noise):
         never executes a package), and is not the standard library's (no `os:system`)."""
         module, _, name = self.function.partition(":")
         if not module or not name or not name.isidentifier():
-            return [(("labeler", "function"), f"expected module:function, got {self.function!r}")]
+            return [(("function",), f"expected module:function, got {self.function!r}")]
         if module.split(".")[0] in sys.stdlib_module_names or module.split(".")[0] in sys.builtin_module_names:
-            return [(("labeler", "function"), f"{module!r} is the standard library's: a rule is a function of "
+            return [(("function",), f"{module!r} is the standard library's: a rule is a function of "
                                               "your own module (or stages.rank.rules)")]
         if locate_module(module) is None:
-            return [(("labeler", "function"), f"module {module!r} cannot be imported")]
+            return [(("function",), f"module {module!r} cannot be imported")]
         return []
 
     def describe(self) -> str:
@@ -76,6 +100,17 @@ class JudgeLabeler(Noise):
     loading: LoadingSettings = LoadingSettings()
     max_length: int = Field(512, ge=8, description="tokens of prompt and answer the judge reads")
     batch_size: int = Field(16, ge=1, description="answers per forward")
+
+    def source_problems(self, inputs: dict[str, str], loc: tuple) -> Problems:
+        """Exactly one judge model (`inputs.judge` or `model`), loadable as asked."""
+        if ("judge" in inputs) == (self.model is not None):
+            return [((*loc, "model"), f"give the judge as inputs.judge (a reward stage) or {'.'.join(loc)}.model, "
+                                      "exactly one")]
+        return self.loading.loading_problems((*loc, "loading"))
+
+    def reward_model_dir(self) -> Path | None:
+        """`model`, when the judge is given as a directory."""
+        return Path(self.model) if self.model else None
 
     def describe(self) -> str:
         """Who ranked, for the manifest and the report."""
@@ -112,12 +147,18 @@ class LmJudgeLabeler(Noise):
         return f"LM judge {self.model.source()}" + (f" (temperature {self.temperature})" if self.temperature else "")
 
 
-class HumanLabeler(StrictModel):
+class HumanLabeler(LabelerSection):
     """People rank the answers on a local page (`rlhf label RUN_DIR`), or in Label Studio / Argilla through
     `rlhf label --export / --import`. The stage waits until `min_labeled` prompts are ranked."""
 
     kind: Literal["human"]
     min_labeled: int = Field(ge=1, description="ranked prompts before the stage runs (and downstream with it)")
+
+    by_people: ClassVar[bool] = True
+
+    def source_problems(self, inputs: dict[str, str], loc: tuple) -> Problems:
+        """No judge model: people rank."""
+        return [(("inputs", "judge"), "people rank without a judge model")] if "judge" in inputs else []
 
     def describe(self) -> str:
         """Who ranked, for the manifest and the report."""
@@ -131,18 +172,8 @@ SimulatedLabeler = Annotated[RuleLabeler | JudgeLabeler | LmJudgeLabeler, Field(
 
 
 def judge_problems(judge: RuleLabeler | JudgeLabeler | LmJudgeLabeler, inputs: dict[str, str], loc: tuple) -> Problems:
-    """A judge that can run and scores without noise: an importable rule and no judge model, or exactly one
-    judge model (`inputs.judge` or `model`). `loc` is where the judge's section is."""
+    """A judge that can run and scores without noise (`loc` is where the judge's section is)."""
     problems: Problems = []
     if judge.temperature:
         problems.append(((*loc, "temperature"), "an evaluation judge scores without noise: expected 0"))
-    if isinstance(judge, (RuleLabeler, LmJudgeLabeler)):
-        problems += [((*loc, *(key[1:] if key[0] == "labeler" else key)), message) for key, message in judge.problems()]
-        if "judge" in inputs:
-            problems.append((("inputs", "judge"), f"a {judge.kind} judge takes no judge model"))
-    elif ("judge" in inputs) == (judge.model is not None):
-        problems.append(((*loc, "model"), f"give the judge as inputs.judge (a reward stage) or {'.'.join(loc)}.model, "
-                                          "exactly one"))
-    else:
-        problems += judge.loading.loading_problems((*loc, "loading"))
-    return problems
+    return problems + judge.source_problems(inputs, loc)

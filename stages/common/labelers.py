@@ -21,22 +21,28 @@ from stages.common.scoring import score_chats
 
 
 def labeler_scores(labeler: RuleLabeler | JudgeLabeler | LmJudgeLabeler, *, judge_dir, device):
-    """A function from sample rows to each row's K scores (higher is better)."""
-    if isinstance(labeler, RuleLabeler):
-        rule = rule_function(labeler.function)
+    """A function from sample rows to each row's K scores (higher is better), by the labeler's kind."""
+    scorers = {"rule": rule_scores, "judge": reward_model_scores, "lm": lm_judge}
+    return scorers[labeler.kind](labeler, judge_dir=judge_dir, device=device)
 
-        def by_rule(rows: list[dict]) -> list[list[float]]:
-            scored = [list(rule(row["prompt"], row["answers"], row.get("reference"),
-                                instructions=row.get("instructions"))) for row in rows]
-            for row, scores in zip(rows, scored):
-                if len(scores) != len(row["answers"]):
-                    raise ValueError(f"{labeler.function} returned {len(scores)} scores for "
-                                     f"{len(row['answers'])} answers")
-            return scored
-        return by_rule
 
-    if isinstance(labeler, LmJudgeLabeler):
-        return lm_judge(labeler, device=device)
+def rule_scores(labeler: RuleLabeler, *, judge_dir=None, device=None):
+    """The rule's scores of each row's answers, checked to be one per answer."""
+    rule = rule_function(labeler.function)
+
+    def by_rule(rows: list[dict]) -> list[list[float]]:
+        scored = [list(rule(row["prompt"], row["answers"], row.get("reference"),
+                            instructions=row.get("instructions"))) for row in rows]
+        for row, scores in zip(rows, scored):
+            if len(scores) != len(row["answers"]):
+                raise ValueError(f"{labeler.function} returned {len(scores)} scores for "
+                                 f"{len(row['answers'])} answers")
+        return scored
+    return by_rule
+
+
+def reward_model_scores(labeler: JudgeLabeler, *, judge_dir, device):
+    """A reward model's score of each answer in its chat: `judge_dir` (inputs.judge) or `labeler.model`."""
     source = judge_dir or labeler.model
     loading = Loading.of(labeler.loading)
     tokenizer = load_chat_tokenizer(source, "auto", loading)
@@ -68,7 +74,7 @@ def rule_function(function: str):
     return call
 
 
-def lm_judge(labeler: LmJudgeLabeler, *, device):
+def lm_judge(labeler: LmJudgeLabeler, *, judge_dir=None, device):
     """Scores from an instruct LM: for each answer, `labeler.question` as a user turn in the LM's chat template,
     and log P("Yes") - log P("No") of the first reply token."""
     source, loading = model_ref(labeler.model.source()), Loading.of(labeler.model)

@@ -75,8 +75,8 @@ class EvalStage(StageConfig):
         """The judge is none of the reward models the policies were optimised against (by stage name or path
         here; by the weights' content when the stage starts)."""
         judge_stage = self.inputs.get("judge")
-        judge_path = Path(self.judge.model).resolve() if isinstance(self.judge, JudgeLabeler) and self.judge.model \
-            else None
+        judge_dir = self.judge.reward_model_dir()
+        judge_path = judge_dir.resolve() if judge_dir else None
         if judge_stage is None and judge_path is None:
             return []
         for name, source in self.family("policies").items():

@@ -9,7 +9,7 @@ from core.layout import StageDirs
 from core.numbers import fmt, percent
 from core.schema import StageConfig, volatile
 from sections.common import Problems
-from sections.labelers import HumanLabeler, Labeler, LmJudgeLabeler, RuleLabeler
+from sections.labelers import Labeler
 from stages.rank.labeling import LabelingTask, labeling_task
 from stages.rank.labels import labeled_count, read_labels
 from stages.sample.artifact import SAMPLES_FILE, sample_keys
@@ -35,24 +35,11 @@ class RankStage(StageConfig):
 
     def input_problems(self) -> Problems:
         """A labeler that can run: an importable rule, exactly one judge model, or people."""
-        if isinstance(self.labeler, HumanLabeler):
-            return [(("inputs", "judge"), "people rank without a judge model")] if "judge" in self.inputs else []
-        if isinstance(self.labeler, LmJudgeLabeler):
-            return [((("labeler",) + key), message) for key, message in self.labeler.problems()] + (
-                [(("inputs", "judge"), "an lm labeler takes no judge model")] if "judge" in self.inputs else [])
-        if isinstance(self.labeler, RuleLabeler):
-            problems = self.labeler.problems()
-            if "judge" in self.inputs:
-                problems.append((("inputs", "judge"), "a rule labeler takes no judge model"))
-            return problems
-        if ("judge" in self.inputs) == (self.labeler.model is not None):
-            return [(("labeler", "model"), "give the judge as inputs.judge (a reward stage) or labeler.model, "
-                                           "exactly one")]
-        return self.labeler.loading.loading_problems(("labeler", "loading"))
+        return self.labeler.source_problems(self.inputs, ("labeler",))
 
     def labeled_by_people(self) -> bool:
         """People rank when the labeler's kind is human."""
-        return isinstance(self.labeler, HumanLabeler)
+        return self.labeler.by_people
 
     def labeling_task(self, *, name: str, run_dir: Path) -> LabelingTask:
         """The samples of the input sample stage, and this stage's labels file."""
@@ -61,11 +48,11 @@ class RankStage(StageConfig):
 
     def state_files(self, stage_dir: Path) -> list[Path]:
         """People's labels, when people rank."""
-        return [StageDirs(stage_dir).labels] if isinstance(self.labeler, HumanLabeler) else []
+        return [StageDirs(stage_dir).labels] if self.labeler.by_people else []
 
     def awaiting(self, run_dir: Path, name: str) -> str | None:
         """"awaiting labels n/N" while people have ranked fewer than `min_labeled` of the sampled prompts."""
-        if not isinstance(self.labeler, HumanLabeler):
+        if not self.labeler.by_people:
             return None
         labeled = labeled_count(read_labels(StageDirs.of(run_dir, name).labels),
                                 sample_keys(StageDirs.of(run_dir, self.inputs["samples"]).artifact / SAMPLES_FILE))

@@ -22,7 +22,6 @@ from accelerate.utils import gather_object
 from core.atomic import atomic_write_json
 from core.errors import InputError
 from measures.stats import mean
-from sections.labelers import HumanLabeler
 from stages.common.entry import StageContext
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
@@ -43,7 +42,7 @@ def train(ctx: StageContext) -> dict:
     quiet_libraries()
     samples = read_rows(ctx.inputs["samples"] / SAMPLES_FILE)
     people: dict = {}
-    if isinstance(cfg.labeler, HumanLabeler):
+    if cfg.labeler.by_people:
         samples, score, people = labeled_by_people(samples, ctx.dirs.labels, min_labeled=cfg.labeler.min_labeled)
     else:
         score = labeler_scores(cfg.labeler, judge_dir=ctx.inputs.get("judge"), device=state.device)
