@@ -1,13 +1,15 @@
 """Sampling answers to chat prompts with Hugging Face `generate` (KV cache, stop at EOS), for every stage that
 samples: PPO's rollouts and evaluation, the `sample` kind.
 
-Generation sits behind `Generator` so that a faster engine (e.g. vLLM on GPU) can replace the Hugging Face
-`generate` loop without touching the rest; it only has to return the answer token ids.
+Generation sits behind `Generator` so that a faster engine (vLLM, stages.common.vllm_engine) can replace the
+Hugging Face `generate` loop without touching the rest; it only has to return the answer token ids.
+`answer_prompts` is the one path from chat prompts to answers that sample, eval and PPO's evaluation take.
 """
 
 from __future__ import annotations
 
-from typing import Callable, ContextManager, Protocol
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -87,3 +89,33 @@ def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     is_eos = responses == eos_token_id
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # strictly after the first EOS
     return (~after_eos).long()
+
+
+@dataclass
+class Answered:
+    """A batch of chat prompts (each repeated k times) and their sampled answers: the tokens (for log-probs and
+    scores) and the texts, whether each stopped at EOS and its length in tokens (EOS included)."""
+
+    prompts: list[list[dict]]
+    queries: torch.Tensor
+    query_mask: torch.Tensor
+    responses: torch.Tensor
+    mask: torch.Tensor
+    texts: list[str]
+    stopped: list[bool]
+    lengths: list[int]
+
+
+def answer_prompts(sampler: Generator, tokenizer, prompts: list[list[dict]], *, max_length: int, device, k: int = 1,
+                   batch_size: int | None = None) -> Iterator[Answered]:
+    """Each chat prompt answered `k` times by `sampler` (a prompt's k answers side by side), `batch_size`
+    prompts at a time (None: all in one batch). Prompts longer than `max_length` tokens keep their end."""
+    size = batch_size or max(len(prompts), 1)
+    for start in range(0, len(prompts), size):
+        repeated = [prompt for prompt in prompts[start : start + size] for _ in range(k)]
+        queries, query_mask = encode_prompts(tokenizer, repeated, max_length=max_length, device=device)
+        responses = sampler.generate(queries, query_mask)
+        mask = response_mask(responses, tokenizer.eos_token_id)
+        stopped = ((responses == tokenizer.eos_token_id) & mask.bool()).any(1).tolist()
+        yield Answered(prompts=repeated, queries=queries, query_mask=query_mask, responses=responses, mask=mask,
+                       texts=decode_answers(tokenizer, responses, mask), stopped=stopped, lengths=mask.sum(1).tolist())

@@ -35,11 +35,11 @@ from sections.scorers import optimised_against, weights_digest
 from stages.common.chat import check_context_length, load_chat_tokenizer
 from stages.common.distribution import policy_logits, token_logprobs
 from stages.common.entry import StageContext
-from stages.common.generation import Generator, HFGenerator, decode_answers, encode_prompts, response_mask
+from stages.common.generation import Generator, HFGenerator, answer_prompts
 from stages.common.hf_models import Loading, load_causal_lm
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
-from stages.common.row_checkpoints import commit_rows, rows_so_far, write_rows
+from stages.common.row_checkpoints import resumable_rows, shared_work, write_rows
 from stages.common.tensorboard import write_scalars
 from stages.common.vllm_engine import VLLMGenerator
 from stages.eval.config import ANSWERS_FILE, EvalStage
@@ -60,13 +60,11 @@ def train(ctx: StageContext) -> dict:
     for name in policies:
         check_same_chat_tokenizer(tokenizer, ctx.inputs[f"policies.{name}"], name=name, loading=loading)
     reference = load_causal_lm(ctx.inputs[reference_role], loading).to(state.device).eval()
-    rows = rows_so_far(ctx)
-    if state.is_main_process:
-        print(f"[{ctx.name}] {len(policies)} policies × {len(prompts)} prompts, judged by {cfg.judge.describe()}"
-              + (f"; resuming after policy {rows[-1]['policy']}" if rows else ""), flush=True)
-    ctx.progress.start(len(policies), len(rows))
+    names = list(policies)
     with PolicySamplers(cfg, tokenizer, log_prefix=ctx.name) as samplers:
-        for name in list(policies)[len(rows) :]:
+
+        def rows_of(indices: range) -> list[dict]:
+            name = names[indices.start]
             policy_dir = ctx.inputs[f"policies.{name}"]
             check_context_length(policy_dir, cfg.data.max_length + cfg.generation.max_new_tokens,
                                  "data.max_length + generation.max_new_tokens", loading=loading)
@@ -74,16 +72,16 @@ def train(ctx: StageContext) -> dict:
             policy = reference if same else load_causal_lm(policy_dir, loading).to(state.device).eval()
             sampler = samplers.of(policy, policy_dir)
             torch.manual_seed(cfg.seed * 1_000_003 + state.process_index)  # every policy draws alike
-            answered = answer_with_kl(policy, reference, sampler, tokenizer=tokenizer,
-                                      prompts=[prompts[i]["prompt"] for i in mine], cfg=cfg, device=state.device)
-            by_prompt = sorted(gather_object(list(zip(mine, answered))), key=lambda item: item[0])
-            rows.append({"policy": name, **{key: [a[key] for _, a in by_prompt] for key in answered_keys()}})
-            del policy
-            if state.is_main_process:
-                commit_rows(ctx, rows)
-            state.wait_for_everyone()
-            ctx.progress.update(len(rows), {"policies_done": len(rows)})
-    del reference
+            answered = shared_work(range(len(prompts)), lambda share: answer_with_kl(
+                policy, reference, sampler, tokenizer=tokenizer, prompts=[prompts[i]["prompt"] for i in share],
+                cfg=cfg, device=state.device))
+            return [{"policy": name, **{key: [a[key] for a in answered] for key in answered_keys()}}]
+
+        def announce(done: list[dict]) -> str:
+            return (f"{len(policies)} policies × {len(prompts)} prompts, judged by {cfg.judge.describe()}"
+                    + (f"; resuming after policy {done[-1]['policy']}" if done else ""))
+        rows = resumable_rows(ctx, count=len(names), chunk=1, rows_of=rows_of, announce=announce, unit="policies_done")
+    reference = None  # freed before the judge loads
     scores = judge_scores(cfg, ctx, prompts, rows=rows, mine=mine, device=state.device)
     if state.is_main_process:
         ctx.staged_artifact.mkdir(parents=True)
@@ -187,21 +185,19 @@ def answer_with_kl(policy, reference, sampler: Generator, *, tokenizer, prompts:
     settings = cfg.generation
     out = []
     step = settings.batch_size or (64 if settings.engine == "vllm" else 8)  # vLLM batches what it is given
-    for start in range(0, len(prompts), step):
-        queries, query_mask = encode_prompts(tokenizer, prompts[start : start + step], max_length=cfg.data.max_length,
-                                             device=device)
-        responses = sampler.generate(queries, query_mask)
-        mask = response_mask(responses, tokenizer.eos_token_id)
-        ids, attention = torch.cat([queries, responses], 1), torch.cat([query_mask, mask], 1)
-        logprobs = token_logprobs(policy_logits(policy, ids, attention, prompt_length=queries.shape[1]), responses,
+    for batch in answer_prompts(sampler, tokenizer, prompts, max_length=cfg.data.max_length, device=device,
+                                batch_size=step):
+        ids = torch.cat([batch.queries, batch.responses], 1)
+        attention = torch.cat([batch.query_mask, batch.mask], 1)
+        prompt_length = batch.queries.shape[1]
+        logprobs = token_logprobs(policy_logits(policy, ids, attention, prompt_length=prompt_length), batch.responses,
                                   temperature=settings.temperature, top_p=settings.top_p)
         # the reference's distribution built as the policy's, as in PPO's penalty (stages.common.distribution)
-        ref_logprobs = token_logprobs(policy_logits(reference, ids, attention, prompt_length=queries.shape[1]),
-                                      responses, temperature=settings.temperature, top_p=settings.top_p)
-        kls = ((logprobs - ref_logprobs) * mask).sum(1).tolist()
-        stopped = ((responses == tokenizer.eos_token_id) & mask.bool()).any(1).tolist()
-        for text, kl, length, stop in zip(decode_answers(tokenizer, responses, mask), kls, mask.sum(1).tolist(), stopped):
-            out.append({"answers": text, "kl": kl, "lengths": length, "stopped": stop})
+        ref_logprobs = token_logprobs(policy_logits(reference, ids, attention, prompt_length=prompt_length),
+                                      batch.responses, temperature=settings.temperature, top_p=settings.top_p)
+        kls = ((logprobs - ref_logprobs) * batch.mask).sum(1).tolist()
+        out += [{"answers": text, "kl": kl, "lengths": length, "stopped": stop}
+                for text, kl, length, stop in zip(batch.texts, kls, batch.lengths, batch.stopped)]
     return out
 
 

@@ -33,7 +33,7 @@ import torch
 from measures.guard import guard_metrics
 from measures.stats import bootstrap_interval, mean, paired_wins, token_f1
 from rows.messages import prompt_text
-from stages.common.generation import Generator, decode_answers, encode_prompts
+from stages.common.generation import Generator, answer_prompts, decode_answers, encode_prompts
 from stages.ppo.models import PpoModels
 from stages.ppo.rollout import score_answers
 
@@ -60,20 +60,17 @@ def answers_and_scores(models: PpoModels, generator: Generator, tokenizer, *, pr
     policy, or (not `of_policy`) the reference itself, whose KL is 0."""
     torch.manual_seed(seed)
     out = PolicyAnswers([], [], [], [], [])
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        queries, query_mask = encode_prompts(tokenizer, batch, max_length=max_prompt_length, device=device)
-        responses = generator.generate(queries, query_mask)
-        scored = score_answers(models, queries, query_mask, tokenizer=tokenizer, prompts=batch, responses=responses,
-                               temperature=temperature, micro_batch_size=batch_size, max_length=max_chat_length,
-                               top_p=top_p, with_policy=of_policy)
-        mask = scored["response_mask"]
-        out.kls += ((scored["logprobs"] - scored["ref_logprobs"]) * mask).sum(1).tolist() if of_policy \
-            else [0.0] * len(mask)
+    for batch in answer_prompts(generator, tokenizer, prompts, max_length=max_prompt_length, device=device,
+                                batch_size=batch_size):
+        scored = score_answers(models, batch.queries, batch.query_mask, tokenizer=tokenizer, prompts=batch.prompts,
+                               responses=batch.responses, temperature=temperature, micro_batch_size=batch_size,
+                               max_length=max_chat_length, top_p=top_p, with_policy=of_policy)
+        out.kls += ((scored["logprobs"] - scored["ref_logprobs"]) * batch.mask).sum(1).tolist() if of_policy \
+            else [0.0] * len(batch.mask)
         out.scores += scored["scores"].tolist()
-        out.answers += decode_answers(tokenizer, responses, mask)
-        out.lengths += mask.sum(1).tolist()
-        out.stopped += (responses == tokenizer.eos_token_id).any(1).tolist()
+        out.answers += batch.texts
+        out.lengths += batch.lengths
+        out.stopped += batch.stopped
     return out
 
 

@@ -80,7 +80,7 @@ def train(ctx: StageContext) -> dict:
     # models: the four roles, placed for this launch, with one optimizer over the policy and the critic
     loading = Loading.of(cfg.model)
     chat_length = cfg.data.max_length + gen.max_new_tokens  # prompt and answer: what the roles read
-    for role in ("policy", "reward"):
+    for role in ("model", "reward"):
         check_context_length(ctx.inputs[role], chat_length, "data.max_length + generation.max_new_tokens",
                              loading=loading)
     tokenizer = load_chat_tokenizer(ctx.inputs["model"], "auto", loading)
@@ -170,7 +170,7 @@ def train(ctx: StageContext) -> dict:
     accelerator.wait_for_everyone()
     with models.frozen_in_use():
         evaluation = evaluate_policies(models, generators.of, tokenizer, held_out=held_out, judge=judge,
-                                       sft_manifest=ctx.input_manifest("policy"), prompts=cfg.evaluation.prompts,
+                                       sft_manifest=ctx.input_manifest("model"), prompts=cfg.evaluation.prompts,
                                        samples=cfg.evaluation.samples, seed=cfg.evaluation.seed,
                                        max_prompt_length=cfg.data.max_length, max_chat_length=chat_length,
                                        temperature=gen.temperature, top_p=gen.top_p, batch_size=batches.micro,

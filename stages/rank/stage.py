@@ -17,7 +17,6 @@ import random
 
 import numpy as np
 from accelerate import PartialState
-from accelerate.utils import gather_object
 
 from core.atomic import atomic_write_json
 from core.errors import InputError
@@ -26,7 +25,7 @@ from stages.common.entry import StageContext
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
 from stages.common.ranking import kendall_tau_b
-from stages.common.row_checkpoints import commit_rows, read_rows, rows_so_far, write_rows
+from stages.common.row_checkpoints import read_rows, resumable_rows, shared_work, write_rows
 from stages.common.tensorboard import write_scalars
 from stages.rank.artifact import RANKINGS_FILE
 from stages.rank.config import RankStage
@@ -46,23 +45,18 @@ def train(ctx: StageContext) -> dict:
         samples, score, people = labeled_by_people(samples, ctx.dirs.labels, min_labeled=cfg.labeler.min_labeled)
     else:
         score = labeler_scores(cfg.labeler, judge_dir=ctx.inputs.get("judge"), device=state.device)
-    rows = rows_so_far(ctx)
-    if state.is_main_process:
-        print(f"[{ctx.name}] {len(samples)} prompts ranked by {cfg.labeler.describe()}"
-              + (f"; resuming after prompt {len(rows)}" if rows else ""), flush=True)
-    ctx.progress.start(len(samples), len(rows))
-    for start in range(len(rows), len(samples), cfg.save_every):
-        chunk = range(start, min(start + cfg.save_every, len(samples)))
-        mine = list(chunk)[state.process_index :: state.num_processes]
-        scored = score([samples[i] for i in mine]) if mine else []
-        ranked = [(i, rank_row(samples[i], scores, temperature=getattr(cfg.labeler, "temperature", 0.0),
-                               rng=random.Random(f"{cfg.seed}:{i}")))
-                  for i, scores in zip(mine, scored)]
-        rows += [row for _, row in sorted(gather_object(ranked), key=lambda item: item[0])]
-        if state.is_main_process:
-            commit_rows(ctx, rows)
-        state.wait_for_everyone()
-        ctx.progress.update(len(rows), {"prompts": len(rows)})
+    temperature = getattr(cfg.labeler, "temperature", 0.0)
+
+    def rows_of(indices: range) -> list[dict]:
+        return shared_work(indices, lambda mine: [
+            rank_row(samples[i], scores, temperature=temperature, rng=random.Random(f"{cfg.seed}:{i}"))
+            for i, scores in zip(mine, score([samples[i] for i in mine]))])
+
+    def announce(done: list[dict]) -> str:
+        return (f"{len(samples)} prompts ranked by {cfg.labeler.describe()}"
+                + (f"; resuming after prompt {len(done)}" if done else ""))
+    rows = resumable_rows(ctx, count=len(samples), chunk=cfg.save_every, rows_of=rows_of, announce=announce,
+                          unit="prompts")
     kept = [row for row in rows if len(set(row["ranks"])) > 1]  # all tied, or fewer than 2 answers: nothing to learn
     if state.is_main_process:
         ctx.staged_artifact.mkdir(parents=True)

@@ -20,17 +20,16 @@ from typing import Iterator
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
 
 from core.atomic import atomic_write_json
 from measures.stats import distinct_n, mean
 from rows.records import distinct_prompts
 from stages.common.chat import check_context_length, load_chat_tokenizer
 from stages.common.entry import StageContext
-from stages.common.generation import Generator, HFGenerator, decode_answers, encode_prompts, response_mask
+from stages.common.generation import Generator, HFGenerator, answer_prompts
 from stages.common.hf_models import Loading, load_causal_lm
 from stages.common.hf_trainer import quiet_libraries
-from stages.common.row_checkpoints import commit_rows, rows_so_far, write_rows
+from stages.common.row_checkpoints import resumable_rows, shared_work, write_rows
 from stages.common.tensorboard import write_scalars
 from stages.common.vllm_engine import VLLMGenerator
 from stages.sample.artifact import SAMPLES_FILE
@@ -80,41 +79,29 @@ def policy_sampler(cfg: SampleStage, *, ctx: StageContext, tokenizer, loading: L
 
 def sample_rows(cfg: SampleStage, ctx: StageContext, sampler, *, tokenizer, prompts: list[dict], state) -> list[dict]:
     """Every prompt's K answers, resuming after the rows a killed attempt committed; chunks seeded by position."""
-    policy_dir = ctx.inputs["model"]
-    rows = rows_so_far(ctx)
-    if state.is_main_process:
-        print(f"[{ctx.name}] {len(prompts)} prompts × {cfg.samples_per_prompt} answers from {policy_dir}"
-              + (f"; resuming after prompt {len(rows)}" if rows else ""), flush=True)
-    ctx.progress.start(len(prompts), len(rows))
-    for start in range(len(rows), len(prompts), cfg.save_every):
-        chunk = prompts[start : start + cfg.save_every]
-        torch.manual_seed(cfg.seed * 1_000_003 + start * 101 + state.process_index)
-        mine = list(range(len(chunk)))[state.process_index :: state.num_processes]
-        answered = answer(sampler, tokenizer, [chunk[i] for i in mine], k=cfg.samples_per_prompt,
-                          max_length=cfg.data.max_length, device=state.device)
-        gathered = gather_object([(start + i, row) for i, row in zip(mine, answered)])
-        rows += [row for _, row in sorted(gathered, key=lambda item: item[0])]
-        if state.is_main_process:
-            commit_rows(ctx, rows)
-        state.wait_for_everyone()
-        ctx.progress.update(len(rows), {"prompts": len(rows)})
-    return rows
+
+    def rows_of(indices: range) -> list[dict]:
+        torch.manual_seed(cfg.seed * 1_000_003 + indices.start * 101 + state.process_index)
+        return shared_work(indices, lambda mine: answer(sampler, tokenizer, [prompts[i] for i in mine],
+                                                        k=cfg.samples_per_prompt, max_length=cfg.data.max_length,
+                                                        device=state.device))
+
+    def announce(done: list[dict]) -> str:
+        return (f"{len(prompts)} prompts × {cfg.samples_per_prompt} answers from {ctx.inputs['model']}"
+                + (f"; resuming after prompt {len(done)}" if done else ""))
+    return resumable_rows(ctx, count=len(prompts), chunk=cfg.save_every, rows_of=rows_of, announce=announce,
+                          unit="prompts")
 
 
 def answer(sampler: Generator, tokenizer, prompts: list[dict], *, k: int, max_length: int, device) -> list[dict]:
     """K sampled answers to each prompt (a prompt's K copies side by side in the batch)."""
     if not prompts:
         return []
-    repeated = [p["prompt"] for p in prompts for _ in range(k)]
-    queries, query_mask = encode_prompts(tokenizer, repeated, max_length=max_length, device=device)
-    responses = sampler.generate(queries, query_mask)
-    mask = response_mask(responses, tokenizer.eos_token_id)
-    texts = decode_answers(tokenizer, responses, mask)
-    stopped = ((responses == tokenizer.eos_token_id) & mask.bool()).any(1).tolist()
-    lengths = mask.sum(1).tolist()
-    return [{"prompt": p["prompt"], "answers": texts[i * k : (i + 1) * k], "stopped": stopped[i * k : (i + 1) * k],
-             "lengths": lengths[i * k : (i + 1) * k], "reference": p["reference"],
-             **({"instructions": p["instructions"]} if p.get("instructions") else {})}
+    answered = next(answer_prompts(sampler, tokenizer, [p["prompt"] for p in prompts], max_length=max_length,
+                                   device=device, k=k))
+    return [{"prompt": p["prompt"], "answers": answered.texts[i * k : (i + 1) * k],
+             "stopped": answered.stopped[i * k : (i + 1) * k], "lengths": answered.lengths[i * k : (i + 1) * k],
+             "reference": p["reference"], **({"instructions": p["instructions"]} if p.get("instructions") else {})}
             for i, p in enumerate(prompts)]
 
 
