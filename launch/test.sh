@@ -2,9 +2,9 @@
 # Run the whole test suite (unit tests in seconds, then real tiny trainings through accelerate launch),
 # creating .venv first if needed. Extra arguments go to pytest, e.g. `launch/test.sh -m "not slow"`.
 # RLHF_TEST_WORKERS (default 2) pytest-xdist workers take a test file each. The whole suite runs in two
-# phases: everything but tests/distributed on the workers, then tests/distributed alone in one process —
-# while another worker trained, a 2-process ZeRO-3 stage crashed a rank at exit ("terminate called without
-# an active exception") in 2 of 3 runs, and never when it ran alone. With arguments, one pytest run.
+# phases: everything but tests/distributed on the workers, then tests/distributed alone in one process
+# (its 2-process stages on a loaded machine once aborted a ZeRO-3 rank at exit; CONTRIBUTING.md, Running).
+# With arguments, one pytest run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/pytest ] || bash launch/setup.sh
