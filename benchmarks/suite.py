@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import baselines, data
-from benchmarks.workspace import Size, artifact, run_stage_here, stage_history
+from benchmarks.workspace import PPO_TOP_P, Size, artifact, run_stage_here, stage_history
 
 
 @dataclass
@@ -157,7 +157,22 @@ def ppo(pipeline: Path, size: Size) -> list[Row]:
         split = "/".join(f"{100 * mean(f'time/{part}') / per_iteration:.0f}" for part in ("generate", "score", "train"))
         rows.append(Row("ppo", f"batch {batch}, {length} tokens", rate, first, "samples/s",
                         f"{per_iteration:.2f} s/iter; generate/score/train % {split}; peak {peak:.2f} GB"))
+    rows.append(ppo_top_p(pipeline, size, rows[-1].ours))
     return rows
+
+
+def ppo_top_p(pipeline: Path, size: Size, full_distribution_rate: float) -> Row:
+    """The largest PPO setting sampling from the top-p nucleus, against itself on the whole distribution: what
+    the nucleus costs (rebuilt for every log-prob of the rollout and of each update)."""
+    batch, length = size.ppo_settings[-1]
+    stage = f"ppo_b{batch}_t{length}_top_p"
+    run_stage_here(pipeline, stage)
+    history = [r for r in stage_history(pipeline, stage) if "time/iteration" in r][1:]
+    per_iteration = statistics.fmean(r["time/iteration"] for r in history)
+    score, train = (statistics.fmean(r[f"time/{part}"] for r in history) for part in ("score", "train"))
+    return Row("ppo", f"batch {batch}, {length} tokens, top-p {PPO_TOP_P}", batch / per_iteration,
+               full_distribution_rate, "samples/s",
+               f"{per_iteration:.2f} s/iter (score {score:.2f}, train {train:.2f}); baseline: top-p 1")
 
 
 def reset_peak_memory() -> None:

@@ -3,6 +3,7 @@ numbers read back from manifests and metric histories (the same files the report
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from stages.common.entry import run_stage
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
+#: the top-p of the PPO line that samples from a nucleus (the shipped real-model pipelines' setting)
+PPO_TOP_P = 0.95
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,10 @@ def pipeline_file(workdir: Path, size: Size) -> Path:
             "ppo": {"rollout_batch_size": batch, "mini_batch_size": batch // 2, "epochs": 2},
             "evaluation": {"prompts": 8, "samples": 0},
             "train": ppo_train(size.ppo_iterations)}
+    # the largest setting again, sampling from the top-p nucleus as the shipped real-model pipelines do
+    nucleus = copy.deepcopy(stages[f"ppo_b{batch}_t{length}"])
+    nucleus["generation"]["top_p"] = PPO_TOP_P
+    stages[f"ppo_b{batch}_t{length}_top_p"] = nucleus
     path = workdir / "bench.yaml"
     path.write_text(yaml.safe_dump({"run_dir": "run", "stages": stages}, sort_keys=False))
     return path

@@ -46,6 +46,7 @@ class EvalStage(StageConfig):
     seed: int = 0
 
     module = "stages.eval"
+    version = 2  # 2: top-p's nucleus keeps a tie at its edge whole (a KL under bf16 can differ where the edge is tied)
     input_roles = {"policies": True, "judge": False, "reference": False}
     input_families = frozenset({"policies"})
     headline = ("eval/prompts", "eval/best_policy", "eval/best_prompt_loose_diff", "eval/best_win_rate")

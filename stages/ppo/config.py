@@ -111,7 +111,8 @@ class PpoStage(StageConfig):
     # 2: the sample table holds greedy base, SFT and PPO answers, all scored
     # 3: policy and value in one module with one optimizer (one DeepSpeed engine); checkpoints of 2 do not load
     # 4: the reward model scores the rendered chat with its own pooling, as the reward stage trains it
-    version = 4
+    # 5: top-p's nucleus keeps a tie at its edge whole (bf16 log-probs can differ where the edge is tied)
+    version = 5
     input_roles = {"model": True, "reward": True, "judge": False}
     export_leaves_out = ("critic",)  # the value model is training state, not part of the shared policy
     about = ("PPO against the frozen reward model with a KL penalty to the SFT policy. The score should rise while "

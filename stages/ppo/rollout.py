@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stages.common.distribution import policy_logits, token_entropy, token_logprobs
+from stages.common.distribution import policy_logits, token_logprobs, token_logprobs_and_entropy
 from stages.common.generation import decode_answers, response_mask
 from stages.common.scoring import score_chats
 from stages.ppo.losses import masked_whiten, no_reduce
@@ -63,8 +63,10 @@ def score_answers(models: PpoModels, queries: torch.Tensor, query_mask: torch.Te
         attention = torch.cat([query_mask[part], mask[part]], 1)
         if with_policy:
             logits, values, _ = trained_outputs(models.trained, ids, attention, prompt_length=prompt_length)
-            out["logprobs"].append(token_logprobs(logits, responses[part], temperature=temperature, top_p=top_p))
-            out["entropy"].append(token_entropy(logits, temperature=temperature, top_p=top_p))
+            logprobs, entropy = token_logprobs_and_entropy(logits, responses[part], temperature=temperature,
+                                                           top_p=top_p)
+            out["logprobs"].append(logprobs)
+            out["entropy"].append(entropy)
             out["values"].append(values)
             del logits
         with models.autocast():

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 
-from stages.common.distribution import token_entropy, token_logprobs
+from stages.common.distribution import token_logprobs_and_entropy
 from stages.ppo.losses import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -96,7 +96,8 @@ def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory:
                     ids, attention = sample.sequences()
                     logits, values, ptx_loss = trained_outputs(trained, ids, attention, prompt_length=prompt_length,
                                                                ptx_input_ids=ptx_ids)
-                    logprobs = token_logprobs(logits, sample.responses, temperature=temperature, top_p=top_p)
+                    logprobs, entropy = token_logprobs_and_entropy(logits, sample.responses, temperature=temperature,
+                                                                   top_p=top_p)
                     policy = clipped_policy_loss(logprobs, sample.logprobs, targets.advantages[part], mask=mask,
                                                  clip_range=clip_range, normalizer=normalizer)
                     value_loss, value_clip = clipped_value_loss(values, sample.values, targets.returns[part], mask=mask,
@@ -114,7 +115,6 @@ def ppo_epochs(trained: torch.nn.Module, optimization: Optimization, trajectory:
                     log("policy/approx_kl", policy.approx_kl)
                     log("value/loss", value_loss.detach() * normalizer / own_tokens)
                     log("value/clip_fraction", value_clip)
-                    entropy = token_entropy(logits, temperature=temperature, top_p=top_p)
                     log("policy/entropy", masked_mean(entropy, mask))
             for name, value in optimizer_step(trained, optimization).items():
                 log(name, value)
