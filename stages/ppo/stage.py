@@ -24,6 +24,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,10 +43,11 @@ from stages.common.hf_models import Loading, load_tokenizer, parameter_count
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
 from stages.common.lora import lora_config
-from stages.ppo.config import PpoStage, ppo_batches
+from stages.ppo.config import PpoBatches, PpoStage, ppo_batches
 from stages.ppo.evaluate import evaluate_policies, held_out_point
 from stages.ppo.iteration import IterationSettings, ppo_iteration
 from stages.ppo.losses import KLController
+from stages.ppo.models import PpoModels
 from stages.ppo.placement import (
     Generators,
     build_models,
@@ -57,6 +59,7 @@ from stages.ppo.placement import (
     zero_stage,
 )
 from stages.ppo.ptx import PtxBatches
+from stages.ppo.update import Optimization
 
 #: in each checkpoint: the loop's state that is not the models' (the KL coefficient, the ptx position)
 LOOP_STATE = "loop-state.json"
@@ -64,8 +67,54 @@ LOOP_STATE = "loop-state.json"
 def train(ctx: StageContext) -> dict:
     """Run PPO, evaluate SFT vs PPO, save the policy and the critic; return the manifest metrics."""
     cfg: PpoStage = ctx.config
-    ppo, gen = cfg.ppo, cfg.generation
     quiet_libraries()
+    run = set_up(ctx)
+    first = resume(ctx, run)
+    # a resumed run's earlier iterations (its held-out points are in metrics.jsonl, read by the report)
+    history = [r for r in read_history(ctx.dirs.metrics) if 0 < r["step"] <= first and "score/mean" in r]
+    history += iterate(ctx, run, first=first)
+
+    # evaluate: SFT (the frozen reference) and PPO answer the same held-out prompts, seeded alike; then the
+    # sample table, greedy base -> SFT -> PPO answers to the prompts the SFT stage sampled, all scored
+    run.accelerator.wait_for_everyone()
+    with run.models.frozen_in_use():
+        evaluation = evaluate_policies(run.models, run.generators.of, run.tokenizer, held_out=run.held_out,
+                                       judge=run.judge, sft_manifest=ctx.input_manifest("model"),
+                                       prompts=cfg.evaluation.prompts, samples=cfg.evaluation.samples,
+                                       seed=cfg.evaluation.seed, max_prompt_length=run.settings.max_prompt_length,
+                                       max_chat_length=run.settings.max_chat_length,
+                                       temperature=run.settings.temperature, top_p=run.settings.top_p,
+                                       batch_size=run.batches.micro, device=run.accelerator.device)
+    save(ctx, run)
+    return {**evaluation, **summary(history, iterations=cfg.train.max_steps, rollout_batch=cfg.ppo.rollout_batch_size,
+                                    mini_batch=cfg.ppo.mini_batch_size)}
+
+
+@dataclass
+class PpoRun:
+    """What the loop, the evaluation and the save share, built once by `set_up`."""
+
+    accelerator: Accelerator
+    batches: PpoBatches
+    settings: IterationSettings      # one iteration's settings, batches split over this launch's processes
+    order: PromptOrder               # each iteration's prompts
+    held_out: list[dict]             # held-out prompt rows, sources interleaved
+    tokenizer: object
+    loading: Loading
+    lora: object                     # peft's LoraConfig, or None
+    models: PpoModels
+    optimization: Optimization
+    generators: Generators
+    kl: KLController
+    ptx: PtxBatches | None
+    judge: object                    # the evaluation's independent judge (labeler_scores), or None
+
+
+def set_up(ctx: StageContext) -> PpoRun:
+    """The accelerator, the prompts, the four roles placed for this launch with one optimizer over the policy
+    and the critic, the generators, the KL controller, PPO-ptx's batches and the judge."""
+    cfg: PpoStage = ctx.config
+    ppo, gen = cfg.ppo, cfg.generation
     batches = ppo_batches(rollout=ppo.rollout_batch_size, mini=ppo.mini_batch_size, micro=ppo.micro_batch_size,
                           epochs=ppo.epochs, world=PartialState().num_processes)
     accelerator = make_accelerator(precision=cfg.train.precision, batches=batches, max_grad_norm=cfg.train.max_grad_norm,
@@ -77,12 +126,12 @@ def train(ctx: StageContext) -> dict:
     order = PromptOrder(rows.train, batch_size=ppo.rollout_batch_size, seed=cfg.train.seed,
                         rank=accelerator.process_index, world_size=accelerator.num_processes)
 
-    # models: the four roles, placed for this launch, with one optimizer over the policy and the critic
+    # models: checked against each other before anything loads, then placed
     loading = Loading.of(cfg.model)
-    chat_length = cfg.data.max_length + gen.max_new_tokens  # prompt and answer: what the roles read
+    settings = IterationSettings.of(cfg, batches)
     for role in ("model", "reward"):
-        check_context_length(ctx.inputs[role], chat_length, "data.max_length + generation.max_new_tokens",
-                             loading=loading)
+        check_context_length(ctx.inputs[role], settings.max_chat_length,
+                             "data.max_length + generation.max_new_tokens", loading=loading)
     tokenizer = load_chat_tokenizer(ctx.inputs["model"], "auto", loading)
     check_same_tokenizer(tokenizer, ctx.inputs["reward"], loading)
     refuse_proxy_judge(cfg, judge_dir=ctx.inputs.get("judge"), reward_dir=ctx.inputs["reward"])
@@ -97,16 +146,22 @@ def train(ctx: StageContext) -> dict:
         max_grad_norm=cfg.train.max_grad_norm, loading=loading,
         activation_checkpointing=cfg.train.activation_checkpointing)
     engine = rollout_engine(accelerator, policy_dir=ctx.inputs["model"], tokenizer=tokenizer, settings=gen,
-                            max_model_len=chat_length, precision=cfg.train.precision, seed=cfg.train.seed,
-                            stage=ctx.name)
+                            max_model_len=settings.max_chat_length, precision=cfg.train.precision,
+                            seed=cfg.train.seed, stage=ctx.name)
     generators = Generators(models, accelerator, tokenizer, max_new_tokens=gen.max_new_tokens,
                             temperature=gen.temperature, top_p=gen.top_p, batch_size=gen.batch_size, engine=engine)
+
+    # loop state beside the models: the KL coefficient and PPO-ptx's position in its corpus
     kl = KLController(ppo.kl.beta, ppo.kl.target, ppo.kl.horizon)
     ptx = None
     if ppo.ptx is not None:
         ptx = PtxBatches(ppo.ptx.data, tokenizer, block_size=ppo.ptx.block_size, batch_size=ppo.ptx.batch_size,
                          seed=cfg.train.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
                          device=accelerator.device)
+    judge = None
+    if cfg.evaluation.judge is not None:
+        with no_zero3_init(accelerator):  # a whole judge model on every process, never ZeRO-3 partitions
+            judge = labeler_scores(cfg.evaluation.judge, judge_dir=ctx.inputs.get("judge"), device=accelerator.device)
     if accelerator.is_main_process:
         placement = f"; ZeRO-{zero_stage(accelerator)}, frozen models {ppo.frozen_models}" if is_deepspeed(accelerator) else ""
         placement += ", frozen models offloaded to host memory" if ppo.offload_frozen else ""
@@ -114,78 +169,78 @@ def train(ctx: StageContext) -> dict:
         print(f"[{ctx.name}] policy {policy_parameters / 1e6:.2f} M parameters; "
               f"{len(rows.train)} train / {len(rows.validation)} held-out prompts; {cfg.train.max_steps} iterations "
               f"of {ppo.rollout_batch_size} answers{placement}", flush=True)
+    return PpoRun(accelerator=accelerator, batches=batches, settings=settings, order=order,
+                  held_out=interleaved(rows.validation_by_source), tokenizer=tokenizer, loading=loading, lora=lora,
+                  models=models, optimization=optimization, generators=generators, kl=kl, ptx=ptx, judge=judge)
 
-    # resume: accelerate restores weights, optimizer, scheduler and RNG; beta and the ptx position are JSON
-    first = 0
-    if ctx.resume_from is not None:
-        loop_state = read_loop_state(ctx.resume_from.path, stage=ctx.name)
-        accelerator.load_state(str(ctx.resume_from.path))
-        kl.load_state_dict(loop_state["kl"])
-        if ptx is not None:
-            ptx.load_state_dict(loop_state["ptx"])
-        first = ctx.resume_from.step
-    # a resumed run's earlier iterations (its held-out points are in metrics.jsonl, read by the report)
-    history = [r for r in read_history(ctx.dirs.metrics) if 0 < r["step"] <= first and "score/mean" in r]
-    judge = None
-    if cfg.evaluation.judge is not None:
-        with no_zero3_init(accelerator):  # a whole judge model on every process, never ZeRO-3 partitions
-            judge = labeler_scores(cfg.evaluation.judge, judge_dir=ctx.inputs.get("judge"), device=accelerator.device)
-    held_out = interleaved(rows.validation_by_source)
+
+def resume(ctx: StageContext, run: PpoRun) -> int:
+    """Restore the latest checkpoint, if any: accelerate restores weights, optimizer, scheduler and RNG; beta
+    and the ptx position are JSON. Returns the first iteration to run."""
+    if ctx.resume_from is None:
+        return 0
+    loop_state = read_loop_state(ctx.resume_from.path, stage=ctx.name)
+    run.accelerator.load_state(str(ctx.resume_from.path))
+    run.kl.load_state_dict(loop_state["kl"])
+    if run.ptx is not None:
+        run.ptx.load_state_dict(loop_state["ptx"])
+    return ctx.resume_from.step
+
+
+def iterate(ctx: StageContext, run: PpoRun, *, first: int) -> list[dict]:
+    """Iterations `first`..max_steps (`ppo_iteration`), each logged, with held-out points every
+    `evaluation.every` and a checkpoint every `save_every`. Returns their statistics."""
+    cfg: PpoStage = ctx.config
+    accelerator = run.accelerator
     every = cfg.evaluation.every
-    point_settings = dict(rows=held_out[: cfg.evaluation.every_prompts or min(16, cfg.evaluation.prompts)],
-                          judge=judge, max_prompt_length=cfg.data.max_length, max_chat_length=chat_length,
-                          temperature=gen.temperature, top_p=gen.top_p, batch_size=batches.micro,
-                          seed=cfg.evaluation.seed, device=accelerator.device)
+    point_settings = dict(rows=run.held_out[: cfg.evaluation.every_prompts or min(16, cfg.evaluation.prompts)],
+                          judge=run.judge, max_prompt_length=run.settings.max_prompt_length,
+                          max_chat_length=run.settings.max_chat_length, temperature=run.settings.temperature,
+                          top_p=run.settings.top_p, batch_size=run.batches.micro, seed=cfg.evaluation.seed,
+                          device=accelerator.device)
+
+    def point(step: int) -> None:
+        log_held_out(ctx, accelerator, run.models, generators=run.generators, tokenizer=run.tokenizer, step=step,
+                     settings=point_settings)
+
     if accelerator.is_main_process:
         append_record(ctx.dirs.metrics, attempt_marker(first))
     accelerator.init_trackers("tensorboard", config={"stage": ctx.name, "fingerprint": ctx.fingerprint})
     ctx.progress.start(cfg.train.max_steps, first)
     started = time.monotonic()
     if every is not None and first == 0:  # where the curve starts: the SFT policy itself
-        log_held_out(ctx, accelerator, models, generators=generators, tokenizer=tokenizer, step=0,
-                     settings=point_settings)
+        point(0)
     reduce_sum = functools.partial(accelerator.reduce, reduction="sum")  # rollout statistics over all processes
-    settings = IterationSettings.of(cfg, batches)
+    history = []
     for i in range(first, cfg.train.max_steps):
-        stats = ppo_iteration(models, optimization, step=i, prompts=order.prompts(i), generators=generators,
-                              tokenizer=tokenizer, kl=kl, settings=settings, ptx=ptx, reduce_sum=reduce_sum)
-        # log and checkpoint
+        stats = ppo_iteration(run.models, run.optimization, step=i, prompts=run.order.prompts(i),
+                              generators=run.generators, tokenizer=run.tokenizer, kl=run.kl, settings=run.settings,
+                              ptx=run.ptx, reduce_sum=reduce_sum)
         history.append(stats)
         step = i + 1
         log_iteration(ctx, accelerator, step=step, total=cfg.train.max_steps, stats=stats, started=started,
                       first=first, every=cfg.train.log_every)
         if every is not None and (step % every == 0 or step == cfg.train.max_steps):
-            log_held_out(ctx, accelerator, models, generators=generators, tokenizer=tokenizer, step=step,
-                         settings=point_settings)
+            point(step)
         if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
-            loop_state = {"kl": kl.state_dict(), "ptx": ptx.state_dict() if ptx is not None else None}
+            loop_state = {"kl": run.kl.state_dict(), "ptx": run.ptx.state_dict() if run.ptx is not None else None}
             save_checkpoint(ctx, accelerator, step=step, keep_last=cfg.train.keep_last, loop_state=loop_state)
     ctx.progress.close()
-    generators.close()
+    run.generators.close()
     for tracker in accelerator.trackers:  # not end_training(): it would also tear down the process group
         tracker.finish()
+    return history
 
-    # evaluate: SFT (the frozen reference) and PPO answer the same held-out prompts, seeded alike; then the
-    # sample table, greedy base -> SFT -> PPO answers to the prompts the SFT stage sampled, all scored
-    accelerator.wait_for_everyone()
-    with models.frozen_in_use():
-        evaluation = evaluate_policies(models, generators.of, tokenizer, held_out=held_out, judge=judge,
-                                       sft_manifest=ctx.input_manifest("model"), prompts=cfg.evaluation.prompts,
-                                       samples=cfg.evaluation.samples, seed=cfg.evaluation.seed,
-                                       max_prompt_length=cfg.data.max_length, max_chat_length=chat_length,
-                                       temperature=gen.temperature, top_p=gen.top_p, batch_size=batches.micro,
-                                       device=accelerator.device)
 
-    # save: the policy as an HF causal LM with the tokenizer, the critic beside it. The full weights are
-    # gathered on every process (ZeRO-3 shards), then written into freshly loaded models by the main one.
-    state = accelerator.get_state_dict(models.trained)
-    if accelerator.is_main_process:
-        with no_zero3_init(accelerator):
-            write_artifact(state, policy_dir=ctx.inputs["model"], reward_dir=ctx.inputs["reward"], lora=lora,
-                           tokenizer=tokenizer, directory=ctx.staged_artifact, loading=loading)
-    accelerator.wait_for_everyone()
-    return {**evaluation, **summary(history, iterations=cfg.train.max_steps, rollout_batch=ppo.rollout_batch_size,
-                                    mini_batch=ppo.mini_batch_size)}
+def save(ctx: StageContext, run: PpoRun) -> None:
+    """The policy as an HF causal LM with the tokenizer, the critic beside it. The full weights are gathered on
+    every process (ZeRO-3 shards), then written into freshly loaded models by the main one."""
+    state = run.accelerator.get_state_dict(run.models.trained)
+    if run.accelerator.is_main_process:
+        with no_zero3_init(run.accelerator):
+            write_artifact(state, policy_dir=ctx.inputs["model"], reward_dir=ctx.inputs["reward"], lora=run.lora,
+                           tokenizer=run.tokenizer, directory=ctx.staged_artifact, loading=run.loading)
+    run.accelerator.wait_for_everyone()
 
 
 class PromptOrder:
