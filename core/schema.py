@@ -11,6 +11,8 @@ from typing import Annotated, Any, ClassVar, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
+from core.tracking import TrackingSettings
+
 #: owner/name@revision as the Hub spells them: no `..` anywhere (a revision is a path segment in the cache, and
 #: `owner/name@../../x` would name a local folder), names neither start nor end with `.` or `-`
 _HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9](?:[\w.-]*[\w])?/[\w](?:[\w.-]*[\w])?@\w[\w./-]*$")
@@ -158,6 +160,8 @@ class StageConfig(StrictModel):
     kind: str
     inputs: dict[str, str] = {}
     launch: LaunchSettings = volatile(LaunchSettings())
+    tracking: TrackingSettings = volatile(TrackingSettings(), description="an experiment tracker besides "
+                                          "tensorboard (the pipeline file's top-level `tracking:`, under this)")
 
     #: module run by `accelerate launch -m`
     module: ClassVar[str]

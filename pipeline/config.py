@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 from core.errors import InputError
 from core.layout import run_dir_problem
 from core.schema import LaunchSettings, OutputPath, StageConfig, StrictModel
+from core.tracking import TrackingSettings
 from pipeline import dag
 from pipeline.assets import embedded_run_dir
 from pipeline.overrides import apply_defaults, apply_overrides, parse_override, run_record, unknown_stage_problems
@@ -70,6 +71,7 @@ class _PipelineFile(StrictModel):
     run_dir: OutputPath
     launch: LaunchSettings = LaunchSettings()
     defaults: dict[str, Any] = Field({}, description="merged into every stage, under its own values")
+    tracking: TrackingSettings | None = Field(None, description="every stage's tracker, under a stage's own")
     stages: dict[str, dict[str, Any]] = Field(min_length=1)
 
 
@@ -102,8 +104,10 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), *, run_dir: Path 
     raw = apply_overrides(raw, overrides)
     if run_dir is not None:  # over a recorded `--set run_dir=` too
         raw["run_dir"] = str(Path(run_dir).resolve())
-    if isinstance(raw.get("defaults"), dict) and isinstance(raw.get("stages"), dict):
-        raw["stages"] = apply_defaults(raw["stages"], raw["defaults"],
+    shared = {key: raw[key] for key in ("defaults", "tracking") if isinstance(raw.get(key), dict)}
+    if shared and isinstance(raw.get("stages"), dict):
+        merged = {**shared.get("defaults", {}), **({"tracking": shared["tracking"]} if "tracking" in shared else {})}
+        raw["stages"] = apply_defaults(raw["stages"], merged,
                                        lambda kind: set(KINDS[kind].model_fields) if kind in KINDS else None)
     problems: list[str] = []
 
@@ -143,6 +147,8 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), *, run_dir: Path 
     if not problems:
         for name, loc, message in length_problems(stages):
             report(("stages", name) + loc, message)
+        for loc, message in tracking_problems(top.tracking, stages):
+            report(loc, message)
     if problems:
         raise InputError(problems)
     return Pipeline(path=path.resolve(), run_dir=Path(top.run_dir), stages=stages, launch=top.launch,
@@ -201,6 +207,9 @@ def _stage(name: str, raw: dict, *, stage_names: list[str], context: dict) -> tu
     if kind not in KINDS:
         return None, [(("kind",), f"unknown stage kind {kind!r} (expected one of: {', '.join(sorted(KINDS))})")]
     cls = KINDS[kind]
+    if isinstance(raw.get("train"), dict) and "report_to" in raw["train"]:
+        return None, [(("train", "report_to"), "is now `tracking: {backend: wandb|trackio|mlflow}`, at the top "
+                                               "of the file (every stage) or in the stage")]
     try:
         stage = cls.model_validate(raw, context=context)
     except ValidationError as e:
@@ -222,6 +231,15 @@ def _stage(name: str, raw: dict, *, stage_names: list[str], context: dict) -> tu
         elif source not in stage_names:
             problems.append((loc, f"no stage named {source!r} (stages: {', '.join(stage_names)})"))
     return stage, problems
+
+
+def tracking_problems(shared: TrackingSettings | None, stages: dict[str, StageConfig]) -> list[tuple[tuple, str]]:
+    """Each tracker setting's problems once: the file's `tracking:` at its own key, a stage's own at the stage."""
+    found = [(("tracking",) + loc, message) for loc, message in shared.problems()] if shared else []
+    for name, stage in stages.items():
+        if stage.tracking not in (shared, TrackingSettings()):
+            found += [(("stages", name, "tracking") + loc, message) for loc, message in stage.tracking.problems()]
+    return found
 
 
 def length_problems(stages: dict[str, StageConfig]) -> list[tuple[str, tuple, str]]:

@@ -39,14 +39,6 @@ class LoopSettings(StrictModel):
     log_every: int = volatile(10, ge=1)
     save_every: int = volatile(100, ge=1)
     keep_last: int = volatile(2, ge=1, description="complete checkpoints kept")
-    report_to: list[Literal["wandb", "mlflow", "comet_ml", "clearml", "trackio"]] = volatile(
-        [], description="trackers besides tensorboard (which always writes to logs/tensorboard)")
-
-    def tracker_problems(self) -> Problems:
-        """A tracker in `report_to` that is not installed (found, not imported)."""
-        return [(("train", "report_to"), f"{tracker} is not installed (pip install {tracker.replace('_', '-')}), or "
-                                         "leave it out") for tracker in self.report_to
-                if importlib.util.find_spec(tracker) is None]
 
 
 class TrainSettings(LoopSettings):
@@ -85,7 +77,7 @@ class TrainSettings(LoopSettings):
             problems.append((("train", "micro_batch_size"), f"must divide train.batch_size ({self.batch_size})"))
         if self.liger_kernel and importlib.util.find_spec("liger_kernel") is None:
             problems.append((("train", "liger_kernel"), "needs the liger-kernel package (pip install liger-kernel)"))
-        return problems + self.tracker_problems()
+        return problems
 
 
 class LoadingSettings(StrictModel):

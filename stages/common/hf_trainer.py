@@ -25,6 +25,7 @@ from core.errors import InputError
 from core.history import append_record, attempt_marker
 from sections.common import TrainSettings
 from stages.common.entry import StageContext, check_precision, cpu_launch
+from stages.common.tracking import trainer_tracking
 
 
 def gradient_accumulation(train: TrainSettings, world_size: int) -> tuple[int, int]:
@@ -69,7 +70,7 @@ def training_arguments(ctx: StageContext, train: TrainSettings, config_class: ty
         eval_steps=train.eval_every,
         save_strategy="steps",
         save_steps=train.save_every,
-        report_to=["tensorboard", *train.report_to],
+        **trainer_tracking(ctx.config.tracking, stage=ctx.name, run_dir_name=ctx.dirs.run_dir.name),
         disable_tqdm=True,
         dataloader_num_workers=0,
         activation_checkpointing=train.activation_checkpointing,

@@ -145,7 +145,7 @@ class PpoStage(StageConfig):
             if self.inputs.get("judge") is not None and self.inputs.get("judge") == self.inputs.get("reward"):
                 problems.append((("inputs", "judge"), "the judge is the reward model PPO optimises, so it would "
                                                       "flatter PPO; judge with an independent one"))
-        return (problems + self.train.tracker_problems() + (self.model.loading_problems() if self.model else [])
+        return (problems + (self.model.loading_problems() if self.model else [])
                 + self.generation.engine_problems())
 
     def world_problems(self, world: int) -> Problems:

@@ -45,7 +45,7 @@ from stages.ppo.update import Optimization
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
-def make_accelerator(*, precision: str, batches: PpoBatches, max_grad_norm: float, trackers: list[str],
+def make_accelerator(*, precision: str, batches: PpoBatches, max_grad_norm: float, trackers: list,
                      logs: Path, stage: str) -> Accelerator:
     """The stage's accelerator: one optimizer step per mini-batch of `batches.accumulation` micro-batches, the
     scheduler stepped by hand once per update, trackers writing under `logs`; under DeepSpeed the engine's

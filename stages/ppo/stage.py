@@ -43,6 +43,7 @@ from stages.common.hf_models import Loading, load_tokenizer, parameter_count
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
 from stages.common.lora import lora_config
+from stages.common.tracking import accelerate_trackers
 from stages.ppo.config import PpoBatches, PpoStage, ppo_batches
 from stages.ppo.evaluate import evaluate_policies, held_out_point
 from stages.ppo.iteration import IterationSettings, ppo_iteration
@@ -118,7 +119,8 @@ def set_up(ctx: StageContext) -> PpoRun:
     batches = ppo_batches(rollout=ppo.rollout_batch_size, mini=ppo.mini_batch_size, micro=ppo.micro_batch_size,
                           epochs=ppo.epochs, world=PartialState().num_processes)
     accelerator = make_accelerator(precision=cfg.train.precision, batches=batches, max_grad_norm=cfg.train.max_grad_norm,
-                                   trackers=["tensorboard", *cfg.train.report_to], logs=ctx.dirs.logs, stage=ctx.name)
+                                   trackers=accelerate_trackers(cfg.tracking, stage=ctx.name, run_dir_name=ctx.dirs.run_dir.name),
+                                   logs=ctx.dirs.logs, stage=ctx.name)
     set_seed(cfg.train.seed)
 
     # data: prompts (held-out ones with a human ranking also give the gold win rate)

@@ -33,7 +33,7 @@ def edit(stage: dict, dotted: str, value) -> dict:
     *parents, last = dotted.split(".")
     node = stage
     for key in parents:
-        node = node[key]
+        node = node.setdefault(key, {})
     node[last] = value
     return stage
 
@@ -55,11 +55,14 @@ def test_valid_pipeline_resolves_paths_against_the_file(tmp_path, corpus):
     ("model.init.num_heads", 3, "stages.pre.model.init.num_heads: must divide hidden_size (64)"),
     ("model.init.hidden", 3, "stages.pre.model.init.hidden: unknown key (did you mean hidden_size? expected one of: architecture, hidden_size"),
     ("train.micro_batch_size", 3, "stages.pre.train.micro_batch_size: must divide train.batch_size (8)"),
-    ("train.report_to", ["clearml"], "stages.pre.train.report_to: clearml is not installed (pip install clearml)"),
+    ("train.report_to", ["wandb"], "stages.pre.train.report_to: is now `tracking: {backend: wandb|trackio|mlflow}`"),
+    ("tracking.backend", "trackio", "stages.pre.tracking.backend: trackio is not installed (pip install trackio)"),
+    ("tracking.backend", "comet", "stages.pre.tracking.backend: input should be 'tensorboard', 'wandb'"),
+    ("tracking.run_name", "{stage}-{seed}", "stages.pre.tracking.run_name: only {stage} and {group} are filled in"),
 ])
 def test_bad_values_name_the_key_path_and_line(tmp_path, corpus, dotted, *, value, expected):
-    if dotted == "train.report_to" and importlib.util.find_spec("clearml") is not None:
-        pytest.skip("clearml is installed here")
+    if value == "trackio" and importlib.util.find_spec("trackio") is not None:
+        pytest.skip("trackio is installed here")
     path = write_pipeline(tmp_path / "p.yaml", {"pre": edit(pretrain_stage(corpus), dotted, value)})
     found = problems(path)
     assert len(found) == 1, found
@@ -128,7 +131,7 @@ def test_bad_yaml_and_bad_top_level(tmp_path):
     assert "expected a mapping with keys run_dir and stages" in problems(bad)[0]
     bad.write_text("run_dir: x\nstages: {}\nextra: 1\n")
     found = problems(bad)
-    assert any("extra: unknown key (expected one of: run_dir, launch, defaults, stages)" in p for p in found)
+    assert any("extra: unknown key (expected one of: run_dir, launch, defaults, tracking, stages)" in p for p in found)
     assert any("stages: dictionary should have at least 1 item" in p for p in found)
     assert problems(tmp_path / "absent.yaml") == [f"{tmp_path / 'absent.yaml'}: pipeline file not found"]
 
@@ -320,3 +323,23 @@ def test_ppo_refuses_trainer_settings_it_would_never_read(tmp_path, corpus, key)
     assert len(found) == 1 and f"stages.ppo.train.{key}: unknown key" in found[0], found
     line = int(found[0].removeprefix(f"{path}:").split(":")[0])
     assert path.read_text().splitlines()[line - 1].strip() == f"{key}: 4", found
+
+
+def test_the_files_tracking_is_every_stages_checked_once_and_a_stage_may_override_it(tmp_path, corpus, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    stages = {"a": pretrain_stage(corpus), "b": pretrain_stage(corpus),
+              "c": {**pretrain_stage(corpus), "tracking": {"backend": "tensorboard"}}}
+    path = write_pipeline(tmp_path / "p.yaml", stages, tracking={"backend": "wandb", "project": "mine"})
+    found = problems(path)
+    if importlib.util.find_spec("wandb") is None:
+        assert found == [f"{path}:3: tracking.backend: wandb is not installed (pip install wandb), or use tensorboard"]
+        return
+    assert len(found) == 1 and found[0].startswith(f"{path}:3: tracking.backend: wandb is not logged in"), found
+    (tmp_path / "no-netrc").write_text("machine api.wandb.ai login user password k\n")  # what `wandb login` writes
+    pipeline = load_pipeline(path)
+    assert [pipeline.stages[name].tracking.backend for name in "abc"] == ["wandb", "wandb", "tensorboard"]
+    assert pipeline.stages["a"].tracking.project == "mine"
+    # the tracker is how a stage logs, not what it produces
+    assert semantic_config(pipeline.stages["a"]) == semantic_config(pipeline.stages["c"])
