@@ -5,7 +5,7 @@ so that a non-editable `pip install .` runs `rlhf run` without the checkout. Eve
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
-ASSETS = ["configs/**/*.yaml", "configs/**/*.json", "data/**/*.jsonl", "data/**/*.txt", "data/**/*.md", "data/**/LICENSE*"]
+ASSETS = ["configs/**/*.yaml", "configs/**/*.json", "data/**/*.yaml", "data/**/*.jsonl", "data/**/*.txt", "data/**/*.md", "data/**/LICENSE*"]
 
 
 

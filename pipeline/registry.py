@@ -10,6 +10,7 @@ from stages.dpo.config import DpoStage
 from stages.eval.config import EvalStage
 from stages.grpo.config import GrpoStage
 from stages.kto.config import KtoStage
+from stages.lm_eval.config import LmEvalStage
 from stages.model.config import ModelStage
 from stages.ppo.config import PpoStage
 from stages.pretrain.config import PretrainStage
@@ -32,4 +33,5 @@ KINDS: dict[str, type[StageConfig]] = {
     "grpo": GrpoStage,
     "rloo": RlooStage,
     "eval": EvalStage,
+    "lm_eval": LmEvalStage,
 }

@@ -82,7 +82,7 @@ def test_missing_data_file(tmp_path, corpus):
 def test_unknown_kind_and_missing_sections(tmp_path, corpus):
     stages = {"a": {"kind": "pretrian"}, "b": {"kind": "pretrain", "data": {"train": [str(corpus)]}}}
     found = problems(write_pipeline(tmp_path / "p.yaml", stages))
-    assert any("stages.a.kind: unknown stage kind 'pretrian' (expected one of: dpo, eval, grpo, kto, model, ppo, pretrain, "
+    assert any("stages.a.kind: unknown stage kind 'pretrian' (expected one of: dpo, eval, grpo, kto, lm_eval, model, ppo, pretrain, "
                "rank, reward, rloo, sample, sft)" in p
                for p in found), found
     assert any("stages.b.train: missing required key" in p for p in found)

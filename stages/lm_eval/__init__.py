@@ -1,0 +1,1 @@
+"""The lm_eval kind: lm-evaluation-harness tasks on the pipeline's models."""
