@@ -274,8 +274,9 @@ class PeopleLabeling(Protocol):
     stage: str
     min_labeled: int
 
-    def state(self) -> dict:
-        """Progress (`labeled`, `handled`, `total`) and the next item, as the page shows them."""
+    def state(self, labeler: str | None = None) -> dict:
+        """Progress (`labeled`, `handled`, `total`, per person) and the next item for `labeler`, as the page
+        shows them."""
 
     def page(self) -> bytes:
         """The labeling page (HTML)."""

@@ -43,7 +43,8 @@ def is_loopback(host: str) -> bool:
 
 def make_server(task: PeopleLabeling, host: str = "127.0.0.1", port: int = 8765,
                 *, token: str | None = None) -> ThreadingHTTPServer:
-    """The labeling page's HTTP server (not started): GET / the page, GET /api/state, POST /api/label, each
+    """The labeling page's HTTP server (not started): GET / the page, GET /api/state[?labeler=NAME] (the next
+    prompt for that person), POST /api/label, each
     behind the checks of the module docstring. The session token is `server.token`; `page_address(server)`
     is what to open."""
     token = token or secrets.token_urlsafe(24)
@@ -89,7 +90,13 @@ def make_server(task: PeopleLabeling, host: str = "127.0.0.1", port: int = 8765,
             if refused:
                 self._json(refused[0], {"error": refused[1]})
             elif route == "/api/state":
-                self._json(200, task.state())
+                labeler = parse_qs(urlsplit(self.path).query).get("labeler", [None])[0]
+                problem = labeler_problem(labeler) if labeler is not None else None
+                if problem is not None:
+                    self._json(400, {"error": problem})
+                    return
+                with lock:  # handing out a prompt leases it to this person
+                    self._json(200, task.state(labeler.strip() if labeler else None))
             else:
                 self._send(200, task.page(), "text/html; charset=utf-8")
 

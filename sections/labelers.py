@@ -19,7 +19,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from core.schema import DirPath, StrictModel
+from core.schema import DirPath, StrictModel, volatile
 from sections.common import LoadingSettings, ModelSource, Problems
 
 
@@ -153,6 +153,9 @@ class HumanLabeler(LabelerSection):
 
     kind: Literal["human"]
     min_labeled: int = Field(ge=1, description="ranked prompts before the stage runs (and downstream with it)")
+    guidelines: str | None = volatile(None, description="what to rank by: shown above every prompt on the page")
+    double_labeled: int = volatile(0, ge=0, description="the first N sampled prompts are ranked by two different "
+                                                        "people: their agreement is reported")
 
     by_people: ClassVar[bool] = True
 

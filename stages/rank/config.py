@@ -10,8 +10,8 @@ from core.numbers import fmt, percent
 from core.schema import StageConfig, volatile
 from sections.common import Problems
 from sections.labelers import Labeler
-from stages.rank.labeling import LabelingTask, labeling_task
-from stages.rank.labels import labeled_count, read_labels
+from stages.rank.labeling import LabelingTask, labeling_task, ranked_by_labeler
+from stages.rank.labels import labeled_count, latest_by_person, read_labels
 from stages.sample.artifact import SAMPLES_FILE, sample_keys
 
 
@@ -44,7 +44,8 @@ class RankStage(StageConfig):
     def labeling_task(self, *, name: str, run_dir: Path) -> LabelingTask:
         """The samples of the input sample stage, and this stage's labels file."""
         return labeling_task(stage=name, source=self.inputs["samples"], run_dir=run_dir,
-                             min_labeled=self.labeler.min_labeled)
+                             min_labeled=self.labeler.min_labeled, double_labeled=self.labeler.double_labeled,
+                             guidelines=self.labeler.guidelines)
 
     def state_files(self, stage_dir: Path) -> list[Path]:
         """People's labels, when people rank."""
@@ -54,9 +55,13 @@ class RankStage(StageConfig):
         """"awaiting labels n/N" while people have ranked fewer than `min_labeled` of the sampled prompts."""
         if not self.labeler.by_people:
             return None
-        labeled = labeled_count(read_labels(StageDirs.of(run_dir, name).labels),
+        labels_path = StageDirs.of(run_dir, name).labels
+        labeled = labeled_count(read_labels(labels_path),
                                 sample_keys(StageDirs.of(run_dir, self.inputs["samples"]).artifact / SAMPLES_FILE))
-        return None if labeled >= self.labeler.min_labeled else f"awaiting labels {labeled}/{self.labeler.min_labeled}"
+        if labeled >= self.labeler.min_labeled:
+            return None
+        people = ", ".join(f"{person or 'unnamed'} {n}" for person, n in ranked_by_labeler(latest_by_person(labels_path)).items())
+        return f"awaiting labels {labeled}/{self.labeler.min_labeled}" + (f" ({people})" if people else "")
 
     @classmethod
     def findings(cls, metrics: dict) -> str:
@@ -67,4 +72,7 @@ class RankStage(StageConfig):
                 f"answer tied); {percent(metrics['rank/tie_share'])} of answer pairs tied; Kendall tau of preference and "
                 f"length {fmt(metrics['rank/length_tau'])}." + (
                     f" People ranked them ({metrics['rank/skipped_by_people']} skipped, "
-                    f"{metrics['rank/flagged_by_people']} flagged)." if "rank/labeled_by_people" in metrics else ""))
+                    f"{metrics['rank/flagged_by_people']} flagged)." if "rank/labeled_by_people" in metrics else "") + (
+                    f" On the {metrics['rank/agreement_prompts']} prompts two people ranked, they ordered "
+                    f"{percent(metrics['rank/agreement_pairwise'])} of answer pairs alike (Kendall's W "
+                    f"{fmt(metrics['rank/kendalls_w'])})." if "rank/agreement_prompts" in metrics else ""))

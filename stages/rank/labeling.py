@@ -13,43 +13,71 @@ reward kind's format), checked row by row before any is appended.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InputError
 from core.layout import StageDirs
+from measures.agreement import agreement
 from rows.textfiles import BadRow, jsonl_objects
-from stages.rank.labels import append_label, is_ranked, ranks_problem, read_labels
+from stages.rank.labels import append_label, is_ranked, latest_by_person, ranks_problem, read_labels
 from stages.sample.artifact import SAMPLES_FILE, read_samples, sample_key
 
 #: the page people rank on
 PAGE = Path(__file__).with_name("label_page.html")
+#: seconds a prompt handed to one person is held back from the others (then it goes to whoever asks next)
+LEASE_SECONDS = 600
 #: what a submission from the page may hold
 SUBMITTED_KEYS = ("key", "ranks", "skip", "flag", "labeler")
 
 
 @dataclass
 class LabelingTask:
-    """One rank stage whose labeler is people: its samples and where their labels go."""
+    """One rank stage whose labeler is people: its samples and where their labels go.
+
+    Several people label at once: each is handed a prompt nobody else holds (a lease of LEASE_SECONDS, kept by
+    the server's one task object), and the first `double_labeled` prompts go to two different people, whose
+    rankings give the agreement."""
 
     stage: str
     samples: list[dict]
     keys: list[str]
     labels_path: Path
     min_labeled: int
+    double_labeled: int = 0
+    guidelines: str | None = None
+    leases: dict[str, tuple[str, float]] = field(default_factory=dict)  # key -> (labeler, when handed out)
 
-    def state(self) -> dict:
-        """Progress and the next prompt nobody has labeled (None when every one is)."""
-        labels = read_labels(self.labels_path)
+    def people_needed(self, index: int) -> int:
+        """How many different people label the prompt at `index`."""
+        return 2 if index < self.double_labeled else 1
+
+    def state(self, labeler: str | None = None) -> dict:
+        """Progress (overall and per person), the agreement so far, and the next prompt for `labeler`: one
+        that still needs a person, that this person has not labeled and nobody else holds (None when none)."""
+        labels, people = read_labels(self.labels_path), latest_by_person(self.labels_path)
+        now = time.monotonic()
+        self.leases = {key: lease for key, lease in self.leases.items() if now - lease[1] < LEASE_SECONDS}
         handled = [key in labels for key in self.keys]
-        following = next((i for i, done in enumerate(handled) if not done), None)
+        following = next((i for i, key in enumerate(self.keys) if self._open_for(i, key, labeler=labeler, people=people)), None)
         item = None
         if following is not None:
-            row = self.samples[following]
-            item = {"key": self.keys[following], "index": following, "prompt": row["prompt"], "answers": row["answers"]}
+            row, key = self.samples[following], self.keys[following]
+            if labeler:  # only a named person holds a prompt
+                self.leases[key] = (labeler, now)
+            item = {"key": key, "index": following, "prompt": row["prompt"], "answers": row["answers"]}
         return {"stage": self.stage, "total": len(self.keys), "handled": sum(handled),
                 "labeled": sum(is_ranked(labels.get(key)) for key in self.keys), "min_labeled": self.min_labeled,
-                "item": item}
+                "by_labeler": ranked_by_labeler(people), "agreement": agreement(ranks_by_person(people)),
+                "guidelines": self.guidelines, "item": item}
+
+    def _open_for(self, index: int, key: str, *, labeler: str | None, people: dict[str, dict[str, dict]]) -> bool:
+        done = people.get(key, {})
+        if any(record.get("flag") for record in done.values()) or (labeler or "") in done:
+            return False
+        held = self.leases.get(key)
+        return len(done) < self.people_needed(index) and (held is None or held[0] == (labeler or ""))
 
     def submission_problem(self, record: dict) -> str | None:
         """Why a submission from the page or a file cannot be stored, or None."""
@@ -74,12 +102,15 @@ class LabelingTask:
         problem = self.submission_problem(record)
         if problem is not None:
             return 400, {"error": problem}
-        earlier = read_labels(self.labels_path).get(record["key"])
-        if earlier is not None and earlier.get("labeler") != record.get("labeler"):
-            return 409, {"error": f"{earlier.get('labeler') or 'someone'} labeled this prompt first; yours was not "
-                                  "saved", **self.state()}
+        labeler = record.get("labeler") or ""
+        others = {name: r for name, r in latest_by_person(self.labels_path).get(record["key"], {}).items()
+                  if name != labeler}
+        if len(others) >= self.people_needed(self.keys.index(record["key"])):
+            return 409, {"error": f"{', '.join(others) or 'someone'} labeled this prompt first; yours was not "
+                                  "saved", **self.state(labeler)}
         append_label(self.labels_path, {**record, "source": "page"})
-        return 200, self.state()
+        self.leases.pop(record["key"], None)
+        return 200, self.state(labeler)
 
     def export_rows(self, path: Path) -> int:
         """The prompts nobody has labeled, with their answers, as JSONL (`key`, `prompt`, `answers`), into a
@@ -118,11 +149,27 @@ class LabelingTask:
         return len(records)
 
 
-def labeling_task(*, stage: str, source: str, run_dir: Path, min_labeled: int) -> LabelingTask:
+def ranked_by_labeler(people: dict[str, dict[str, dict]]) -> dict[str, int]:
+    """Prompts each person has ranked (their latest submission a ranking), by name."""
+    counts: dict[str, int] = {}
+    for by_person in people.values():
+        for name, record in by_person.items():
+            counts[name] = counts.get(name, 0) + is_ranked(record)
+    return dict(sorted(counts.items()))
+
+
+def ranks_by_person(people: dict[str, dict[str, dict]]) -> dict[str, dict[str, list[int]]]:
+    """key -> person -> ranks, for the rankings among the latest submissions (what agreement reads)."""
+    return {key: {name: r["ranks"] for name, r in by_person.items() if is_ranked(r)} for key, by_person in people.items()}
+
+
+def labeling_task(*, stage: str, source: str, run_dir: Path, min_labeled: int, double_labeled: int = 0,
+                  guidelines: str | None = None) -> LabelingTask:
     """The task of rank stage `stage` whose labeler is people: the samples of its input `source`."""
     samples = read_samples(StageDirs.of(run_dir, source).artifact / SAMPLES_FILE)
     if not samples:
         raise InputError(f"{stage}: its input {source} has no samples yet: `rlhf run` samples them first (it stops "
                          "at this stage to wait for labels)")
     return LabelingTask(stage, samples, [sample_key(r["prompt"], r["answers"]) for r in samples],
-                        StageDirs.of(run_dir, stage).labels, min_labeled)
+                        StageDirs.of(run_dir, stage).labels, min_labeled, double_labeled=double_labeled,
+                        guidelines=guidelines)

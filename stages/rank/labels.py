@@ -47,6 +47,22 @@ def read_labels(path: Path) -> dict[str, dict]:
     return latest
 
 
+def latest_by_person(path: Path) -> dict[str, dict[str, dict]]:
+    """key -> labeler -> that person's latest submission for it (a label without a name counts as one person,
+    ""); torn or unreadable lines are skipped."""
+    people: dict[str, dict[str, dict]] = {}
+    if not path.is_file():
+        return people
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("key"), str):
+            people.setdefault(record["key"], {})[str(record.get("labeler") or "")] = record
+    return people
+
+
 def ranks_problem(ranks, k: int) -> str | None:
     """Why `ranks` cannot rank K answers (1 = best, ties share a number, at least two distinct), or None."""
     if not isinstance(ranks, list) or len(ranks) != k:

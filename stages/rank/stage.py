@@ -20,6 +20,7 @@ from accelerate import PartialState
 
 from core.atomic import atomic_write_json
 from core.errors import InputError
+from measures.agreement import agreement
 from measures.stats import mean
 from stages.common.entry import StageContext
 from stages.common.hf_trainer import quiet_libraries
@@ -29,7 +30,8 @@ from stages.common.row_checkpoints import read_rows, resumable_rows, shared_work
 from stages.common.tensorboard import write_scalars
 from stages.rank.artifact import RANKINGS_FILE
 from stages.rank.config import RankStage
-from stages.rank.labels import is_ranked, read_labels
+from stages.rank.labeling import ranks_by_person
+from stages.rank.labels import is_ranked, latest_by_person, read_labels
 from stages.rank.ordering import labeled_ranks, tied_pairs
 from stages.sample.artifact import SAMPLES_FILE, sample_key
 
@@ -86,7 +88,18 @@ def labeled_by_people(samples: list[dict], labels_path, *, min_labeled: int):
         return [[-float(r) for r in labels[sample_key(row["prompt"], row["answers"])]["ranks"]] for row in rows]
     metrics = {"rank/labeled_by_people": len(ranked), "rank/skipped_by_people": sum(bool(f and f.get("skip")) for f in found),
                "rank/flagged_by_people": sum(bool(f and f.get("flag")) for f in found)}
-    return ranked, by_people, metrics
+    return ranked, by_people, metrics | team_metrics(labels_path, keys={sample_key(r["prompt"], r["answers"]) for r in samples})
+
+
+def team_metrics(labels_path, *, keys: set[str]) -> dict:
+    """How many people ranked, and their agreement on the prompts two or more of them ranked."""
+    people = {key: by_person for key, by_person in latest_by_person(labels_path).items() if key in keys}
+    agreed = agreement(ranks_by_person(people))
+    metrics = {"rank/labelers": len({name for by_person in people.values() for name in by_person})}
+    if agreed:
+        metrics |= {"rank/agreement_prompts": agreed["items"], "rank/agreement_pairwise": agreed["pairwise"],
+                    "rank/kendalls_w": agreed["kendalls_w"]}
+    return metrics
 
 
 def rank_row(sample: dict, scores: list[float], *, temperature: float, rng: random.Random) -> dict:

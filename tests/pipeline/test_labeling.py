@@ -17,6 +17,7 @@ import yaml
 
 from core.layout import StageDirs
 from core.manifest import read_manifest
+from measures.agreement import pairwise_agreement
 from stages.rank.labels import append_label, read_labels
 from stages.rank.ordering import ranks_by_score
 from stages.sample.artifact import sample_key
@@ -25,6 +26,7 @@ from tests.helpers import chat_pipeline, chromium_or_skip, ranking_subset, rewar
 pytestmark = pytest.mark.slow
 
 ONLY = ("--only", "samples", "people", "rm_people")
+GUIDELINES = "Rank by how well the answer follows the instruction."
 
 
 @pytest.fixture
@@ -37,7 +39,8 @@ def awaiting(tmp_path, tiny_chat_run) -> tuple[Path, Path]:
     own["inputs"]["rankings"] = "people"
     own["data"]["train"] = []
     config["stages"]["people"] = {"kind": "rank", "inputs": {"samples": "samples"},
-                                  "labeler": {"kind": "human", "min_labeled": 3}}
+                                  "labeler": {"kind": "human", "min_labeled": 3, "double_labeled": 1,
+                                              "guidelines": GUIDELINES}}
     config["stages"]["rm_people"] = own
     path.write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
@@ -78,6 +81,16 @@ def rank_by_clicks(page, ranks: list[int]) -> None:
     page.wait_for_function(f"document.body.dataset.labeled !== '{before}'")
 
 
+def rank_by_keys(page, ranks: list[int]) -> None:
+    """The number keys rank the highlighted answer and move on; Enter submits (then the next prompt shows)."""
+    before = page.get_attribute("#main", "data-key")
+    for rank in ranks:
+        page.keyboard.press(str(rank))
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelector('#main').dataset.key !== '{before}' || "
+                           "document.querySelector('#main').hidden")
+
+
 def shown_key(page) -> str:
     page.wait_for_selector("#main:not([hidden])")
     return page.get_attribute("#main", "data-key")
@@ -100,18 +113,28 @@ def test_people_rank_on_the_page_and_a_killed_server_loses_nothing(awaiting):
             assert shown_key(page) == keys[0]
             assert page.locator("li.answer").count() == 4
             assert "0 ranked" in page.text_content("#progress")
+            assert page.text_content("#guidelines") == GUIDELINES
             rank_by_clicks(page, [2, 1, 1, 3])  # a tie: the second and third answers are as good
             assert shown_key(page) == keys[1]
             page.click("#skip")
             page.wait_for_function(f"document.querySelector('#main').dataset.key === '{keys[2]}'")
             rank_by_clicks(page, [1, 2, 3, 4])
+            # a second person is handed the doubly-labeled prompt ana ranked, never the one she holds now
+            other = browser.new_page(bypass_csp=True)
+            other.goto(url)
+            other.fill("#labeler", "bo")
+            other.press("#labeler", "Tab")  # leaving the field asks for bo's own prompt
+            other.wait_for_function(f"document.querySelector('#main').dataset.key === '{keys[0]}'")
+            rank_by_keys(other, [1, 2, 3, 4])
+            other.wait_for_function("document.querySelector('#team').textContent.includes('agreement')")
+            assert "ranked by: ana 2, bo 1; agreement on 1 prompts ranked twice" in other.text_content("#team")
         finally:
             kill(proc)  # mid-way: 2 of the 3 needed ranked
-        labels = read_labels(labels_file)
-        assert labels[keys[0]]["ranks"] == [2, 1, 1, 3] and labels[keys[1]]["skip"] is True
-        assert labels[keys[0]]["labeler"] == "ana"
+        labels = read_labels(labels_file)  # the latest label of a prompt is the one the stage trains on
+        assert labels[keys[0]]["ranks"] == [1, 2, 3, 4] and labels[keys[1]]["skip"] is True
+        assert labels[keys[0]]["labeler"] == "bo" and labels[keys[1]]["labeler"] == "ana"
         assert labels[keys[2]]["ranks"] == [1, 2, 3, 4] and len(labels) == 3
-        assert "awaiting labels 2/3" in rlhf("status", run).stdout
+        assert "awaiting labels 2/3 (ana 2, bo 1)" in rlhf("status", run).stdout
 
         proc, url = serve(run)  # the next visit goes on where the last one stopped
         try:
@@ -122,7 +145,7 @@ def test_people_rank_on_the_page_and_a_killed_server_loses_nothing(awaiting):
             page.fill("#flag-reason", "not a real question")
             page.click("#flag")
             page.wait_for_function(f"document.querySelector('#main').dataset.key === '{keys[4]}'")
-            rank_by_clicks(page, [4, 3, 2, 1])
+            rank_by_keys(page, [4, 3, 2, 1])
         finally:
             kill(proc)
         browser.close()
@@ -134,8 +157,10 @@ def test_people_rank_on_the_page_and_a_killed_server_loses_nothing(awaiting):
     people = read_manifest(StageDirs(run / "people"))["metrics"]
     assert people["rank/labeled_by_people"] == 3 and people["rank/skipped_by_people"] == 1
     assert people["rank/flagged_by_people"] == 1
+    assert (people["rank/labelers"], people["rank/agreement_prompts"]) == (2, 1)
+    assert people["rank/agreement_pairwise"] == pairwise_agreement([2, 1, 1, 3], [1, 2, 3, 4])
     rankings = [json.loads(line) for line in (run / "people" / "artifact" / "rankings.jsonl").read_text().splitlines()]
-    clicked = {0: [2, 1, 1, 3], 2: [1, 2, 3, 4], 4: [4, 3, 2, 1]}
+    clicked = {0: [1, 2, 3, 4], 2: [1, 2, 3, 4], 4: [4, 3, 2, 1]}
     assert [r["prompt"] for r in rankings] == [samples[i]["prompt"] for i in clicked]
     for row, (i, ranks) in zip(rankings, clicked.items()):
         kept = [j for j, answer in enumerate(samples[i]["answers"]) if answer.strip()]  # empty answers left out

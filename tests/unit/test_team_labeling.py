@@ -1,0 +1,68 @@
+"""Labeling as a team: each person is handed a prompt nobody else holds, doubly-labeled prompts go to two
+different people and give the agreement, progress is counted per person; the agreement measures themselves."""
+
+from __future__ import annotations
+
+import pytest
+
+from measures.agreement import kendalls_w, pairwise_agreement
+from stages.rank.labeling import LabelingTask
+from stages.rank.labels import read_labels
+
+
+def test_pairwise_agreement_and_kendalls_w():
+    assert pairwise_agreement([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
+    assert pairwise_agreement([1, 2, 3, 4], [4, 3, 2, 1]) == 0.0
+    assert pairwise_agreement([1, 2, 3], [1, 3, 2]) == pytest.approx(2 / 3)
+    assert pairwise_agreement([1, 1, 2], [1, 1, 3]) == 1.0  # a tie both people gave agrees
+    assert kendalls_w([[1, 2, 3, 4]] * 3) == pytest.approx(1.0)
+    assert kendalls_w([[1, 2, 3, 4], [4, 3, 2, 1]]) == pytest.approx(0.0)
+    # three people, three answers: the textbook value 12 S / (m^2 (n^3 - n)) with S over rank sums 3, 7, 8
+    assert kendalls_w([[1, 2, 3], [1, 3, 2], [1, 2, 3]]) == pytest.approx(12 * 14 / (9 * 24))
+    assert kendalls_w([[1, 1, 2], [1, 1, 2]]) == pytest.approx(1.0)  # ties corrected for: still full agreement
+
+
+@pytest.fixture
+def task(tmp_path) -> LabelingTask:
+    samples = [{"prompt": [{"role": "user", "content": f"question {i}"}], "answers": ["a", "b", "c"]}
+               for i in range(4)]
+    return LabelingTask("people", samples, [f"k{i}" for i in range(4)], tmp_path / "labels.jsonl", min_labeled=2,
+                        double_labeled=1, guidelines="Prefer the answer that follows the instruction.")
+
+
+def label(task: LabelingTask, labeler: str, ranks: list[int]) -> dict:
+    key = task.state(labeler)["item"]["key"]
+    status, state = task.submit({"key": key, "labeler": labeler, "ranks": ranks})
+    assert status == 200, state
+    return state
+
+
+def test_two_people_are_never_handed_the_same_prompt_and_a_doubly_labeled_one_reaches_both(task):
+    assert task.state("ana")["item"]["key"] == "k0"
+    assert task.state("bo")["item"]["key"] == "k1"  # k0 is ana's while she ranks it
+    assert task.state("ana")["item"]["key"] == "k0"  # asking again hands her the same prompt
+    task.submit({"key": "k0", "labeler": "ana", "ranks": [1, 2, 3]})
+    assert task.state("ana")["item"]["key"] == "k2"  # k1 is bo's
+    task.submit({"key": "k1", "labeler": "bo", "ranks": [1, 2, 3]})
+    assert task.state("bo")["item"]["key"] == "k0"  # ranked by two people: ana's, then his
+    state = label(task, "bo", [2, 1, 3])
+    assert state["by_labeler"] == {"ana": 1, "bo": 2}
+    assert state["agreement"] == {"items": 1, "pairwise": pytest.approx(2 / 3),
+                                  "kendalls_w": pytest.approx(kendalls_w([[1, 2, 3], [2, 1, 3]]))}
+    assert state["guidelines"] == "Prefer the answer that follows the instruction."
+    # a third person is never handed k0 (nor k2, ana's, nor k3, handed to bo with his last answer)
+    assert task.state("cy")["item"] is None
+    status, refused = task.submit({"key": "k0", "labeler": "cy", "ranks": [3, 2, 1]})
+    assert status == 409 and "ana, bo labeled this prompt first" in refused["error"]
+    assert {r.get("labeler") for r in read_labels(task.labels_path).values()} <= {"ana", "bo"}
+    assert state["labeled"] == 2  # prompts with a ranking, whoever gave it
+
+
+def test_a_person_may_correct_their_own_label_and_a_single_labeled_prompt_is_done_after_one(task):
+    for key in ("k0", "k1"):  # k0 needs two people, k1 one
+        assert task.submit({"key": key, "labeler": "ana", "ranks": [1, 2, 3]})[0] == 200
+    status, _ = task.submit({"key": "k0", "labeler": "ana", "ranks": [3, 2, 1]})  # ana corrects her own
+    assert status == 200 and read_labels(task.labels_path)["k0"]["ranks"] == [3, 2, 1]
+    assert task.submit({"key": "k1", "labeler": "bo", "ranks": [1, 2, 3]})[0] == 409
+    assert task.submit({"key": "k0", "labeler": "bo", "ranks": [1, 2, 3]})[0] == 200
+    assert task.state("bo")["by_labeler"] == {"ana": 2, "bo": 1}
