@@ -284,8 +284,9 @@ class PeopleLabeling(Protocol):
     def submit(self, record: dict) -> tuple[int, dict]:
         """Store one signed submission from the page: (HTTP status, response body)."""
 
-    def export_rows(self, path: Path) -> int:
-        """The unlabeled items into a new JSONL file; how many."""
+    def export_rows(self, path: Path, *, format: str = "jsonl") -> int:  # noqa: A002 (the CLI's word)
+        """The unlabeled items into a new file (ours, JSONL, or a labeling tool's format); how many."""
 
-    def import_rows(self, path: Path) -> int:
-        """Labels from a JSONL file, every row checked before any is stored; how many."""
+    def import_rows(self, path: Path, *, format: str = "jsonl") -> int:  # noqa: A002 (the CLI's word)
+        """Labels from a file (ours, JSONL, or a labeling tool's export), every row checked before any is
+        stored; how many."""

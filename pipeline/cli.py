@@ -92,9 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("--stage", help="the rank stage (default: the only one whose labeler is human)")
     label.add_argument("--host", default="127.0.0.1", help="address to serve on (default: loopback only)")
     label.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
-    label.add_argument("--export", type=Path, metavar="FILE", help="write the unlabeled prompts and answers as JSONL")
+    label.add_argument("--export", type=Path, metavar="FILE", help="write the unlabeled prompts and answers")
     label.add_argument("--import", dest="import_file", type=Path, metavar="FILE",
-                       help="append rankings from JSONL ({prompt, answers, ranks}, or key and ranks)")
+                       help="append rankings ({prompt, answers, ranks}, or key and ranks; or a tool's export)")
+    label.add_argument("--format", choices=("jsonl", "label-studio"), default="jsonl",
+                       help="of --export / --import: ours (JSONL), or Label Studio's tasks and JSON export (the "
+                            "export writes the project's labeling config beside the tasks, FILE.label-config.xml)")
 
     verify = sub.add_parser("verify", help="check every stage's artifact against the sha256 its manifest recorded "
                             "(before sharing, exporting or trusting a run directory you received)")
@@ -292,10 +295,10 @@ def _label(target: Path, args: argparse.Namespace) -> None:
     """Serve the labeling page until Ctrl-C, or export / import labels."""
     task = labeling_task(_pipeline_of(target), args.stage)
     if args.export:
-        print(f"{args.export}: {task.export_rows(args.export)} unlabeled items of {task.stage}")
+        print(f"{args.export}: {task.export_rows(args.export, format=args.format)} unlabeled items of {task.stage}")
         return
     if args.import_file:
-        count = task.import_rows(args.import_file)
+        count = task.import_rows(args.import_file, format=args.format)
         state = task.state()
         print(f"{task.stage}: {count} labels imported; {state['labeled']}/{task.min_labeled} ranked")
         return

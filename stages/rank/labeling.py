@@ -21,6 +21,7 @@ from core.errors import InputError
 from core.layout import StageDirs
 from measures.agreement import agreement
 from rows.textfiles import BadRow, jsonl_objects
+from stages.rank.label_studio import LABEL_CONFIG, rankings_of, tasks_of
 from stages.rank.labels import append_label, is_ranked, latest_by_person, ranks_problem, read_labels
 from stages.sample.artifact import SAMPLES_FILE, read_samples, sample_key
 
@@ -112,9 +113,10 @@ class LabelingTask:
         self.leases.pop(record["key"], None)
         return 200, self.state(labeler)
 
-    def export_rows(self, path: Path) -> int:
-        """The prompts nobody has labeled, with their answers, as JSONL (`key`, `prompt`, `answers`), into a
-        new file in an existing folder; how many."""
+    def export_rows(self, path: Path, *, format: str = "jsonl") -> int:  # noqa: A002 (the CLI's word)
+        """The prompts nobody has labeled, with their answers, into a new file in an existing folder; how many.
+        `jsonl`: `{"key", "prompt", "answers"}` lines; `label-studio`: a JSON list of Label Studio tasks, and
+        the project's labeling config beside it (FILE.label-config.xml)."""
         if path.exists() or path.is_symlink():
             raise InputError(f"--export {path}: exists; export into a new file (nothing is overwritten)")
         if not path.parent.is_dir():
@@ -122,31 +124,46 @@ class LabelingTask:
         labels = read_labels(self.labels_path)
         rows = [{"key": key, "prompt": row["prompt"], "answers": row["answers"]}
                 for key, row in zip(self.keys, self.samples) if key not in labels]
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        if format == "label-studio":
+            config = path.with_name(path.stem + ".label-config.xml")
+            if not config.exists():
+                config.write_text(LABEL_CONFIG + "\n", encoding="utf-8")
+            path.write_text(json.dumps(tasks_of(rows), ensure_ascii=False, indent=1), encoding="utf-8")
+        else:
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         return len(rows)
 
-    def import_rows(self, path: Path) -> int:
-        """Rankings from a JSONL file (`{"prompt", "answers", "ranks"}`, a `key` optional; or `skip` / `flag`),
-        every row checked before any is appended (InputError naming file and line); how many were appended."""
+    def import_rows(self, path: Path, *, format: str = "jsonl") -> int:  # noqa: A002 (the CLI's word)
+        """Rankings from a file, every row checked before any is appended (InputError naming file and line or
+        task); how many were appended. `jsonl`: `{"prompt", "answers", "ranks"}` (a `key` optional; or `skip` /
+        `flag`); `label-studio`: the JSON export of a project made from `--export --format label-studio`, one
+        ranking per annotation."""
         if not path.is_file():
             raise InputError(f"{path}: file not found")
-        records, problems = [], []
-        for number, row in jsonl_objects(path):
-            if isinstance(row, BadRow):
-                problems.append(f"{path}:{number}: {row}")
-                continue
-            key = row.get("key") or (sample_key(row["prompt"], row["answers"]) if "prompt" in row and "answers" in row else None)
-            record = {"key": key, **{k: row[k] for k in SUBMITTED_KEYS[1:] if k in row}}
+        if format == "label-studio":
+            try:
+                records, found = rankings_of(json.loads(path.read_text(encoding="utf-8")))
+            except ValueError as error:
+                raise InputError(f"{path}: not JSON ({error})") from None
+            problems = [f"{path}: {problem}" for problem in found]
+            numbered = [(f"{path}: {record['key']}", record) for record in records]
+        else:
+            numbered, problems = [], []
+            for number, row in jsonl_objects(path):
+                if isinstance(row, BadRow):
+                    problems.append(f"{path}:{number}: {row}")
+                    continue
+                key = row.get("key") or (sample_key(row["prompt"], row["answers"]) if "prompt" in row and "answers" in row else None)
+                numbered.append((f"{path}:{number}", {"key": key, **{k: row[k] for k in SUBMITTED_KEYS[1:] if k in row}}))
+        for where, record in numbered:
             problem = self.submission_problem(record)
             if problem is not None:
-                problems.append(f"{path}:{number}: {problem}")
-            else:
-                records.append(record)
+                problems.append(f"{where}: {problem}")
         if problems:
             raise InputError(problems)
-        for record in records:
+        for _, record in numbered:
             append_label(self.labels_path, {**record, "source": f"import {path.name}"})
-        return len(records)
+        return len(numbered)
 
 
 def ranked_by_labeler(people: dict[str, dict[str, dict]]) -> dict[str, int]:

@@ -3,11 +3,14 @@ different people and give the agreement, progress is counted per person; the agr
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from core.errors import InputError
 from measures.agreement import kendalls_w, pairwise_agreement
 from stages.rank.labeling import LabelingTask
-from stages.rank.labels import read_labels
+from stages.rank.labels import latest_by_person, read_labels
 
 
 def test_pairwise_agreement_and_kendalls_w():
@@ -66,3 +69,40 @@ def test_a_person_may_correct_their_own_label_and_a_single_labeled_prompt_is_don
     assert task.submit({"key": "k1", "labeler": "bo", "ranks": [1, 2, 3]})[0] == 409
     assert task.submit({"key": "k0", "labeler": "bo", "ranks": [1, 2, 3]})[0] == 200
     assert task.state("bo")["by_labeler"] == {"ana": 2, "bo": 1}
+
+
+def ranker(order: list[str], completed_by, **more) -> dict:
+    """One annotation as Label Studio's JSON export holds it: a Ranker result over the task's List."""
+    return {"id": 1, "completed_by": completed_by, "was_cancelled": False, **more,
+            "result": [{"from_name": "rank", "to_name": "answers", "type": "ranker",
+                        "value": {"ranker": {"answers": order}}}]}
+
+
+def test_label_studio_tasks_out_and_its_export_back_in_as_each_annotators_ranking(task, tmp_path):
+    out = tmp_path / "todo.json"
+    assert task.export_rows(out, format="label-studio") == 4
+    tasks = json.loads(out.read_text())
+    assert tasks[0]["data"]["prompt"] == "user: question 0"
+    assert [a["id"] for a in tasks[0]["data"]["answers"]] == ["answer-0", "answer-1", "answer-2"]
+    assert '<Ranker name="rank" toName="answers"/>' in (tmp_path / "todo.label-config.xml").read_text()
+
+    # what the project exports after two people ranked task 1 and one of them task 2 (and cancelled task 3)
+    exported = [{"id": 7, **tasks[0], "annotations": [ranker(["answer-2", "answer-0", "answer-1"], {"email": "ana@x"}),
+                                                      ranker(["answer-2", "answer-1", "answer-0"], 12)]},
+                {"id": 8, **tasks[1], "annotations": [ranker(["answer-0", "answer-1", "answer-2"], {"email": "ana@x"})]},
+                {"id": 9, **tasks[2], "annotations": [ranker(["answer-1", "answer-0", "answer-2"], 12, was_cancelled=True)]}]
+    back = tmp_path / "export.json"
+    back.write_text(json.dumps(exported))
+    assert task.import_rows(back, format="label-studio") == 3
+    people = latest_by_person(task.labels_path)
+    assert people["k0"]["ana@x"]["ranks"] == [2, 3, 1] and people["k0"]["label-studio user 12"]["ranks"] == [3, 2, 1]
+    assert people["k1"]["ana@x"]["ranks"] == [1, 2, 3] and "k2" not in people
+    assert task.state()["agreement"]["items"] == 1
+
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps([{**tasks[3], "annotations": [ranker(["answer-0", "answer-0", "answer-1"], 3)]}]))
+    with pytest.raises(InputError) as refused:
+        task.import_rows(broken, format="label-studio")
+    assert refused.value.problems == [f"{broken}: task 1: the ranker holds ['answer-0', 'answer-0', 'answer-1'], "
+                                      "expected each of ['answer-0', 'answer-1', 'answer-2'] once"]
+    assert "k3" not in latest_by_person(task.labels_path)  # nothing of a refused file is stored
