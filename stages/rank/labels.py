@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -32,34 +33,30 @@ def append_label(path: Path, record: dict) -> None:
         os.close(fd)
 
 
-def read_labels(path: Path) -> dict[str, dict]:
-    """key -> the latest submission for it; torn or unreadable lines are skipped."""
-    latest: dict[str, dict] = {}
+def submissions(path: Path) -> Iterator[dict]:
+    """Every submission in the file, oldest first; torn or unreadable lines are skipped."""
     if not path.is_file():
-        return latest
+        return
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
         if isinstance(record, dict) and isinstance(record.get("key"), str):
-            latest[record["key"]] = record
-    return latest
+            yield record
+
+
+def read_labels(path: Path) -> dict[str, dict]:
+    """key -> the latest submission for it."""
+    return {record["key"]: record for record in submissions(path)}
 
 
 def latest_by_person(path: Path) -> dict[str, dict[str, dict]]:
     """key -> labeler -> that person's latest submission for it (a label without a name counts as one person,
-    ""); torn or unreadable lines are skipped."""
+    "")."""
     people: dict[str, dict[str, dict]] = {}
-    if not path.is_file():
-        return people
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("key"), str):
-            people.setdefault(record["key"], {})[str(record.get("labeler") or "")] = record
+    for record in submissions(path):
+        people.setdefault(record["key"], {})[str(record.get("labeler") or "")] = record
     return people
 
 

