@@ -140,6 +140,9 @@ def _statistics(logits: torch.Tensor, tokens: torch.Tensor | None, *, temperatur
     `tokens` is given; checkpointed when there is more than one block to differentiate) and the entropy
     (when `entropy`, by default when there are no tokens)."""
     blocks = _chunks(logits.shape, chunk_positions or max(1, CHUNK_ELEMENTS // logits.shape[-1]))
+    if not blocks:  # no rows
+        empty = logits.new_zeros(logits.shape[:2], dtype=torch.float32)
+        return (empty if tokens is not None else None), (empty if tokens is None or entropy else None)
     checkpointed = len(blocks) > 1 and torch.is_grad_enabled() and logits.requires_grad
     with_entropy = tokens is None if entropy is None else entropy
     logprobs, entropies = [], []

@@ -144,3 +144,9 @@ def test_log_probs_and_entropy_together_equal_each_alone(logits):
     assert torch.equal(logprobs, token_logprobs(logits, tokens, temperature=0.7, top_p=0.9))
     assert torch.equal(entropy, token_entropy(logits, temperature=0.7, top_p=0.9))
     assert logprobs.requires_grad and not entropy.requires_grad
+
+
+def test_an_empty_batch_gives_empty_statistics():
+    logits = torch.zeros(0, 5, V)
+    assert token_logprobs(logits, torch.zeros(0, 5, dtype=torch.long), top_p=0.9).shape == (0, 5)
+    assert token_entropy(logits, top_p=0.9).shape == (0, 5)
