@@ -47,18 +47,28 @@ def rankings_of(export: object) -> tuple[list[dict], list[str]]:
             continue
         ids = [answer_id(i) for i in range(len(data["answers"]))]
         for annotation in task.get("annotations") or []:
-            if annotation.get("was_cancelled"):
+            if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
                 continue
-            order = next((ordered for result in annotation.get("result") or [] if result.get("type") == "ranker"
-                          for ordered in (result.get("value") or {}).get("ranker", {}).values()), None)
+            order = _ranker_order(annotation)
             if order is None:
                 continue
-            if sorted(order) != sorted(ids):
+            if not all(isinstance(i, str) for i in order) or sorted(order) != sorted(ids):
                 problems.append(f"task {number}: the ranker holds {order}, expected each of {ids} once")
                 continue
             records.append({"key": data["key"], "ranks": [order.index(i) + 1 for i in ids],
                             "labeler": _who(annotation.get("completed_by"))})
     return records, problems
+
+
+def _ranker_order(annotation: dict) -> list | None:
+    """The ids an annotation's ranker result holds, best first (None without one)."""
+    results = annotation.get("result")
+    for result in results if isinstance(results, list) else []:
+        value = result.get("value") if isinstance(result, dict) and result.get("type") == "ranker" else None
+        ranker = value.get("ranker") if isinstance(value, dict) else None
+        if isinstance(ranker, dict):
+            return next((order for order in ranker.values() if isinstance(order, list)), None)
+    return None
 
 
 def _who(completed_by: object) -> str:

@@ -106,3 +106,9 @@ def test_label_studio_tasks_out_and_its_export_back_in_as_each_annotators_rankin
     assert refused.value.problems == [f"{broken}: task 1: the ranker holds ['answer-0', 'answer-0', 'answer-1'], "
                                       "expected each of ['answer-0', 'answer-1', 'answer-2'] once"]
     assert "k3" not in latest_by_person(task.labels_path)  # nothing of a refused file is stored
+    odd = tmp_path / "odd.json"  # shapes no export has: one line each, never a traceback
+    odd.write_text(json.dumps([{**tasks[3], "annotations": ["x", {"result": "y"}, {"result": [{"type": "ranker",
+                                                                                                "value": 3}]}]}, 5]))
+    with pytest.raises(InputError) as refused:
+        task.import_rows(odd, format="label-studio")
+    assert refused.value.problems == [f"{odd}: task 2: expected data with the key and answers `rlhf label --export` wrote"]
