@@ -264,17 +264,17 @@ def _describe(error: ValidationError, model: type[BaseModel]) -> list[tuple[tupl
     out = []
     for err in error.errors(include_url=False):
         loc = tuple(part for part in err["loc"] if not _is_union_tag(part))
-        kind = err["type"]
-        if kind == "extra_forbidden":
+        error_type = err["type"]
+        if error_type == "extra_forbidden":
             allowed = _allowed_keys(model, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.7)
             hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
             if close:
                 hint = f" (did you mean {close[0]}?{hint.replace(' (', ' ')}"
             out.append((loc, f"unknown key{hint}"))
-        elif kind == "missing":
+        elif error_type == "missing":
             out.append((loc, "missing required key"))
-        elif kind == "value_error":
+        elif error_type == "value_error":
             out.append((loc, str(err["ctx"]["error"])))
         else:
             out.append((loc, f"{err['msg'][0].lower()}{err['msg'][1:]} (got {err['input']!r})"))
