@@ -11,7 +11,7 @@ from core.schema import StageConfig, volatile
 from sections.common import Problems
 from sections.labelers import Labeler
 from stages.rank.labeling import LabelingTask, labeling_task, ranked_by_labeler
-from stages.rank.labels import labeled_count, latest_by_person, read_labels
+from stages.rank.labels import label_views, labeled_count
 from stages.sample.artifact import SAMPLES_FILE, sample_keys
 
 
@@ -56,11 +56,12 @@ class RankStage(StageConfig):
         if not self.labeler.by_people:
             return None
         labels_path = StageDirs.of(run_dir, name).labels
-        labeled = labeled_count(read_labels(labels_path),
+        labels, people = label_views(labels_path)
+        labeled = labeled_count(labels,
                                 sample_keys(StageDirs.of(run_dir, self.inputs["samples"]).artifact / SAMPLES_FILE))
         if labeled >= self.labeler.min_labeled:
             return None
-        people = ", ".join(f"{person or 'unnamed'} {n}" for person, n in ranked_by_labeler(latest_by_person(labels_path)).items())
+        people = ", ".join(f"{person or 'unnamed'} {n}" for person, n in ranked_by_labeler(people).items())
         return f"awaiting labels {labeled}/{self.labeler.min_labeled}" + (f" ({people})" if people else "")
 
     @classmethod

@@ -22,7 +22,7 @@ from core.layout import StageDirs
 from measures.agreement import agreement
 from rows.textfiles import BadRow, jsonl_objects
 from stages.rank.label_studio import LABEL_CONFIG, rankings_of, tasks_of
-from stages.rank.labels import append_label, is_ranked, latest_by_person, ranks_problem, read_labels
+from stages.rank.labels import append_label, is_ranked, label_views, latest_by_person, ranks_problem, read_labels
 from stages.sample.artifact import SAMPLES_FILE, read_samples, sample_key
 
 #: the page people rank on
@@ -57,7 +57,7 @@ class LabelingTask:
     def state(self, labeler: str | None = None) -> dict:
         """Progress (overall and per person), the agreement so far, and the next prompt for `labeler`: one
         that still needs a person, that this person has not labeled and nobody else holds (None when none)."""
-        labels, people = read_labels(self.labels_path), latest_by_person(self.labels_path)
+        labels, people = label_views(self.labels_path)
         now = time.monotonic()
         self.leases = {key: lease for key, lease in self.leases.items() if now - lease[1] < LEASE_SECONDS}
         handled = [key in labels for key in self.keys]

@@ -46,18 +46,25 @@ def submissions(path: Path) -> Iterator[dict]:
             yield record
 
 
+def label_views(path: Path) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
+    """From one read of the file: (key -> the latest submission for it, key -> labeler -> that person's latest
+    submission for it; a label without a name counts as one person, "")."""
+    latest: dict[str, dict] = {}
+    people: dict[str, dict[str, dict]] = {}
+    for record in submissions(path):
+        latest[record["key"]] = record
+        people.setdefault(record["key"], {})[str(record.get("labeler") or "")] = record
+    return latest, people
+
+
 def read_labels(path: Path) -> dict[str, dict]:
     """key -> the latest submission for it."""
-    return {record["key"]: record for record in submissions(path)}
+    return label_views(path)[0]
 
 
 def latest_by_person(path: Path) -> dict[str, dict[str, dict]]:
-    """key -> labeler -> that person's latest submission for it (a label without a name counts as one person,
-    "")."""
-    people: dict[str, dict[str, dict]] = {}
-    for record in submissions(path):
-        people.setdefault(record["key"], {})[str(record.get("labeler") or "")] = record
-    return people
+    """key -> labeler -> that person's latest submission for it."""
+    return label_views(path)[1]
 
 
 def ranks_problem(ranks, k: int) -> str | None:

@@ -31,7 +31,7 @@ from stages.common.tensorboard import write_scalars
 from stages.rank.artifact import RANKINGS_FILE
 from stages.rank.config import RankStage
 from stages.rank.labeling import ranks_by_person
-from stages.rank.labels import is_ranked, latest_by_person, read_labels
+from stages.rank.labels import is_ranked, label_views
 from stages.rank.ordering import labeled_ranks, tied_pairs
 from stages.sample.artifact import SAMPLES_FILE, sample_key
 
@@ -77,7 +77,7 @@ def train(ctx: StageContext) -> dict:
 def labeled_by_people(samples: list[dict], labels_path, *, min_labeled: int):
     """(the samples people ranked, a score function giving -rank, metrics of the labeling): the latest
     submission per prompt wins; skipped and flagged prompts are left out. InputError below `min_labeled`."""
-    labels = read_labels(labels_path)
+    labels, people = label_views(labels_path)
     found = [labels.get(sample_key(row["prompt"], row["answers"])) for row in samples]
     ranked = [row for row, label in zip(samples, found) if is_ranked(label)]
     if len(ranked) < min_labeled:
@@ -88,12 +88,13 @@ def labeled_by_people(samples: list[dict], labels_path, *, min_labeled: int):
         return [[-float(r) for r in labels[sample_key(row["prompt"], row["answers"])]["ranks"]] for row in rows]
     metrics = {"rank/labeled_by_people": len(ranked), "rank/skipped_by_people": sum(bool(f and f.get("skip")) for f in found),
                "rank/flagged_by_people": sum(bool(f and f.get("flag")) for f in found)}
-    return ranked, by_people, metrics | team_metrics(labels_path, keys={sample_key(r["prompt"], r["answers"]) for r in samples})
+    keys = {sample_key(r["prompt"], r["answers"]) for r in samples}
+    return ranked, by_people, metrics | team_metrics({key: by_person for key, by_person in people.items() if key in keys})
 
 
-def team_metrics(labels_path, *, keys: set[str]) -> dict:
-    """How many people ranked, and their agreement on the prompts two or more of them ranked."""
-    people = {key: by_person for key, by_person in latest_by_person(labels_path).items() if key in keys}
+def team_metrics(people: dict[str, dict[str, dict]]) -> dict:
+    """How many people ranked, and their agreement on the prompts two or more of them ranked (`people`: key ->
+    labeler -> latest submission, for the sampled prompts)."""
     agreed = agreement(ranks_by_person(people))
     metrics = {"rank/labelers": len({name for by_person in people.values() for name in by_person})}
     if agreed:
