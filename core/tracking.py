@@ -24,13 +24,17 @@ class TrackingSettings(BaseModel):
 
     backend: Literal["tensorboard", "wandb", "trackio", "mlflow"] = Field(
         "tensorboard", description="tensorboard alone, or also wandb (WANDB_MODE=offline logs locally), trackio "
-                                   "or mlflow (MLFLOW_TRACKING_URI; default ./mlruns)")
+                                   "or mlflow (MLFLOW_TRACKING_URI; mlflow's default is sqlite:///mlflow.db in the "
+                                   "working directory)")
     project: str = Field("rlhf-pipeline", min_length=1,
                          description="wandb/trackio project, mlflow experiment")
     group: str | None = Field(None, min_length=1, description="the run group (wandb group, mlflow tag `group`, "
                                                               "trackio run-name prefix); default: the run directory's name")
     run_name: str = Field("{stage}", min_length=1,
                           description="each stage's run name; {stage} and {group} are filled in")
+    table_rows: int = Field(8, ge=0, description="answers in each table of sampled answers that the kinds which "
+                                                 "generate log (sample, rank, eval, ppo's held-out points; grpo and "
+                                                 "rloo through TRL, to wandb and trackio); 0 logs none")
 
     def names(self, *, stage: str, run_dir_name: str) -> tuple[str, str]:
         """(group, run name) of stage `stage` of the run directory named `run_dir_name`."""
@@ -46,6 +50,9 @@ class TrackingSettings(BaseModel):
             return []
         if importlib.util.find_spec(self.backend) is None:  # found, not imported: plan stays light
             return [(("backend",), f"{self.backend} is not installed (pip install {self.backend}), or use tensorboard")]
+        if self.backend == "mlflow" and not mlflow_has_a_store():
+            return [(("backend",), "mlflow's default store (sqlite:///mlflow.db) needs SQLAlchemy, which mlflow-skinny "
+                                   "lacks: pip install mlflow, or set MLFLOW_TRACKING_URI to a tracking server")]
         if self.backend == "wandb" and not wandb_can_log():
             return [(("backend",), "wandb is not logged in: run `wandb login`, set WANDB_API_KEY, or set "
                                    "WANDB_MODE=offline to log locally (`wandb sync` later)")]
@@ -60,3 +67,8 @@ def wandb_can_log() -> bool:
         return netrc.netrc(os.environ.get("NETRC")).authenticators(WANDB_HOST) is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def mlflow_has_a_store() -> bool:
+    """Whether mlflow can open its store: MLFLOW_TRACKING_URI names one, or SQLAlchemy is there for the default."""
+    return bool(os.environ.get("MLFLOW_TRACKING_URI")) or importlib.util.find_spec("sqlalchemy") is not None

@@ -180,7 +180,9 @@ def group_arguments(ctx: StageContext, config_class: type, **algorithm):
         vllm_mode=generation.vllm_mode,
         beta=cfg.beta,
         reward_weights=reward_weights(cfg),
-        log_completions=False,
+        # TRL's own completions table, to wandb and trackio (it has none for tensorboard or mlflow)
+        log_completions=cfg.tracking.backend in ("wandb", "trackio") and cfg.tracking.table_rows > 0,
+        num_completions_to_print=cfg.tracking.table_rows,
         remove_unused_columns=False,  # the `reference` column reaches the rule
         **algorithm,
     )

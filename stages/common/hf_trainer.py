@@ -8,6 +8,7 @@ one log line per `log_every` steps plus metrics.jsonl.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -19,6 +20,7 @@ import torch
 import transformers
 from accelerate import PartialState
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TrackioCallback
 
 from core.checkpoints import commit_checkpoint
 from core.errors import InputError
@@ -125,7 +127,8 @@ def evaluate_before_training(trainer: Trainer) -> dict:
     builds an inference-only engine that train() then cannot use (transformers 5.23)."""
     if trainer.is_deepspeed_enabled:
         return {}
-    return trainer.evaluate()
+    with tracked_outside_training(trainer):
+        return trainer.evaluate()
 
 
 def final_evaluation(trainer: Trainer) -> dict:
@@ -135,7 +138,24 @@ def final_evaluation(trainer: Trainer) -> dict:
     for entry in reversed(trainer.state.log_history):
         if entry.get("step") == last_step and any(key.startswith("eval_") for key in entry):
             return {key: value for key, value in entry.items() if key.startswith("eval_") or key == "epoch"}
-    return trainer.evaluate()
+    with tracked_outside_training(trainer):
+        return trainer.evaluate()
+
+
+@contextlib.contextmanager
+def tracked_outside_training(trainer: Trainer):
+    """An evaluation before train() or after it, with trackio's run open: TRL 1.16's profiling logs to trackio
+    whenever trackio is in report_to, trackio refuses a log without a run, and the Trainer's TrackioCallback
+    opens the run only at on_train_begin and finishes it at on_train_end. The callback itself opens it (the
+    same run, resumed) and finishes it around the evaluation."""
+    callbacks = [c for c in trainer.callback_handler.callbacks if isinstance(c, TrackioCallback)]
+    for callback in callbacks:
+        callback.setup(trainer.args, trainer.state, trainer.model)
+    try:
+        yield
+    finally:
+        for callback in callbacks:
+            callback.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model)
 
 
 def save_artifact(trainer: Trainer, directory: Path) -> None:

@@ -40,7 +40,7 @@ from stages.common.hf_models import Loading, load_causal_lm
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
 from stages.common.row_checkpoints import resumable_rows, shared_work, write_rows
-from stages.common.tensorboard import write_scalars
+from stages.common.tracking import AnswerTable, log_outcome
 from stages.common.vllm_engine import VLLMGenerator
 from stages.eval.config import ANSWERS_FILE, EvalStage
 
@@ -98,8 +98,18 @@ def train(ctx: StageContext) -> dict:
     metrics = eval_metrics(rows, scores, prompts, baseline=cfg.baseline_name(), judge=cfg.judge.describe(),
                            samples=cfg.samples, seed=cfg.seed, training=training)
     if state.is_main_process:
-        write_scalars(ctx, metrics, step=len(prompts))
+        log_outcome(ctx, metrics, step=len(prompts),
+                    tables={"answers": answers_table(rows, scores, prompts, limit=cfg.tracking.table_rows)})
     return metrics
+
+
+def answers_table(rows: list[dict], scores: list[list[float]], prompts: list[dict], *, limit: int) -> AnswerTable:
+    """The policies' answers to the first prompts side by side with the judge's scores (`limit` answers in all,
+    as many prompts as that covers for every policy), for the trackers."""
+    shown = range(min(len(prompts), max(1, limit // max(1, len(rows)))) if limit else 0)
+    return AnswerTable(["prompt", "policy", "answer", "judge score"],
+                       [[prompt_text(prompts[i]["prompt"]), row["policy"], row["answers"][i], scores[i][j]]
+                        for i in shown for j, row in enumerate(rows)])
 
 
 def training_cost(manifest: dict | None) -> dict:

@@ -20,6 +20,7 @@ from core.atomic import atomic_write_json
 from stages.common.entry import StageContext
 from stages.common.hf_models import DEFAULT_LOADING, load_causal_lm, load_tokenizer
 from stages.common.hf_trainer import quiet_libraries
+from stages.common.tracking import log_outcome
 from stages.lm_eval.artifact import RESULTS_FILE
 from stages.lm_eval.config import METRIC_PREFIX, LmEvalStage, task_configs
 
@@ -44,6 +45,7 @@ def train(ctx: StageContext) -> dict:
     if state.is_main_process:
         ctx.staged_artifact.mkdir(parents=True)
         atomic_write_json(ctx.staged_artifact / RESULTS_FILE, results)
+        log_outcome(ctx, metrics, step=len(models))
     state.wait_for_everyone()
     return metrics
 

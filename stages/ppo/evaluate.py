@@ -34,6 +34,7 @@ from measures.guard import guard_metrics
 from measures.stats import bootstrap_interval, mean, paired_wins, token_f1
 from rows.messages import prompt_text
 from stages.common.generation import Generator, answer_prompts, decode_answers, encode_prompts
+from stages.common.tracking import AnswerTable
 from stages.ppo.models import PpoModels
 from stages.ppo.rollout import score_answers
 
@@ -84,17 +85,22 @@ def judged(judge: Judge, rows: list[dict], *answers: list[str]) -> list[list[flo
 
 def held_out_point(models: PpoModels, generator: Generator, tokenizer, *, rows: list[dict], judge: Judge | None,
                    max_prompt_length: int, max_chat_length: int, temperature: float, top_p: float, batch_size: int,
-                   seed: int, device) -> dict:
+                   seed: int, device) -> tuple[dict, AnswerTable]:
     """The policy on fixed held-out prompts now (a point of the over-optimisation curve): the proxy's mean
-    score, the judge's (when there is one), the KL to the reference, stop rate and length."""
+    score, the judge's (when there is one), the KL to the reference, stop rate and length; and the answers
+    with their scores, for the trackers."""
     answers = answers_and_scores(models, generator, tokenizer, prompts=[row["prompt"] for row in rows],
                                  max_prompt_length=max_prompt_length, max_chat_length=max_chat_length,
                                  temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, device=device)
     point = {"heldout/proxy_score": mean(answers.scores), "heldout/kl": mean(answers.kls),
              **{f"heldout/{key}": value for key, value in guard_of(answers, rows).items()}}
+    columns = [[prompt_text(row["prompt"]) for row in rows], answers.answers, answers.scores, answers.kls]
     if judge is not None:
-        point["heldout/judge_score"] = mean(judged(judge, rows, answers.answers)[0])
-    return point
+        judge_scores = judged(judge, rows, answers.answers)[0]
+        point["heldout/judge_score"] = mean(judge_scores)
+        columns.append(judge_scores)
+    names = ["prompt", "answer", "proxy score", "kl", "judge score"][: len(columns)]
+    return point, AnswerTable(names, [list(cells) for cells in zip(*columns)])
 
 
 def compare_policies(models: PpoModels, make_generator: Callable[..., Generator], tokenizer, *, rows: list[dict],

@@ -43,7 +43,7 @@ from stages.common.hf_models import Loading, load_tokenizer, parameter_count
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
 from stages.common.lora import lora_config
-from stages.common.tracking import accelerate_trackers
+from stages.common.tracking import accelerate_trackers, log_table
 from stages.ppo.config import PpoBatches, PpoStage, ppo_batches
 from stages.ppo.evaluate import evaluate_policies, held_out_point
 from stages.ppo.iteration import IterationSettings, ppo_iteration
@@ -329,11 +329,13 @@ def log_held_out(ctx: StageContext, accelerator: Accelerator, models, *, generat
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     sync_seconds = generators.refresh(step=step)  # the engine's weight push, when a point comes before a rollout
     with models.frozen_in_use(), torch.random.fork_rng(devices=devices):
-        point = held_out_point(models, generators.of("policy"), tokenizer, **settings)
+        point, answers = held_out_point(models, generators.of("policy"), tokenizer, **settings)
     if generators.engine is not None:
         point["heldout/sync_seconds"] = sync_seconds
     accelerator.log(point, step=step)
     if accelerator.is_main_process:
+        log_table(accelerator.trackers, name="heldout/answers", table=answers.first(ctx.config.tracking.table_rows),
+                  step=step)
         append_record(ctx.dirs.metrics, {"step": step, "time": round(time.time(), 3), **point})
         judged = f"  judge {point['heldout/judge_score']:.3g}" if "heldout/judge_score" in point else ""
         print(f"[{ctx.name}] held out at iteration {step}: proxy {point['heldout/proxy_score']:.3g}{judged}  "

@@ -22,12 +22,13 @@ from core.atomic import atomic_write_json
 from core.errors import InputError
 from measures.agreement import agreement
 from measures.stats import mean
+from rows.messages import prompt_text
 from stages.common.entry import StageContext
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.labelers import labeler_scores
 from stages.common.ranking import kendall_tau_b
 from stages.common.row_checkpoints import read_rows, resumable_rows, shared_work, write_rows
-from stages.common.tensorboard import write_scalars
+from stages.common.tracking import AnswerTable, log_outcome
 from stages.rank.artifact import RANKINGS_FILE
 from stages.rank.config import RankStage
 from stages.rank.labeling import ranks_by_person
@@ -70,7 +71,7 @@ def train(ctx: StageContext) -> dict:
                            "judge_fingerprint": inputs.get("judge", {}).get("fingerprint")})
     metrics = {**rank_metrics(rows, kept), **people}
     if state.is_main_process:
-        write_scalars(ctx, metrics, step=len(rows))
+        log_outcome(ctx, metrics, step=len(rows), tables={"rankings": rankings_table(kept, limit=cfg.tracking.table_rows)})
     return metrics
 
 
@@ -111,6 +112,13 @@ def rank_row(sample: dict, scores: list[float], *, temperature: float, rng: rand
     return {"prompt": sample["prompt"], "answers": [sample["answers"][i] for i in kept], "scores": scored,
             "ranks": labeled_ranks(scored, temperature=temperature, rng=rng) if len(kept) > 1 else [1] * len(kept),
             "lengths": [sample["lengths"][i] for i in kept], "empty": len(sample["answers"]) - len(kept)}
+
+
+def rankings_table(rows: list[dict], *, limit: int) -> AnswerTable:
+    """The first `limit` ranked answers, a prompt's answers together from best to worst, for the trackers."""
+    ranked = [[prompt_text(row["prompt"]), rank, answer, score] for row in rows
+              for rank, answer, score in sorted(zip(row["ranks"], row["answers"], row["scores"]))]
+    return AnswerTable(["prompt", "rank", "answer", "score"], ranked[:limit])
 
 
 def rank_metrics(rows: list[dict], kept: list[dict]) -> dict:

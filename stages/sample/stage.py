@@ -23,6 +23,7 @@ from accelerate import PartialState
 
 from core.atomic import atomic_write_json
 from measures.stats import distinct_n, mean
+from rows.messages import prompt_text
 from rows.records import distinct_prompts
 from stages.common.chat import check_context_length, load_chat_tokenizer
 from stages.common.entry import StageContext
@@ -30,7 +31,7 @@ from stages.common.generation import Generator, HFGenerator, answer_prompts
 from stages.common.hf_models import Loading, load_causal_lm
 from stages.common.hf_trainer import quiet_libraries
 from stages.common.row_checkpoints import resumable_rows, shared_work, write_rows
-from stages.common.tensorboard import write_scalars
+from stages.common.tracking import AnswerTable, log_outcome
 from stages.common.vllm_engine import VLLMGenerator
 from stages.sample.artifact import SAMPLES_FILE
 from stages.sample.config import SampleStage
@@ -58,7 +59,7 @@ def train(ctx: StageContext) -> dict:
                            **cfg.generation.model_dump(exclude={"vllm"})})
     metrics = sample_metrics(rows, k=cfg.samples_per_prompt)
     if state.is_main_process:
-        write_scalars(ctx, metrics, step=len(rows))
+        log_outcome(ctx, metrics, step=len(rows), tables={"samples": samples_table(rows, limit=cfg.tracking.table_rows)})
     return metrics
 
 
@@ -103,6 +104,13 @@ def answer(sampler: Generator, tokenizer, prompts: list[dict], *, k: int, max_le
              "stopped": answered.stopped[i * k : (i + 1) * k], "lengths": answered.lengths[i * k : (i + 1) * k],
              "reference": p["reference"], **({"instructions": p["instructions"]} if p.get("instructions") else {})}
             for i, p in enumerate(prompts)]
+
+
+def samples_table(rows: list[dict], *, limit: int) -> AnswerTable:
+    """The first `limit` answers, a prompt's K answers together, for the trackers."""
+    answers = [[prompt_text(row["prompt"]), k, text, stopped, length] for row in rows
+               for k, (text, stopped, length) in enumerate(zip(row["answers"], row["stopped"], row["lengths"]))]
+    return AnswerTable(["prompt", "k", "answer", "stopped", "tokens"], answers[:limit])
 
 
 def sample_metrics(rows: list[dict], *, k: int) -> dict:

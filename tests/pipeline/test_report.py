@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from core.checkpoints import complete_checkpoints
 from core.history import append_record, attempt_marker, read_history, series
@@ -133,6 +134,30 @@ def test_report_sample_table_holds_the_scores_of_ppo_manifest(report):
 def test_every_stage_writes_tensorboard_events_under_its_logs(tiny_chat_run, report):
     for name in report[3]:  # so `tensorboard --logdir RUN_DIR` shows them all
         assert list((tiny_chat_run / name / "logs" / "tensorboard").rglob("events.out.tfevents.*")), name
+
+
+@pytest.mark.slow
+def test_every_kind_that_generates_logs_a_table_of_its_answers_to_tensorboard(tiny_chat_run):
+    tables = {"samples": "samples", "ranked": "rankings", "judged": "answers", "ppo": "heldout/answers"}
+    for stage, table in tables.items():
+        texts = tensorboard_texts(tiny_chat_run / stage / "logs" / "tensorboard", tag=f"{table}/text_summary")
+        assert texts, (stage, table)
+        header, rule, *rows = texts[0].splitlines()
+        assert header.startswith("| prompt |") and rule.startswith("|---|")
+        assert 1 <= len(rows) <= 8  # tracking.table_rows' default
+    ppo_points = tensorboard_texts(tiny_chat_run / "ppo" / "logs" / "tensorboard", tag="heldout/answers/text_summary")
+    assert len(ppo_points) >= 2 and "judge score" in ppo_points[0].splitlines()[0]  # before and along the way
+
+
+def tensorboard_texts(directory: Path, *, tag: str) -> list[str]:
+    """Every text logged under `tag` in the event files below `directory`, read back by tensorboard itself."""
+    texts = []
+    for events in sorted(directory.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"tensors": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags()["tensors"]:
+            texts += [event.tensor_proto.string_val[0].decode() for event in accumulator.Tensors(tag)]
+    return texts
 
 
 @pytest.mark.slow

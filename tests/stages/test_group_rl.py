@@ -3,7 +3,10 @@ model together, rloo with LoRA; the reward model scores as plain transformers re
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import sqlite3
 
 import pytest
 import torch
@@ -27,7 +30,7 @@ def group_stage(kind: str, run, **train) -> dict:
             "generation": {"num_generations": 4, "max_new_tokens": 16}, "evaluation_prompts": 16, "train": settings}
 
 
-def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_chat_run):
+def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_chat_run, monkeypatch):
     grpo = group_stage("grpo", tiny_chat_run, max_steps=16)
     grpo.update(reward_rule=BREVITY, reward_model=str(tiny_chat_run / "rm" / "artifact"), reward_weights=[0.1, 1.0])
     grpo["generation"]["missing_eos_penalty"] = 1.0
@@ -38,6 +41,10 @@ def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_cha
     rloo["evaluation_judge"] = {"kind": "rule", "function": "stages.rank.rules:content_overlap"}
     rloo_lora = group_stage("rloo", tiny_chat_run, learning_rate=3e-2)
     rloo_lora.update(reward_rule=BREVITY, lora={"r": 4, "alpha": 8})
+    tracked = importlib.util.find_spec("trackio") is not None
+    if tracked:  # TRL's completions table, in a local trackio project
+        monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+        rloo_lora["tracking"] = {"backend": "trackio", "project": "group-rl"}
     # grpo_resume: the same grpo stage, killed after its first checkpoint and resumed
     path = write_pipeline(tmp_path / "p.yaml", {"grpo": grpo, "rloo": rloo, "rloo_lora": rloo_lora, "grpo_resume": grpo,
                                                 "rloo_resume": rloo})
@@ -66,6 +73,12 @@ def test_grpo_and_rloo_train_against_their_rewards_and_resume(tmp_path, tiny_cha
     assert (run / "rloo_lora" / "artifact" / "adapter" / "adapter_config.json").is_file()
     assert read_manifest(StageDirs(run / "rloo_lora"))["metrics"]["eval/kl"] > 0  # the adapter moved the policy
     AutoModelForCausalLM.from_pretrained(run / "rloo_lora" / "artifact")
+    if tracked:
+        with sqlite3.connect(tmp_path / "trackio" / "group-rl.db") as db:
+            logged = [json.loads(metrics) for run_name, metrics in db.execute("select run_name, metrics from metrics")
+                      if run_name == "run/rloo_lora"]
+        tables = [entry["completions"]["_value"] for entry in logged if "completions" in entry]
+        assert tables and all(row["completion"] for row in tables[0]), logged[:3]
 
     # killed after its first checkpoint and resumed: it finishes from that step
     reference = load_file(run / "grpo" / "artifact" / "model.safetensors")

@@ -343,3 +343,15 @@ def test_the_files_tracking_is_every_stages_checked_once_and_a_stage_may_overrid
     assert pipeline.stages["a"].tracking.project == "mine"
     # the tracker is how a stage logs, not what it produces
     assert semantic_config(pipeline.stages["a"]) == semantic_config(pipeline.stages["c"])
+
+
+def test_mlflow_without_a_store_it_can_open_is_refused_and_a_tracking_uri_is_enough(tmp_path, corpus, monkeypatch):
+    pytest.importorskip("mlflow", reason="pip install mlflow-skinny")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = write_pipeline(tmp_path / "p.yaml", {"a": pretrain_stage(corpus)}, tracking={"backend": "mlflow"})
+    if importlib.util.find_spec("sqlalchemy") is None:  # mlflow-skinny: its default sqlite store cannot open
+        assert problems(path) == [f"{path}:3: tracking.backend: mlflow's default store (sqlite:///mlflow.db) needs "
+                                  "SQLAlchemy, which mlflow-skinny lacks: pip install mlflow, or set "
+                                  "MLFLOW_TRACKING_URI to a tracking server"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert load_pipeline(path).stages["a"].tracking.backend == "mlflow"
