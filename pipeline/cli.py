@@ -95,9 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("--export", type=Path, metavar="FILE", help="write the unlabeled prompts and answers")
     label.add_argument("--import", dest="import_file", type=Path, metavar="FILE",
                        help="append rankings ({prompt, answers, ranks}, or key and ranks; or a tool's export)")
-    label.add_argument("--format", choices=("jsonl", "label-studio"), default="jsonl",
-                       help="of --export / --import: ours (JSONL), or Label Studio's tasks and JSON export (the "
-                            "export writes the project's labeling config beside the tasks, FILE.label-config.xml)")
+    label.add_argument("--format", choices=("jsonl", "label-studio", "argilla"), default="jsonl",
+                       help="of --export / --import: ours (JSONL); Label Studio's tasks and JSON export (the "
+                            "export writes the project's labeling config beside the tasks, FILE.label-config.xml); "
+                            "Argilla's: --export FOLDER for rg.Dataset.from_disk, --import the file "
+                            "dataset.records.to_json wrote")
 
     verify = sub.add_parser("verify", help="check every stage's artifact against the sha256 its manifest recorded "
                             "(before sharing, exporting or trusting a run directory you received)")

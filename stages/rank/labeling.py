@@ -21,6 +21,7 @@ from core.errors import InputError
 from core.layout import StageDirs
 from measures.agreement import agreement
 from rows.textfiles import BadRow, jsonl_objects
+from stages.rank import argilla
 from stages.rank.label_studio import LABEL_CONFIG, rankings_of, tasks_of
 from stages.rank.labels import append_label, is_ranked, label_views, latest_by_person, ranks_problem, read_labels
 from stages.sample.artifact import SAMPLES_FILE, read_samples, sample_key
@@ -116,7 +117,8 @@ class LabelingTask:
     def export_rows(self, path: Path, *, format: str = "jsonl") -> int:  # noqa: A002 (the CLI's word)
         """The prompts nobody has labeled, with their answers, into a new file in an existing folder; how many.
         `jsonl`: `{"key", "prompt", "answers"}` lines; `label-studio`: a JSON list of Label Studio tasks, and
-        the project's labeling config beside it (FILE.label-config.xml)."""
+        the project's labeling config beside it (FILE.label-config.xml); `argilla`: FILE is a new folder in
+        `rg.Dataset.to_disk`'s layout (stages/rank/argilla.py)."""
         if path.exists() or path.is_symlink():
             raise InputError(f"--export {path}: exists; export into a new file (nothing is overwritten)")
         if not path.parent.is_dir():
@@ -124,7 +126,9 @@ class LabelingTask:
         labels = read_labels(self.labels_path)
         rows = [{"key": key, "prompt": row["prompt"], "answers": row["answers"]}
                 for key, row in zip(self.keys, self.samples) if key not in labels]
-        if format == "label-studio":
+        if format == "argilla":
+            write_argilla_folder(path, rows, guidelines=self.guidelines, name=f"{self.stage}-labels")
+        elif format == "label-studio":
             config = path.with_name(path.stem + ".label-config.xml")
             if not config.exists():
                 config.write_text(LABEL_CONFIG + "\n", encoding="utf-8")
@@ -137,12 +141,16 @@ class LabelingTask:
         """Rankings from a file, every row checked before any is appended (InputError naming file and line or
         task); how many were appended. `jsonl`: `{"prompt", "answers", "ranks"}` (a `key` optional; or `skip` /
         `flag`); `label-studio`: the JSON export of a project made from `--export --format label-studio`, one
-        ranking per annotation."""
+        ranking per annotation; `argilla`: `dataset.records.to_json`'s file (or a `to_disk` folder) of a dataset
+        made from `--export --format argilla`, one ranking per submitted response."""
+        if format == "argilla" and path.is_dir():
+            path = path / argilla.RECORDS_FILE
         if not path.is_file():
             raise InputError(f"{path}: file not found")
-        if format == "label-studio":
+        if format in ("label-studio", "argilla"):
+            read = rankings_of if format == "label-studio" else argilla.rankings_of
             try:
-                records, found = rankings_of(json.loads(path.read_text(encoding="utf-8")))
+                records, found = read(json.loads(path.read_text(encoding="utf-8")))
             except ValueError as error:
                 raise InputError(f"{path}: not JSON ({error})") from None
             problems = [f"{path}: {problem}" for problem in found]
@@ -164,6 +172,16 @@ class LabelingTask:
         for _, record in numbered:
             append_label(self.labels_path, {**record, "source": f"import {path.name}"})
         return len(numbered)
+
+
+def write_argilla_folder(folder: Path, rows: list[dict], *, guidelines: str | None, name: str) -> None:
+    """A new folder in `rg.Dataset.to_disk`'s layout holding `rows` to rank (stages/rank/argilla.py)."""
+    (folder / argilla.SETTINGS_FILE).parent.mkdir(parents=True)
+    files = {argilla.SETTINGS_FILE: argilla.settings_of(rows, guidelines=guidelines),
+             argilla.DATASET_FILE: {"name": name, "guidelines": guidelines, "allow_extra_metadata": False},
+             argilla.RECORDS_FILE: argilla.records_of(rows)}
+    for relative, content in files.items():
+        (folder / relative).write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
 
 
 def ranked_by_labeler(people: dict[str, dict[str, dict]]) -> dict[str, int]:

@@ -112,3 +112,72 @@ def test_label_studio_tasks_out_and_its_export_back_in_as_each_annotators_rankin
     with pytest.raises(InputError) as refused:
         task.import_rows(odd, format="label-studio")
     assert refused.value.problems == [f"{odd}: task 2: expected data with the key and answers `rlhf label --export` wrote"]
+
+
+def test_argilla_dataset_out_and_its_records_back_in_as_each_users_ranking(task, tmp_path):
+    out = tmp_path / "todo"
+    assert task.export_rows(out, format="argilla") == 4
+    settings = json.loads((out / ".argilla" / "settings.json").read_text())
+    assert [f["name"] for f in settings["fields"]] == ["prompt", "answer_1", "answer_2", "answer_3"]
+    [question] = settings["questions"]
+    assert question["type"] == "ranking" and [o["value"] for o in question["settings"]["options"]] == \
+        ["answer_1", "answer_2", "answer_3"]
+    assert settings["guidelines"] == "Prefer the answer that follows the instruction."
+    records = json.loads((out / "records.json").read_text())
+    assert records[0]["id"] == "k0" and records[0]["fields"] == {"prompt": "user: question 0", "answer_1": "a",
+                                                                 "answer_2": "b", "answer_3": "c"}
+    with pytest.raises(InputError, match="exists"):
+        task.export_rows(out, format="argilla")  # nothing is overwritten
+
+    # what `dataset.records.to_json` writes once two users ranked k0 (the SDK's values, best first), one k1 in
+    # the server's {value, rank} items with a tie, and a draft of k2
+    ana, bo = "2b6c1a8e-0c0a-4c55-9d36-1b0e4b2f6a11", "9f0e2d31-5b7a-4e0c-8a55-3c2d1e0f9a77"
+    records[0]["responses"] = {"ranking": [{"value": ["answer_3", "answer_1", "answer_2"], "user_id": ana},
+                                           {"value": ["answer_3", "answer_2", "answer_1"], "user_id": bo}]}
+    records[1]["responses"] = {"ranking": [{"value": [{"value": "answer_2", "rank": 1}, {"value": "answer_1", "rank": 1},
+                                                      {"value": "answer_3", "rank": 2}], "user_id": ana}]}
+    records[2]["responses"] = {"ranking": [{"value": ["answer_1", "answer_2", "answer_3"], "user_id": bo,
+                                            "status": "draft"}]}
+    back = tmp_path / "ranked.json"
+    back.write_text(json.dumps(records))
+    assert task.import_rows(back, format="argilla") == 3
+    people = latest_by_person(task.labels_path)
+    assert people["k0"][f"argilla user {ana}"]["ranks"] == [2, 3, 1]
+    assert people["k0"][f"argilla user {bo}"]["ranks"] == [3, 2, 1]
+    assert people["k1"][f"argilla user {ana}"]["ranks"] == [1, 1, 2] and "k2" not in people
+    assert task.state()["agreement"]["items"] == 1
+
+    records[3]["responses"] = {"ranking": [{"value": ["answer_1", "answer_1", "answer_2"], "user_id": bo}]}
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps([records[3], {"fields": "x"}]))
+    with pytest.raises(InputError) as refused:
+        task.import_rows(broken, format="argilla")
+    assert refused.value.problems == [
+        f"{broken}: record 1: the ranking holds ['answer_1', 'answer_1', 'answer_2'], expected each of "
+        "['answer_1', 'answer_2', 'answer_3'] once",
+        f"{broken}: record 2: expected an id and fields as `rlhf label --export` wrote them"]
+    assert "k3" not in latest_by_person(task.labels_path)
+
+
+def test_argillas_own_sdk_reads_the_exported_dataset_and_writes_what_is_imported(task, tmp_path):
+    rg = pytest.importorskip("argilla", reason="pip install argilla")
+    httpx = pytest.importorskip("httpx")
+    # the SDK checks its login before it builds anything; this answers that one call, offline
+    me = {"id": "6d3c0a4e-1f2b-4c5d-8e9f-0a1b2c3d4e5f", "username": "offline", "role": "owner"}
+    rg.Argilla(api_url="http://argilla.invalid", api_key="offline",
+               mounts={"http://argilla.invalid": httpx.MockTransport(lambda request: httpx.Response(200, json=me))})
+    out = tmp_path / "todo"
+    task.export_rows(out, format="argilla")
+    settings = rg.Settings.from_json(out / ".argilla" / "settings.json")
+    assert settings.questions["ranking"].values == ["answer_1", "answer_2", "answer_3"]
+    assert [field.name for field in settings.fields] == ["prompt", "answer_1", "answer_2", "answer_3"]
+    records = [rg.Record.from_dict(record) for record in json.loads((out / "records.json").read_text())]
+    assert records[0].id == "k0" and records[0].fields["answer_3"] == "c"
+
+    user = "2b6c1a8e-0c0a-4c55-9d36-1b0e4b2f6a11"
+    ranked = rg.Record(id=records[0].id, fields=dict(records[0].fields),
+                       responses=[rg.Response("ranking", ["answer_2", "answer_3", "answer_1"], user_id=user)])
+    back = tmp_path / "ranked.json"
+    back.write_text(json.dumps([ranked.to_dict()]))  # what `dataset.records.to_json` writes for it
+    assert task.import_rows(back, format="argilla") == 1
+    assert latest_by_person(task.labels_path)["k0"][f"argilla user {user}"]["ranks"] == [3, 1, 2]
