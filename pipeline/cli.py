@@ -25,10 +25,11 @@ from pipeline.label_server import is_loopback, make_server, page_address
 from pipeline.labeling import labeling_task
 from pipeline.overrides import from_current_directory
 from pipeline.plan import hasher_for, make_plan, stage_spec, stage_states
+from pipeline.registry import KINDS
 from pipeline.report import write_report
 from pipeline.report.compare import write_comparison
 from pipeline.runner import before_launch_problems, make_console, print_override_notes, run_pipeline, status_table
-from pipeline.settings_doc import json_schema, render_rows
+from pipeline.settings_doc import json_schema, kind_summaries, render_markdown, render_rows, settings_reference
 from pipeline.status import show_status
 
 
@@ -114,8 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="a system message before the first turn")
     chat.add_argument("--seed", type=int, help="the same seed and lines give the same answers")
     schema = sub.add_parser("schema", help="a stage kind's settings: key, type, default and what each does")
-    schema.add_argument("kind", help="a stage kind (sft, ppo, dpo, ...)")
+    schema.add_argument("kind", nargs="?", help="a stage kind (sft, ppo, dpo, ...); left out: every kind, one line each "
+                        "(with --markdown: docs/settings.md, every kind's settings)")
     schema.add_argument("--json", action="store_true", help="the kind's JSON Schema, for editors and tools")
+    schema.add_argument("--markdown", action="store_true", help="as a markdown section with a table")
     export = sub.add_parser("export", help="a clean model folder of a stage (weights, tokenizer, adapter, model card)")
     export.add_argument("target", help="RUN_DIR or pipeline file")
     export.add_argument("stage")
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             return chat(_pipeline_of(Path(args.target)), args.stage, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_p=args.top_p, system=args.system, seed=args.seed)
         elif args.command == "schema":
-            print(json.dumps(json_schema(args.kind), indent=2) if args.json else render_rows(args.kind))
+            print(_schema(args.kind, as_json=args.json, as_markdown=args.markdown), end="")
         elif args.command == "verify":
             return _verify(Path(args.target))
         elif args.command == "export":
@@ -279,6 +282,21 @@ def _clean(target: Path, keep_artifacts: bool, yes: bool, *, dry_run: bool) -> N
                              "or --keep-artifacts to remove only checkpoints")
         apply(removals, pipeline.run_dir)
         console.print(f"removed {len(removals)} paths, {total} from {pipeline.run_dir}")
+
+
+def _schema(kind: str | None, *, as_json: bool, as_markdown: bool) -> str:
+    """What `rlhf schema` prints: one kind's settings (text, JSON Schema or markdown), every kind's one-line
+    description, or with --markdown and no kind the whole settings reference (docs/settings.md)."""
+    if kind is None:
+        if as_json:
+            raise InputError("rlhf schema --json: name a kind (kinds: " + ", ".join(KINDS) + ")")
+        if as_markdown:
+            return settings_reference()
+        return "".join(f"{name}: {summary}\n" for name, summary in kind_summaries()) + \
+            "rlhf schema KIND: a kind's settings\n"
+    if as_json:
+        return json.dumps(json_schema(kind), indent=2) + "\n"
+    return (render_markdown(kind) if as_markdown else render_rows(kind)) + "\n"
 
 
 def _verify(target: Path) -> int:

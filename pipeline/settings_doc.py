@@ -140,3 +140,35 @@ def render_rows(kind: str) -> str:
         if row.description:
             lines.append(f"    {row.description}")
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text for one cell of a markdown table: pipes escaped, no line breaks."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def render_markdown(kind: str) -> str:
+    """One kind's settings as a markdown section: its docstring, then a table of key, type, default, meaning."""
+    config = kind_config(kind)
+    lines = [f"## {kind}", "", " ".join((config.__doc__ or "").split()), "",
+             "| key | type | default | meaning |", "|---|---|---|---|"]
+    for row in setting_rows(kind):
+        meaning = row.description if row.fingerprinted else f"*(not in the fingerprint)* {row.description}"
+        lines.append(f"| `{row.key}` | {_cell(row.type)} | {_cell(row.default)} | {_cell(meaning)} |")
+    return "\n".join(lines)
+
+
+def kind_summaries() -> list[tuple[str, str]]:
+    """Each kind with the first sentence of its docstring, in the registry's order (`rlhf schema` alone)."""
+    return [(kind, " ".join((config.__doc__ or "").split()).split(". ")[0].rstrip(".") + ".")
+            for kind, config in KINDS.items()]
+
+
+def settings_reference() -> str:
+    """docs/settings.md: every kind's settings, generated from the schemas (`rlhf schema --markdown`)."""
+    intro = ["# Settings of every stage kind", "",
+             "Generated from the kinds' schemas by `rlhf schema --markdown > docs/settings.md`; "
+             "`tests/unit/test_settings_doc.py` fails when it is out of date. What each kind does, reads, "
+             "writes and reports: [kinds.md](kinds.md).", "",
+             " · ".join(f"[{kind}](#{kind})" for kind in KINDS)]
+    return "\n\n".join(["\n".join(intro), *(render_markdown(kind) for kind in KINDS)]) + "\n"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.registry import KINDS
-from pipeline.settings_doc import setting_rows
+from pipeline.settings_doc import render_markdown, setting_rows, settings_reference
 from tests.helpers import REPO, rlhf
 
 PIPELINES = sorted((REPO / "configs" / "pipelines").glob("*.yaml"))
@@ -65,3 +65,23 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     piped = subprocess.run(f"{sys.executable} -m pipeline.cli schema ppo | true", shell=True, cwd=REPO,
                            capture_output=True, text=True, timeout=60)
     assert piped.returncode == 0 and "Traceback" not in piped.stderr, piped.stderr
+
+
+def test_docs_settings_is_generated_from_the_schemas_as_they_are_now():
+    written = (REPO / "docs" / "settings.md").read_text(encoding="utf-8")
+    assert written == settings_reference(), "docs/settings.md is stale: rlhf schema --markdown > docs/settings.md"
+    assert rlhf("schema", "--markdown").stdout == written
+
+
+def test_every_kind_has_a_row_in_the_readme_a_section_in_kinds_md_and_a_line_in_rlhf_schema():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    kinds_doc = (REPO / "docs" / "kinds.md").read_text(encoding="utf-8")
+    anchors = set(re.findall(r"^## (\w+)$", kinds_doc, flags=re.M)) | set(re.findall(r'<a id="(\w+)">', kinds_doc))
+    listed = rlhf("schema").stdout.splitlines()
+    for kind in KINDS:
+        assert f"| [`{kind}`](docs/kinds.md#{kind}) |" in readme, f"the README's table of kinds lacks {kind}"
+        assert kind in anchors, f"docs/kinds.md has no section for {kind}"
+        assert any(line.startswith(f"{kind}: ") for line in listed), f"rlhf schema does not list {kind}"
+    assert "| `ppo.kl.beta` | number | 0.02 |" in render_markdown("ppo")
+    refused = rlhf("schema", "--json")
+    assert refused.returncode == 2 and "name a kind" in refused.stderr
