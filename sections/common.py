@@ -80,6 +80,20 @@ class TrainSettings(LoopSettings):
         return problems
 
 
+#: the kinds that train a LoRA adapter on a quantized model (QLoRA), for the refusals of every other kind
+QLORA_KINDS = ("sft", "dpo", "kto", "grpo", "rloo")
+
+
+class QuantizationSettings(StrictModel):
+    """QLoRA (Dettmers et al., 2023): the base model is loaded quantized by bitsandbytes and stays frozen; only a
+    LoRA adapter trains. The artifact is plain: the de-quantized base with the adapter added, as trained."""
+
+    bits: Literal[4, 8] = Field(4, description="4 (QLoRA) or 8 bits per weight")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="the 4-bit data type (nf4: QLoRA's NormalFloat)")
+    double_quant: bool = Field(True, description="quantize the 4-bit quantization constants too (QLoRA's)")
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="what the 4-bit layers compute in")
+
+
 class LoadingSettings(StrictModel):
     """How a stage loads its models with transformers (every setting off, or transformers' default, unless set)."""
 
@@ -88,13 +102,28 @@ class LoadingSettings(StrictModel):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
         None, description="default: transformers' choice (sdpa where it can)")
     trust_remote_code: bool | None = Field(None, description="run the model repository's own code (off unless true)")
+    quantization: QuantizationSettings | None = Field(
+        None, description="QLoRA: the trained model's base loaded quantized by bitsandbytes, with `lora:` "
+                          f"({', '.join(QLORA_KINDS)})")
 
-    def loading_problems(self, loc: tuple = ("model",)) -> Problems:
-        """An attention implementation whose package is not installed here."""
+    def loading_problems(self, loc: tuple = ("model",), *, adapter: "LoraSettings | bool | None" = False) -> Problems:
+        """An attention implementation whose package is not installed here; a quantization without bitsandbytes,
+        or where no LoRA adapter trains on it (`adapter`: the stage's `lora`, False for a kind without one)."""
+        problems = []
         if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-            return [(loc + ("attn_implementation",), "flash_attention_2 needs the flash-attn package "
-                                                      "(pip install flash-attn, on a CUDA machine)")]
-        return []
+            problems.append((loc + ("attn_implementation",), "flash_attention_2 needs the flash-attn package "
+                                                            "(pip install flash-attn, on a CUDA machine)"))
+        if self.quantization is None:
+            return problems
+        where = loc + ("quantization",)
+        if adapter is False:
+            problems.append((where, "a quantized model (QLoRA) loads only in the kinds that train a LoRA adapter on "
+                                    f"it: {', '.join(QLORA_KINDS)}"))
+        elif adapter is None:
+            problems.append((where, "a quantized model trains through a LoRA adapter (QLoRA): add `lora: {r: 8}`"))
+        if importlib.util.find_spec("bitsandbytes") is None:
+            problems.append((where, "needs bitsandbytes (pip install bitsandbytes)"))
+        return problems
 
 
 class ModelSource(LoadingSettings):
@@ -113,6 +142,14 @@ class ModelSource(LoadingSettings):
     def set_sources(self) -> list[str]:
         """The `model.*` sources that are set, by key."""
         return [f"model.{key}" for key in ("path", "gguf", "hub") if getattr(self, key)]
+
+    def loading_problems(self, loc: tuple = ("model",), *, adapter: "LoraSettings | bool | None" = False) -> Problems:
+        """LoadingSettings' problems, and a GGUF file to quantize (it is imported to full precision first)."""
+        problems = super().loading_problems(loc, adapter=adapter)
+        if self.quantization is not None and self.gguf:
+            problems.append((loc + ("quantization",), "a .gguf model is imported to full precision, not quantized "
+                                                     "on load: import it in a `model` stage and quantize that"))
+        return problems
 
 
 def one_model_source(stage: StageConfig, model: ModelSource, extra: tuple[tuple[str, object], ...] = ()) -> Problems:
@@ -251,7 +288,8 @@ class ChatStage(StageConfig):
 
     def input_problems(self) -> Problems:
         """Exactly one model source; micro batches that divide the batch; a usable template."""
-        problems = one_model_source(self, self.model) + self.train.batch_problems() + self.model.loading_problems()
+        problems = one_model_source(self, self.model) + self.train.batch_problems() \
+            + self.model.loading_problems(adapter=getattr(self, "lora", False))
         if isinstance(self.chat_template, str) and self.chat_template not in ("auto", "default") \
                 and not self.chat_template.endswith((".jinja", ".j2")):
             problems.append((("chat_template",), "expected auto, default or a .jinja / .j2 file"))

@@ -87,7 +87,7 @@ class GroupRLStage(StageConfig):
 
     def input_problems(self) -> Problems:
         """A reward (a reward stage and/or a rule); weights matching them; batches that hold whole groups."""
-        problems = self.train.batch_problems() + self.model.loading_problems()
+        problems = self.train.batch_problems() + self.model.loading_problems(adapter=self.lora)
         sources = (["inputs.model"] if "model" in self.inputs else []) + self.model.set_sources()
         if len(sources) != 1:
             problems.append((("model",), "give exactly one of inputs.model, model.path, model.gguf, model.hub "

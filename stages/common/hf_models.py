@@ -13,13 +13,15 @@ from pathlib import Path
 
 import deepspeed
 import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType
 from deepspeed.runtime.zero.utils import is_zero_param
 from huggingface_hub import hf_hub_download
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from core.errors import InputError
-from sections.common import LoadingSettings
+from sections.common import LoadingSettings, QuantizationSettings
 
 ModelRef = Path | str  # a directory or .gguf file, or a Hub model "owner/name@revision"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,6 +34,7 @@ class Loading:
     dtype: torch.dtype = torch.float32
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    quantization: QuantizationSettings | None = None
 
     @classmethod
     def of(cls, settings: LoadingSettings | None) -> "Loading":
@@ -39,7 +42,21 @@ class Loading:
         if settings is None:
             return cls()
         return cls(dtype=DTYPES[settings.dtype or "fp32"], attn_implementation=settings.attn_implementation,
-                   trust_remote_code=bool(settings.trust_remote_code))
+                   trust_remote_code=bool(settings.trust_remote_code), quantization=settings.quantization)
+
+    def trained_model_kwargs(self) -> dict:
+        """For the `from_pretrained` of the model a stage trains: `model_kwargs`, and with QLoRA the
+        bitsandbytes quantization and this process's device (a quantized model is placed as it loads)."""
+        if self.quantization is None:
+            return self.model_kwargs()
+        settings = self.quantization
+        if settings.bits == 4:
+            config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=settings.quant_type,
+                                        bnb_4bit_use_double_quant=settings.double_quant,
+                                        bnb_4bit_compute_dtype=DTYPES[settings.compute_dtype])
+        else:
+            config = BitsAndBytesConfig(load_in_8bit=True)
+        return self.model_kwargs() | {"quantization_config": config, "device_map": {"": PartialState().device}}
 
     def model_kwargs(self) -> dict:
         """For a model's `from_pretrained` (and `from_config`)."""
@@ -82,8 +99,13 @@ def locate(source: ModelRef) -> tuple[Path | str, dict]:
 
 
 def parameter_count(model: torch.nn.Module) -> int:
-    """Parameters of a model, counting ZeRO-3 partitions whole."""
-    return sum(p.ds_numel if is_zero_param(p) else p.numel() for p in model.parameters())
+    """Parameters of a model, counting ZeRO-3 partitions and bitsandbytes' packed 4-bit weights whole."""
+    return sum(p.ds_numel if is_zero_param(p) else _unpacked_numel(p) for p in model.parameters())
+
+
+def _unpacked_numel(parameter: torch.nn.Parameter) -> int:
+    quant_state = getattr(parameter, "quant_state", None)  # a 4-bit weight: two values per stored byte
+    return quant_state.shape.numel() if quant_state is not None else parameter.numel()
 
 
 def is_partitioned(model: torch.nn.Module) -> bool:
@@ -144,12 +166,16 @@ def load_tokenizer(source: ModelRef, loading: Loading = DEFAULT_LOADING):
 
 
 def load_causal_lm(source: ModelRef, loading: Loading = DEFAULT_LOADING):
-    """A causal LM from an HF directory or the Hub, or imported from a GGUF file (fp32 unless `loading` says)."""
+    """The causal LM a stage trains, from an HF directory or the Hub (quantized for QLoRA where `loading` says),
+    or imported from a GGUF file (fp32 unless `loading` says)."""
     if is_gguf(source) and is_deepspeed_zero3_enabled():
         raise InputError(f"{source}: a GGUF model is imported whole, not as ZeRO-3 partitions; import it in a stage "
                          "launched without ZeRO-3 and train from that stage's artifact under ZeRO-3")
+    if loading.quantization is not None and PartialState().distributed_type == DistributedType.DEEPSPEED:
+        raise InputError("model.quantization: QLoRA is not launched under DeepSpeed here; launch the stage with "
+                         "one process or DDP (launch.accelerate_config: configs/accelerate/ddp.yaml)")
     directory, kwargs = locate(source)
-    model = AutoModelForCausalLM.from_pretrained(directory, **kwargs, **loading.model_kwargs())
+    model = AutoModelForCausalLM.from_pretrained(directory, **kwargs, **loading.trained_model_kwargs())
     if not is_gguf(source):
         return model
     config = model.config

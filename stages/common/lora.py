@@ -28,10 +28,33 @@ def save_merged(peft_model, tokenizer, directory: Path) -> None:
     Main process only (the caller gathers weights first when they are sharded)."""
     peft_model.save_pretrained(directory / "adapter")
     (directory / "adapter" / "README.md").unlink(missing_ok=True)  # peft's model card template
-    merged = copy.deepcopy(peft_model).merge_and_unload()
+    merged = dequantized_merge(peft_model) if is_quantized(peft_model) else copy.deepcopy(peft_model).merge_and_unload()
     merged.config.use_cache = True
     merged.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+
+
+def is_quantized(model) -> bool:
+    """Whether a model (or a peft model's base) was loaded quantized by bitsandbytes (QLoRA)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+@torch.no_grad()
+def dequantized_merge(peft_model):
+    """A plain model computing what the QLoRA model trained: each quantized weight de-quantized, plus the adapter's
+    delta, in the compute precision of the non-quantized weights; no quantization config. Merging into the 4-bit
+    weights (peft's merge) would round the trained delta away to the 4-bit grid."""
+    # bitsandbytes repacks a 4-bit weight for its CPU kernel at the first no-grad forward in eval mode, and
+    # de-quantizing the packed layout gives garbage (bitsandbytes#2078); its state_dict() unpacks it again
+    peft_model.state_dict()
+    base = peft_model.get_base_model()
+    deltas = {name: module.get_delta_weight(module.active_adapters[0]).float()
+              for name, module in base.named_modules() if isinstance(module, LoraLayer) and module.active_adapters}
+    plain = copy.deepcopy(peft_model).unload()
+    plain = plain.dequantize(dtype=torch.float32)
+    for name, delta in deltas.items():
+        plain.get_submodule(name).weight += delta.to(plain.get_submodule(name).weight.dtype)
+    return plain
 
 
 def save_causal_lm_artifact(trainer, tokenizer, directory: Path) -> None:

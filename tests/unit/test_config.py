@@ -15,7 +15,7 @@ from core.errors import InputError
 from core.fingerprint import semantic_config
 from pipeline.config import load_pipeline
 from stages.sample.config import SampleStage
-from tests.helpers import REPO, ppo_stage, pretrain_stage, rlhf, sample_stage, write_pipeline
+from tests.helpers import REPO, ppo_stage, pretrain_stage, reward_stage, rlhf, sample_stage, sft_stage, write_pipeline
 
 
 def problems(path: Path) -> list[str]:
@@ -355,3 +355,40 @@ def test_mlflow_without_a_store_it_can_open_is_refused_and_a_tracking_uri_is_eno
                                   "MLFLOW_TRACKING_URI to a tracking server"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert load_pipeline(path).stages["a"].tracking.backend == "mlflow"
+
+
+def test_quantization_is_refused_where_no_adapter_trains_on_it_or_bitsandbytes_is_missing(tmp_path, corpus,
+                                                                                          monkeypatch):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    four_bit = {"bits": 4}
+    no_adapter = sft_stage("pre")
+    no_adapter["model"] = {"quantization": four_bit}
+    from_gguf = sft_stage("pre")
+    from_gguf.update(inputs={}, model={"gguf": str(gguf), "quantization": four_bit}, lora={"r": 4})
+    reward = reward_stage("pre", corpus)
+    reward["model"] = {"quantization": four_bit}
+    ppo = ppo_stage("pre", "pre", corpus)
+    ppo.update(model={"quantization": four_bit}, lora={"r": 4})
+    adapter = sft_stage("pre")
+    adapter.update(model={"quantization": four_bit}, lora={"r": 4})
+    stages = {"pre": pretrain_stage(corpus), "no_adapter": no_adapter, "from_gguf": from_gguf, "reward": reward,
+              "ppo": ppo, "adapter": adapter}
+    path = write_pipeline(tmp_path / "p.yaml", stages)
+    found = problems(path)
+    only = "a quantized model (QLoRA) loads only in the kinds that train a LoRA adapter on it: sft, dpo, kto, grpo, rloo"
+    expected = {
+        "no_adapter": "a quantized model trains through a LoRA adapter (QLoRA): add `lora: {r: 8}`",
+        "from_gguf": "a .gguf model is imported to full precision, not quantized on load: import it in a `model` "
+                     "stage and quantize that",
+        "reward": only, "ppo": only}
+    for name, message in expected.items():
+        assert any(p.endswith(f"stages.{name}.model.quantization: {message}") for p in found), (name, found)
+    assert not any("stages.adapter" in p for p in found), found
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "bitsandbytes" else real_find_spec(name, *args))
+    write_pipeline(path, {"pre": pretrain_stage(corpus), "adapter": adapter})
+    assert [p.split(": ", 1)[1] for p in problems(path)] == [
+        "stages.adapter.model.quantization: needs bitsandbytes (pip install bitsandbytes)"]

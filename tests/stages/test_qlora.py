@@ -1,0 +1,70 @@
+"""QLoRA through `rlhf run` on CPU (bitsandbytes' CPU backend): sft, dpo and grpo train a LoRA adapter on a 4-bit
+(or 8-bit) base, their artifacts are plain models that compute what the quantized model with its adapter computes,
+(tests/unit/test_quantization_config.py: the refusals before launch)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from core.layout import StageDirs
+from core.manifest import read_manifest
+from tests.helpers import rlhf, sft_stage, word_salad_pairs, write_pipeline
+from tests.stages.test_dpo import dpo_stage
+from tests.stages.test_group_rl import BREVITY, group_stage
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                                                   reason="pip install bitsandbytes")]
+
+
+def quantized(stage: dict, **quantization) -> dict:
+    """`stage` with a LoRA adapter on its model loaded quantized."""
+    stage["lora"] = {"r": 8, "alpha": 16}
+    stage.setdefault("model", {})["quantization"] = quantization
+    return stage
+
+
+def test_sft_dpo_and_grpo_train_an_adapter_on_a_quantized_base_and_save_plain_models(tmp_path, tiny_chat_run):
+    sft = quantized(sft_stage("pre", max_steps=10, learning_rate=1e-2), bits=4, compute_dtype="fp32")
+    sft["inputs"] = {}
+    sft["model"]["path"] = str(tiny_chat_run / "pre" / "artifact")
+    pairs = word_salad_pairs(tmp_path / "pairs.jsonl"), word_salad_pairs(tmp_path / "heldout.jsonl", "heldout")
+    dpo = quantized(dpo_stage(tiny_chat_run / "sft" / "artifact", *pairs, max_steps=6, learning_rate=1e-2), bits=8)
+    grpo = quantized(group_stage("grpo", tiny_chat_run, max_steps=4, learning_rate=1e-2), bits=4)
+    grpo["reward_rule"] = BREVITY
+    path = write_pipeline(tmp_path / "p.yaml", {"sft_q": sft, "dpo_q": dpo, "grpo_q": grpo})
+    result = rlhf("run", path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "kernels-community" not in result.stdout + result.stderr  # bitsandbytes' failed Hub fetch stays quiet
+    run = tmp_path / "run"
+
+    whole = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_chat_run / "pre" / "artifact").parameters())
+    for name in ("sft_q", "dpo_q", "grpo_q"):
+        metrics = read_manifest(StageDirs(run / name))["metrics"]
+        assert metrics["model/parameters"] == whole, name  # 4-bit weights (two a byte) counted whole
+        assert 0 < metrics["model/trainable_parameters"] < whole / 5, name
+        config = json.loads((run / name / "artifact" / "config.json").read_text())
+        assert "quantization_config" not in config, name  # a plain model, for the next stage and for anyone
+        assert (run / name / "artifact" / "adapter" / "adapter_config.json").is_file(), name
+    sft_metrics = read_manifest(StageDirs(run / "sft_q"))["metrics"]
+    assert sft_metrics["eval/loss"] < sft_metrics["eval/base_loss"]
+
+    # the plain artifact computes what the quantized base with the trained adapter computes (plain transformers,
+    # peft and bitsandbytes, none of our code), and the adapter changed it
+    tokenizer = AutoTokenizer.from_pretrained(run / "sft_q" / "artifact")
+    ids = tokenizer("What is Python? It is a language", return_tensors="pt").input_ids
+    four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_chat_run / "pre" / "artifact", quantization_config=four_bit,
+                                                device_map="cpu")
+    with torch.no_grad():
+        before = base(ids).logits
+        trained = PeftModel.from_pretrained(base, run / "sft_q" / "artifact" / "adapter")(ids).logits
+        artifact = AutoModelForCausalLM.from_pretrained(run / "sft_q" / "artifact")(ids).logits
+    assert torch.allclose(artifact, trained, atol=2e-2), (artifact - trained).abs().max()
+    assert (artifact - before).abs().max() > 0.1
