@@ -153,6 +153,18 @@ def hub_commit_of(source: ModelRef | None) -> dict[str, str]:
     return {"model/hub_commit": source.rpartition("@")[2]} if source is not None and is_hub_id(source) else {}
 
 
+def keep_one_layout(model: torch.nn.Module) -> torch.nn.Module:
+    """A bitsandbytes-quantized model whose 4-bit weights keep one memory layout on CPU. bitsandbytes repacks a
+    weight for its AVX512-BF16 kernel at the first no-grad forward in eval mode and unpacks it whenever the
+    state dict is read (a checkpoint): results then depend on whether a checkpoint was written since the last
+    generation, so a resumed run would not end with the weights of an uninterrupted one, and de-quantizing a
+    packed weight gives garbage (bitsandbytes#2078). Any other model is returned as it is."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def load_config(source: ModelRef, loading: Loading = DEFAULT_LOADING):
     """The model's transformers config."""
     directory, kwargs = locate(source)
@@ -175,7 +187,7 @@ def load_causal_lm(source: ModelRef, loading: Loading = DEFAULT_LOADING):
         raise InputError("model.quantization: QLoRA is not launched under DeepSpeed here; launch the stage with "
                          "one process or DDP (launch.accelerate_config: configs/accelerate/ddp.yaml)")
     directory, kwargs = locate(source)
-    model = AutoModelForCausalLM.from_pretrained(directory, **kwargs, **loading.trained_model_kwargs())
+    model = keep_one_layout(AutoModelForCausalLM.from_pretrained(directory, **kwargs, **loading.trained_model_kwargs()))
     if not is_gguf(source):
         return model
     config = model.config

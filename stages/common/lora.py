@@ -44,9 +44,6 @@ def dequantized_merge(peft_model):
     """A plain model computing what the QLoRA model trained: each quantized weight de-quantized, plus the adapter's
     delta, in the compute precision of the non-quantized weights; no quantization config. Merging into the 4-bit
     weights (peft's merge) would round the trained delta away to the 4-bit grid."""
-    # bitsandbytes repacks a 4-bit weight for its CPU kernel at the first no-grad forward in eval mode, and
-    # de-quantizing the packed layout gives garbage (bitsandbytes#2078); its state_dict() unpacks it again
-    peft_model.state_dict()
     base = peft_model.get_base_model()
     deltas = {name: module.get_delta_weight(module.active_adapters[0]).float()
               for name, module in base.named_modules() if isinstance(module, LoraLayer) and module.active_adapters}

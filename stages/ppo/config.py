@@ -145,7 +145,10 @@ class PpoStage(StageConfig):
             if self.inputs.get("judge") is not None and self.inputs.get("judge") == self.inputs.get("reward"):
                 problems.append((("inputs", "judge"), "the judge is the reward model PPO optimises, so it would "
                                                       "flatter PPO; judge with an independent one"))
-        return (problems + (self.model.loading_problems() if self.model else [])
+        if self.model and self.model.quantization and self.generation.engine == "vllm":
+            problems.append((("model", "quantization"), "the vllm engine serves the policy's merged weights, not a "
+                                                        "quantized policy: use engine: hf with QLoRA"))
+        return (problems + (self.model.loading_problems(adapter=self.lora) if self.model else [])
                 + self.generation.engine_problems())
 
     def world_problems(self, world: int) -> Problems:

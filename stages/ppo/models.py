@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from stages.common.distribution import position_ids
-from stages.common.hf_models import DEFAULT_LOADING, Loading
+from stages.common.hf_models import DEFAULT_LOADING, Loading, keep_one_layout
 
 
 class LoadedRoles(NamedTuple):
@@ -113,7 +113,7 @@ def load_roles(policy_dir: Path, reward_dir: Path, *, lora=None, frozen_context=
     """The four roles from the SFT and reward artifacts (float32 master weights; autocast does the rest).
     With `lora` (a peft LoraConfig) the policy trains an adapter and the reference is the adapter switched off.
     The frozen models are loaded inside `frozen_context` (see placement.frozen_context)."""
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir, **loading.model_kwargs())
+    policy = keep_one_layout(AutoModelForCausalLM.from_pretrained(policy_dir, **loading.trained_model_kwargs()))
     if lora is not None:
         policy = get_peft_model(policy, lora)
     with frozen_context or contextlib.nullcontext():

@@ -35,7 +35,7 @@ from sections.common import SamplingSettings
 from stages.common.chat import load_chat_tokenizer
 from stages.common.entry import check_precision
 from stages.common.generation import HFGenerator
-from stages.common.hf_models import DEFAULT_LOADING, Loading
+from stages.common.hf_models import DEFAULT_LOADING, Loading, keep_one_layout
 from stages.common.lora import merged_weights, save_merged
 from stages.common.vllm_engine import VLLMGenerator
 from stages.ppo.config import PpoBatches
@@ -305,6 +305,17 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) ->
         raise RuntimeError(f"{what}: weights do not match the model (missing {untied[:5]}, unexpected {unexpected[:5]})")
 
 
+def load_adapter_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load the LoRA weights of a full state dict into a peft model whose base is loaded already (QLoRA: the
+    quantized base is rebuilt as it loaded, not copied through the state dict's packed 4-bit entries)."""
+    adapter = {key: value for key, value in state.items() if "lora_" in key}
+    missing, unexpected = model.load_state_dict(adapter, strict=False)
+    missing = [key for key in missing if "lora_" in key]
+    if unexpected or missing or not adapter:
+        raise RuntimeError(f"policy adapter: weights do not match the model (missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]})")
+
+
 def _is_tied(model: nn.Module, key: str, state: dict) -> bool:
     """Whether parameter `key` shares its storage with another parameter that `state` does hold."""
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -338,10 +349,16 @@ def write_artifact(state: dict[str, torch.Tensor], *, policy_dir: Path, reward_d
     """The policy (LoRA merged, adapter kept in adapter/) and the critic (critic/) as HF checkpoints, built from
     the full state dict of the trained pair. Main process only."""
     dtype = dtype_of(state)
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype, **loading.code_kwargs())
+    if loading.quantization is None:
+        policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype, **loading.code_kwargs())
+    else:  # QLoRA: the base quantized again as it trained (frozen, so the same), the adapter from the state
+        policy = keep_one_layout(AutoModelForCausalLM.from_pretrained(policy_dir, **loading.trained_model_kwargs()))
     if lora is not None:
         policy = get_peft_model(policy, lora)
-    load_weights(policy, part(state, "policy"), "policy")
+    if loading.quantization is None:
+        load_weights(policy, part(state, "policy"), "policy")
+    else:
+        load_adapter_weights(policy, part(state, "policy"))
     if lora is not None:
         save_merged(policy, tokenizer, directory)
     else:

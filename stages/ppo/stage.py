@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import SAFE_WEIGHTS_NAME, set_seed
+from safetensors import safe_open
 
 from core.atomic import atomic_write_json
 from core.checkpoints import commit_checkpoint
@@ -182,11 +183,25 @@ def resume(ctx: StageContext, run: PpoRun) -> int:
     if ctx.resume_from is None:
         return 0
     loop_state = read_loop_state(ctx.resume_from.path, stage=ctx.name)
-    run.accelerator.load_state(str(ctx.resume_from.path))
+    if run.loading.quantization is None:
+        run.accelerator.load_state(str(ctx.resume_from.path))
+    else:  # QLoRA: the frozen 4-bit base loaded as before; its packed entries are not loaded back, what trains is
+        run.accelerator.load_state(str(ctx.resume_from.path), strict=False)
+        check_trained_weights(ctx.resume_from.path / SAFE_WEIGHTS_NAME, run.models.trained)
     run.kl.load_state_dict(loop_state["kl"])
     if run.ptx is not None:
         run.ptx.load_state_dict(loop_state["ptx"])
     return ctx.resume_from.step
+
+
+def check_trained_weights(checkpoint_file: Path, trained: torch.nn.Module) -> None:
+    """Every trained parameter (the adapter and the critic) is in the checkpoint a non-strict load read."""
+    with safe_open(checkpoint_file, framework="pt") as saved:
+        names = set(saved.keys())
+    absent = [name for name, parameter in trained.named_parameters() if parameter.requires_grad and name not in names]
+    if absent:
+        raise InputError(f"{checkpoint_file}: the checkpoint lacks trained weights {absent[:3]}: restart the stage "
+                         "(rlhf run CONFIG --restart STAGE)")
 
 
 def iterate(ctx: StageContext, run: PpoRun, *, first: int) -> list[dict]:

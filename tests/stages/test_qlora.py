@@ -1,20 +1,34 @@
-"""QLoRA through `rlhf run` on CPU (bitsandbytes' CPU backend): sft, dpo and grpo train a LoRA adapter on a 4-bit
-(or 8-bit) base, their artifacts are plain models that compute what the quantized model with its adapter computes,
+"""QLoRA through `rlhf run` on CPU (bitsandbytes' CPU backend): sft, dpo, grpo and ppo train a LoRA adapter on a
+4-bit (or 8-bit) base, their artifacts are plain models that compute what the quantized model with its adapter computes,
+a killed QLoRA stage resumes to the weights of an uninterrupted one,
 (tests/unit/test_quantization_config.py: the refusals before launch)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from core.layout import StageDirs
 from core.manifest import read_manifest
-from tests.helpers import rlhf, sft_stage, word_salad_pairs, write_pipeline
+from tests.helpers import (
+    kill_during,
+    ppo_stage,
+    pretrain_stage,
+    ranking_subset,
+    reward_stage,
+    rlhf,
+    sft_stage,
+    small_corpus,
+    word_salad_pairs,
+    write_pipeline,
+)
 from tests.stages.test_dpo import dpo_stage
 from tests.stages.test_group_rl import BREVITY, group_stage
 
@@ -68,3 +82,30 @@ def test_sft_dpo_and_grpo_train_an_adapter_on_a_quantized_base_and_save_plain_mo
         artifact = AutoModelForCausalLM.from_pretrained(run / "sft_q" / "artifact")(ids).logits
     assert torch.allclose(artifact, trained, atol=2e-2), (artifact - trained).abs().max()
     assert (artifact - before).abs().max() > 0.1
+
+
+def test_ppo_trains_an_adapter_on_a_quantized_policy_and_a_killed_run_resumes_to_the_same_weights(tmp_path,
+                                                                                                  tiny_chat_run):
+    run = tmp_path / "run"
+    for stage in ("pre", "sft", "rm"):
+        shutil.copytree(tiny_chat_run / stage, run / stage)
+    ppo = quantized(ppo_stage("sft", "rm", small_corpus(tmp_path), max_steps=6, save_every=2, learning_rate=1e-2),
+                    bits=4)
+    stages = {"pre": pretrain_stage(small_corpus(tmp_path)), "sft": sft_stage("pre"),
+              "rm": reward_stage("sft", ranking_subset(tmp_path / "rankings.jsonl")), "ppo_q": ppo, "ppo_q_resume": ppo}
+    path = write_pipeline(tmp_path / "p.yaml", stages)
+    result = rlhf("run", path, "--only", "ppo_q")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = read_manifest(StageDirs(run / "ppo_q"))["metrics"]
+    assert metrics["eval/kl"] > 0  # the policy moved away from the reference (its adapter switched off)
+    assert "quantization_config" not in json.loads((run / "ppo_q" / "artifact" / "config.json").read_text())
+    tuned, start = (load_file(run / name / "artifact" / "model.safetensors") for name in ("ppo_q", "sft"))
+    assert any(not torch.equal(tuned[key], start[key]) for key in start)
+
+    # killed after its first checkpoint, resumed: the adapter and the critic of the uninterrupted run
+    assert 0 < kill_during(run / "ppo_q_resume", path, "--only", "ppo_q_resume") < 6
+    again = rlhf("run", path, "--only", "ppo_q_resume")
+    assert again.returncode == 0 and "resuming from" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    for weights in ("adapter/adapter_model.safetensors", "critic/model.safetensors", "model.safetensors"):
+        whole, resumed = (load_file(run / name / "artifact" / weights) for name in ("ppo_q", "ppo_q_resume"))
+        assert all(torch.equal(whole[key], resumed[key]) for key in whole), weights
