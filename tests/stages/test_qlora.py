@@ -55,6 +55,9 @@ def test_sft_dpo_and_grpo_train_an_adapter_on_a_quantized_base_and_save_plain_mo
     result = rlhf("run", path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "kernels-community" not in result.stdout + result.stderr  # bitsandbytes' failed Hub fetch stays quiet
+    # sft answers before training in eval mode; a 4-bit weight repacked for bitsandbytes' CPU inference kernel then
+    # trained through a kernel with no backward (torch warns), and the adapter's gradients were wrong
+    assert "autograd kernel was not registered" not in result.stdout + result.stderr
     run = tmp_path / "run"
 
     whole = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_chat_run / "pre" / "artifact").parameters())
