@@ -58,13 +58,19 @@ class Pipeline:
         launch = self.launch_for(name)
         if launch.num_processes:
             return launch.num_processes
-        if launch.accelerate_config:
-            try:
-                accelerate = yaml.safe_load(Path(launch.accelerate_config).read_text()) or {}
-            except (OSError, yaml.YAMLError):
-                return 1  # accelerate itself names the unreadable file at launch
-            return int(accelerate.get("num_processes") or 1)
-        return 1
+        return int(self.accelerate_settings(name).get("num_processes") or 1)
+
+    def accelerate_settings(self, name: str) -> dict:
+        """The stage's accelerate config file as a mapping ({} without one, or when it cannot be read: accelerate
+        itself names the unreadable file at launch)."""
+        config = self.launch_for(name).accelerate_config
+        if not config:
+            return {}
+        try:
+            settings = yaml.safe_load(Path(config).read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return settings if isinstance(settings, dict) else {}
 
 
 class _PipelineFile(StrictModel):

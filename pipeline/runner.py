@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.atomic import atomic_write_json
+from core.distributed import FSDP_REFUSAL
 from core.errors import InputError, StageFailed
 from core.hubdata import hub_model_problem
 from core.layout import RUN_RECORD, StageDirs
@@ -111,6 +112,9 @@ def before_launch_problems(pipeline: Pipeline, names: list[str]) -> list[str]:
         world = pipeline.world_size(name)
         problems += [f"stage {name}: {'.'.join(map(str, loc))}: {message} (on {world} processes)"
                      for loc, message in pipeline.stages[name].world_problems(world)]
+        if pipeline.accelerate_settings(name).get("distributed_type") == "FSDP":
+            problems.append(f"stage {name}: launch.accelerate_config: {pipeline.launch_for(name).accelerate_config} "
+                            f"asks for FSDP; {FSDP_REFUSAL}")
     return problems
 
 

@@ -28,6 +28,7 @@ import torch
 from accelerate import PartialState
 
 from core.checkpoints import Checkpoint, discard_checkpoints, incomplete_checkpoint_dirs, resume_point
+from core.distributed import FSDP_REFUSAL, fsdp_requested
 from core.errors import InputError
 from core.layout import StageDirs
 from core.lock import RunLock
@@ -174,6 +175,8 @@ def run_stage(train: Callable[[StageContext], dict], config_class: type[StageCon
             return
         dirs = StageDirs(Path(spec["stage_dir"]))
         config = config_class.model_validate(spec["config"], context={"base_dir": Path(spec["pipeline"]).parent})
+        if fsdp_requested():
+            raise InputError(f"stage {spec['stage']}: the accelerate config asks for FSDP; {FSDP_REFUSAL}")
         misfits = config.world_problems(state.num_processes)
         if misfits:
             raise InputError([f"stage {spec['stage']}: {'.'.join(map(str, loc))}: {message} "

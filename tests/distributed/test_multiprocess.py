@@ -5,10 +5,14 @@ holds across process counts; a ZeRO stage killed with SIGKILL resumes."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from core.distributed import FSDP_REFUSAL
 from core.layout import StageDirs
 from core.manifest import read_manifest
 from tests.helpers import (
@@ -249,3 +253,23 @@ def test_the_row_stages_split_their_prompts_over_two_processes_and_gather_them_i
     table = {entry["name"]: entry for entry in metrics["policies"]}
     assert table["sft"]["kl"] == 0.0 and table["sft"]["win_rate"] == 0.5 and table["ppo"]["kl"] != 0.0
 
+
+
+def test_fsdp_is_refused_by_plan_and_by_a_stage_launched_by_hand_before_anything_is_written(tmp_path):
+    # accelerate engages FSDP only on GPUs: on CPU such a launch silently ran DDP (the same losses to the digit)
+    fsdp = yaml.safe_load((ACCELERATE / "ddp_cpu.yaml").read_text())
+    fsdp.update(distributed_type="FSDP", fsdp_config={"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP"})
+    config = tmp_path / "fsdp_cpu.yaml"
+    config.write_text(yaml.safe_dump(fsdp))
+    stage = pretrain_stage(small_corpus(tmp_path), max_steps=4)
+    stage["launch"] = {"accelerate_config": str(config)}
+    path = write_pipeline(tmp_path / "p.yaml", {"pre": stage})
+    planned = rlhf("plan", path)
+    assert planned.returncode == 2
+    assert f"error: stage pre: launch.accelerate_config: {config} asks for FSDP; {FSDP_REFUSAL}" in planned.stderr
+    by_hand = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m",
+                              "stages.pretrain", "--config", str(path), "--stage", "pre"], capture_output=True,
+                             text=True, timeout=300, cwd=REPO)
+    assert by_hand.returncode != 0
+    assert f"error: stage pre: the accelerate config asks for FSDP; {FSDP_REFUSAL}" in by_hand.stdout + by_hand.stderr
+    assert not (tmp_path / "run" / "pre").exists()

@@ -1,0 +1,15 @@
+"""What the launches a stage may get say about themselves (torch-free: `rlhf plan` and the stages share it)."""
+
+from __future__ import annotations
+
+import os
+
+#: why a stage refuses an FSDP launch, for `rlhf plan` and for a stage launched by hand
+FSDP_REFUSAL = ("no stage kind runs under FSDP yet: accelerate engages FSDP only on GPUs (a CPU launch runs plain "
+                "DDP instead), where no kind has been tested under it; shard with DeepSpeed ZeRO-3 "
+                "(configs/accelerate/zero3.yaml, or zero3_cpu.yaml on CPU)")
+
+
+def fsdp_requested() -> bool:
+    """Whether `accelerate launch` was given an FSDP config (it tells the processes through the environment)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
