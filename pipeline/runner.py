@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.atomic import atomic_write_json
-from core.distributed import FSDP_REFUSAL
+from core.distributed import FSDP_REFUSAL, QLORA_UNDER_DEEPSPEED
 from core.errors import InputError, StageFailed
 from core.hubdata import hub_model_problem
 from core.layout import RUN_RECORD, StageDirs
@@ -112,9 +112,14 @@ def before_launch_problems(pipeline: Pipeline, names: list[str]) -> list[str]:
         world = pipeline.world_size(name)
         problems += [f"stage {name}: {'.'.join(map(str, loc))}: {message} (on {world} processes)"
                      for loc, message in pipeline.stages[name].world_problems(world)]
-        if pipeline.accelerate_settings(name).get("distributed_type") == "FSDP":
-            problems.append(f"stage {name}: launch.accelerate_config: {pipeline.launch_for(name).accelerate_config} "
-                            f"asks for FSDP; {FSDP_REFUSAL}")
+        engine = pipeline.accelerate_settings(name).get("distributed_type")
+        config = pipeline.launch_for(name).accelerate_config
+        if engine == "FSDP":
+            problems.append(f"stage {name}: launch.accelerate_config: {config} asks for FSDP; {FSDP_REFUSAL}")
+        loading = getattr(pipeline.stages[name], "model", None)
+        if engine == "DEEPSPEED" and getattr(loading, "quantization", None) is not None:
+            problems.append(f"stage {name}: model.quantization: {QLORA_UNDER_DEEPSPEED} (launch.accelerate_config: "
+                            f"{config})")
     return problems
 
 

@@ -28,7 +28,7 @@ import torch
 from accelerate import PartialState
 
 from core.checkpoints import Checkpoint, discard_checkpoints, incomplete_checkpoint_dirs, resume_point
-from core.distributed import FSDP_REFUSAL, fsdp_requested
+from core.distributed import FSDP_REFUSAL, deepspeed_requested, fsdp_requested
 from core.errors import InputError
 from core.layout import StageDirs
 from core.lock import RunLock
@@ -125,7 +125,7 @@ def cpu_launch() -> str | None:
     """
     if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return None
-    return "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" else "ddp"
+    return "deepspeed" if deepspeed_requested() else "ddp"
 
 
 def check_precision(precision: str) -> None:

@@ -14,12 +14,12 @@ from pathlib import Path
 import deepspeed
 import torch
 from accelerate import PartialState
-from accelerate.utils import DistributedType
 from deepspeed.runtime.zero.utils import is_zero_param
 from huggingface_hub import hf_hub_download
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from core.distributed import QLORA_UNDER_DEEPSPEED, deepspeed_requested
 from core.errors import InputError
 from sections.common import LoadingSettings, QuantizationSettings
 
@@ -154,11 +154,13 @@ def hub_commit_of(source: ModelRef | None) -> dict[str, str]:
 
 
 def keep_one_layout(model: torch.nn.Module) -> torch.nn.Module:
-    """A bitsandbytes-quantized model whose 4-bit weights keep one memory layout on CPU. bitsandbytes repacks a
-    weight for its AVX512-BF16 kernel at the first no-grad forward in eval mode and unpacks it whenever the
-    state dict is read (a checkpoint): results then depend on whether a checkpoint was written since the last
-    generation, so a resumed run would not end with the weights of an uninterrupted one, and de-quantizing a
-    packed weight gives garbage (bitsandbytes#2078). Any other model is returned as it is."""
+    """A bitsandbytes-quantized model whose 4-bit weights keep one memory layout on CPU. bitsandbytes 0.50 repacks
+    a weight for its AVX512-BF16 inference kernel at the first no-grad forward in eval mode (a generation), and
+    then (1) every later forward, training ones included, goes through that kernel, which has no backward: torch
+    warns, and the gradients reaching the adapters below are wrong; (2) de-quantizing the packed weight gives
+    garbage, so a merged artifact would too; (3) reading the state dict (a checkpoint) unpacks it again, so a
+    resumed run would not end with the weights of an uninterrupted one. Kin of bitsandbytes#2078. Any other
+    model is returned as it is."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
@@ -183,9 +185,8 @@ def load_causal_lm(source: ModelRef, loading: Loading = DEFAULT_LOADING):
     if is_gguf(source) and is_deepspeed_zero3_enabled():
         raise InputError(f"{source}: a GGUF model is imported whole, not as ZeRO-3 partitions; import it in a stage "
                          "launched without ZeRO-3 and train from that stage's artifact under ZeRO-3")
-    if loading.quantization is not None and PartialState().distributed_type == DistributedType.DEEPSPEED:
-        raise InputError("model.quantization: QLoRA is not launched under DeepSpeed here; launch the stage with "
-                         "one process or DDP (launch.accelerate_config: configs/accelerate/ddp.yaml)")
+    if loading.quantization is not None and deepspeed_requested():
+        raise InputError(f"model.quantization: {QLORA_UNDER_DEEPSPEED}")
     directory, kwargs = locate(source)
     model = keep_one_layout(AutoModelForCausalLM.from_pretrained(directory, **kwargs, **loading.trained_model_kwargs()))
     if not is_gguf(source):

@@ -185,7 +185,8 @@ def resume(ctx: StageContext, run: PpoRun) -> int:
     loop_state = read_loop_state(ctx.resume_from.path, stage=ctx.name)
     if run.loading.quantization is None:
         run.accelerator.load_state(str(ctx.resume_from.path))
-    else:  # QLoRA: the frozen 4-bit base loaded as before; its packed entries are not loaded back, what trains is
+    else:  # QLoRA: the 4-bit weights' quantization constants are saved beside them but are not parameters, so a
+        # strict load refuses them; what trains is checked instead
         run.accelerator.load_state(str(ctx.resume_from.path), strict=False)
         check_trained_weights(ctx.resume_from.path / SAFE_WEIGHTS_NAME, run.models.trained)
     run.kl.load_state_dict(loop_state["kl"])

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.distributed import QLORA_UNDER_DEEPSPEED
 from core.engines import VLLM_PYTHON_VARIABLE
 from core.errors import InputError
 from core.fingerprint import semantic_config
 from pipeline.config import load_pipeline
+from pipeline.runner import before_launch_problems
 from stages.sample.config import SampleStage
 from tests.helpers import REPO, ppo_stage, pretrain_stage, reward_stage, rlhf, sample_stage, sft_stage, write_pipeline
 
@@ -391,6 +393,12 @@ def test_quantization_is_refused_where_no_adapter_trains_on_it_or_bitsandbytes_i
     for name, message in expected.items():
         assert any(p.endswith(f"stages.{name}.model.quantization: {message}") for p in found), (name, found)
     assert not any("stages.adapter" in p for p in found), found
+
+    adapter["launch"] = {"accelerate_config": str(REPO / "configs" / "accelerate" / "zero2_cpu.yaml")}
+    write_pipeline(path, {"pre": pretrain_stage(corpus), "adapter": adapter})
+    assert [p.split(": ", 1)[1] for p in before_launch_problems(load_pipeline(path), ["adapter"])] == [
+        f"model.quantization: {QLORA_UNDER_DEEPSPEED} (launch.accelerate_config: {adapter['launch']['accelerate_config']})"]
+    del adapter["launch"]
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
