@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from core.layout import StageDirs
 from core.manifest import read_manifest
 from tests.helpers import (
+    DATA,
     kill_during,
     ppo_stage,
     pretrain_stage,
@@ -112,3 +113,30 @@ def test_ppo_trains_an_adapter_on_a_quantized_policy_and_a_killed_run_resumes_to
     for weights in ("adapter/adapter_model.safetensors", "critic/model.safetensors", "model.safetensors"):
         whole, resumed = (load_file(run / name / "artifact" / weights) for name in ("ppo_q", "ppo_q_resume"))
         assert all(torch.equal(whole[key], resumed[key]) for key in whole), weights
+
+
+def test_qlora_sft_on_smollm2_whose_pad_is_its_eos_saves_what_it_trained(tmp_path, smollm2_dir):
+    stage = quantized({"kind": "sft", "model": {"path": str(smollm2_dir)},
+                       "data": {"train": [str(DATA / "sft" / "python-faq" / "train.jsonl")],
+                                "validation": [str(DATA / "sft" / "python-faq" / "heldout.jsonl")], "max_length": 48},
+                       "samples": {"count": 1, "max_new_tokens": 4},
+                       "train": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "precision": "bf16"}}, bits=4)
+    result = rlhf("run", write_pipeline(tmp_path / "p.yaml", {"sft_q": stage}))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = read_manifest(StageDirs(tmp_path / "run" / "sft_q"))["metrics"]
+    assert metrics["eval/loss"] < metrics["eval/base_loss"]
+
+    artifact = tmp_path / "run" / "sft_q" / "artifact"
+    tokenizer = AutoTokenizer.from_pretrained(artifact)
+    assert tokenizer.pad_token == tokenizer.eos_token  # SmolLM2's: what the tiny tokenizer would hide
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is a Python list?"}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir, quantization_config=four_bit, device_map="cpu")
+    trained = PeftModel.from_pretrained(base, artifact / "adapter")
+    trained.train()  # no dropout here; train mode keeps bitsandbytes off its bf16 CPU inference kernel
+    with torch.no_grad():
+        expected = trained(ids).logits
+        saved = AutoModelForCausalLM.from_pretrained(artifact)(ids).logits
+    assert torch.allclose(saved, expected, atol=1e-2), (saved - expected).abs().max()

@@ -79,8 +79,10 @@ def test_an_answer_table_reaches_wandb_as_a_wandb_table(offline_wandb):
     [tracker] = tracker_objects(TrackingSettings(backend="wandb"), stage="samples", run_dir_name="run")
     tracker.start()
     log_table([tracker], name="samples", table=ANSWERS, step=3)
+    # the run's own folder: wandb keeps the WANDB_DIR of the first run in a process for every later one
+    files = Path(tracker.run.dir)
     tracker.finish()
-    [table_file] = offline_wandb.glob("offline-run-*/files/media/table/samples_*.table.json")
+    [table_file] = files.glob("media/table/samples_*.table.json")
     logged = json.loads(table_file.read_text())
     assert logged["columns"] == ANSWERS.columns and logged["data"] == ANSWERS.rows
 
