@@ -50,8 +50,8 @@ def test_sft_dpo_and_grpo_train_an_adapter_on_a_quantized_base_and_save_plain_mo
     sft["model"]["path"] = str(tiny_chat_run / "pre" / "artifact")
     pairs = word_salad_pairs(tmp_path / "pairs.jsonl"), word_salad_pairs(tmp_path / "heldout.jsonl", "heldout")
     dpo = quantized(dpo_stage(tiny_chat_run / "sft" / "artifact", *pairs, max_steps=6, learning_rate=1e-2), bits=8)
-    grpo = quantized(group_stage("grpo", tiny_chat_run, max_steps=4, learning_rate=1e-2), bits=4)
-    grpo["reward_rule"] = BREVITY
+    grpo = quantized(group_stage("grpo", tiny_chat_run, max_steps=2, learning_rate=1e-2), bits=4)
+    grpo.update(reward_rule=BREVITY, evaluation_prompts=4)
     path = write_pipeline(tmp_path / "p.yaml", {"sft_q": sft, "dpo_q": dpo, "grpo_q": grpo})
     result = rlhf("run", path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -93,8 +93,9 @@ def test_ppo_trains_an_adapter_on_a_quantized_policy_and_a_killed_run_resumes_to
     run = tmp_path / "run"
     for stage in ("pre", "sft", "rm"):
         shutil.copytree(tiny_chat_run / stage, run / stage)
-    ppo = quantized(ppo_stage("sft", "rm", small_corpus(tmp_path), max_steps=6, save_every=2, learning_rate=1e-2),
+    ppo = quantized(ppo_stage("sft", "rm", small_corpus(tmp_path), max_steps=4, save_every=2, learning_rate=1e-2),
                     bits=4)
+    ppo["evaluation"] = {"prompts": 8, "samples": 2}
     stages = {"pre": pretrain_stage(small_corpus(tmp_path)), "sft": sft_stage("pre"),
               "rm": reward_stage("sft", ranking_subset(tmp_path / "rankings.jsonl")), "ppo_q": ppo, "ppo_q_resume": ppo}
     path = write_pipeline(tmp_path / "p.yaml", stages)
@@ -107,7 +108,7 @@ def test_ppo_trains_an_adapter_on_a_quantized_policy_and_a_killed_run_resumes_to
     assert any(not torch.equal(tuned[key], start[key]) for key in start)
 
     # killed after its first checkpoint, resumed: the adapter and the critic of the uninterrupted run
-    assert 0 < kill_during(run / "ppo_q_resume", path, "--only", "ppo_q_resume") < 6
+    assert 0 < kill_during(run / "ppo_q_resume", path, "--only", "ppo_q_resume") < 4
     again = rlhf("run", path, "--only", "ppo_q_resume")
     assert again.returncode == 0 and "resuming from" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
     for weights in ("adapter/adapter_model.safetensors", "critic/model.safetensors", "model.safetensors"):
