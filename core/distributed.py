@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 #: why a stage refuses an FSDP launch, for `rlhf plan` and for a stage launched by hand
 FSDP_REFUSAL = ("no stage kind runs under FSDP yet: accelerate engages FSDP only on GPUs (a CPU launch runs plain "
@@ -22,3 +23,17 @@ QLORA_UNDER_DEEPSPEED = ("QLoRA is not run under DeepSpeed here (untested with Z
 def deepspeed_requested() -> bool:
     """Whether `accelerate launch` was given a DeepSpeed config."""
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def cuda_visible_here() -> bool:
+    """Whether this machine shows a CUDA (or ROCm) GPU to the stages it launches, without importing torch: an
+    NVIDIA driver's GPU entries or ROCm's device node, not hidden by CUDA_VISIBLE_DEVICES."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    nvidia = Path("/proc/driver/nvidia/gpus")
+    return (nvidia.is_dir() and any(nvidia.iterdir())) or Path("/dev/kfd").exists()
+
+
+def launched_here() -> bool:
+    """Whether `rlhf run` launches stages on this machine (not through RLHF_STAGE_LAUNCHER, e.g. srun)."""
+    return not os.environ.get("RLHF_STAGE_LAUNCHER")

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.atomic import atomic_write_json
-from core.distributed import FSDP_REFUSAL, QLORA_UNDER_DEEPSPEED
+from core.distributed import FSDP_REFUSAL, QLORA_UNDER_DEEPSPEED, cuda_visible_here, launched_here
 from core.errors import InputError, StageFailed
 from core.hubdata import hub_model_problem
 from core.layout import RUN_RECORD, StageDirs
@@ -102,8 +102,9 @@ def hub_models(section) -> list[str]:
 
 def before_launch_problems(pipeline: Pipeline, names: list[str]) -> list[str]:
     """What the stages `names` would refuse once launched: the content of their data (files read, rows
-    checked), Hub models neither cached nor reachable, and batch sizes that do not fit their process count. `rlhf plan` and `rlhf run` check the same,
-    so a plan that says run does not then refuse."""
+    checked), Hub models neither cached nor reachable, batch sizes that do not fit their process count, launch
+    engines a kind cannot run under (FSDP; QLoRA under DeepSpeed), fp16 where the stages would run without a
+    GPU. `rlhf plan` and `rlhf run` check the same, so a plan that says run does not then refuse."""
     problems = [p for name in names for p in pipeline.stages[name].data_problems()]
     hubs = {hub: name for name in names for hub in hub_models(pipeline.stages[name])}
     problems += [f"stage {name}: model.hub: {found}" for hub, name in hubs.items()
@@ -116,6 +117,11 @@ def before_launch_problems(pipeline: Pipeline, names: list[str]) -> list[str]:
         config = pipeline.launch_for(name).accelerate_config
         if engine == "FSDP":
             problems.append(f"stage {name}: launch.accelerate_config: {config} asks for FSDP; {FSDP_REFUSAL}")
+        precision = getattr(getattr(pipeline.stages[name], "train", None), "precision", None)
+        on_cpu = pipeline.accelerate_settings(name).get("use_cpu") or not cuda_visible_here()
+        if precision == "fp16" and launched_here() and on_cpu:
+            problems.append(f"stage {name}: train.precision: fp16 needs a CUDA GPU (loss scaling runs there) and "
+                            "this launch has none; use bf16 or fp32")
         loading = getattr(pipeline.stages[name], "model", None)
         if engine == "DEEPSPEED" and getattr(loading, "quantization", None) is not None:
             problems.append(f"stage {name}: model.quantization: {QLORA_UNDER_DEEPSPEED} (launch.accelerate_config: "

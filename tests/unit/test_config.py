@@ -14,6 +14,7 @@ from core.distributed import QLORA_UNDER_DEEPSPEED
 from core.engines import VLLM_PYTHON_VARIABLE
 from core.errors import InputError
 from core.fingerprint import semantic_config
+from pipeline import runner
 from pipeline.config import load_pipeline
 from pipeline.runner import before_launch_problems
 from stages.sample.config import SampleStage
@@ -406,3 +407,20 @@ def test_quantization_is_refused_where_no_adapter_trains_on_it_or_bitsandbytes_i
     write_pipeline(path, {"pre": pretrain_stage(corpus), "adapter": adapter})
     assert [p.split(": ", 1)[1] for p in problems(path)] == [
         "stages.adapter.model.quantization: needs bitsandbytes (pip install bitsandbytes)"]
+
+
+def test_fp16_is_refused_before_launch_where_the_stages_would_run_without_a_gpu(tmp_path, corpus, monkeypatch):
+    stage = pretrain_stage(corpus, precision="fp16")
+    pipeline = load_pipeline(write_pipeline(tmp_path / "p.yaml", {"pre": stage}))
+    monkeypatch.delenv("RLHF_STAGE_LAUNCHER", raising=False)
+    monkeypatch.setattr(runner, "cuda_visible_here", lambda: False)
+    assert before_launch_problems(pipeline, ["pre"]) == [
+        "stage pre: train.precision: fp16 needs a CUDA GPU (loss scaling runs there) and this launch has none; use "
+        "bf16 or fp32"]
+    monkeypatch.setattr(runner, "cuda_visible_here", lambda: True)
+    assert before_launch_problems(pipeline, ["pre"]) == []
+    stage["launch"] = {"accelerate_config": str(REPO / "configs" / "accelerate" / "ddp_cpu.yaml")}  # use_cpu: true
+    pipeline = load_pipeline(write_pipeline(tmp_path / "p.yaml", {"pre": stage}))
+    assert len(before_launch_problems(pipeline, ["pre"])) == 1
+    monkeypatch.setenv("RLHF_STAGE_LAUNCHER", "srun --nodes 1")  # launched elsewhere: the stage checks there
+    assert before_launch_problems(pipeline, ["pre"]) == []
