@@ -1,5 +1,6 @@
 """`rlhf schema KIND`: a kind's settings, read from its config class's JSON Schema (pydantic's), as rows of key
-path, type, default and description, or as the JSON Schema itself for editors (`--json`)."""
+path, type, default and description, as a markdown table (`--markdown`; every kind's: docs/settings.md), or as
+the JSON Schema itself for editors (`--json`)."""
 
 from __future__ import annotations
 
