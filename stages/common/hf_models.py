@@ -153,6 +153,11 @@ def hub_commit_of(source: ModelRef | None) -> dict[str, str]:
     return {"model/hub_commit": source.rpartition("@")[2]} if source is not None and is_hub_id(source) else {}
 
 
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Whether a model (or a peft model's base) was loaded quantized by bitsandbytes (QLoRA)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
 def keep_one_layout(model: torch.nn.Module) -> torch.nn.Module:
     """A bitsandbytes-quantized model whose 4-bit weights keep one memory layout on CPU. bitsandbytes 0.50 repacks
     a weight for its AVX512-BF16 inference kernel at the first no-grad forward in eval mode (a generation), and

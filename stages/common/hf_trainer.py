@@ -27,6 +27,7 @@ from core.errors import InputError
 from core.history import append_record, attempt_marker
 from sections.common import TrainSettings
 from stages.common.entry import StageContext, check_precision, cpu_launch
+from stages.common.hf_models import is_quantized
 from stages.common.tracking import trainer_tracking
 
 
@@ -115,11 +116,23 @@ def quiet_libraries() -> None:
 
 
 def attach(trainer: Trainer, ctx: StageContext, train: TrainSettings) -> Trainer:
-    """Give a Trainer our checkpoint commits and log lines (replacing its raw dict printer)."""
+    """Give a Trainer our checkpoint commits and log lines (replacing its raw dict printer), and a QLoRA
+    adapter fp32 weights."""
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(CommitCheckpoints(ctx, train.keep_last))
     trainer.add_callback(LogLines(ctx))
+    if is_quantized(trainer.model):
+        adapters_in_fp32(trainer.model)
     return trainer
+
+
+def adapters_in_fp32(model: torch.nn.Module) -> None:
+    """The trained (adapter) weights of a QLoRA model in fp32, the master precision every stage trains in. TRL
+    stores them in bf16, but the Trainer resumes them through peft's `load_adapter`, which upcasts to fp32: a
+    resumed run would train in another precision than an uninterrupted one, and end with other weights."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
 
 
 def evaluate_before_training(trainer: Trainer) -> dict:

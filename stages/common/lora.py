@@ -12,6 +12,7 @@ from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 
 from sections.common import LoraSettings
+from stages.common.hf_models import is_quantized
 from stages.common.hf_trainer import save_artifact
 
 
@@ -32,11 +33,6 @@ def save_merged(peft_model, tokenizer, directory: Path) -> None:
     merged.config.use_cache = True
     merged.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-
-
-def is_quantized(model) -> bool:
-    """Whether a model (or a peft model's base) was loaded quantized by bitsandbytes (QLoRA)."""
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """QLoRA through `rlhf run` on CPU (bitsandbytes' CPU backend): sft, dpo, grpo and ppo train a LoRA adapter on a
 4-bit (or 8-bit) base, their artifacts are plain models that compute what the quantized model with its adapter computes,
-a killed QLoRA stage resumes to the weights of an uninterrupted one,
+a killed QLoRA stage (the Trainer's and PPO's) resumes to the weights of an uninterrupted one,
 (tests/unit/test_quantization_config.py: the refusals before launch)."""
 
 from __future__ import annotations
@@ -45,15 +45,15 @@ def quantized(stage: dict, **quantization) -> dict:
 
 
 def test_sft_dpo_and_grpo_train_an_adapter_on_a_quantized_base_and_save_plain_models(tmp_path, tiny_chat_run):
-    sft = quantized(sft_stage("pre", max_steps=10, learning_rate=1e-2), bits=4, compute_dtype="fp32")
+    sft = quantized(sft_stage("pre", max_steps=10, learning_rate=1e-2, save_every=2), bits=4, compute_dtype="fp32")
     sft["inputs"] = {}
     sft["model"]["path"] = str(tiny_chat_run / "pre" / "artifact")
     pairs = word_salad_pairs(tmp_path / "pairs.jsonl"), word_salad_pairs(tmp_path / "heldout.jsonl", "heldout")
     dpo = quantized(dpo_stage(tiny_chat_run / "sft" / "artifact", *pairs, max_steps=6, learning_rate=1e-2), bits=8)
     grpo = quantized(group_stage("grpo", tiny_chat_run, max_steps=2, learning_rate=1e-2), bits=4)
     grpo.update(reward_rule=BREVITY, evaluation_prompts=4)
-    path = write_pipeline(tmp_path / "p.yaml", {"sft_q": sft, "dpo_q": dpo, "grpo_q": grpo})
-    result = rlhf("run", path)
+    path = write_pipeline(tmp_path / "p.yaml", {"sft_q": sft, "dpo_q": dpo, "grpo_q": grpo, "sft_q_resume": sft})
+    result = rlhf("run", path, "--only", "sft_q", "dpo_q", "grpo_q")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "kernels-community" not in result.stdout + result.stderr  # bitsandbytes' failed Hub fetch stays quiet
     # sft answers before training in eval mode; a 4-bit weight repacked for bitsandbytes' CPU inference kernel then
@@ -86,6 +86,14 @@ def test_sft_dpo_and_grpo_train_an_adapter_on_a_quantized_base_and_save_plain_mo
         artifact = AutoModelForCausalLM.from_pretrained(run / "sft_q" / "artifact")(ids).logits
     assert torch.allclose(artifact, trained, atol=2e-2), (artifact - trained).abs().max()
     assert (artifact - before).abs().max() > 0.1
+
+    # killed after a checkpoint and resumed (the Trainer's resume): the adapter of the uninterrupted run
+    assert 0 < kill_during(run / "sft_q_resume", path, "--only", "sft_q_resume") < 10
+    again = rlhf("run", path, "--only", "sft_q_resume")
+    assert again.returncode == 0 and "resuming from" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    whole, resumed = (load_file(run / name / "artifact" / "adapter" / "adapter_model.safetensors")
+                      for name in ("sft_q", "sft_q_resume"))
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)
 
 
 def test_ppo_trains_an_adapter_on_a_quantized_policy_and_a_killed_run_resumes_to_the_same_weights(tmp_path,
