@@ -15,6 +15,7 @@ def fsdp_requested() -> bool:
     """Whether `accelerate launch` was given an FSDP config (it tells the processes through the environment)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
+
 #: why a QLoRA stage refuses a DeepSpeed launch (plan time, and a stage launched by hand)
 QLORA_UNDER_DEEPSPEED = ("QLoRA is not run under DeepSpeed here (untested with ZeRO's partitioning); launch the "
                          "stage with one process or DDP (configs/accelerate/ddp.yaml)")

@@ -1,7 +1,7 @@
 """QLoRA through `rlhf run` on CPU (bitsandbytes' CPU backend): sft, dpo, grpo and ppo train a LoRA adapter on a
-4-bit (or 8-bit) base, their artifacts are plain models that compute what the quantized model with its adapter computes,
-a killed QLoRA stage (the Trainer's and PPO's) resumes to the weights of an uninterrupted one,
-(tests/unit/test_quantization_config.py: the refusals before launch)."""
+4-bit (or 8-bit) base; their artifacts are plain models that compute what the quantized model with its adapter
+computes; a killed QLoRA stage (the Trainer's and PPO's) resumes to the weights of an uninterrupted one. The
+refusals before launch are in tests/unit/test_config.py."""
 
 from __future__ import annotations
 
