@@ -81,7 +81,7 @@ class TrainSettings(LoopSettings):
 
 
 #: the kinds that train a LoRA adapter on a quantized model (QLoRA), for the refusals of every other kind
-QLORA_KINDS = ("sft", "dpo", "kto", "grpo", "rloo", "ppo")
+QLORA_KINDS = ("sft", "reward", "dpo", "kto", "grpo", "rloo", "ppo")
 
 
 class QuantizationSettings(StrictModel):

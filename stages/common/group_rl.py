@@ -37,7 +37,7 @@ from stages.common.hf_trainer import (
     training_metrics,
 )
 from stages.common.labelers import rule_function
-from stages.common.lora import lora_config, save_causal_lm_artifact
+from stages.common.lora import lora_config, save_trained_artifact
 from stages.common.scoring import score_chats
 
 
@@ -221,7 +221,7 @@ def train_group_rl(ctx: StageContext, trainer_class: type, make_arguments) -> di
     base = evaluate_before_training(trainer)  # the input policy on the held-out prompts
     result = trainer.train(resume_from_checkpoint=str(ctx.resume_from.path) if ctx.resume_from else None)
     evaluation = final_evaluation(trainer)
-    save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
+    save_trained_artifact(trainer, tokenizer, ctx.staged_artifact)
 
     reward_names = [f.__name__ for f in rewards]
     return hub_commit_of(source) | {

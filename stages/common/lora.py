@@ -16,12 +16,13 @@ from stages.common.hf_models import is_quantized
 from stages.common.hf_trainer import save_artifact
 
 
-def lora_config(settings: LoraSettings | None):
-    """The peft LoraConfig for a causal LM (None without LoRA)."""
+def lora_config(settings: LoraSettings | None, task_type: str = "CAUSAL_LM"):
+    """The peft LoraConfig for a causal LM, or for a sequence classifier (`SEQ_CLS`: peft then trains its new
+    head whole beside the adapter); None without LoRA."""
     if settings is None:
         return None
     return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=settings.target_modules, task_type="CAUSAL_LM")
+                      target_modules=settings.target_modules, task_type=task_type)
 
 
 def save_merged(peft_model, tokenizer, directory: Path) -> None:
@@ -50,9 +51,9 @@ def dequantized_merge(peft_model):
     return plain
 
 
-def save_causal_lm_artifact(trainer, tokenizer, directory: Path) -> None:
-    """A Trainer stage's causal LM: full weights + tokenizer; with LoRA, the weights merged and the adapter in
-    `adapter/` (sft, dpo)."""
+def save_trained_artifact(trainer, tokenizer, directory: Path) -> None:
+    """A Trainer stage's model (a causal LM, or the reward kind's classifier): full weights + tokenizer; with
+    LoRA, the weights merged and the adapter in `adapter/`."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not isinstance(model, PeftModel):
         save_artifact(trainer, directory)

@@ -28,7 +28,7 @@ from stages.common.hf_models import (
     parameter_count,
 )
 from stages.common.hf_trainer import attach, final_evaluation, quiet_libraries, training_arguments, training_metrics
-from stages.common.lora import lora_config, save_causal_lm_artifact
+from stages.common.lora import lora_config, save_trained_artifact
 from stages.common.preference import policy_and_reference, preference_rows
 from stages.dpo.config import DpoStage
 from stages.dpo.pairs import prompt_weighted_pairs
@@ -89,7 +89,7 @@ def train(ctx: StageContext) -> dict:
     tuned = trainer.accelerator.unwrap_model(trainer.model)
     dpo_answers = generate_answers(tuned, tokenizer, prompts, max_new_tokens=cfg.samples.max_new_tokens)
 
-    save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
+    save_trained_artifact(trainer, tokenizer, ctx.staged_artifact)
     return hub_commit_of(source) | {
         "eval/loss": evaluation["eval_loss"],
         "eval/reward_accuracy": evaluation["eval_rewards/accuracies"],

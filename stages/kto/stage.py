@@ -17,7 +17,7 @@ from stages.common.chat import chat_dataset, generate_answers, sample_prompts
 from stages.common.entry import StageContext
 from stages.common.hf_models import gathered, hub_commit_of, parameter_count
 from stages.common.hf_trainer import attach, final_evaluation, quiet_libraries, training_arguments, training_metrics
-from stages.common.lora import lora_config, save_causal_lm_artifact
+from stages.common.lora import lora_config, save_trained_artifact
 from stages.common.preference import policy_and_reference, preference_rows
 from stages.kto.config import KtoStage
 from stages.kto.examples import labelled
@@ -50,7 +50,7 @@ def train(ctx: StageContext) -> dict:
     evaluation = final_evaluation(trainer)
     tuned = trainer.accelerator.unwrap_model(trainer.model)
     kto_answers = generate_answers(tuned, tokenizer, prompts, max_new_tokens=cfg.samples.max_new_tokens)
-    save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
+    save_trained_artifact(trainer, tokenizer, ctx.staged_artifact)
 
     return hub_commit_of(source) | {
         "eval/loss": evaluation["eval_loss"],

@@ -9,7 +9,7 @@ from pydantic import Field
 from core.numbers import fmt
 from core.schema import Panel
 from rows.records import ranking_problems
-from sections.common import ChatData, ChatStage, DataFiles, Problems
+from sections.common import ChatData, ChatStage, DataFiles, LoraSettings, Problems
 
 
 class RewardData(ChatData):
@@ -27,6 +27,9 @@ class RewardStage(ChatStage):
     kind: Literal["reward"]
     data: RewardData
     margin: float = Field(0.0, ge=0, description="loss is -log sigmoid(r_better - r_worse - margin)")
+    lora: LoraSettings | None = Field(None, description="train a LoRA adapter and the new head instead of all weights "
+                                                        "(with model.quantization: QLoRA); the artifact has the adapter "
+                                                        "merged, and keeps it in adapter/")
 
     module = "stages.reward"
     input_roles = {"model": False, "rankings": False}

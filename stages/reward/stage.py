@@ -17,6 +17,7 @@ import math
 
 import torch
 from datasets import Dataset
+from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification, Trainer, set_seed
 from transformers.utils import logging
 
@@ -24,16 +25,16 @@ from rows.datasources import source_of
 from rows.records import ranking_row
 from stages.common.chat import check_context_length, input_model, load_chat_tokenizer, load_rows
 from stages.common.entry import StageContext
-from stages.common.hf_models import Loading, hub_commit_of, loaded_as, locate, parameter_count
+from stages.common.hf_models import Loading, hub_commit_of, keep_one_layout, loaded_as, locate, parameter_count
 from stages.common.hf_trainer import (
     attach,
     evaluate_before_training,
     final_evaluation,
     gradient_accumulation,
     quiet_libraries,
-    save_artifact,
     training_arguments,
 )
+from stages.common.lora import lora_config, save_trained_artifact
 from stages.common.ranking import kwise_ranking_loss, ranking_metrics, scores_by_prompt
 from stages.common.scoring import encode_chats, pad_right
 from stages.rank.artifact import RANKINGS_FILE
@@ -147,9 +148,11 @@ def train(ctx: StageContext) -> dict:
     tokenizer = load_chat_tokenizer(source, cfg.chat_template, loading)
     with new_head_expected():
         where, kwargs = locate(source)
-        model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=1, **kwargs,
-                                                                   **loading.model_kwargs())
+        model = keep_one_layout(AutoModelForSequenceClassification.from_pretrained(
+            where, num_labels=1, **kwargs, **loading.trained_model_kwargs()))
     model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.lora is not None:
+        model = get_peft_model(model, lora_config(cfg.lora, task_type="SEQ_CLS"))
     train_set = Dataset.from_list(tokenize_rankings(train_rows, tokenizer, cfg.data.max_length))
     val_set = Dataset.from_list(tokenize_rankings(val_rows, tokenizer, cfg.data.max_length))
     n_answers = sum(len(r["answers"]) for r in train_rows)
@@ -174,8 +177,8 @@ def train(ctx: StageContext) -> dict:
     by_source = evaluate_by_source(trainer, rows.validation_by_source, tokenizer=tokenizer,
                                    max_length=cfg.data.max_length)
 
-    # artifact: sequence classifier (one scalar) + tokenizer with the chat template
-    save_artifact(trainer, ctx.staged_artifact)
+    # artifact: sequence classifier (one scalar) + tokenizer with the chat template (LoRA: merged, adapter kept)
+    save_trained_artifact(trainer, tokenizer, ctx.staged_artifact)
     micro, accumulation = gradient_accumulation(cfg.train, trainer.accelerator.num_processes)
     return hub_commit_of(source) | {
         **{f"eval/{key}": _number(evaluation[f"eval_{key}"])

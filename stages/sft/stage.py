@@ -41,7 +41,7 @@ from stages.common.hf_trainer import (
     training_arguments,
     training_metrics,
 )
-from stages.common.lora import lora_config, save_causal_lm_artifact
+from stages.common.lora import lora_config, save_trained_artifact
 from stages.sft.config import SftStage
 
 
@@ -192,7 +192,7 @@ def train(ctx: StageContext) -> dict:
     sft_answers = generate_answers(tuned, tokenizer, prompts, max_new_tokens=cfg.samples.max_new_tokens)
 
     # artifact: causal LM + tokenizer with the chat template (adapter alongside with LoRA)
-    save_causal_lm_artifact(trainer, tokenizer, ctx.staged_artifact)
+    save_trained_artifact(trainer, tokenizer, ctx.staged_artifact)
     return hub_commit_of(source) | {
         "eval/loss": evaluation["eval_loss"],
         "eval/perplexity": math.exp(evaluation["eval_loss"]),

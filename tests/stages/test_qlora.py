@@ -1,4 +1,4 @@
-"""QLoRA through `rlhf run` on CPU (bitsandbytes' CPU backend): sft, dpo, grpo and ppo train a LoRA adapter on a
+"""QLoRA through `rlhf run` on CPU (bitsandbytes' CPU backend): sft, reward, dpo, grpo and ppo train a LoRA adapter on a
 4-bit (or 8-bit) base; their artifacts are plain models that compute what the quantized model with its adapter
 computes; a killed QLoRA stage (the Trainer's and PPO's) resumes to the weights of an uninterrupted one. The
 refusals before launch are in tests/unit/test_config.py."""
@@ -13,7 +13,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
 from core.layout import StageDirs
 from core.manifest import read_manifest
@@ -52,8 +52,13 @@ def test_sft_dpo_and_grpo_train_an_adapter_on_a_quantized_base_and_save_plain_mo
     dpo = quantized(dpo_stage(tiny_chat_run / "sft" / "artifact", *pairs, max_steps=6, learning_rate=1e-2), bits=8)
     grpo = quantized(group_stage("grpo", tiny_chat_run, max_steps=2, learning_rate=1e-2), bits=4)
     grpo.update(reward_rule=BREVITY, evaluation_prompts=4)
-    path = write_pipeline(tmp_path / "p.yaml", {"sft_q": sft, "dpo_q": dpo, "grpo_q": grpo, "sft_q_resume": sft})
-    result = rlhf("run", path, "--only", "sft_q", "dpo_q", "grpo_q")
+    rm = quantized(reward_stage("x", ranking_subset(tmp_path / "rankings.jsonl"), max_steps=20, save_every=10,
+                                learning_rate=1e-2, warmup_steps=0), bits=4, compute_dtype="fp32")
+    rm["inputs"] = {}
+    rm["model"]["path"] = str(tiny_chat_run / "pre" / "artifact")
+    path = write_pipeline(tmp_path / "p.yaml", {"sft_q": sft, "dpo_q": dpo, "grpo_q": grpo, "rm_q": rm,
+                                                "sft_q_resume": sft})
+    result = rlhf("run", path, "--only", "sft_q", "dpo_q", "grpo_q", "rm_q")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "kernels-community" not in result.stdout + result.stderr  # bitsandbytes' failed Hub fetch stays quiet
     # sft answers before training in eval mode; a 4-bit weight repacked for bitsandbytes' CPU inference kernel then
@@ -62,10 +67,11 @@ def test_sft_dpo_and_grpo_train_an_adapter_on_a_quantized_base_and_save_plain_mo
     run = tmp_path / "run"
 
     whole = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_chat_run / "pre" / "artifact").parameters())
-    for name in ("sft_q", "dpo_q", "grpo_q"):
+    for name in ("sft_q", "dpo_q", "grpo_q", "rm_q"):
         metrics = read_manifest(StageDirs(run / name))["metrics"]
-        assert metrics["model/parameters"] == whole, name  # 4-bit weights (two a byte) counted whole
-        assert 0 < metrics["model/trainable_parameters"] < whole / 5, name
+        if name != "rm_q":
+            assert metrics["model/parameters"] == whole, name  # 4-bit weights (two a byte) counted whole
+            assert 0 < metrics["model/trainable_parameters"] < whole / 5, name
         config = json.loads((run / name / "artifact" / "config.json").read_text())
         assert "quantization_config" not in config, name  # a plain model, for the next stage and for anyone
         assert (run / name / "artifact" / "adapter" / "adapter_config.json").is_file(), name
@@ -86,6 +92,18 @@ def test_sft_dpo_and_grpo_train_an_adapter_on_a_quantized_base_and_save_plain_mo
         artifact = AutoModelForCausalLM.from_pretrained(run / "sft_q" / "artifact")(ids).logits
     assert torch.allclose(artifact, trained, atol=2e-2), (artifact - trained).abs().max()
     assert (artifact - before).abs().max() > 0.1
+
+    # the reward model: its adapter and new head learned the rankings; the plain classifier scores as the 4-bit
+    # base with the adapter (and the head peft kept beside it) does
+    rm_metrics = read_manifest(StageDirs(run / "rm_q"))["metrics"]
+    assert rm_metrics["eval/pairwise_accuracy"] > rm_metrics["eval/base_pairwise_accuracy"]
+    classifier = AutoModelForSequenceClassification.from_pretrained(
+        tiny_chat_run / "pre" / "artifact", num_labels=1, quantization_config=four_bit, device_map="cpu")
+    classifier.config.pad_token_id = tokenizer.pad_token_id
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(classifier, run / "rm_q" / "artifact" / "adapter")(ids).logits
+        scored = AutoModelForSequenceClassification.from_pretrained(run / "rm_q" / "artifact")(ids).logits
+    assert torch.allclose(scored, expected, atol=2e-2), (scored, expected)
 
     # killed after a checkpoint and resumed (the Trainer's resume): the adapter of the uninterrupted run
     assert 0 < kill_during(run / "sft_q_resume", path, "--only", "sft_q_resume") < 10

@@ -370,7 +370,9 @@ def test_quantization_is_refused_where_no_adapter_trains_on_it_or_bitsandbytes_i
     from_gguf = sft_stage("pre")
     from_gguf.update(inputs={}, model={"gguf": str(gguf), "quantization": four_bit}, lora={"r": 4})
     reward = reward_stage("pre", corpus)
-    reward["model"] = {"quantization": four_bit}
+    reward["model"] = {"quantization": four_bit}  # no lora
+    samples = sample_stage("pre")
+    samples["model"] = {"quantization": four_bit}
     ppo = ppo_stage("pre", "pre", corpus)
     ppo["model"] = {"quantization": four_bit}  # no lora
     ppo_vllm = ppo_stage("pre", "pre", corpus)
@@ -379,16 +381,16 @@ def test_quantization_is_refused_where_no_adapter_trains_on_it_or_bitsandbytes_i
     adapter = sft_stage("pre")
     adapter.update(model={"quantization": four_bit}, lora={"r": 4})
     stages = {"pre": pretrain_stage(corpus), "no_adapter": no_adapter, "from_gguf": from_gguf, "reward": reward,
-              "ppo": ppo, "ppo_vllm": ppo_vllm, "adapter": adapter}
+              "samples": samples, "ppo": ppo, "ppo_vllm": ppo_vllm, "adapter": adapter}
     path = write_pipeline(tmp_path / "p.yaml", stages)
     found = problems(path)
     add_lora = "a quantized model trains through a LoRA adapter (QLoRA): add `lora: {r: 8}`"
     expected = {
-        "no_adapter": add_lora, "ppo": add_lora,
+        "no_adapter": add_lora, "ppo": add_lora, "reward": add_lora,
         "from_gguf": "a .gguf model is imported to full precision, not quantized on load: import it in a `model` "
                      "stage and quantize that",
-        "reward": "a quantized model (QLoRA) loads only in the kinds that train a LoRA adapter on it: sft, dpo, kto, "
-                  "grpo, rloo, ppo",
+        "samples": "a quantized model (QLoRA) loads only in the kinds that train a LoRA adapter on it: sft, reward, "
+                   "dpo, kto, grpo, rloo, ppo",
         "ppo_vllm": "the vllm engine serves the policy's merged weights, not a quantized policy: use engine: hf "
                     "with QLoRA"}
     for name, message in expected.items():
