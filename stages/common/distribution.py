@@ -8,8 +8,9 @@ chunk, each chunk is checkpointed under autograd, so backward recomputes its fp3
 
 Top-p finds each position's nucleus once, without autograd and without sorting the vocabulary (`nucleus_floor`:
 a top-k of the candidates, widened only where they do not reach the mass); what is differentiated and
-recomputed is a comparison with that floor, a softmax and a gather. Sorting 49k logits per position costs 20×
-a top-k of 256 on CPU, and the old path sorted three times per micro-batch (forward, recomputation, entropy).
+recomputed is a comparison with that floor, a softmax and a gather (stages/common/nucleus.py, shared with the
+vLLM engine's sampling). The old path sorted the vocabulary three times per micro-batch (forward,
+recomputation, entropy).
 """
 
 from __future__ import annotations
@@ -18,39 +19,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from stages.common.nucleus import nucleus_floor
+
 #: fp32 full-vocabulary logits that exist at once: 128 positions of a 150k vocabulary, 77 MB
 CHUNK_ELEMENTS = 128 * 150_000
 
 #: the logit top-p gives the tokens outside the nucleus: finite (a masked log-prob stays finite in the loss)
 #: and low enough that its probability is exactly 0
 REMOVED_LOGIT = -1e9
-
-#: the most probable tokens nucleus_floor looks at first; positions whose nucleus is wider look at 16× more
-FIRST_CANDIDATES = 256
-
-
-@torch.no_grad()
-def nucleus_floor(scaled: torch.Tensor, *, top_p: float) -> torch.Tensor:
-    """[N] the lowest scaled logit inside each position's top-p nucleus of `scaled` [N, V] (fp32, after the
-    temperature): the fewest most probable tokens whose probability reaches `top_p`, as transformers'
-    TopPLogitsWarper keeps, plus any token tied with the last one (the warper drops some of a tie in whatever
-    order its sort left them; here the nucleus is `scaled >= floor`, the same set every time)."""
-    probs = torch.softmax(scaled, dim=-1)
-    floor = torch.empty(scaled.shape[0], dtype=scaled.dtype, device=scaled.device)
-    pending = torch.arange(scaled.shape[0], device=scaled.device)
-    vocabulary = scaled.shape[-1]
-    candidates = min(vocabulary, FIRST_CANDIDATES)
-    while pending.numel():
-        top_logits, top_index = scaled[pending].topk(candidates, dim=-1)
-        mass = probs[pending].gather(-1, top_index).cumsum(-1)
-        reached = (mass[:, -1] >= top_p) | (candidates == vocabulary)
-        # a token is kept while the mass above it is below top_p: the first always, then one per such prefix
-        kept = (mass[reached, :-1] < top_p).sum(-1, keepdim=True) + 1
-        floor[pending[reached]] = top_logits[reached].gather(-1, kept - 1).squeeze(-1)
-        pending = pending[~reached]
-        candidates = min(vocabulary, candidates * 16)
-    return floor
-
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits.float() / temperature

@@ -9,12 +9,12 @@ import torch
 from transformers import TopPLogitsWarper
 
 from stages.common.distribution import (
-    nucleus_floor,
     sampling_logits,
     token_entropy,
     token_logprobs,
     token_logprobs_and_entropy,
 )
+from stages.common.nucleus import nucleus_floor
 
 B, T, V = 2, 13, 300
 
