@@ -31,8 +31,8 @@ def smollm2_directory(workdir: Path) -> Path:
 
 
 def generation(workdir: Path, quick: bool) -> list[Row]:
-    """tokens/s of the vLLM engine vs `generate` (64 prompts × 64 new tokens; --quick: 8 × 8), sampling as the
-    shipped pipelines do (temperature 0.9, top-p 0.95) and greedy, and the engine's start-up."""
+    """tokens/s of the vLLM engine, eager and compiled, vs `generate` (64 prompts × 64 new tokens; --quick: 8 × 8),
+    sampling as the shipped pipelines do (temperature 0.9, top-p 0.95) and greedy, and each engine's start-up."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -73,12 +73,17 @@ def generation(workdir: Path, quick: bool) -> list[Row]:
         return [Row("generation", f"SmolLM2 tokens/s ({mode}): vLLM vs generate", None, hf[mode], "tok/s",
                     f"vLLM not measured: {problem}") for mode in modes]
     rows = []
-    with VLLMGenerator.of(model_dir, tokenizer, settings, max_model_len=160 + new_tokens, dtype="bf16",
-                          log_prefix="benchmarks") as engine:
-        for mode, sample in modes.items():
-            rate(engine.generate, sample=sample)  # the first batch warms the kernels up
-            ours = rate(engine.generate, sample=sample)
-            rows.append(Row("generation", f"SmolLM2 tokens/s ({mode}): vLLM vs generate", ours, hf[mode], "tok/s", shape))
-        rows.append(Row("generation", "vLLM engine start-up (once per stage)", engine.startup_s, None, "s",
-                        "eager on CPU, compiled on GPU (vllm.enforce_eager's default)", lower_is_better=True))
+    for eager in (True, False):
+        compilation = "eager" if eager else "compiled"
+        engine_settings = settings.model_copy(update={"vllm": settings.vllm.model_copy(update={"enforce_eager": eager})})
+        with VLLMGenerator.of(model_dir, tokenizer, engine_settings, max_model_len=160 + new_tokens, dtype="bf16",
+                              log_prefix="benchmarks") as engine:
+            for mode, sample in modes.items():
+                rate(engine.generate, sample=sample)  # the first batch warms the kernels up
+                ours = rate(engine.generate, sample=sample)
+                rows.append(Row("generation", f"SmolLM2 tokens/s ({mode}): vLLM {compilation} vs generate", ours,
+                                hf[mode], "tok/s", shape))
+            rows.append(Row("generation", f"vLLM engine start-up, {compilation} (once per stage)", engine.startup_s,
+                            None, "s", "the default: eager on CPU, compiled on GPU (vllm.enforce_eager)",
+                            lower_is_better=True))
     return rows

