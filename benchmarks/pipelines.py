@@ -25,13 +25,13 @@ from core.layout import StageDirs
 from core.manifest import read_manifest
 
 
-def _absolute(node, base: Path):
+def absolute_paths(node, base: Path):
     """Every relative string in the tree that names an existing file or folder beside the pipeline file,
     made absolute (the copy lives elsewhere)."""
     if isinstance(node, dict):
-        return {k: _absolute(v, base) for k, v in node.items()}
+        return {k: absolute_paths(v, base) for k, v in node.items()}
     if isinstance(node, list):
-        return [_absolute(v, base) for v in node]
+        return [absolute_paths(v, base) for v in node]
     if isinstance(node, str) and not Path(node).is_absolute() and "/" in node and (base / node).exists():
         return str((base / node).resolve())
     return node
@@ -40,7 +40,7 @@ def _absolute(node, base: Path):
 def variant(config: Path, workdir: Path, precision: str | None, *, steps: dict[str, int]) -> Path:
     """Write the copy of `config` this benchmark runs: run_dir under `workdir`, every stage's precision and
     the chosen stages' max_steps overridden."""
-    data = _absolute(yaml.safe_load(config.read_text(encoding="utf-8")), config.resolve().parent)
+    data = absolute_paths(yaml.safe_load(config.read_text(encoding="utf-8")), config.resolve().parent)
     data["run_dir"] = str((workdir / "run").resolve())
     unknown = set(steps) - set(data["stages"])
     if unknown:
