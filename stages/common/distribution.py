@@ -42,8 +42,8 @@ def _floors(logits: torch.Tensor, *, temperature: float, top_p: float) -> torch.
 
 def sampling_logits(logits: torch.Tensor, *, temperature: float, top_p: float = 1.0) -> torch.Tensor:
     """fp32 logits of the distribution `generate` samples from: scaled by the temperature and, with `top_p` < 1,
-    truncated to the nucleus (`nucleus_floor`; what transformers' TopPLogitsWarper applies after the
-    temperature). `logits` is [..., V]."""
+    truncated to the nucleus (`nucleus_floor`; what stages.common.generation.TemperatureNucleus and the vLLM
+    engine apply after the temperature). `logits` is [..., V]."""
     scaled = _scaled(logits, temperature)
     floors = _floors(logits, temperature=temperature, top_p=top_p)
     return scaled if floors is None else scaled.masked_fill(scaled < floors.unsqueeze(-1), REMOVED_LOGIT)
